@@ -1,0 +1,75 @@
+//! The files repository (records only; the bytes are stored elsewhere).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use voxgate_domain::FileRecord;
+
+use crate::assistants::page;
+use crate::{Page, Result, Store, StoreError};
+
+const COLS: &str = "id, name, content_type, size_bytes, sha256, purpose, assistant_id, storage_path, created_at";
+
+fn from_row(r: &AnyRow) -> Result<FileRecord> {
+    Ok(FileRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        content_type: r.try_get("content_type")?,
+        size_bytes: r.try_get("size_bytes")?,
+        sha256: r.try_get("sha256")?,
+        purpose: r.try_get("purpose")?,
+        assistant_id: r.try_get("assistant_id")?,
+        storage_path: r.try_get("storage_path")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    pub async fn insert_file(&self, f: &FileRecord) -> Result<()> {
+        let mut c = self.writer().await?;
+        sqlx::query(
+            "INSERT INTO files (id, name, content_type, size_bytes, sha256, purpose, assistant_id, storage_path, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&f.id)
+        .bind(&f.name)
+        .bind(&f.content_type)
+        .bind(f.size_bytes)
+        .bind(&f.sha256)
+        .bind(&f.purpose)
+        .bind(&f.assistant_id)
+        .bind(&f.storage_path)
+        .bind(f.created_at)
+        .execute(&mut *c)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_file(&self, id: &str) -> Result<FileRecord> {
+        let mut c = self.reader().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        from_row(&row)
+    }
+
+    pub async fn list_files(&self, limit: u32, cursor: Option<&str>) -> Result<Page<FileRecord>> {
+        let limit = limit.clamp(1, 100) as i64;
+        let mut c = self.reader().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE id < $1 ORDER BY id DESC LIMIT $2")))
+            .bind(cursor.unwrap_or("~").to_string())
+            .bind(limit + 1)
+            .fetch_all(&mut *c)
+            .await?;
+        page(rows, limit, from_row, |f| f.id.clone())
+    }
+
+    /// Deletes a file's record and returns it, so the caller can remove the bytes.
+    pub async fn delete_file(&self, id: &str) -> Result<FileRecord> {
+        let f = self.get_file(id).await?;
+        let mut c = self.writer().await?;
+        sqlx::query("DELETE FROM files WHERE id = $1").bind(id).execute(&mut *c).await?;
+        Ok(f)
+    }
+}

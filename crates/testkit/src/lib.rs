@@ -1,0 +1,59 @@
+//! Test support shared by the crates' tests: every test gets a database of its own,
+//! SQLite always and PostgreSQL when `VOXGATE_TEST_POSTGRES_URL` is set (CI sets it;
+//! `scripts/test.sh` starts a server on loopback).
+
+use sqlx::Connection;
+use voxgate_store::{PoolOptions, Store};
+
+/// One empty database for one test. Holds the temp folder (SQLite) alive.
+pub struct TestDb {
+    pub name: &'static str,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The PostgreSQL server for tests, if configured.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("VOXGATE_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty())
+}
+
+/// In CI, PostgreSQL tests are required, not skipped.
+pub fn postgres_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("voxgate.db").display());
+        TestDb { name: "sqlite", url, _dir: Some(dir) }
+    }
+
+    /// A fresh schema on the test PostgreSQL server, reached through `search_path`.
+    pub async fn postgres() -> Option<TestDb> {
+        let Some(base) = postgres_url() else {
+            assert!(!postgres_required(), "CI must set VOXGATE_TEST_POSTGRES_URL");
+            return None;
+        };
+        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect to the test PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut conn).await.expect("create schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+        Some(TestDb { name: "postgres", url, _dir: None })
+    }
+
+    /// Every backend available here: SQLite, and PostgreSQL when configured.
+    pub async fn all() -> Vec<TestDb> {
+        let mut v = vec![TestDb::sqlite()];
+        v.extend(TestDb::postgres().await);
+        v
+    }
+
+    /// A migrated store on this database.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&self.url, &PoolOptions::default()).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
