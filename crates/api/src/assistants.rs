@@ -1,0 +1,141 @@
+//! `/api/assistants`: create, read, list, change (JSON merge patch), delete.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use voxgate_domain::assistant::merge_patch;
+use voxgate_domain::clock::is_id;
+use voxgate_domain::key::KeyKind;
+use voxgate_domain::{Assistant, AssistantSpec};
+
+use crate::auth::{Admin, Caller, Principal};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use crate::state::ApiState;
+
+/// Paging through a list.
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1 to 100; 20 when absent.
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of assistants.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssistantPage {
+    pub items: Vec<Assistant>,
+    pub next_cursor: Option<String>,
+}
+
+pub(crate) fn check_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(n @ 1..=100) => Ok(n),
+        Some(_) => Err(ApiError::bad_request("limit must be between 1 and 100")),
+    }
+}
+
+pub(crate) fn check_cursor(cursor: Option<&str>) -> Result<(), ApiError> {
+    match cursor {
+        Some(c) if !is_id(c) => Err(ApiError::bad_request("cursor is not one this API issued")),
+        _ => Ok(()),
+    }
+}
+
+fn validated(spec: AssistantSpec) -> Result<AssistantSpec, ApiError> {
+    spec.validate().map_err(ApiError::validation)?;
+    Ok(spec)
+}
+
+/// Parses a whole body as a spec with field paths in errors.
+fn spec_from(value: Value) -> Result<AssistantSpec, ApiError> {
+    let mut track = serde_path_to_error::Track::new();
+    AssistantSpec::deserialize(serde_path_to_error::Deserializer::new(value, &mut track))
+        .map_err(|e| ApiError::validation(vec![voxgate_domain::FieldError::new(track.path().to_string(), e.to_string())]))
+}
+
+/// Lists assistants, newest first.
+#[utoipa::path(get, path = "/api/assistants", tag = "assistants", params(PageQuery),
+    responses((status = 200, body = AssistantPage), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list(State(s): State<ApiState>, _: Admin, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Json<AssistantPage>, ApiError> {
+    let limit = check_limit(q.limit)?;
+    check_cursor(q.cursor.as_deref())?;
+    let page = s.store.list_assistants(limit, q.cursor.as_deref()).await?;
+    Ok(Json(AssistantPage { items: page.items, next_cursor: page.next_cursor }))
+}
+
+/// Creates an assistant. Only `name` is required; every other field has a default.
+#[utoipa::path(post, path = "/api/assistants", tag = "assistants", request_body = AssistantSpec,
+    responses((status = 201, body = Assistant), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create(State(s): State<ApiState>, _: Admin, ApiJson(body): ApiJson<Value>) -> Result<(StatusCode, Json<Assistant>), ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::validation(vec![voxgate_domain::FieldError::new("", "the body must be a JSON object")]));
+    }
+    let spec = validated(spec_from(body)?)?;
+    Ok((StatusCode::CREATED, Json(s.store.create_assistant(spec).await?)))
+}
+
+/// Reads one assistant. Public keys may read the assistants they list.
+#[utoipa::path(get, path = "/api/assistants/{id}", tag = "assistants", params(("id" = String, Path)),
+    responses((status = 200, body = Assistant), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get(State(s): State<ApiState>, Caller(p): Caller, ApiPath(id): ApiPath<String>) -> Result<Json<Assistant>, ApiError> {
+    match &p {
+        Principal::Key(k) if k.kind == KeyKind::Public && !k.assistant_ids.contains(&id) => {
+            return Err(ApiError::forbidden("this public key does not list that assistant"));
+        }
+        Principal::Metrics => return Err(ApiError::forbidden("the metrics token only reads metrics")),
+        _ => {}
+    }
+    if !is_id(&id) {
+        return Err(ApiError::not_found("assistant"));
+    }
+    s.store.get_assistant(&id).await.map(Json).map_err(|e| not_found_as(e, "assistant"))
+}
+
+/// Changes an assistant with a JSON merge patch (RFC 7396): objects merge, `null`
+/// resets a field to its default.
+#[utoipa::path(patch, path = "/api/assistants/{id}", tag = "assistants", params(("id" = String, Path)), request_body = Object,
+    responses((status = 200, body = Assistant), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn update(
+    State(s): State<ApiState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(patch): ApiJson<Value>,
+) -> Result<Json<Assistant>, ApiError> {
+    if !patch.is_object() {
+        return Err(ApiError::validation(vec![voxgate_domain::FieldError::new("", "the body must be a JSON object")]));
+    }
+    if !is_id(&id) {
+        return Err(ApiError::not_found("assistant"));
+    }
+    let current = s.store.get_assistant(&id).await.map_err(|e| not_found_as(e, "assistant"))?;
+    let mut doc = serde_json::to_value(&current.spec).expect("a spec serializes");
+    merge_patch(&mut doc, &patch);
+    let spec = validated(spec_from(doc)?)?;
+    s.store.update_assistant(&id, spec).await.map(Json).map_err(|e| not_found_as(e, "assistant"))
+}
+
+/// Deletes an assistant. Its calls are kept.
+#[utoipa::path(delete, path = "/api/assistants/{id}", tag = "assistants", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    if !is_id(&id) {
+        return Err(ApiError::not_found("assistant"));
+    }
+    s.store.delete_assistant(&id).await.map_err(|e| not_found_as(e, "assistant"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) fn not_found_as(e: voxgate_store::StoreError, what: &str) -> ApiError {
+    match e {
+        voxgate_store::StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
+    }
+}

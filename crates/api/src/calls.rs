@@ -1,0 +1,78 @@
+//! `/api/calls`: the record of every call, with its transcript and per-turn latency.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use voxgate_domain::call::{Call, CallStatus};
+use voxgate_domain::clock::{is_id, rfc3339_to_ms};
+use voxgate_store::calls::CallFilter;
+
+use crate::assistants::{check_cursor, check_limit, not_found_as};
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use crate::state::ApiState;
+
+/// Which calls to list.
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CallQuery {
+    pub assistant_id: Option<String>,
+    /// `in-progress` or `ended`.
+    pub status: Option<String>,
+    /// RFC 3339; calls started at or after.
+    pub started_after: Option<String>,
+    /// RFC 3339; calls started before.
+    pub started_before: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A page of calls.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallPage {
+    pub items: Vec<Call>,
+    pub next_cursor: Option<String>,
+}
+
+fn time_param(v: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
+    v.map(|s| rfc3339_to_ms(s).ok_or_else(|| ApiError::bad_request(format!("{name} must be an RFC 3339 timestamp"))))
+        .transpose()
+}
+
+/// Lists calls, newest first.
+#[utoipa::path(get, path = "/api/calls", tag = "calls", params(CallQuery),
+    responses((status = 200, body = CallPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list(State(s): State<ApiState>, _: Admin, ApiQuery(q): ApiQuery<CallQuery>) -> Result<Json<CallPage>, ApiError> {
+    check_cursor(q.cursor.as_deref())?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|v| CallStatus::parse(v).ok_or_else(|| ApiError::bad_request("status must be `in-progress` or `ended`")))
+        .transpose()?;
+    if q.assistant_id.as_deref().is_some_and(|a| !is_id(a)) {
+        return Err(ApiError::bad_request("assistantId is not an id"));
+    }
+    let filter = CallFilter {
+        assistant_id: q.assistant_id,
+        status,
+        started_after: time_param(q.started_after.as_deref(), "startedAfter")?,
+        started_before: time_param(q.started_before.as_deref(), "startedBefore")?,
+        cursor: q.cursor,
+        limit: check_limit(q.limit)?,
+    };
+    let page = s.store.list_calls(&filter).await?;
+    Ok(Json(CallPage { items: page.items, next_cursor: page.next_cursor }))
+}
+
+/// One call with its transcript and per-turn latency.
+#[utoipa::path(get, path = "/api/calls/{id}", tag = "calls", params(("id" = String, Path)),
+    responses((status = 200, body = Call), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<String>) -> Result<Json<Call>, ApiError> {
+    if !is_id(&id) {
+        return Err(ApiError::not_found("call"));
+    }
+    s.store.get_call(&id).await.map(Json).map_err(|e| not_found_as(e, "call"))
+}

@@ -1,0 +1,119 @@
+//! voxgate's HTTP API under `/api`. It sees the store and the domain types, never
+//! audio. The binary mounts [`router`] beside the UI and the agent.
+//!
+//! # Layout
+//! - [`state`]: what the handlers share; [`ApiConfig`].
+//! - [`error`]: the one error shape, and extractors whose rejections use it.
+//! - [`auth`]: keys, Supabase user tokens, the auth middleware.
+//! - [`ratelimit`]: per-caller and per-address limits by route group.
+//! - [`cors`]: `ALLOWED_ORIGINS`.
+//! - [`metrics`]: `/api/metrics` and the HTTP metrics middleware.
+//! - [`ops`], [`assistants`], [`calls`], [`keys`]: one module per resource.
+//!
+//! Each request passes, outermost first: error normalization, CORS, HTTP metrics,
+//! the per-address limit, authentication, the per-caller limit, the timeout and
+//! the body limit, then the handler.
+
+pub mod assistants;
+pub mod auth;
+pub mod calls;
+pub mod cors;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod ops;
+pub mod ratelimit;
+pub mod state;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::ApiError;
+pub use state::{ApiConfig, ApiState, Lifecycle};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "voxgate", description = "Self-hostable voice AI agents: the HTTP API. Errors are `{\"error\":{\"code\",\"message\"}}`."),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody, voxgate_domain::ErrorCode))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// Which routes to mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mount {
+    /// Everything under `/api`.
+    Full,
+    /// Only health, readiness and metrics (for an agent-only instance).
+    OpsOnly,
+}
+
+fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
+    let ops = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::ready))
+        .routes(routes!(metrics::metrics));
+    if mount == Mount::OpsOnly {
+        return ops;
+    }
+    ops.routes(routes!(assistants::list, assistants::create))
+        .routes(routes!(assistants::get, assistants::update, assistants::delete))
+        .routes(routes!(calls::list))
+        .routes(routes!(calls::get))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(keys::login))
+        .routes(routes!(keys::me))
+}
+
+/// The OpenAPI document of every route, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = routes(Mount::Full).route("/api/openapi.json", axum::routing::get(|| async {})).split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+/// The `/api` router, with its state and every layer applied.
+pub fn router(state: ApiState, mount: Mount) -> Router {
+    let doc = serde_json::to_string(&openapi()).expect("the OpenAPI document serializes");
+    let (router, _) = routes(mount).split_for_parts();
+    let router = if mount == Mount::Full {
+        router.route(
+            "/api/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }
+            }),
+        )
+    } else {
+        router
+    };
+    let cfg = state.config.clone();
+    router
+        .fallback(|| async { ApiError::new(voxgate_domain::ErrorCode::NotFound, "no such route").into_response() })
+        .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.request_timeout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_by_caller))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_by_ip))
+        .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(cfg.allowed_origins.layer())
+        .layer(axum::middleware::from_fn(error::normalize_errors))
+        .with_state(state)
+}
