@@ -89,6 +89,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
+async fn no_such_route() -> axum::response::Response {
+    ApiError::new(voxgate_domain::ErrorCode::NotFound, "no such route").into_response()
+}
+
 /// The `/api` router, with its state and every layer applied.
 pub fn router(state: ApiState, mount: Mount) -> Router {
     let doc = serde_json::to_string(&openapi()).expect("the OpenAPI document serializes");
@@ -106,7 +110,8 @@ pub fn router(state: ApiState, mount: Mount) -> Router {
     };
     let cfg = state.config.clone();
     router
-        .fallback(|| async { ApiError::new(voxgate_domain::ErrorCode::NotFound, "no such route").into_response() })
+        // Not a fallback: the binary merges this router with the UI's, which owns `/`.
+        .route("/api/{*rest}", axum::routing::any(no_such_route))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.request_timeout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_by_caller))

@@ -1,0 +1,306 @@
+//! The command line and the environment. Every setting is a flag with an environment
+//! variable of the same meaning; the doc comments are the `--help` text. The
+//! defaults run on a laptop with no keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use voxgate_api::cors::Origins;
+use voxgate_api::ratelimit::{Limits, Rate};
+
+/// voxgate: self-hostable voice AI agents. One binary serves the web UI, the API
+/// (`/api`) and the agent (`/agent`).
+#[derive(Parser, Debug)]
+#[command(name = "voxgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the server (all roles on one port, or one role).
+    Serve(Box<ServeArgs>),
+    /// Applies database migrations and exits.
+    Migrate(DbArgs),
+    /// Creates, lists and revokes API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Creates a key and prints it alone on the last line of standard output.
+    Create {
+        /// A name to tell the key apart.
+        #[arg(long)]
+        name: String,
+        /// A public key (for browsers): may only open calls to the listed assistants.
+        #[arg(long)]
+        public: bool,
+        /// For a public key: the assistant ids it may call, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        assistants: Vec<String>,
+    },
+    /// Lists keys (never their secrets).
+    List,
+    /// Revokes a key by id.
+    Revoke {
+        /// The key's id (from `voxgate keys list`).
+        id: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `voxgate=debug,tower_http=info` (RUST_LOG also works).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DbArgs {
+    /// Database: `sqlite://voxgate.db` (created on first start) or a PostgreSQL URL
+    /// (`postgres://user:pass@host:5432/db`, e.g. a Supabase connection string).
+    /// `SUPABASE_DB_URL` is read when `DATABASE_URL` is not set.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://voxgate.db", hide_env_values = true)]
+    pub database_url: String,
+    /// Most database connections in the pool.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Connections kept open when idle.
+    #[arg(long, env = "DB_MIN_CONNECTIONS", default_value_t = 1)]
+    pub db_min_connections: u32,
+    /// Longest wait for a free connection, in milliseconds (then 503).
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_acquire_timeout_ms: u64,
+    /// Idle connections close after this many seconds.
+    #[arg(long, env = "DB_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub db_idle_timeout_secs: u64,
+    /// Longest a statement may run, in milliseconds.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub db_statement_timeout_ms: u64,
+}
+
+impl DbArgs {
+    /// The database URL, with `SUPABASE_DB_URL` as the fallback name.
+    pub fn url(&self) -> String {
+        if std::env::var_os("DATABASE_URL").is_none()
+            && let Ok(u) = std::env::var("SUPABASE_DB_URL")
+            && !u.is_empty()
+        {
+            return u;
+        }
+        self.database_url.clone()
+    }
+
+    pub fn pool_options(&self) -> voxgate_store::PoolOptions {
+        voxgate_store::PoolOptions {
+            max_connections: self.db_max_connections.max(1),
+            min_connections: self.db_min_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            idle_timeout: Duration::from_secs(self.db_idle_timeout_secs),
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+        }
+    }
+}
+
+/// Which parts of the platform this process serves.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// UI, API and agent on one port.
+    All,
+    /// The API (`/api`); default port 3010.
+    Api,
+    /// The agent (`/agent` WebSocket, plus health, readiness and metrics); default port 4010.
+    Agent,
+    /// The web UI alone; default port 5175.
+    Ui,
+}
+
+impl Role {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Role::All | Role::Api => 3010,
+            Role::Agent => 4010,
+            Role::Ui => 5175,
+        }
+    }
+
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    pub fn serves_agent(self) -> bool {
+        matches!(self, Role::All | Role::Agent)
+    }
+
+    pub fn serves_ui(self) -> bool {
+        matches!(self, Role::All | Role::Ui)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// What to serve.
+    #[arg(long, env = "ROLE", value_enum, default_value = "all")]
+    pub role: Role,
+    /// Address to listen on; defaults to 127.0.0.1 and the role's port (3010 for
+    /// all and api, 4010 for agent). Use 0.0.0.0:PORT to listen on every interface.
+    #[arg(long, env = "BIND")]
+    pub bind: Option<SocketAddr>,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Browser origins allowed to use the API and open calls, comma-separated
+    /// (e.g. `https://app.example.com,https://ui.example.com`). Same-origin needs none.
+    #[arg(long, env = "ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+    /// PEM certificate chain; with TLS_KEY, serves HTTPS and WSS.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS_CERT.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// On SIGTERM, how long live calls and requests may go on, in seconds.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Longest an HTTP request may take, in seconds (not WebSockets).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// A bearer token that may read /api/metrics (private keys always may).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Verifies Supabase Auth user tokens (HS256) so dashboard users can sign in.
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
+    pub supabase_jwt_secret: Option<String>,
+    /// The audience Supabase user tokens must carry.
+    #[arg(long, env = "SUPABASE_JWT_AUDIENCE", default_value = "authenticated")]
+    pub supabase_jwt_audience: String,
+    /// Sentry DSN: panics and 5xx answers are reported there.
+    #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
+    pub sentry_dsn: Option<String>,
+    /// Rate limit per key on /api, as N/s, N/min, N/h, or `off`.
+    #[arg(long, env = "RATE_LIMIT_API", default_value = "1200/min", value_parser = parse_rate)]
+    pub rate_limit_api: Rate0,
+    /// Rate limit per client address on /api.
+    #[arg(long, env = "RATE_LIMIT_API_IP", default_value = "2400/min", value_parser = parse_rate)]
+    pub rate_limit_api_ip: Rate0,
+    /// Rate limit per key on uploads (the strictest group).
+    #[arg(long, env = "RATE_LIMIT_UPLOADS", default_value = "20/min", value_parser = parse_rate)]
+    pub rate_limit_uploads: Rate0,
+    /// Rate limit per client address on uploads.
+    #[arg(long, env = "RATE_LIMIT_UPLOADS_IP", default_value = "30/min", value_parser = parse_rate)]
+    pub rate_limit_uploads_ip: Rate0,
+    /// Rate limit per key on new calls at /agent.
+    #[arg(long, env = "RATE_LIMIT_CALLS", default_value = "120/min", value_parser = parse_rate)]
+    pub rate_limit_calls: Rate0,
+    /// Rate limit per client address on new calls.
+    #[arg(long, env = "RATE_LIMIT_CALLS_IP", default_value = "240/min", value_parser = parse_rate)]
+    pub rate_limit_calls_ip: Rate0,
+    /// Trust `X-Forwarded-For` for the client address (only behind your own proxy).
+    #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+    /// How long a verified key is cached, in seconds (0: no cache).
+    #[arg(long, env = "AUTH_CACHE_TTL", default_value_t = 10)]
+    pub auth_cache_ttl: u64,
+    /// The URL people reach this server at (for the printed login link); defaults
+    /// to the bind address.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The API base the web app uses, served in /config.json (multi-domain deployments).
+    #[arg(long, env = "PUBLIC_API_BASE")]
+    pub public_api_base: Option<String>,
+    /// The WebSocket URL the web app opens calls at, served in /config.json.
+    #[arg(long, env = "PUBLIC_AGENT_URL")]
+    pub public_agent_url: Option<String>,
+    /// This instance's name, kept on each call it holds; defaults to host name and port.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Largest WebSocket message on /agent, in bytes.
+    #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
+    pub ws_max_message: usize,
+}
+
+/// A rate or `None` for off (a newtype so clap does not treat it as optional).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate0(pub Option<Rate>);
+
+fn parse_rate(s: &str) -> Result<Rate0, String> {
+    Rate::parse(s).map(Rate0)
+}
+
+impl ServeArgs {
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.role.default_port())))
+    }
+
+    pub fn api_config(&self) -> anyhow::Result<voxgate_api::ApiConfig> {
+        let allowed_origins = Origins::parse(&self.allowed_origins).map_err(|e| anyhow::anyhow!("ALLOWED_ORIGINS: {e}"))?;
+        Ok(voxgate_api::ApiConfig {
+            allowed_origins,
+            metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
+            supabase_jwt_secret: self.supabase_jwt_secret.clone().filter(|t| !t.is_empty()),
+            supabase_jwt_audience: self.supabase_jwt_audience.clone(),
+            auth_cache_ttl: Duration::from_secs(self.auth_cache_ttl),
+            rate_limits: Limits {
+                api: self.rate_limit_api.0,
+                api_ip: self.rate_limit_api_ip.0,
+                uploads: self.rate_limit_uploads.0,
+                uploads_ip: self.rate_limit_uploads_ip.0,
+                calls: self.rate_limit_calls.0,
+                calls_ip: self.rate_limit_calls_ip.0,
+            },
+            trust_proxy: self.trust_proxy,
+            body_limit: self.body_limit,
+            request_timeout: Duration::from_secs(self.request_timeout.max(1)),
+        })
+    }
+
+    /// Settings for tests and embedding: the defaults, on a given database and a
+    /// free port on loopback.
+    pub fn for_tests(database_url: &str) -> ServeArgs {
+        match Cli::parse_from(["voxgate", "serve", "--database-url", database_url, "--bind", "127.0.0.1:0"]).command {
+            Command::Serve(s) => *s,
+            _ => unreachable!("parsed a serve command"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn roles_default_to_the_seed_ports() {
+        let Command::Serve(s) = Cli::parse_from(["voxgate", "serve", "--role", "agent"]).command else { panic!() };
+        assert_eq!(s.bind_addr().port(), 4010);
+        let Command::Serve(s) = Cli::parse_from(["voxgate", "serve"]).command else { panic!() };
+        assert_eq!(s.bind_addr().to_string(), "127.0.0.1:3010");
+    }
+}

@@ -1,0 +1,24 @@
+//! The `voxgate` binary's library: configuration, the assembled server, and the
+//! command-line subcommands. `main.rs` only parses and dispatches.
+//!
+//! # Layout
+//! - [`config`]: the CLI and environment (one clap struct per command).
+//! - [`serve`]: assembles the roles into one router, listens (HTTP or HTTPS), drains.
+//! - [`agent`]: the `/agent` WebSocket.
+//! - [`ui`]: the embedded web app and `/config.json`.
+//! - [`headers`]: security headers.
+//! - [`telemetry`]: logs and Sentry.
+//! - [`commands`]: `migrate` and `keys`.
+
+pub mod agent;
+pub mod commands;
+pub mod config;
+pub mod headers;
+pub mod serve;
+pub mod telemetry;
+pub mod ui;
+
+/// Installs ring as rustls's process-wide crypto provider (once; later calls are no-ops).
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

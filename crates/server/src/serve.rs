@@ -1,0 +1,235 @@
+//! `voxgate serve`: assembles the roles into one router, listens, and drains.
+//!
+//! Drain, on SIGTERM or ctrl-c: readiness turns 503 and `/agent` refuses new calls;
+//! the listener stops accepting; in-flight requests and live calls get up to
+//! `DRAIN_TIMEOUT`; then the calls still live are closed with 1012 and their records
+//! ended; then the process exits 0.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum_server::Handle;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use voxgate_api::{ApiError, ApiState, Lifecycle, Mount};
+use voxgate_domain::ErrorCode;
+use voxgate_domain::key::random_token;
+use voxgate_store::Store;
+
+use crate::agent::{self, AgentState};
+use crate::config::{Role, ServeArgs};
+use crate::ui::{self, UiConfig};
+
+/// How long a first-start login code works.
+const LOGIN_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// A server that is listening.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub role: Role,
+    /// The one-time login code minted at first start (empty database), if any.
+    pub login_code: Option<String>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub store: Option<Store>,
+    instance: String,
+    handle: Handle<SocketAddr>,
+    hard_stop: CancellationToken,
+    calls: TaskTracker,
+    drain_timeout: Duration,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// The base URL clients reach this server at (on loopback for a wildcard bind).
+    pub fn url(&self) -> String {
+        let host = if self.addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { self.addr.ip().to_string() };
+        let host = if self.addr.is_ipv6() && !self.addr.ip().is_unspecified() { format!("[{host}]") } else { host };
+        format!("{}://{}:{}", if self.tls { "https" } else { "http" }, host, self.addr.port())
+    }
+
+    /// Drains (see the module's doc) and returns when the server has stopped.
+    pub async fn drain(self) -> anyhow::Result<()> {
+        tracing::info!(timeout_secs = self.drain_timeout.as_secs(), "draining");
+        self.lifecycle.start_draining();
+        self.handle.graceful_shutdown(Some(self.drain_timeout));
+        self.calls.close();
+        if tokio::time::timeout(self.drain_timeout, self.calls.wait()).await.is_err() {
+            tracing::warn!(live = self.calls.len(), "drain deadline passed; closing live calls with 1012");
+            self.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.calls.wait()).await;
+        }
+        match tokio::time::timeout(self.drain_timeout + Duration::from_secs(5), self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!("connections still open after the drain; exiting anyway"),
+        }
+        if let Some(store) = &self.store {
+            // A safety net: no call of ours stays "in progress" after we are gone.
+            match store.end_calls_of_instance(&self.instance, "server-shutdown").await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(n, "ended call records left in progress"),
+                Err(e) => tracing::error!(error = %e, "could not end call records"),
+            }
+            store.close().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Connects the store, builds the router for the role, binds and starts serving.
+pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    crate::init_crypto();
+    let role = args.role;
+    let addr = args.bind_addr();
+    let api_config = args.api_config()?;
+    let lifecycle = Arc::new(Lifecycle::default());
+    let instance = args.instance_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
+
+    let store = if role == Role::Ui {
+        None
+    } else {
+        let url = args.db.url();
+        let store = Store::connect(&url, &args.db.pool_options()).await.context("connecting to the database")?;
+        store.migrate().await.context("migrating the database")?;
+        // A previous run of this instance may have died with calls in progress.
+        let stale = store.end_calls_of_instance(&instance, "server-restarted").await?;
+        if stale > 0 {
+            tracing::warn!(stale, "ended calls left in progress by an earlier run");
+        }
+        Some(store)
+    };
+
+    let login_code = match &store {
+        Some(store) if role.serves_api() && store.count_live_keys().await? == 0 => {
+            let code = random_token();
+            store.create_login_code(&voxgate_domain::key::hash_secret(&code), LOGIN_CODE_TTL_MS).await?;
+            Some(code)
+        }
+        _ => None,
+    };
+
+    let hard_stop = CancellationToken::new();
+    let calls = TaskTracker::new();
+    let tls = args.tls_cert.is_some();
+
+    let mut app = Router::new();
+    if let Some(store) = &store {
+        let api = ApiState::new(store.clone(), api_config.clone(), lifecycle.clone());
+        let mount = if role.serves_api() { Mount::Full } else { Mount::OpsOnly };
+        app = app.merge(voxgate_api::router(api.clone(), mount));
+        if role.serves_agent() {
+            app = app.merge(agent::router(AgentState {
+                api,
+                instance: instance.clone(),
+                hard_stop: hard_stop.clone(),
+                calls: calls.clone(),
+                max_message: args.ws_max_message,
+            }));
+        }
+    } else {
+        app = app.route("/api/health", axum::routing::get(voxgate_api::ops::health));
+    }
+    if role.serves_ui() {
+        let ui_config = UiConfig {
+            api_base: args.public_api_base.clone().unwrap_or_else(|| "/api".into()),
+            agent_url: args.public_agent_url.clone().unwrap_or_default(),
+            supabase_url: std::env::var("VITE_SUPABASE_URL").ok().filter(|s| !s.is_empty()),
+            supabase_anon_key: std::env::var("VITE_SUPABASE_ANON_KEY").ok().filter(|s| !s.is_empty()),
+        };
+        app = app.merge(ui::router(ui_config));
+    } else {
+        app = app.fallback(|| async { ApiError::not_found("route").into_response() });
+    }
+    let app = with_common_layers(app, tls);
+
+    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    let handle: Handle<SocketAddr> = Handle::new();
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
+            let server = axum_server::from_tcp(listener)?
+                .acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new()))
+                .handle(handle.clone());
+            tokio::spawn(server.serve(make))
+        }
+        _ => {
+            let server = axum_server::from_tcp(listener)?.acceptor(NoDelayAcceptor::new()).handle(handle.clone());
+            tokio::spawn(server.serve(make))
+        }
+    };
+    tracing::info!(%addr, ?role, tls, %instance, "listening");
+    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, drain_timeout: Duration::from_secs(args.drain_timeout), server })
+}
+
+/// Layers every answer passes through, outermost last: request id, logging span,
+/// panic catching, error reporting, security headers.
+fn with_common_layers(app: Router, tls: bool) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    app.layer(axum::middleware::from_fn(move |req, next| crate::headers::security_headers(tls, req, next)))
+        .layer(axum::middleware::from_fn(crate::telemetry::report_server_errors))
+        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+            // The panic hook (and Sentry's, when on) has already recorded the message.
+            ApiError::new(ErrorCode::Internal, "internal error; the request id in the x-request-id header identifies it in the logs")
+                .into_response()
+        }))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            // The path only: a query string may carry a browser's key.
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "voxgate".into())
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or ctrl-c).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Maps a `StatusCode` to our error shape (used by layers that only know a status).
+pub fn status_error(status: StatusCode) -> ApiError {
+    ApiError::new(ErrorCode::from_status(status.as_u16()), status.canonical_reason().unwrap_or("error"))
+}

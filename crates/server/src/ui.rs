@@ -1,0 +1,88 @@
+//! The web UI, embedded in the binary: static files at `/`, `index.html` for any
+//! other path without a file extension (the app routes on the client), long cache
+//! lifetimes for hashed assets, and `/config.json` so one build runs on any domain.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rust_embed::RustEmbed;
+use serde::Serialize;
+
+#[derive(RustEmbed)]
+#[folder = "$VOXGATE_UI_DIR"]
+struct Assets;
+
+/// What the web app reads at start: where the API and the agent are.
+#[derive(Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UiConfig {
+    /// The API base, e.g. `/api` or `https://api.example.com/api`.
+    pub api_base: String,
+    /// The agent's WebSocket URL; empty means "same host as the page, `/agent`",
+    /// with `wss://` when the page is on https.
+    pub agent_url: String,
+    pub supabase_url: Option<String>,
+    pub supabase_anon_key: Option<String>,
+}
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
+    media-src 'self' blob:; connect-src 'self' ws: wss: https:; worker-src 'self' blob:; frame-ancestors 'none'; \
+    base-uri 'none'; object-src 'none'; form-action 'self'";
+
+/// The UI routes.
+pub fn router(config: UiConfig) -> Router {
+    Router::new().route("/config.json", get(config_json)).fallback(get(asset)).with_state(config)
+}
+
+async fn config_json(State(cfg): State<UiConfig>) -> Response {
+    ([(header::CACHE_CONTROL, "no-cache")], axum::Json(cfg)).into_response()
+}
+
+async fn asset(uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    // rust-embed looks names up in a map of the embedded files; `..` or an encoded
+    // slash can only miss, never reach the disk. Refuse them plainly anyway.
+    if path.split('/').any(|seg| seg == ".." || seg.contains('\\') || seg.contains('%')) {
+        return not_found();
+    }
+    let path = if path.is_empty() { "index.html" } else { path };
+    if let Some(file) = Assets::get(path) {
+        return file_response(path, file);
+    }
+    let last = path.rsplit('/').next().unwrap_or(path);
+    if last.contains('.') || path.starts_with("api/") || path == "api" {
+        return not_found();
+    }
+    match Assets::get("index.html") {
+        Some(index) => file_response("index.html", index),
+        None => not_found(),
+    }
+}
+
+fn file_response(path: &str, file: rust_embed::EmbeddedFile) -> Response {
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let cache = if path.starts_with("assets/") {
+        // Vite names assets by content hash: they never change under one name.
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    let mut res = (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_str(mime.as_ref()).unwrap_or(HeaderValue::from_static("application/octet-stream"))),
+            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        ],
+        file.data.into_owned(),
+    )
+        .into_response();
+    if path.ends_with(".html") {
+        res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    }
+    res
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "not found").into_response()
+}
