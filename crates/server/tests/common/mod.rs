@@ -1,0 +1,93 @@
+//! Test support: the real server on a free port of loopback, on a database of its
+//! own, with real HTTP and WebSocket clients.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use voxgate_domain::key::{KeyKind, mint};
+use voxgate_server::config::ServeArgs;
+use voxgate_server::serve::{self, Running};
+use voxgate_store::Store;
+use voxgate_testkit::TestDb;
+
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT` (or https under TLS).
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    /// A private key.
+    pub admin: String,
+    pub store: Store,
+    pub running: Option<Running>,
+    pub login_code: Option<String>,
+    pub db: TestDb,
+}
+
+impl TestServer {
+    /// The default server on a fresh SQLite database.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(TestDb::sqlite(), |_| {}).await
+    }
+
+    /// A server on `db`, with settings changed by `tweak`.
+    pub async fn start_with(db: TestDb, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
+        voxgate_server::init_crypto();
+        let mut args = ServeArgs::for_tests(&db.url);
+        args.drain_timeout = 5;
+        tweak(&mut args);
+        let running = serve::start(args).await.expect("the server starts");
+        let store = running.store.clone().expect("a role with a database");
+        let login_code = running.login_code.clone();
+        let m = mint("test admin", KeyKind::Private, vec![]);
+        store.insert_key(&m.key).await.unwrap();
+        TestServer { url: running.url(), addr: running.addr, admin: m.secret, store, running: Some(running), login_code, db }
+    }
+
+    pub fn http() -> reqwest::Client {
+        voxgate_server::init_crypto();
+        reqwest::Client::builder().build().unwrap()
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("{}/agent?{}", self.url.replacen("http", "ws", 1), query)
+    }
+
+    /// Mints a key straight into the store and returns its secret.
+    pub async fn key(&self, kind: KeyKind, assistants: &[&str]) -> String {
+        let m = mint("test", kind, assistants.iter().map(|s| s.to_string()).collect());
+        self.store.insert_key(&m.key).await.unwrap();
+        m.secret
+    }
+
+    /// Creates an assistant through the API and returns its id.
+    pub async fn assistant(&self, name: &str) -> String {
+        let res = Self::http()
+            .post(self.at("/api/assistants"))
+            .bearer_auth(&self.admin)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    /// Drains and stops the server.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.drain().await.unwrap();
+        }
+    }
+}
+
+/// Asserts the error shape and returns the code.
+pub async fn error_code(res: reqwest::Response) -> (u16, String, Value) {
+    let status = res.status().as_u16();
+    let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body: Value = res.json().await.unwrap_or_else(|e| panic!("status {status}: body is not JSON ({ct}): {e}"));
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string();
+    assert!(body["error"]["message"].is_string(), "no error.message in {body}");
+    (status, code, body)
+}
