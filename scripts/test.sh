@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing, starts the test PostgreSQL,
+# runs the whole Rust workspace with nextest (extra args go to nextest), then
+# the UI tests if there is a ui/ package. Exit code: non-zero if any part failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+pg_url=$(bash scripts/pg.sh | tail -n1)
+export VOXGATE_TEST_POSTGRES_URL="$pg_url"
+echo "test: VOXGATE_TEST_POSTGRES_URL=$VOXGATE_TEST_POSTGRES_URL" >&2
+
+status=0
+
+cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+
+if [ -f ui/package.json ]; then
+    echo "test: ui (npm ci && npx vitest run)" >&2
+    ( cd ui && npm ci --no-audit --no-fund && npx vitest run ) || status=$?
+fi
+
+if [ "$status" -eq 0 ]; then
+    echo "test: all passed" >&2
+else
+    echo "test: FAILED (exit $status)" >&2
+fi
+exit "$status"
