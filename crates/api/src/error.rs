@@ -120,7 +120,9 @@ struct Normalized;
 
 /// JSON body extractor whose every rejection is an [`ApiError`]: 415 without a JSON
 /// content type, 413 past the body limit, 400 for bad syntax, 422 (with the field's
-/// path) for wrong types and unknown fields.
+/// path) for wrong types and unknown fields, and for a body that is not a JSON
+/// object (every endpoint takes one; serde would otherwise accept a struct written
+/// as an array of its fields, such as `["ci","private"]`).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -131,6 +133,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Ok(axum::Json(v)) => v,
             Err(rej) => return Err(json_rejection(rej)),
         };
+        if !value.is_object() {
+            return Err(ApiError::validation(vec![FieldError::new("", "the body must be a JSON object")]));
+        }
         let mut track = serde_path_to_error::Track::new();
         let de = serde_path_to_error::Deserializer::new(value, &mut track);
         match T::deserialize(de) {

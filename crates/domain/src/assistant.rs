@@ -250,7 +250,8 @@ impl AssistantSpec {
 
         check(!self.name.trim().is_empty(), "name", "must not be empty".into());
         check(self.name.chars().count() <= NAME_MAX, "name", format!("must be at most {NAME_MAX} characters"));
-        check(!has_control(&self.name), "name", "must not contain control characters".into());
+        // A name is one line: unlike free text, no newline or tab either.
+        check(!self.name.chars().any(char::is_control), "name", "must not contain control characters".into());
         check(self.system_prompt.len() <= PROMPT_MAX, "systemPrompt", format!("must be at most {PROMPT_MAX} bytes"));
         if let Some(m) = &self.first_message {
             check(m.chars().count() <= FIRST_MESSAGE_MAX, "firstMessage", format!("must be at most {FIRST_MESSAGE_MAX} characters"));

@@ -13,7 +13,18 @@ use voxgate_api::ratelimit::{Limits, Rate};
 /// voxgate: self-hostable voice AI agents. One binary serves the web UI, the API
 /// (`/api`) and the agent (`/agent`).
 #[derive(Parser, Debug)]
-#[command(name = "voxgate", version, about, long_about = None)]
+#[command(
+    name = "voxgate",
+    version,
+    about,
+    long_about = None,
+    after_help = "Main settings (flags or environment; `voxgate serve --help` lists them all):\n  \
+        DATABASE_URL      sqlite://voxgate.db (default) or postgres://user:pass@host/db\n  \
+        BIND              listen address, default 127.0.0.1:3010 (agent role: 4010)\n  \
+        ALLOWED_ORIGINS   browser origins allowed to use the API and open calls\n  \
+        TLS_CERT, TLS_KEY serve HTTPS and WSS\n  \
+        LOG_FORMAT        text or json"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
