@@ -2,7 +2,13 @@
 //! to CORS on `/api` and to the `Origin` check of the `/agent` upgrade alike.
 
 use axum::http::{HeaderValue, Method, header};
+use axum::response::Response;
+use tower::layer::util::Stack;
+use tower::util::MapResponseLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// The CORS layer, then the step that strips CORS headers from unallowed answers.
+pub type OriginsLayer = Stack<CorsLayer, MapResponseLayer<fn(Response) -> Response>>;
 
 /// A parsed `ALLOWED_ORIGINS`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,7 +45,14 @@ impl Origins {
     }
 
     /// The CORS layer for `/api`: headers only for listed origins, preflight included.
-    pub fn layer(&self) -> CorsLayer {
+    /// tower-http sends the allowed methods, headers and max-age on every preflight,
+    /// whatever the origin; the outer step strips them when the origin is not allowed,
+    /// so a stranger learns nothing.
+    pub fn layer(&self) -> OriginsLayer {
+        Stack::new(self.cors_layer(), MapResponseLayer::new(strip_unless_allowed as fn(Response) -> Response))
+    }
+
+    fn cors_layer(&self) -> CorsLayer {
         let allow = if self.any {
             AllowOrigin::any()
         } else {
@@ -53,6 +66,19 @@ impl Origins {
             .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static("x-request-id")])
             .max_age(std::time::Duration::from_secs(600))
     }
+}
+
+/// Drops every `access-control-*` header from an answer without
+/// `access-control-allow-origin` (a disallowed origin, or no CORS at all).
+fn strip_unless_allowed(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    if !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        let names: Vec<_> = h.keys().filter(|k| k.as_str().starts_with("access-control-")).cloned().collect();
+        for name in names {
+            h.remove(name);
+        }
+    }
+    res
 }
 
 /// True when the `Origin` header names the same site as the request's `Host`.

@@ -44,7 +44,16 @@ pub struct AgentState {
 
 /// The `/agent` route.
 pub fn router(state: AgentState) -> Router {
-    Router::new().route("/agent", get(upgrade)).with_state(state)
+    Router::new()
+        .route(
+            "/agent",
+            get(upgrade).fallback(|| async {
+                let mut res = ApiError::new(ErrorCode::MethodNotAllowed, "/agent takes a WebSocket upgrade (GET)").into_response();
+                res.headers_mut().insert(header::ALLOW, axum::http::HeaderValue::from_static("GET"));
+                res
+            }),
+        )
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -210,10 +219,7 @@ async fn converse(socket: &mut WebSocket, s: &AgentState) -> Ending {
             None => return Ending { reason: "connection-lost", close: None },
             Some(Err(e)) => {
                 tracing::info!(error = %e, "websocket error");
-                return Ending {
-                    reason: "protocol-error",
-                    close: Some((close_code::SIZE, format!("message too large (max {} bytes) or malformed frame", s.max_message))),
-                };
+                return read_error(&e, s.max_message);
             }
             Some(Ok(m)) => m,
         };
@@ -250,6 +256,31 @@ async fn converse(socket: &mut WebSocket, s: &AgentState) -> Ending {
             Message::Close(_) => return Ending { reason: "customer-ended-call", close: None },
         }
     }
+}
+
+/// Why reading failed. A client that vanished (TCP closed or reset without a
+/// closing handshake) lost its connection; anything else is bad input. axum hides
+/// tungstenite's error type, so this reads the I/O cause and the message.
+fn read_error(e: &axum::Error, max_message: usize) -> Ending {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some() {
+            return Ending { reason: "connection-lost", close: None };
+        }
+        cause = c.source();
+    }
+    let text = e.to_string();
+    if ["without closing handshake", "Connection closed normally", "closed connection"].iter().any(|t| text.contains(t)) {
+        return Ending { reason: "connection-lost", close: None };
+    }
+    let close = if text.contains("Space limit exceeded") || text.contains("too long") {
+        (close_code::SIZE, format!("message too large (max {max_message} bytes)"))
+    } else if text.contains("UTF-8") {
+        (close_code::INVALID, "text must be UTF-8".into())
+    } else {
+        (close_code::PROTOCOL, "malformed WebSocket frame".into())
+    };
+    Ending { reason: "protocol-error", close: Some(close) }
 }
 
 /// Counts live WebSocket calls while alive.

@@ -33,7 +33,18 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 
 /// The UI routes.
 pub fn router(config: UiConfig) -> Router {
-    Router::new().route("/config.json", get(config_json)).fallback(get(asset)).with_state(config)
+    Router::new()
+        .route("/config.json", get(config_json).fallback(method_not_allowed))
+        .fallback(get(asset).fallback(method_not_allowed))
+        .with_state(config)
+}
+
+/// The UI is read-only: other methods get the API's error shape, not an empty 405.
+async fn method_not_allowed() -> Response {
+    let mut res = voxgate_api::ApiError::new(voxgate_domain::ErrorCode::MethodNotAllowed, "the web app is read-only: use GET")
+        .into_response();
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    res
 }
 
 async fn config_json(State(cfg): State<UiConfig>) -> Response {

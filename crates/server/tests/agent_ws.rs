@@ -1,0 +1,409 @@
+//! `/agent` under hostile input: refusals before the upgrade are 4xx JSON; bad input
+//! after it closes the socket with a code and a reason; every call record ends with
+//! a reason, whatever the client does and when the server drains.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, error_code};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use voxgate_domain::key::KeyKind;
+use voxgate_domain::{Call, CallStatus};
+use voxgate_store::calls::CallFilter;
+use voxgate_testkit::TestDb;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// `voxgate_websocket_connections` is one gauge for the whole process: tests that
+/// open calls hold this for reading; the test that reads the gauge holds it alone.
+static LIVE_CALLS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+const APP: &str = "https://app.example.com";
+
+async fn connect(s: &TestServer, query: &str, headers: &[(&str, &str)]) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    let mut req = s.ws_url(query).into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await
+}
+
+/// Expects the upgrade to be refused; returns the status, the error code and the headers.
+async fn refused(s: &TestServer, query: &str, headers: &[(&str, &str)]) -> (u16, String, tungstenite::http::HeaderMap) {
+    match connect(s, query, headers).await {
+        Ok(_) => panic!("{query}: the upgrade was accepted"),
+        Err(tungstenite::Error::Http(res)) => {
+            let status = res.status().as_u16();
+            let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            assert!(ct.starts_with("application/json"), "{query}: {status} with content-type {ct:?}");
+            let body: Value = serde_json::from_slice(res.body().as_deref().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{query}: {status}: body is not JSON: {e}"));
+            let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string();
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+            assert!(res.headers().contains_key("x-request-id"), "{query}: no x-request-id");
+            (status, code, res.headers().clone())
+        }
+        Err(e) => panic!("{query}: expected an HTTP refusal, got {e}"),
+    }
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// Opens a call with the admin key; returns the socket and the call id.
+async fn open_call(s: &TestServer, assistant: &str) -> (Ws, String) {
+    let (mut ws, res) = connect(s, &format!("assistantId={assistant}"), &[("authorization", &bearer(&s.admin))]).await.unwrap();
+    assert_eq!(res.status(), 101);
+    let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(hello["type"], "call-started", "{hello}");
+    assert_eq!(hello["protocol"], "voxgate.v1");
+    (ws, hello["callId"].as_str().unwrap().to_string())
+}
+
+/// Reads until the server closes: `Some((code, reason))` for a close frame, `None`
+/// when the connection just ended. Fails after 10 s.
+async fn close_of(ws: &mut Ws) -> Option<(u16, String)> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the server closes the socket")
+}
+
+/// Waits for the record to end and returns it.
+async fn ended(store: &voxgate_store::Store, id: &str) -> Call {
+    let mut call = None;
+    for _ in 0..250 {
+        let c = store.get_call(id).await.unwrap();
+        if c.status == CallStatus::Ended {
+            assert!(c.ended_at.is_some(), "{c:?}");
+            return c;
+        }
+        call = Some(c);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the call record never ended: {call:?}");
+}
+
+async fn all_calls(s: &TestServer) -> Vec<Call> {
+    s.store.list_calls(&CallFilter { limit: 100, ..Default::default() }).await.unwrap().items
+}
+
+#[tokio::test]
+async fn refusals_before_the_upgrade_are_json() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let other = s.assistant("Back office").await;
+    let public = s.key(KeyKind::Public, &[&other]).await;
+    let admin = bearer(&s.admin);
+
+    // No key at all.
+    let (status, code, _) = refused(&s, &format!("assistantId={id}"), &[]).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    // Bad keys: a near miss of a real one, garbage, an empty bearer, and in the query.
+    let mut near_miss = s.admin.clone();
+    let last = near_miss.pop().unwrap();
+    near_miss.push(if last == 'a' { 'b' } else { 'a' });
+    for (q, h) in [
+        (format!("assistantId={id}"), bearer(&near_miss)),
+        (format!("assistantId={id}"), "Bearer not-a-key".to_string()),
+        (format!("assistantId={id}"), "Bearer ".to_string()),
+        (format!("assistantId={id}"), "Basic dXNlcjpwYXNz".to_string()),
+    ] {
+        let (status, code, _) = refused(&s, &q, &[("authorization", &h)]).await;
+        assert_eq!((status, code.as_str()), (401, "unauthorized"), "{h}");
+    }
+    let (status, _, _) = refused(&s, &format!("assistantId={id}&key={near_miss}"), &[]).await;
+    assert_eq!(status, 401);
+
+    // A public key may only call the assistants it lists.
+    let (status, code, _) = refused(&s, &format!("assistantId={id}&key={public}"), &[]).await;
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+
+    // assistantId missing, empty, unknown, malformed.
+    let (status, code, _) = refused(&s, "", &[("authorization", &admin)]).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    let (status, _, _) = refused(&s, "assistantId=", &[("authorization", &admin)]).await;
+    assert!(status == 400 || status == 404, "empty assistantId: {status}");
+    let unknown = voxgate_domain::clock::new_id();
+    let (status, code, _) = refused(&s, &format!("assistantId={unknown}"), &[("authorization", &admin)]).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    for bad in ["nope", "..%2F..%2Fetc", "%00", "x%27%20OR%201%3D1"] {
+        let (status, _, _) = refused(&s, &format!("assistantId={bad}"), &[("authorization", &admin)]).await;
+        assert_eq!(status, 404, "{bad}");
+    }
+    // A deleted assistant takes no calls.
+    let res = TestServer::http().delete(s.at(&format!("/api/assistants/{other}"))).bearer_auth(&s.admin).send().await.unwrap();
+    assert!(res.status().is_success());
+    let (status, _, _) = refused(&s, &format!("assistantId={other}"), &[("authorization", &admin)]).await;
+    assert_eq!(status, 404);
+
+    // A plain GET (no upgrade headers), with everything else right.
+    let http = TestServer::http();
+    let res = http.get(s.at(&format!("/agent?assistantId={id}"))).bearer_auth(&s.admin).send().await.unwrap();
+    let (status, code, _) = error_code(res).await;
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    // Other methods: a 4xx JSON answer too.
+    let res = http.post(s.at(&format!("/agent?assistantId={id}"))).bearer_auth(&s.admin).send().await.unwrap();
+    let (status, _, _) = error_code(res).await;
+    assert!((400..500).contains(&status), "POST /agent: {status}");
+
+    // No refusal left a record behind.
+    assert!(all_calls(&s).await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_messages_close_with_1007_and_end_the_record() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+
+    let cases: Vec<(&str, Message)> = vec![
+        ("malformed JSON", Message::Text("{\"type\": \"ping\"".into())),
+        ("not JSON at all", Message::Text("hello there".into())),
+        ("JSON but not an object", Message::Text("[1,2,3]".into())),
+        ("no type", Message::Text(r#"{"id":1}"#.into())),
+        ("unknown type", Message::Text(r#"{"type":"launch-missiles"}"#.into())),
+        ("unknown field", Message::Text(r#"{"type":"ping","id":1,"extra":true}"#.into())),
+        ("odd-length audio", Message::Binary(vec![0u8; 641].into())),
+        ("one byte of audio", Message::Binary(vec![7u8].into())),
+    ];
+    for (what, msg) in cases {
+        let (mut ws, call_id) = open_call(&s, &id).await;
+        // Good audio and a ping first: the call works until the bad message.
+        ws.send(Message::Binary(vec![0u8; 320].into())).await.unwrap();
+        ws.send(Message::Text(r#"{"type":"ping","id":"x"}"#.into())).await.unwrap();
+        let pong: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+        assert_eq!(pong, json!({"type": "pong", "id": "x"}), "{what}");
+
+        ws.send(msg).await.unwrap();
+        let (code, reason) = close_of(&mut ws).await.unwrap_or_else(|| panic!("{what}: no close frame"));
+        assert_eq!(code, 1007, "{what}: {reason}");
+        assert!(!reason.is_empty(), "{what}: a close reason");
+        let call = ended(&s.store, &call_id).await;
+        assert_eq!(call.ended_reason.as_deref(), Some("protocol-error"), "{what}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_close_reason_from_a_huge_bad_message_stays_valid() {
+    // serde's message quotes the input; the close reason must still fit and be UTF-8.
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let (mut ws, call_id) = open_call(&s, &id).await;
+    let weird = format!(r#"{{"type":"{}"}}"#, "é".repeat(200));
+    ws.send(Message::Text(weird.into())).await.unwrap();
+    let (code, reason) = close_of(&mut ws).await.expect("a close frame");
+    assert_eq!(code, 1007);
+    assert!(reason.len() <= 123, "{}", reason.len());
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.ws_max_message = 4096).await;
+    let id = s.assistant("Front desk").await;
+
+    for big in [Message::Binary(vec![0u8; 64 * 1024].into()), Message::Text(format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(8000)).into())] {
+        let (mut ws, call_id) = open_call(&s, &id).await;
+        // Just under the limit is fine.
+        ws.send(Message::Binary(vec![0u8; 4000].into())).await.unwrap();
+        ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
+        let pong: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+        assert_eq!(pong["type"], "pong");
+
+        let _ = ws.send(big).await; // the server may cut us off mid-send
+        // A close frame, if it gets through before the connection goes, says 1009.
+        if let Some((code, reason)) = close_of(&mut ws).await {
+            assert_eq!(code, 1009, "{reason}");
+        }
+        let call = ended(&s.store, &call_id).await;
+        assert_eq!(call.ended_reason.as_deref(), Some("protocol-error"));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_ends_the_record_as_connection_lost() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+
+    // The client vanishes: TCP closed without a closing handshake.
+    let (ws, call_id) = open_call(&s, &id).await;
+    drop(ws);
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("connection-lost"));
+
+    // Mid-message: half a frame, then gone.
+    let (mut ws, call_id) = open_call(&s, &id).await;
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
+    let _ = ws.next().await;
+    let MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("plain TCP") };
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(&[0x82, 0xFE, 0x10, 0x00, 1, 2, 3, 4, 0, 0]).await.unwrap(); // a masked binary frame header, 4096 bytes announced
+    drop(ws);
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("connection-lost"));
+
+    // A reset (RST), as when a phone drops off the network and the stack gives up.
+    let (ws, call_id) = open_call(&s, &id).await;
+    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else { panic!("plain TCP") };
+    tcp.set_zero_linger().unwrap();
+    drop(ws);
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("connection-lost"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_public_key_from_an_allowed_origin_works_in_the_query() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.allowed_origins = APP.into()).await;
+    let id = s.assistant("Widget").await;
+    let public = s.key(KeyKind::Public, &[&id]).await;
+
+    let (mut ws, res) = connect(&s, &format!("assistantId={id}&key={public}"), &[("origin", APP)]).await.unwrap();
+    assert_eq!(res.status(), 101);
+    let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(hello["type"], "call-started");
+    assert_eq!(hello["assistantId"], id.as_str());
+    let call_id = hello["callId"].as_str().unwrap().to_string();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    assert_eq!(close_of(&mut ws).await.map(|c| c.0), Some(1000));
+    let call = ended(&s.store, &call_id).await;
+    assert_eq!(call.ended_reason.as_deref(), Some("customer-ended-call"));
+    assert!(call.key_id.is_some(), "the call records which key opened it");
+
+    // The same key from another origin: refused.
+    let (status, code, _) = refused(&s, &format!("assistantId={id}&key={public}"), &[("origin", "https://evil.example.com")]).await;
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+    // A public key cannot use the API.
+    let res = TestServer::http().get(s.at("/api/assistants")).bearer_auth(&public).send().await.unwrap();
+    assert!(matches!(res.status().as_u16(), 401 | 403), "{}", res.status());
+    s.stop().await;
+}
+
+async fn live_gauge(s: &TestServer) -> f64 {
+    let res = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("voxgate_websocket_connections ") || l.starts_with("voxgate_websocket_connections{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .unwrap_or(0.0)
+}
+
+async fn gauge_reaches(s: &TestServer, want: f64) {
+    let mut got = 0.0;
+    for _ in 0..150 {
+        got = live_gauge(s).await;
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("voxgate_websocket_connections is {got}, expected {want}");
+}
+
+#[tokio::test]
+async fn the_live_connections_gauge_follows_calls() {
+    let _g = LIVE_CALLS.write().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // calls of earlier tests finish their teardown
+    let base = live_gauge(&s).await;
+
+    let (mut a, a_id) = open_call(&s, &id).await;
+    gauge_reaches(&s, base + 1.0).await;
+    let (b, b_id) = open_call(&s, &id).await;
+    gauge_reaches(&s, base + 2.0).await;
+
+    a.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    let _ = close_of(&mut a).await;
+    ended(&s.store, &a_id).await;
+    gauge_reaches(&s, base + 1.0).await;
+
+    drop(b); // a lost connection counts down too
+    ended(&s.store, &b_id).await;
+    gauge_reaches(&s, base).await;
+
+    // A protocol error as well.
+    let (mut c, _) = open_call(&s, &id).await;
+    gauge_reaches(&s, base + 1.0).await;
+    c.send(Message::Binary(vec![1u8; 3].into())).await.unwrap();
+    let _ = close_of(&mut c).await;
+    gauge_reaches(&s, base).await;
+
+    // Refused upgrades never count.
+    let _ = refused(&s, &format!("assistantId={id}"), &[]).await;
+    assert_eq!(live_gauge(&s).await, base);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn draining_refuses_new_calls_and_closes_live_ones_with_1012() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.drain_timeout = 1).await;
+    let id = s.assistant("Front desk").await;
+    let (mut ws, call_id) = open_call(&s, &id).await;
+
+    s.running.as_ref().unwrap().lifecycle.start_draining();
+
+    // New calls: 503 with Retry-After, before any record.
+    let (status, code, headers) = refused(&s, &format!("assistantId={id}"), &[("authorization", &bearer(&s.admin))]).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    let retry: u64 = headers.get("retry-after").expect("Retry-After").to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert_eq!(all_calls(&s).await.len(), 1);
+
+    // The live call still works while the drain waits for it.
+    ws.send(Message::Text(r#"{"type":"ping","id":"still here"}"#.into())).await.unwrap();
+    let pong: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(pong["id"], "still here");
+
+    // The deadline passes: the call is closed with 1012 and its record ended.
+    let reader = tokio::spawn(async move { close_of(&mut ws).await });
+    let started = std::time::Instant::now();
+    s.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(15), "the drain took {:?}", started.elapsed());
+    let (code, reason) = reader.await.unwrap().expect("a close frame");
+    assert_eq!(code, 1012, "{reason}");
+    assert!(!reason.is_empty());
+
+    let store = s.db.store().await; // the server closed its own pool
+    let call = ended(&store, &call_id).await;
+    assert_eq!(call.ended_reason.as_deref(), Some("server-shutdown"));
+}
+
+#[tokio::test]
+async fn an_upgrade_during_drain_gets_503_even_with_bad_input() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.drain_timeout = 1).await;
+    let running = s.running.take().unwrap();
+    running.lifecycle.start_draining();
+    let (status, code, headers) = refused(&s, "assistantId=whatever", &[]).await;
+    assert_eq!((status, code.as_str()), (503, "unavailable"));
+    assert!(headers.contains_key("retry-after"));
+    // Readiness says so too, so a load balancer stops sending calls here.
+    let res = TestServer::http().get(s.at("/api/ready")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    running.drain().await.unwrap();
+}
