@@ -93,6 +93,21 @@ async fn no_such_route() -> axum::response::Response {
     ApiError::new(voxgate_domain::ErrorCode::NotFound, "no such route").into_response()
 }
 
+/// Refuses a body whose declared `Content-Length` is over the limit at once. The
+/// body limit alone reads up to the limit and then waits for bytes it would refuse
+/// anyway, so a lying length held the request open until the timeout.
+async fn declared_length_limit(limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::new(voxgate_domain::ErrorCode::PayloadTooLarge, "the body is larger than this endpoint accepts").into_response();
+    }
+    next.run(req).await
+}
+
 /// The `/api` router, with its state and every layer applied.
 pub fn router(state: ApiState, mount: Mount) -> Router {
     let doc = serde_json::to_string(&openapi()).expect("the OpenAPI document serializes");
@@ -109,10 +124,15 @@ pub fn router(state: ApiState, mount: Mount) -> Router {
         router
     };
     let cfg = state.config.clone();
+    let body_limit = cfg.body_limit;
     router
         // Not a fallback: the binary merges this router with the UI's, which owns `/`.
         .route("/api/{*rest}", axum::routing::any(no_such_route))
+        // `{*rest}` needs a segment: `/api` and `/api/` are ours too (JSON 404s).
+        .route("/api", axum::routing::any(no_such_route))
+        .route("/api/", axum::routing::any(no_such_route))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .layer(axum::middleware::from_fn(move |req, next| declared_length_limit(body_limit, req, next)))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.request_timeout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_by_caller))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_auth))

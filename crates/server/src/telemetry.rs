@@ -29,6 +29,9 @@ pub fn init_logs(args: &LogArgs) {
 pub fn init_sentry(dsn: Option<&str>) -> anyhow::Result<Option<sentry::ClientInitGuard>> {
     let Some(dsn) = dsn.filter(|d| !d.is_empty()) else { return Ok(None) };
     let dsn: sentry::types::Dsn = dsn.parse().map_err(|e| anyhow::anyhow!("SENTRY_DSN is not a valid DSN: {e}"))?;
+    // The transport builds its reqwest client now, and reqwest (without a provider of
+    // its own) panics unless rustls has one; `main` starts Sentry before anything else.
+    crate::init_crypto();
     let mut opts = sentry::ClientOptions::default();
     opts.dsn = Some(dsn);
     opts.release = Some(concat!("voxgate@", env!("CARGO_PKG_VERSION")).into());
