@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, starts the test PostgreSQL,
-# runs the whole Rust workspace with nextest (extra args go to nextest), then
+# runs the whole Rust workspace with nextest on SQLite and PostgreSQL (extra args
+# go to nextest), then
 # the UI tests if there is a ui/ package. Exit code: non-zero if any part failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,12 @@ echo "test: VOXGATE_TEST_POSTGRES_URL=$VOXGATE_TEST_POSTGRES_URL" >&2
 
 status=0
 
-cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+# Repository tests run on both backends in every pass; the server's suite runs
+# once on SQLite and once more on PostgreSQL (VOXGATE_TEST_BACKEND).
+echo "test: workspace (server suite on SQLite)" >&2
+VOXGATE_TEST_BACKEND=sqlite cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+echo "test: server suite on PostgreSQL" >&2
+VOXGATE_TEST_BACKEND=postgres cargo nextest run -p voxgate --no-fail-fast "$@" || status=$?
 
 if [ -f ui/package.json ]; then
     echo "test: ui (npm ci && npx vitest run)" >&2

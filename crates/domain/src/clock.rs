@@ -20,11 +20,13 @@ pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
+/// Unix milliseconds as RFC 3339 in UTC, always with three fractional digits, so
+/// timestamps compare correctly as strings.
 pub fn ms_to_rfc3339(ms: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    t.format(&Rfc3339).unwrap_or_default()
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    t.format(FORMAT).unwrap_or_default()
 }
 
 /// Parses an RFC 3339 timestamp into Unix milliseconds.
@@ -90,5 +92,8 @@ mod tests {
         let ms = 1_764_000_000_123;
         assert_eq!(rfc3339_to_ms(&ms_to_rfc3339(ms)), Some(ms));
         assert_eq!(rfc3339_to_ms("yesterday"), None);
+        // Whole seconds keep their fraction, so strings sort like times.
+        assert_eq!(ms_to_rfc3339(1_764_000_000_000), "2025-11-24T16:00:00.000Z");
+        assert!(ms_to_rfc3339(1_764_000_000_000) < ms_to_rfc3339(1_764_000_000_001));
     }
 }

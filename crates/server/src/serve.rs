@@ -124,7 +124,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
     let hard_stop = CancellationToken::new();
     let calls = TaskTracker::new();
-    let tls = args.tls_cert.is_some();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(_), Some(_)) => true,
+        (None, None) => false,
+        _ => anyhow::bail!("TLS needs both TLS_CERT and TLS_KEY"),
+    };
 
     let mut app = Router::new();
     if let Some(store) = &store {

@@ -221,7 +221,7 @@ async fn a_close_reason_from_a_huge_bad_message_stays_valid() {
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009() {
     let _g = LIVE_CALLS.read().await;
-    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.ws_max_message = 4096).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.ws_max_message = 4096).await;
     let id = s.assistant("Front desk").await;
 
     for big in [Message::Binary(vec![0u8; 64 * 1024].into()), Message::Text(format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(8000)).into())] {
@@ -276,7 +276,7 @@ async fn a_dropped_connection_ends_the_record_as_connection_lost() {
 #[tokio::test]
 async fn a_public_key_from_an_allowed_origin_works_in_the_query() {
     let _g = LIVE_CALLS.read().await;
-    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.allowed_origins = APP.into()).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.allowed_origins = APP.into()).await;
     let id = s.assistant("Widget").await;
     let public = s.key(KeyKind::Public, &[&id]).await;
 
@@ -361,7 +361,7 @@ async fn the_live_connections_gauge_follows_calls() {
 #[tokio::test]
 async fn draining_refuses_new_calls_and_closes_live_ones_with_1012() {
     let _g = LIVE_CALLS.read().await;
-    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.drain_timeout = 1).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.drain_timeout = 1).await;
     let id = s.assistant("Front desk").await;
     let (mut ws, call_id) = open_call(&s, &id).await;
 
@@ -396,7 +396,7 @@ async fn draining_refuses_new_calls_and_closes_live_ones_with_1012() {
 #[tokio::test]
 async fn an_upgrade_during_drain_gets_503_even_with_bad_input() {
     let _g = LIVE_CALLS.read().await;
-    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.drain_timeout = 1).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.drain_timeout = 1).await;
     let running = s.running.take().unwrap();
     running.lifecycle.start_draining();
     let (status, code, headers) = refused(&s, "assistantId=whatever", &[]).await;

@@ -391,7 +391,7 @@ async fn a_public_key_reads_only_its_assistants_and_changes_nothing() {
 #[tokio::test]
 async fn the_metrics_token_reads_metrics_and_nothing_else() {
     let token = "tok_metrics_0123456789abcdef";
-    let s = TestServer::start_with(TestDb::sqlite(), |a| a.metrics_token = Some(token.into())).await;
+    let s = TestServer::start_with(TestDb::chosen().await, |a| a.metrics_token = Some(token.into())).await;
     let http = TestServer::http();
     let ids = Ids::create(&s).await;
 
@@ -474,7 +474,7 @@ fn sign(claims: &Value, secret: &str) -> String {
 
 #[tokio::test]
 async fn supabase_user_tokens_are_verified() {
-    let s = TestServer::start_with(TestDb::sqlite(), |a| a.supabase_jwt_secret = Some(JWT_SECRET.into())).await;
+    let s = TestServer::start_with(TestDb::chosen().await, |a| a.supabase_jwt_secret = Some(JWT_SECRET.into())).await;
     let http = TestServer::http();
     let get = |token: &str| http.get(s.at("/api/assistants")).bearer_auth(token);
 

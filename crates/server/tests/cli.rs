@@ -54,7 +54,7 @@ async fn status(s: &TestServer, path: &str, key: &str) -> u16 {
 
 #[tokio::test]
 async fn keys_create_prints_a_working_key_on_the_last_line() {
-    let db = TestDb::sqlite();
+    let db = TestDb::chosen().await;
     let url = db.url.clone();
     // Before any server ran: the command migrates the empty database itself.
     let out = ok(&url, &["keys", "create", "--name", "ci"]);
@@ -81,7 +81,7 @@ async fn keys_create_prints_a_working_key_on_the_last_line() {
 
 #[tokio::test]
 async fn public_keys_need_assistants() {
-    let db = TestDb::sqlite();
+    let db = TestDb::chosen().await;
     let url = db.url.clone();
     let s = TestServer::start_with(db, |_| {}).await;
     let a = s.assistant("web").await;
@@ -121,7 +121,7 @@ async fn public_keys_need_assistants() {
 
 #[tokio::test]
 async fn keys_list_shows_keys_but_never_secrets() {
-    let db = TestDb::sqlite();
+    let db = TestDb::chosen().await;
     let url = db.url.clone();
     let s = TestServer::start_with(db, |_| {}).await;
     let key = key_of(&ok(&url, &["keys", "create", "--name", "listed-ci"]));
@@ -141,7 +141,7 @@ async fn keys_list_shows_keys_but_never_secrets() {
 
 #[tokio::test]
 async fn keys_revoke_makes_the_key_401() {
-    let db = TestDb::sqlite();
+    let db = TestDb::chosen().await;
     let url = db.url.clone();
     // A short auth cache: the CLI is another process, so the server learns of the
     // revocation when its cached entry expires.
@@ -175,7 +175,7 @@ async fn keys_revoke_makes_the_key_401() {
 
 #[tokio::test]
 async fn migrate_twice_exits_zero() {
-    let db = TestDb::sqlite();
+    let db = TestDb::chosen().await;
     let first = ok(&db.url, &["migrate"]);
     let second = ok(&db.url, &["migrate"]);
     assert!(first.contains("migrations applied"), "{first}");

@@ -16,7 +16,7 @@ const DEV: &str = "http://localhost:5175";
 const EVIL: &str = "https://evil.example.com";
 
 async fn two_origins() -> TestServer {
-    TestServer::start_with(TestDb::sqlite(), |args| args.allowed_origins = format!("{APP}, {DEV}")).await
+    TestServer::start_with(TestDb::chosen().await, |args| args.allowed_origins = format!("{APP}, {DEV}")).await
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -59,7 +59,7 @@ async fn preflight_from_an_allowed_origin_is_answered() {
 
 #[tokio::test]
 async fn origin_matching_ignores_case_and_a_trailing_slash_in_the_setting() {
-    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.allowed_origins = "https://App.Example.com/".into()).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.allowed_origins = "https://App.Example.com/".into()).await;
     let res = preflight(&s, "/api/assistants", APP).await;
     assert_eq!(header(res.headers(), "access-control-allow-origin"), Some(APP));
     s.stop().await;
@@ -165,7 +165,7 @@ async fn same_origin_requests_work_without_cors() {
 
 #[tokio::test]
 async fn a_star_allows_any_origin() {
-    let mut s = TestServer::start_with(TestDb::sqlite(), |args| args.allowed_origins = "*".into()).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.allowed_origins = "*".into()).await;
     let http = TestServer::http();
     for origin in [EVIL, "http://localhost:1234"] {
         let res = preflight(&s, "/api/assistants", origin).await;

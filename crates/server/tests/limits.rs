@@ -90,7 +90,7 @@ fn rate_limited_total(samples: &[Sample], scope: &str) -> f64 {
 
 #[tokio::test]
 async fn the_key_over_its_limit_gets_429_with_retry_after_and_other_keys_do_not() {
-    let s = TestServer::start_with(TestDb::sqlite(), |a| {
+    let s = TestServer::start_with(TestDb::chosen().await, |a| {
         a.rate_limit_api = rate("3/min");
         a.rate_limit_api_ip = rate("off");
     })
@@ -122,7 +122,7 @@ async fn the_key_over_its_limit_gets_429_with_retry_after_and_other_keys_do_not(
 
 #[tokio::test]
 async fn the_address_limit_refuses_even_unauthenticated_requests() {
-    let s = TestServer::start_with(TestDb::sqlite(), |a| {
+    let s = TestServer::start_with(TestDb::chosen().await, |a| {
         a.rate_limit_api = rate("off");
         a.rate_limit_api_ip = rate("3/min");
     })
@@ -145,7 +145,7 @@ async fn the_address_limit_refuses_even_unauthenticated_requests() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_limit() {
-    let s = TestServer::start_with(TestDb::sqlite(), |a| {
+    let s = TestServer::start_with(TestDb::chosen().await, |a| {
         a.rate_limit_api = rate("off");
         a.rate_limit_api_ip = rate("2/min");
         a.trust_proxy = true;
@@ -205,7 +205,7 @@ fn error_of(status: u16, headers: &[(String, String)], body: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_body_trickled_slower_than_the_request_timeout_gets_408() {
-    let s = TestServer::start_with(TestDb::sqlite(), |a| a.request_timeout = 1).await;
+    let s = TestServer::start_with(TestDb::chosen().await, |a| a.request_timeout = 1).await;
 
     // A request that is quick is unaffected.
     let res = TestServer::http().post(s.at("/api/assistants")).bearer_auth(&s.admin).json(&json!({"name": "quick"})).send().await.unwrap();
@@ -244,7 +244,7 @@ async fn a_body_trickled_slower_than_the_request_timeout_gets_408() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413() {
-    let s = TestServer::start_with(TestDb::sqlite(), |a| a.body_limit = 1024).await;
+    let s = TestServer::start_with(TestDb::chosen().await, |a| a.body_limit = 1024).await;
     let http = TestServer::http();
 
     let small = json!({"name": "small", "systemPrompt": "a".repeat(600)});
@@ -287,7 +287,7 @@ async fn a_body_over_the_limit_gets_413() {
 async fn a_declared_length_over_the_limit_gets_413_without_waiting_for_the_body() {
     // The default request timeout (30 s) is longer than this test waits: a 413 must
     // come from the declared length, not from a timeout.
-    let s = TestServer::start_with(TestDb::sqlite(), |a| a.body_limit = 1024).await;
+    let s = TestServer::start_with(TestDb::chosen().await, |a| a.body_limit = 1024).await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let head = format!(
         "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{{\"name\":\"liar\"}}",

@@ -272,7 +272,7 @@ async fn close_code_of(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungste
 
 #[tokio::test]
 async fn drain_deadline_closes_live_calls_with_1012_and_ends_their_records() {
-    let mut s = TestServer::start_with(TestDb::sqlite(), |a| a.drain_timeout = 1).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |a| a.drain_timeout = 1).await;
     let assistant = s.assistant("Long talker").await;
     let mut calls = Vec::new();
     for _ in 0..5 {
@@ -319,7 +319,7 @@ async fn drain_deadline_closes_live_calls_with_1012_and_ends_their_records() {
 #[tokio::test]
 async fn drain_returns_once_calls_end_on_their_own() {
     // A deadline far longer than the test may run: the drain must not wait it out.
-    let mut s = TestServer::start_with(TestDb::sqlite(), |a| a.drain_timeout = 120).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |a| a.drain_timeout = 120).await;
     let assistant = s.assistant("Short talker").await;
     let mut calls = Vec::new();
     for _ in 0..3 {

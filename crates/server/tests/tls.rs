@@ -57,7 +57,7 @@ impl Cert {
 
 async fn tls_server(cert: &Cert) -> TestServer {
     let (c, k) = (cert.cert(), cert.key());
-    TestServer::start_with(TestDb::sqlite(), move |args| {
+    TestServer::start_with(TestDb::chosen().await, move |args| {
         args.tls_cert = Some(c);
         args.tls_key = Some(k);
     })
@@ -179,7 +179,7 @@ async fn ended_call(s: &TestServer, id: &str) -> voxgate_domain::Call {
 /// Starts with the given files; expects an error that names `expect_named`.
 async fn start_fails(cert: &Path, key: &Path, expect_named: &Path) {
     voxgate_server::init_crypto();
-    let db = TestDb::sqlite();
+    let db = TestDb::chosen().await;
     let mut args = ServeArgs::for_tests(&db.url);
     args.tls_cert = Some(cert.to_path_buf());
     args.tls_key = Some(key.to_path_buf());

@@ -193,7 +193,7 @@ async fn config_json_tells_the_app_where_things_are() {
     assert!(cfg["agentUrl"].is_string(), "{cfg}");
     s.stop().await;
 
-    let mut s = TestServer::start_with(TestDb::sqlite(), |args| {
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| {
         args.public_api_base = Some("https://api.example.com/api".into());
         args.public_agent_url = Some("wss://agent.example.com/agent".into());
     })

@@ -43,6 +43,16 @@ impl TestDb {
         Some(TestDb { name: "postgres", url, _dir: None })
     }
 
+    /// The backend a test run asked for with `VOXGATE_TEST_BACKEND` (`sqlite`, the
+    /// default, or `postgres`), so one suite runs against each in turn.
+    pub async fn chosen() -> TestDb {
+        match std::env::var("VOXGATE_TEST_BACKEND").as_deref() {
+            Ok("postgres") => TestDb::postgres().await.expect("VOXGATE_TEST_BACKEND=postgres needs VOXGATE_TEST_POSTGRES_URL"),
+            Ok("sqlite") | Err(_) => TestDb::sqlite(),
+            Ok(other) => panic!("VOXGATE_TEST_BACKEND={other:?}: expected sqlite or postgres"),
+        }
+    }
+
     /// Every backend available here: SQLite, and PostgreSQL when configured.
     pub async fn all() -> Vec<TestDb> {
         let mut v = vec![TestDb::sqlite()];

@@ -24,7 +24,7 @@ pub struct TestServer {
 impl TestServer {
     /// The default server on a fresh SQLite database.
     pub async fn start() -> TestServer {
-        TestServer::start_with(TestDb::sqlite(), |_| {}).await
+        TestServer::start_with(TestDb::chosen().await, |_| {}).await
     }
 
     /// A server on `db`, with settings changed by `tweak`.
