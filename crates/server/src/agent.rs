@@ -110,6 +110,10 @@ async fn admit(
         Principal::Key(k) if k.kind == KeyKind::Public && !k.assistant_ids.contains(&assistant_id) => {
             return Err(ApiError::forbidden("this public key does not list that assistant"));
         }
+        // Public keys are for browsers, which always send Origin (checked above).
+        Principal::Key(k) if k.kind == KeyKind::Public && origin.is_none() => {
+            return Err(ApiError::forbidden("a public key opens calls from a browser page on an allowed origin"));
+        }
         _ => {}
     }
     if !is_id(&assistant_id) {

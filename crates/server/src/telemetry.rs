@@ -50,11 +50,14 @@ pub fn init_sentry(dsn: Option<&str>) -> anyhow::Result<Option<sentry::ClientIni
 /// Middleware: reports every 5xx answer to Sentry (when it is on), with the route
 /// and the request id, and nothing else of the request.
 pub async fn report_server_errors(req: Request, next: Next) -> Response {
+    if !sentry::Hub::current().client().is_some_and(|c| c.is_enabled()) {
+        return next.run(req).await;
+    }
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| req.uri().path().to_owned());
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let res = next.run(req).await;
-    if res.status().is_server_error() && sentry::Hub::current().client().is_some_and(|c| c.is_enabled()) {
+    if res.status().is_server_error() {
         let status = res.status().as_u16();
         sentry::with_scope(
             |scope| {

@@ -295,6 +295,9 @@ async fn a_public_key_from_an_allowed_origin_works_in_the_query() {
     // The same key from another origin: refused.
     let (status, code, _) = refused(&s, &format!("assistantId={id}&key={public}"), &[("origin", "https://evil.example.com")]).await;
     assert_eq!((status, code.as_str()), (403, "forbidden"));
+    // And with no Origin at all (not a browser): refused too.
+    let (status, code, _) = refused(&s, &format!("assistantId={id}&key={public}"), &[]).await;
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
     // A public key cannot use the API.
     let res = TestServer::http().get(s.at("/api/assistants")).bearer_auth(&public).send().await.unwrap();
     assert!(matches!(res.status().as_u16(), 401 | 403), "{}", res.status());
