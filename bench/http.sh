@@ -9,6 +9,7 @@
 #   BENCH_DURATION [10s]  BENCH_CONNECTIONS [32]  BENCH_WARMUP [2s, "0" for none]
 #   BENCH_PORT [18080]    BENCH_SKIP_BUILD [unset; 1 = use the existing binary]
 #   VOXGATE_BIN [target/release/voxgate]
+#   BENCH_PIN [1; 0 = no pinning: the server and wrk share the whole machine]
 # The server is pinned to CPU 0 and wrk to CPU 1 (taskset), so the numbers are
 # for a one-core server. See bench/README.md.
 set -euo pipefail
@@ -64,7 +65,11 @@ for cmd in wrk curl taskset; do
     command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found (run scripts/setup.sh)"
 done
 
-if [ "$(nproc)" -ge 2 ]; then
+if [ "${BENCH_PIN:-1}" = 0 ]; then
+    SERVER_PIN=()
+    WRK_PIN=()
+    PINNING="none (server and wrk share every CPU)"
+elif [ "$(nproc)" -ge 2 ]; then
     SERVER_PIN=(taskset -c 0)
     WRK_PIN=(taskset -c 1)
     PINNING="server on CPU 0, wrk on CPU 1"
