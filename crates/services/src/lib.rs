@@ -1,0 +1,37 @@
+//! The services a call uses, behind small streaming traits, so the pipeline does
+//! not care whether a model runs on this machine, at OpenAI, or is scripted.
+//!
+//! # Layout
+//! - [`stt`]: speech to text, batch and streaming.
+//! - [`llm`]: streaming chat with tool calls; the chat message types.
+//! - [`tts`]: text to streaming audio.
+//! - [`clauses`]: cuts a stream of tokens into clauses, so speech starts on the
+//!   first clause rather than the whole reply.
+//! - [`context`]: the conversation, and truncating a reply to what was played.
+//! - [`scripted`]: deterministic providers for tests (fixed transcripts, tokens
+//!   with chosen delays, tone audio). Never a default for users.
+
+pub mod clauses;
+pub mod context;
+pub mod llm;
+pub mod scripted;
+pub mod stt;
+pub mod tts;
+
+/// What a provider can fail with. The pipeline decides (per stage, per issue 5)
+/// whether to retry, fall back, or end the turn.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    /// Credentials refused (401, 403): a configuration problem, never retried.
+    #[error("{provider}: not authorized: {message}")]
+    Unauthorized { provider: &'static str, message: String },
+    /// Rate limited (429), with the wait the provider asked for.
+    #[error("{provider}: rate limited")]
+    RateLimited { provider: &'static str, retry_after: Option<std::time::Duration> },
+    /// A failure worth one retry (5xx, a timeout, a cut stream).
+    #[error("{provider}: {message}")]
+    Transient { provider: &'static str, message: String },
+    /// The request itself is wrong (bad audio, a model that does not exist).
+    #[error("{provider}: {message}")]
+    Invalid { provider: &'static str, message: String },
+}

@@ -1,0 +1,200 @@
+//! Deterministic providers for tests: fixed transcripts, tokens with chosen delays,
+//! tone audio. They implement the same traits as the real providers, so a test
+//! drives the real pipeline and only the models are fixed. Never a default for users.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+use crate::ServiceError;
+use crate::llm::{ChatRequest, Llm, LlmEvent, ToolCallRequest};
+use crate::stt::Stt;
+use crate::tts::Tts;
+
+/// Answers each utterance with the next scripted transcript, after `delay`.
+#[derive(Clone)]
+pub struct ScriptedStt {
+    transcripts: Arc<Mutex<VecDeque<String>>>,
+    pub delay: Duration,
+    /// Samples of every utterance received, for assertions.
+    pub heard: Arc<Mutex<Vec<usize>>>,
+}
+
+impl ScriptedStt {
+    pub fn new<S: Into<String>>(transcripts: impl IntoIterator<Item = S>, delay: Duration) -> ScriptedStt {
+        ScriptedStt {
+            transcripts: Arc::new(Mutex::new(transcripts.into_iter().map(Into::into).collect())),
+            delay,
+            heard: Arc::default(),
+        }
+    }
+}
+
+impl Stt for ScriptedStt {
+    fn transcribe(&self, audio: Vec<i16>, _rate: u32) -> BoxFuture<'static, Result<String, ServiceError>> {
+        self.heard.lock().expect("lock").push(audio.len());
+        let next = self.transcripts.lock().expect("lock").pop_front().unwrap_or_default();
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(next)
+        })
+    }
+}
+
+/// One step of a scripted reply.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A token, after a delay.
+    Token(String, Duration),
+    /// A tool call, after a delay.
+    Tool { name: String, arguments: String, delay: Duration },
+    /// A failure, after a delay.
+    Fail(ServiceError, Duration),
+}
+
+/// Plays one scripted reply per request, and records the requests.
+#[derive(Clone, Default)]
+pub struct ScriptedLlm {
+    replies: Arc<Mutex<VecDeque<Vec<Step>>>>,
+    /// Every request received, for assertions on the context.
+    pub requests: Arc<Mutex<Vec<ChatRequest>>>,
+}
+
+impl ScriptedLlm {
+    pub fn new(replies: impl IntoIterator<Item = Vec<Step>>) -> ScriptedLlm {
+        ScriptedLlm { replies: Arc::new(Mutex::new(replies.into_iter().collect())), requests: Arc::default() }
+    }
+
+    /// A reply of whitespace-separated tokens, each `gap` after the previous.
+    pub fn words(text: &str, gap: Duration) -> Vec<Step> {
+        let mut first = true;
+        text.split_inclusive(' ')
+            .map(|w| {
+                let d = if first { Duration::ZERO } else { gap };
+                first = false;
+                Step::Token(w.to_string(), d)
+            })
+            .collect()
+    }
+}
+
+impl Llm for ScriptedLlm {
+    fn chat(&self, request: ChatRequest) -> BoxStream<'static, Result<LlmEvent, ServiceError>> {
+        self.requests.lock().expect("lock").push(request);
+        let steps = self.replies.lock().expect("lock").pop_front().unwrap_or_default();
+        let mut n = 0usize;
+        stream::iter(steps)
+            .then(move |step| {
+                n += 1;
+                let id = format!("call_{n}");
+                async move {
+                    match step {
+                        Step::Token(t, d) => {
+                            tokio::time::sleep(d).await;
+                            Ok(LlmEvent::Token(t))
+                        }
+                        Step::Tool { name, arguments, delay } => {
+                            tokio::time::sleep(delay).await;
+                            Ok(LlmEvent::ToolCall(ToolCallRequest { id, name, arguments }))
+                        }
+                        Step::Fail(e, d) => {
+                            tokio::time::sleep(d).await;
+                            Err(e)
+                        }
+                    }
+                }
+            })
+            .chain(stream::once(async { Ok(LlmEvent::Done) }))
+            .boxed()
+    }
+}
+
+/// Speaks any text as a 440 Hz tone, `ms_per_char` long per character, in chunks
+/// of `chunk_ms`, the first after `first_delay`.
+#[derive(Debug, Clone)]
+pub struct ToneTts {
+    pub rate: u32,
+    pub ms_per_char: u32,
+    pub chunk_ms: u32,
+    pub first_delay: Duration,
+}
+
+impl Default for ToneTts {
+    fn default() -> Self {
+        ToneTts { rate: 24_000, ms_per_char: 60, chunk_ms: 40, first_delay: Duration::ZERO }
+    }
+}
+
+impl Tts for ToneTts {
+    fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    fn synthesize(&self, text: String) -> BoxStream<'static, Result<Vec<i16>, ServiceError>> {
+        let total = (text.chars().count() as u64 * self.ms_per_char as u64 * self.rate as u64 / 1000) as usize;
+        let chunk = (self.chunk_ms as usize * self.rate as usize / 1000).max(1);
+        let rate = self.rate as f64;
+        let first = self.first_delay;
+        let starts: Vec<usize> = (0..total).step_by(chunk).collect();
+        stream::iter(starts.into_iter().enumerate())
+            .then(move |(i, start)| async move {
+                if i == 0 {
+                    tokio::time::sleep(first).await;
+                }
+                let end = (start + chunk).min(total);
+                let samples = (start..end)
+                    .map(|n| ((n as f64 * 440.0 * std::f64::consts::TAU / rate).sin() * 8000.0) as i16)
+                    .collect::<Vec<i16>>();
+                Ok(samples)
+            })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{ChatMessage, Role};
+
+    fn req() -> ChatRequest {
+        ChatRequest { messages: vec![ChatMessage::new(Role::User, "hi")], tools: vec![], temperature: 0.0, max_tokens: 10 }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn llm_plays_tokens_with_their_delays_and_records_requests() {
+        let llm = ScriptedLlm::new([ScriptedLlm::words("Hello there friend", Duration::from_millis(30))]);
+        let start = tokio::time::Instant::now();
+        let events: Vec<_> = llm.chat(req()).collect().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(60));
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[0], Ok(LlmEvent::Token("Hello ".into())));
+        assert_eq!(events[3], Ok(LlmEvent::Done));
+        assert_eq!(llm.requests.lock().unwrap().len(), 1);
+        // Unscripted: an empty reply, not a hang.
+        let events: Vec<_> = llm.chat(req()).collect().await;
+        assert_eq!(events, vec![Ok(LlmEvent::Done)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tone_lasts_by_the_character() {
+        let tts = ToneTts { rate: 16_000, ms_per_char: 50, chunk_ms: 20, first_delay: Duration::from_millis(5) };
+        let chunks: Vec<_> = tts.synthesize("abcd".into()).collect().await;
+        let samples: usize = chunks.iter().map(|c| c.as_ref().unwrap().len()).sum();
+        assert_eq!(samples, 16_000 * 200 / 1000);
+        assert_eq!(chunks.len(), 10);
+        assert!(chunks[0].as_ref().unwrap().iter().any(|&s| s.abs() > 4000), "a real tone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stt_answers_in_order() {
+        let stt = ScriptedStt::new(["one", "two"], Duration::from_millis(10));
+        assert_eq!(stt.transcribe(vec![0; 320], 16_000).await.unwrap(), "one");
+        assert_eq!(stt.transcribe(vec![0; 160], 16_000).await.unwrap(), "two");
+        assert_eq!(stt.transcribe(vec![], 16_000).await.unwrap(), "");
+        assert_eq!(*stt.heard.lock().unwrap(), vec![320, 160, 0]);
+    }
+}

@@ -1,0 +1,36 @@
+//! Speech to text. Batch providers transcribe a finished utterance; streaming ones
+//! take audio as it comes and give partial and final transcripts.
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::ServiceError;
+
+/// Transcribes a whole utterance.
+pub trait Stt: Send + Sync + 'static {
+    /// `audio` is mono PCM16 at `rate`.
+    fn transcribe(&self, audio: Vec<i16>, rate: u32) -> BoxFuture<'static, Result<String, ServiceError>>;
+}
+
+/// A transcript event from a streaming recogniser.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SttEvent {
+    Partial(String),
+    Final(String),
+}
+
+/// One streaming recognition session: push audio in, read events out. Dropping
+/// it ends the session.
+pub trait SttSession: Send {
+    /// Feeds audio (mono PCM16 at the session's rate).
+    fn push(&mut self, audio: &[i16]) -> Result<(), ServiceError>;
+    /// The caller's turn is over: finish and emit a final transcript.
+    fn finish(&mut self) -> Result<(), ServiceError>;
+    /// The transcript events, in order.
+    fn events(&mut self) -> BoxStream<'static, Result<SttEvent, ServiceError>>;
+}
+
+/// Starts streaming sessions.
+pub trait StreamingStt: Send + Sync + 'static {
+    fn start(&self, rate: u32) -> Result<Box<dyn SttSession>, ServiceError>;
+}
