@@ -8,6 +8,23 @@
 //! - control frames (the start and end of a reply, of speech synthesis) are queued
 //!   in order and are flushed by an interruption.
 //!
+//! # A call's pipeline, downstream
+//! 1. the transport (not a stage) feeds `InputAudio` at 16 kHz, `UserText`, `End`;
+//! 2. turn taking: VAD, `UserStartedSpeaking`/`UserStoppedSpeaking`, `EndOfTurn`
+//!    after the silence, `Interruption` both ways on barge-in, timeouts (`Say`, `End`);
+//! 3. speech to text: `Transcript` (partials also upstream, for the word rule), then
+//!    `EndOfTurn`;
+//! 4. the language model: owns the conversation; on `EndOfTurn` streams
+//!    `LlmResponseStart`, `LlmText`..., `LlmResponseEnd`; appends `Spoken` (coming
+//!    upstream) to the history;
+//! 5. clauses: `LlmText` and `Say` into `TtsText` clauses;
+//! 6. text to speech: `SpeechClause(text)` then its `OutputAudio`;
+//! 7. the output transport: paces audio in real time, sends `BotStartedSpeaking`,
+//!    `BotStoppedSpeaking` and `Spoken` upstream.
+//!
+//! `Metric` frames travel downstream to the pipeline's end, where the call session
+//! turns them into the turn's latency record.
+//!
 //! # Layout
 //! - [`audio`]: [`AudioFrame`], PCM16 samples with their rate.
 //! - [`Frame`], [`Category`], [`Direction`]: this file.
@@ -154,6 +171,10 @@ pub enum Frame {
     ToolResult(ToolResult),
     /// Something the assistant must say verbatim (the first message, a prompt).
     Say(String),
+    /// Text to speech marks the start of one clause's audio: the `OutputAudio`
+    /// frames that follow, up to the next `SpeechClause` or the end of the reply,
+    /// speak `text`. The output stage uses it to report what was heard.
+    SpeechClause(String),
 
     // ---- control ----
     /// The caller's turn is over: the context may run the model.
@@ -174,7 +195,7 @@ impl Frame {
             Start | Cancel(_) | Interruption | UserStartedSpeaking | UserStoppedSpeaking | BotStartedSpeaking
             | BotStoppedSpeaking | InputAudio(_) | Metric { .. } | Error { .. } | Spoken(_) => Category::System,
             OutputAudio(_) | Transcript(_) | UserText(_) | LlmText(_) | TtsText(_) | ToolCall(_)
-            | ToolResult(_) | Say(_) => Category::Data,
+            | ToolResult(_) | Say(_) | SpeechClause(_) => Category::Data,
             EndOfTurn | LlmResponseStart | LlmResponseEnd | TtsStarted | TtsStopped | End(_) => Category::Control,
         }
     }
@@ -206,6 +227,7 @@ impl Frame {
             ToolCall(_) => "tool-call",
             ToolResult(_) => "tool-result",
             Say(_) => "say",
+            SpeechClause(_) => "speech-clause",
             EndOfTurn => "end-of-turn",
             LlmResponseStart => "llm-response-start",
             LlmResponseEnd => "llm-response-end",

@@ -10,6 +10,8 @@
 //! - [`context`]: the conversation, and truncating a reply to what was played.
 //! - [`scripted`]: deterministic providers for tests (fixed transcripts, tokens
 //!   with chosen delays, tone audio). Never a default for users.
+//! - [`turn`]: the turn-taking stage: VAD, endpointing, barge-in, timeouts.
+//! - [`processors`]: the pipeline stages around each service.
 
 pub mod clauses;
 pub mod context;
@@ -17,6 +19,8 @@ pub mod llm;
 pub mod scripted;
 pub mod stt;
 pub mod tts;
+pub mod turn;
+pub mod processors;
 
 /// What a provider can fail with. The pipeline decides (per stage, per issue 5)
 /// whether to retry, fall back, or end the turn.

@@ -1,0 +1,1 @@
+//! The pipeline stages around each service (being written).
