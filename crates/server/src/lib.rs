@@ -5,6 +5,7 @@
 //! - [`config`]: the CLI and environment (one clap struct per command).
 //! - [`serve`]: assembles the roles into one router, listens (HTTP or HTTPS), drains.
 //! - [`agent`]: the `/agent` WebSocket.
+//! - [`session`]: a call's pipeline and record.
 //! - [`ui`]: the embedded web app and `/config.json`.
 //! - [`headers`]: security headers.
 //! - [`telemetry`]: logs and Sentry.
@@ -15,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod headers;
 pub mod serve;
+pub mod session;
 pub mod telemetry;
 pub mod ui;
 

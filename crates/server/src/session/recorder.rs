@@ -1,0 +1,162 @@
+//! Turns a call's frames into its record: one row per turn, written as the turn
+//! completes (so a crash loses at most the turn in progress), with the assistant's
+//! words as played and the reply's latency breakdown.
+//!
+//! A user turn completes with its final transcript (or typed text). An assistant
+//! turn starts when its first audio plays and completes when the bot stops
+//! speaking, interrupted or not; its text is what the output reported as `Spoken`.
+//! Its latency: endpointing, STT, LLM first token and TTS first audio from the
+//! stages' `Metric` frames, and voice-to-voice from the caller's last
+//! `UserStoppedSpeaking` to `BotStartedSpeaking`.
+
+use std::time::{Duration, Instant};
+
+use voxgate_domain::call::{CallTurn, TurnLatency, TurnRole};
+use voxgate_frames::{Frame, Stage};
+
+/// Builds turn records from frames. Pure: no I/O, no clock of its own.
+#[derive(Debug)]
+pub struct TurnRecorder {
+    start: Instant,
+    next_idx: i64,
+    latency: TurnLatency,
+    user_stopped: Option<Instant>,
+    reply: Option<Reply>,
+}
+
+#[derive(Debug)]
+struct Reply {
+    started_ms: i64,
+    text: String,
+    interrupted: bool,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl TurnRecorder {
+    pub fn new(start: Instant) -> TurnRecorder {
+        TurnRecorder { start, next_idx: 0, latency: TurnLatency::default(), user_stopped: None, reply: None }
+    }
+
+    fn offset(&self, now: Instant) -> i64 {
+        now.saturating_duration_since(self.start).as_millis() as i64
+    }
+
+    fn turn(&mut self, role: TurnRole, text: String, started_ms: i64, interrupted: bool, latency: TurnLatency) -> CallTurn {
+        let idx = self.next_idx;
+        self.next_idx += 1;
+        CallTurn { idx, role, text, started_ms, interrupted, latency }
+    }
+
+    /// Feeds one frame seen at `now`; returns the turns it completed.
+    pub fn on_frame(&mut self, frame: &Frame, now: Instant) -> Option<CallTurn> {
+        match frame {
+            Frame::UserStoppedSpeaking => {
+                self.user_stopped = Some(now);
+                None
+            }
+            Frame::Metric { stage, value } => {
+                let v = Some(ms(*value));
+                match stage {
+                    Stage::Endpointing => self.latency.endpointing_ms = v,
+                    Stage::Stt => self.latency.stt_ms = v,
+                    Stage::LlmFirstToken => self.latency.llm_first_token_ms = v,
+                    Stage::TtsFirstAudio => self.latency.tts_first_audio_ms = v,
+                    Stage::QueueWait => self.latency.queue_wait_ms = Some(self.latency.queue_wait_ms.unwrap_or(0.0) + ms(*value)),
+                    Stage::VoiceToVoice => self.latency.voice_to_voice_ms = v,
+                }
+                None
+            }
+            Frame::Transcript(t) if t.is_final && !t.text.trim().is_empty() => {
+                let started = self.user_stopped.map(|t| self.offset(t)).unwrap_or_else(|| self.offset(now));
+                Some(self.turn(TurnRole::User, t.text.trim().to_string(), started, false, TurnLatency::default()))
+            }
+            Frame::UserText(text) if !text.trim().is_empty() => {
+                self.user_stopped = Some(now);
+                let started = self.offset(now);
+                Some(self.turn(TurnRole::User, text.trim().to_string(), started, false, TurnLatency::default()))
+            }
+            Frame::BotStartedSpeaking => {
+                if self.reply.is_none() {
+                    if let Some(stopped) = self.user_stopped.take() {
+                        self.latency.voice_to_voice_ms = Some(ms(now.saturating_duration_since(stopped)));
+                    }
+                    self.reply = Some(Reply { started_ms: self.offset(now), text: String::new(), interrupted: false });
+                }
+                None
+            }
+            Frame::Spoken(text) => {
+                if let Some(r) = &mut self.reply {
+                    if !r.text.is_empty() && !text.is_empty() {
+                        r.text.push(' ');
+                    }
+                    r.text.push_str(text.trim());
+                }
+                None
+            }
+            Frame::Interruption => {
+                if let Some(r) = &mut self.reply {
+                    r.interrupted = true;
+                }
+                None
+            }
+            Frame::BotStoppedSpeaking => self.finish_reply(),
+            _ => None,
+        }
+    }
+
+    /// Completes the reply in progress, if any (at a bot stop or the end of the call).
+    pub fn finish_reply(&mut self) -> Option<CallTurn> {
+        let r = self.reply.take()?;
+        let latency = std::mem::take(&mut self.latency);
+        Some(self.turn(TurnRole::Assistant, r.text, r.started_ms, r.interrupted, latency))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voxgate_frames::Transcript;
+
+    #[test]
+    fn a_spoken_exchange_becomes_two_turns_with_latency() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut r = TurnRecorder::new(t0);
+        assert!(r.on_frame(&Frame::UserStoppedSpeaking, at(1000)).is_none());
+        r.on_frame(&Frame::Metric { stage: Stage::Endpointing, value: Duration::from_millis(500) }, at(1500));
+        r.on_frame(&Frame::Metric { stage: Stage::Stt, value: Duration::from_millis(80) }, at(1580));
+        let user = r.on_frame(&Frame::Transcript(Transcript { text: " hi there ".into(), is_final: true }), at(1580)).unwrap();
+        assert_eq!((user.idx, user.role, user.text.as_str(), user.started_ms), (0, TurnRole::User, "hi there", 1000));
+        r.on_frame(&Frame::Metric { stage: Stage::LlmFirstToken, value: Duration::from_millis(120) }, at(1700));
+        r.on_frame(&Frame::Metric { stage: Stage::TtsFirstAudio, value: Duration::from_millis(60) }, at(1760));
+        r.on_frame(&Frame::BotStartedSpeaking, at(1770));
+        r.on_frame(&Frame::Spoken("Hello!".into()), at(2200));
+        r.on_frame(&Frame::Spoken("How can I help?".into()), at(2900));
+        let bot = r.on_frame(&Frame::BotStoppedSpeaking, at(2900)).unwrap();
+        assert_eq!((bot.idx, bot.role, bot.text.as_str(), bot.started_ms, bot.interrupted), (1, TurnRole::Assistant, "Hello! How can I help?", 1770, false));
+        assert_eq!(bot.latency.voice_to_voice_ms, Some(770.0));
+        assert_eq!(bot.latency.endpointing_ms, Some(500.0));
+        assert_eq!(bot.latency.llm_first_token_ms, Some(120.0));
+        // The next reply starts with a clean breakdown.
+        r.on_frame(&Frame::BotStartedSpeaking, at(5000));
+        let again = r.finish_reply().unwrap();
+        assert_eq!(again.latency, TurnLatency::default());
+    }
+
+    #[test]
+    fn an_interrupted_reply_keeps_what_was_played() {
+        let t0 = Instant::now();
+        let mut r = TurnRecorder::new(t0);
+        r.on_frame(&Frame::BotStartedSpeaking, t0);
+        r.on_frame(&Frame::Spoken("Once upon a".into()), t0);
+        r.on_frame(&Frame::Interruption, t0);
+        let t = r.on_frame(&Frame::BotStoppedSpeaking, t0).unwrap();
+        assert!(t.interrupted);
+        assert_eq!(t.text, "Once upon a");
+        assert!(r.on_frame(&Frame::BotStoppedSpeaking, t0).is_none(), "one stop, one turn");
+        assert!(r.on_frame(&Frame::Transcript(Transcript { text: "  ".into(), is_final: true }), t0).is_none());
+    }
+}
