@@ -34,8 +34,9 @@ pub const METRICS_ROUTE: &str = "/api/metrics";
 #[derive(Debug, Clone)]
 pub enum Principal {
     Key(ApiKey),
-    /// A dashboard user signed in through Supabase Auth.
-    User { sub: String, email: Option<String> },
+    /// A dashboard user signed in through Supabase Auth; `admin` when their email is
+    /// listed in `SUPABASE_ADMIN_EMAILS` (anyone may sign up to a Supabase project).
+    User { sub: String, email: Option<String>, admin: bool },
     /// The bearer of `METRICS_TOKEN`.
     Metrics,
 }
@@ -45,7 +46,7 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         match self {
             Principal::Key(k) => k.kind == KeyKind::Private,
-            Principal::User { .. } => true,
+            Principal::User { admin, .. } => *admin,
             Principal::Metrics => false,
         }
     }
@@ -80,6 +81,8 @@ pub struct Auth {
     cache: Mutex<HashMap<String, (ApiKey, Instant)>>,
     supabase: Option<(DecodingKey, Validation)>,
     metrics_token: Option<String>,
+    /// Lowercased emails of the users who may administer this server.
+    admin_emails: Vec<String>,
 }
 
 const CACHE_MAX: usize = 10_000;
@@ -99,6 +102,7 @@ impl Auth {
             cache: Mutex::new(HashMap::new()),
             supabase,
             metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
+            admin_emails: config.supabase_admin_emails.iter().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()).collect(),
         }
     }
 
@@ -117,7 +121,10 @@ impl Auth {
                 return Err(ApiError::unauthorized("user tokens are not accepted here (SUPABASE_JWT_SECRET is not set)"));
             };
             return match jsonwebtoken::decode::<SupabaseClaims>(token, key, validation) {
-                Ok(data) => Ok(Principal::User { sub: data.claims.sub, email: data.claims.email }),
+                Ok(data) => {
+                    let admin = data.claims.email.as_ref().is_some_and(|e| self.admin_emails.contains(&e.to_lowercase()));
+                    Ok(Principal::User { sub: data.claims.sub, email: data.claims.email, admin })
+                }
                 Err(e) => Err(ApiError::unauthorized(format!("the user token is not valid: {}", jwt_reason(&e)))),
             };
         }
@@ -221,7 +228,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Caller(p) = Caller::from_request_parts(parts, state).await?;
-        if p.is_admin() { Ok(Admin(p)) } else { Err(ApiError::forbidden("this needs a private key")) }
+        if p.is_admin() {
+            Ok(Admin(p))
+        } else {
+            Err(ApiError::forbidden("this needs a private key (or a user listed in SUPABASE_ADMIN_EMAILS)"))
+        }
     }
 }
 

@@ -133,7 +133,7 @@ pub struct Me {
 pub async fn me(Caller(p): Caller) -> Result<Json<Me>, ApiError> {
     Ok(Json(match p {
         Principal::Key(k) => Me { kind: k.kind.as_str().into(), key_id: Some(k.id), name: Some(k.name), assistant_ids: k.assistant_ids },
-        Principal::User { sub, email } => Me { kind: "user".into(), key_id: None, name: email.or(Some(sub)), assistant_ids: vec![] },
+        Principal::User { sub, email, .. } => Me { kind: "user".into(), key_id: None, name: email.or(Some(sub)), assistant_ids: vec![] },
         Principal::Metrics => return Err(ApiError::forbidden("the metrics token only reads metrics")),
     }))
 }

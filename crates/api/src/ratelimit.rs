@@ -178,8 +178,12 @@ fn limited(secs: u64, whom: &str) -> ApiError {
 /// in `X-Forwarded-For` (the one our proxy appended; earlier ones are client-made).
 pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_proxy: bool) -> String {
     if trust_proxy
+        // The last line: a proxy that adds its own header line rather than appending
+        // to the client's must not let the client's value through.
         && let Some(ip) = headers
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|s| s.trim().parse::<IpAddr>().ok())

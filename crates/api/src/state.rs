@@ -23,6 +23,8 @@ pub struct ApiConfig {
     pub supabase_jwt_secret: Option<String>,
     /// The audience a Supabase token must carry.
     pub supabase_jwt_audience: String,
+    /// Emails of the Supabase users who administer this server (others get 403).
+    pub supabase_admin_emails: Vec<String>,
     /// How long a verified key stays cached (revocation through this instance is immediate).
     pub auth_cache_ttl: Duration,
     pub rate_limits: Limits,
@@ -41,6 +43,7 @@ impl Default for ApiConfig {
             metrics_token: None,
             supabase_jwt_secret: None,
             supabase_jwt_audience: "authenticated".into(),
+            supabase_admin_emails: Vec::new(),
             auth_cache_ttl: Duration::from_secs(10),
             rate_limits: Limits::default(),
             trust_proxy: false,

@@ -1,17 +1,13 @@
-//! The `/agent` WebSocket: where a call lives. This is the placeholder the voice
-//! pipeline plugs into: it admits or refuses the upgrade (draining, rate limits,
-//! `Origin`, key, assistant), keeps the call's record from start to end, answers
-//! the control messages, and closes with a code and a reason on bad input and on
-//! shutdown (1012, so clients reconnect elsewhere).
-//!
-//! Wire protocol (version `voxgate.v1`): JSON text messages with a `type` both ways;
-//! binary messages are PCM16 little-endian mono audio.
+//! The `/agent` WebSocket: where a call lives. This module admits or refuses the
+//! upgrade (draining, rate limits, `Origin`, key, assistant) and keeps the call's
+//! record from start to end; the call itself runs in [`crate::session`]. The wire
+//! protocol (`voxgate.v1`) is in `docs/agent-protocol.md`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +24,7 @@ use voxgate_domain::ErrorCode;
 use voxgate_domain::call::{Call, CallStatus};
 use voxgate_domain::clock::{is_id, new_id, now_ms};
 use voxgate_domain::key::KeyKind;
+use voxgate_domain::Assistant;
 
 /// What the agent shares between calls.
 #[derive(Clone)]
@@ -40,6 +37,8 @@ pub struct AgentState {
     /// Every live call's task, so a drain can wait for them.
     pub calls: TaskTracker,
     pub max_message: usize,
+    /// What each call's session needs (store, providers, the drain's hard stop).
+    pub session: crate::session::SessionDeps,
 }
 
 /// The `/agent` route.
@@ -84,6 +83,9 @@ async fn admit(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Counted as a live call from here, before the draining check: a drain that
+    // starts while this call is being admitted must wait for it.
+    let guard = s.calls.token();
     if s.api.lifecycle.is_draining() {
         return Err(ApiError::new(ErrorCode::Unavailable, "this instance is draining; connect again").with_retry_after(1));
     }
@@ -127,7 +129,7 @@ async fn admit(
 
     let call = Call {
         id: new_id(),
-        assistant_id: assistant.id,
+        assistant_id: assistant.id.clone(),
         key_id: principal.key_id().map(str::to_owned),
         status: CallStatus::InProgress,
         ended_reason: None,
@@ -156,51 +158,20 @@ async fn admit(
         })
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("call", call_id = %call.id, assistant_id = %call.assistant_id);
-            let tracker = session.calls.clone();
-            tracker.track_future(run_call(socket, call, session).instrument(span))
+            async move {
+                let _guard = guard;
+                run_call(socket, call, assistant, session).instrument(span).await
+            }
         }))
 }
 
-/// Messages a client may send.
-#[derive(Deserialize, Debug)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-enum ClientMessage {
-    Ping {
-        #[serde(default)]
-        id: Option<serde_json::Value>,
-    },
-    /// The caller hangs up.
-    End,
-}
-
-/// Why a call ended, and how to close the socket.
-struct Ending {
-    reason: &'static str,
-    close: Option<(u16, String)>,
-}
-
-async fn run_call(mut socket: WebSocket, call: Call, s: AgentState) {
+async fn run_call(socket: WebSocket, call: Call, assistant: Assistant, s: AgentState) {
     let _live = LiveGauge::new();
     tracing::info!("call started");
-    let hello = serde_json::json!({
-        "type": "call-started",
-        "protocol": "voxgate.v1",
-        "callId": call.id,
-        "assistantId": call.assistant_id,
-        "sampleRate": 16000,
-    });
-    let ending = if socket.send(Message::Text(hello.to_string().into())).await.is_err() {
-        Ending { reason: "connection-lost", close: None }
-    } else {
-        converse(&mut socket, &s).await
-    };
-    if let Some((code, reason)) = &ending.close {
-        let frame = CloseFrame { code: *code, reason: reason.clone().into() };
-        let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
-    }
+    let reason = crate::session::run(socket, &call, &assistant, &s.session).await;
     // The record must end even if the database hiccups: retry briefly.
     for attempt in 0..5 {
-        match s.api.store.end_call(&call.id, ending.reason).await {
+        match s.api.store.end_call(&call.id, reason.as_str()).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::error!(error = %e, attempt, "could not end the call record");
@@ -208,83 +179,7 @@ async fn run_call(mut socket: WebSocket, call: Call, s: AgentState) {
             }
         }
     }
-    tracing::info!(reason = ending.reason, "call ended");
-}
-
-async fn converse(socket: &mut WebSocket, s: &AgentState) -> Ending {
-    loop {
-        let msg = tokio::select! {
-            _ = s.hard_stop.cancelled() => {
-                return Ending { reason: "server-shutdown", close: Some((close_code::RESTART, "server restarting; reconnect".into())) };
-            }
-            msg = socket.recv() => msg,
-        };
-        let msg = match msg {
-            None => return Ending { reason: "connection-lost", close: None },
-            Some(Err(e)) => {
-                tracing::info!(error = %e, "websocket error");
-                return read_error(&e, s.max_message);
-            }
-            Some(Ok(m)) => m,
-        };
-        match msg {
-            Message::Text(text) => match serde_json::from_str::<ClientMessage>(&text) {
-                Ok(ClientMessage::Ping { id }) => {
-                    let pong = serde_json::json!({ "type": "pong", "id": id });
-                    if socket.send(Message::Text(pong.to_string().into())).await.is_err() {
-                        return Ending { reason: "connection-lost", close: None };
-                    }
-                }
-                Ok(ClientMessage::End) => {
-                    return Ending { reason: "customer-ended-call", close: Some((close_code::NORMAL, "call ended".into())) };
-                }
-                Err(e) => {
-                    let mut why = format!("bad message: {e}");
-                    why.truncate(120); // a close reason must fit in 123 bytes
-                    while !why.is_char_boundary(why.len()) {
-                        why.pop();
-                    }
-                    return Ending { reason: "protocol-error", close: Some((close_code::INVALID, why)) };
-                }
-            },
-            Message::Binary(audio) => {
-                if audio.len() % 2 != 0 {
-                    return Ending {
-                        reason: "protocol-error",
-                        close: Some((close_code::INVALID, "audio must be PCM16: an even number of bytes".into())),
-                    };
-                }
-                // The pipeline consumes audio here once it lands.
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            Message::Close(_) => return Ending { reason: "customer-ended-call", close: None },
-        }
-    }
-}
-
-/// Why reading failed. A client that vanished (TCP closed or reset without a
-/// closing handshake) lost its connection; anything else is bad input. axum hides
-/// tungstenite's error type, so this reads the I/O cause and the message.
-fn read_error(e: &axum::Error, max_message: usize) -> Ending {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>().is_some() {
-            return Ending { reason: "connection-lost", close: None };
-        }
-        cause = c.source();
-    }
-    let text = e.to_string();
-    if ["without closing handshake", "Connection closed normally", "closed connection"].iter().any(|t| text.contains(t)) {
-        return Ending { reason: "connection-lost", close: None };
-    }
-    let close = if text.contains("Space limit exceeded") || text.contains("too long") {
-        (close_code::SIZE, format!("message too large (max {max_message} bytes)"))
-    } else if text.contains("UTF-8") {
-        (close_code::INVALID, "text must be UTF-8".into())
-    } else {
-        (close_code::PROTOCOL, "malformed WebSocket frame".into())
-    };
-    Ending { reason: "protocol-error", close: Some(close) }
+    tracing::info!(reason = reason.as_str(), "call ended");
 }
 
 /// Counts live WebSocket calls while alive.

@@ -88,11 +88,11 @@ pub enum LogFormat {
 
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
-    /// Database: `sqlite://voxgate.db` (created on first start) or a PostgreSQL URL
+    /// Database [default: sqlite://voxgate.db]: a SQLite file (created on first start) or a PostgreSQL URL
     /// (`postgres://user:pass@host:5432/db`, e.g. a Supabase connection string).
     /// `SUPABASE_DB_URL` is read when `DATABASE_URL` is not set.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://voxgate.db", hide_env_values = true)]
-    pub database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Most database connections in the pool.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -111,15 +111,14 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
-    /// The database URL, with `SUPABASE_DB_URL` as the fallback name.
+    /// The database URL: the flag or `DATABASE_URL`, else `SUPABASE_DB_URL`, else
+    /// `sqlite://voxgate.db`.
     pub fn url(&self) -> String {
-        if std::env::var_os("DATABASE_URL").is_none()
-            && let Ok(u) = std::env::var("SUPABASE_DB_URL")
-            && !u.is_empty()
-        {
-            return u;
-        }
-        self.database_url.clone()
+        self.database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| std::env::var("SUPABASE_DB_URL").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "sqlite://voxgate.db".into())
     }
 
     pub fn pool_options(&self) -> voxgate_store::PoolOptions {
@@ -207,6 +206,10 @@ pub struct ServeArgs {
     /// The audience Supabase user tokens must carry.
     #[arg(long, env = "SUPABASE_JWT_AUDIENCE", default_value = "authenticated")]
     pub supabase_jwt_audience: String,
+    /// Emails of the Supabase users who administer this server, comma-separated;
+    /// other signed-in users get 403 (anyone can sign up to a Supabase project).
+    #[arg(long, env = "SUPABASE_ADMIN_EMAILS", value_delimiter = ',')]
+    pub supabase_admin_emails: Vec<String>,
     /// Sentry DSN: panics and 5xx answers are reported there.
     #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
     pub sentry_dsn: Option<String>,
@@ -272,6 +275,7 @@ impl ServeArgs {
             metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             supabase_jwt_secret: self.supabase_jwt_secret.clone().filter(|t| !t.is_empty()),
             supabase_jwt_audience: self.supabase_jwt_audience.clone(),
+            supabase_admin_emails: self.supabase_admin_emails.clone(),
             auth_cache_ttl: Duration::from_secs(self.auth_cache_ttl),
             rate_limits: Limits {
                 api: self.rate_limit_api.0,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
 use axum_server::Handle;
 use axum_server::accept::NoDelayAcceptor;
@@ -30,6 +30,9 @@ use voxgate_store::Store;
 use crate::agent::{self, AgentState};
 use crate::config::{Role, ServeArgs};
 use crate::ui::{self, UiConfig};
+
+/// Longest a client may take to send a request's headers (slow-header attacks).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a first-start login code works.
 const LOGIN_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -90,8 +93,14 @@ impl Running {
     }
 }
 
-/// Connects the store, builds the router for the role, binds and starts serving.
+/// Connects the store, builds the router for the role, binds and starts serving,
+/// with the providers the binary has (see [`crate::session::providers`]).
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    start_with(args, Arc::new(crate::session::Unconfigured)).await
+}
+
+/// [`start`] with the given providers (tests and benchmarks pass scripted ones).
+pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::ProviderFactory>) -> anyhow::Result<Running> {
     crate::init_crypto();
     let role = args.role;
     let addr = args.bind_addr();
@@ -142,6 +151,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
                 hard_stop: hard_stop.clone(),
                 calls: calls.clone(),
                 max_message: args.ws_max_message,
+                session: crate::session::SessionDeps {
+                    store: store.clone(),
+                    providers: providers.clone(),
+                    hard_stop: hard_stop.clone(),
+                    max_message: args.ws_max_message,
+                },
             }));
         }
     } else {
@@ -169,13 +184,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             let config = RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
-            let server = axum_server::from_tcp(listener)?
+            let mut server = axum_server::from_tcp(listener)?
                 .acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new()))
+                .first_request_timeout(HEADER_TIMEOUT)
                 .handle(handle.clone());
+            server.http_builder().http1().header_read_timeout(Some(HEADER_TIMEOUT));
             tokio::spawn(server.serve(make))
         }
         _ => {
-            let server = axum_server::from_tcp(listener)?.acceptor(NoDelayAcceptor::new()).handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)?
+                .acceptor(NoDelayAcceptor::new())
+                .first_request_timeout(HEADER_TIMEOUT)
+                .handle(handle.clone());
+            server.http_builder().http1().header_read_timeout(Some(HEADER_TIMEOUT));
             tokio::spawn(server.serve(make))
         }
     };
@@ -187,13 +208,15 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 /// panic catching, error reporting, security headers.
 fn with_common_layers(app: Router, tls: bool) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    app.layer(axum::middleware::from_fn(move |req, next| crate::headers::security_headers(tls, req, next)))
-        .layer(axum::middleware::from_fn(crate::telemetry::report_server_errors))
-        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
-            // The panic hook (and Sentry's, when on) has already recorded the message.
-            ApiError::new(ErrorCode::Internal, "internal error; the request id in the x-request-id header identifies it in the logs")
-                .into_response()
-        }))
+    // A caught panic still gets the security headers and is reported as a 5xx with
+    // its request id, so the panic layer sits inside both.
+    app.layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+        // The panic hook (and Sentry's, when on) has already recorded the message.
+        ApiError::new(ErrorCode::Internal, "internal error; the request id in the x-request-id header identifies it in the logs")
+            .into_response()
+    }))
+    .layer(axum::middleware::from_fn(crate::telemetry::report_server_errors))
+    .layer(axum::middleware::from_fn(move |req, next| crate::headers::security_headers(tls, req, next)))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
             // The path only: a query string may carry a browser's key.
@@ -231,9 +254,4 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-}
-
-/// Maps a `StatusCode` to our error shape (used by layers that only know a status).
-pub fn status_error(status: StatusCode) -> ApiError {
-    ApiError::new(ErrorCode::from_status(status.as_u16()), status.canonical_reason().unwrap_or("error"))
 }

@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::RustEmbed;
@@ -85,7 +85,7 @@ fn file_response(path: &str, file: rust_embed::EmbeddedFile) -> Response {
             (header::CONTENT_TYPE, HeaderValue::from_str(mime.as_ref()).unwrap_or(HeaderValue::from_static("application/octet-stream"))),
             (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
         ],
-        file.data.into_owned(),
+        axum::body::Body::from(file.data),
     )
         .into_response();
     if path.ends_with(".html") {
@@ -95,5 +95,5 @@ fn file_response(path: &str, file: rust_embed::EmbeddedFile) -> Response {
 }
 
 fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "not found").into_response()
+    voxgate_api::ApiError::not_found("file").into_response()
 }

@@ -326,7 +326,7 @@ async fn a_revoked_key_is_refused_at_once() {
 // (b) Public keys.
 
 #[tokio::test]
-async fn a_public_key_reads_only_its_assistants_and_changes_nothing() {
+async fn a_public_key_reads_and_changes_nothing() {
     let s = TestServer::start().await;
     let http = TestServer::http();
     let mine = s.assistant("mine").await;
@@ -335,10 +335,10 @@ async fn a_public_key_reads_only_its_assistants_and_changes_nothing() {
     let ids = Ids::create(&s).await;
     let as_pk = |method: Method, path: &str| request(&http, &s, &method, path).bearer_auth(&pk);
 
-    // It may read its assistant, and who it is.
+    // Public keys ride in web pages: even the assistant they list is not theirs to
+    // read (its prompt and tools are the owner's); they may only say who they are.
     let res = as_pk(Method::GET, &format!("/api/assistants/{mine}")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<Value>().await.unwrap()["name"], "mine");
+    assert_error(res, 403, "forbidden", "GET its own assistant with a public key").await;
     let me: Value = as_pk(Method::GET, "/api/me").send().await.unwrap().json().await.unwrap();
     assert_eq!(me["kind"], "public");
     assert_eq!(me["assistantIds"], json!([mine]));
@@ -474,11 +474,24 @@ fn sign(claims: &Value, secret: &str) -> String {
 
 #[tokio::test]
 async fn supabase_user_tokens_are_verified() {
-    let s = TestServer::start_with(TestDb::chosen().await, |a| a.supabase_jwt_secret = Some(JWT_SECRET.into())).await;
+    let s = TestServer::start_with(TestDb::chosen().await, |a| {
+        a.supabase_jwt_secret = Some(JWT_SECRET.into());
+        a.supabase_admin_emails = vec!["Ada@Example.com".into()];
+    })
+    .await;
     let http = TestServer::http();
     let get = |token: &str| http.get(s.at("/api/assistants")).bearer_auth(token);
 
-    // A valid token: a signed-in user, with full access.
+    // Anyone can sign up to a Supabase project: a valid token of a user not listed
+    // in SUPABASE_ADMIN_EMAILS is signed in, but may administer nothing.
+    let mut stranger = claims();
+    stranger["email"] = json!("mallory@example.com");
+    let stranger = sign(&stranger, JWT_SECRET);
+    assert_eq!(get(&stranger).send().await.unwrap().status(), 403);
+    let res = http.post(s.at("/api/keys")).bearer_auth(&stranger).json(&json!({ "name": "mine", "kind": "private" })).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+
+    // A valid token of a listed user (emails compare without case): full access.
     let good = sign(&claims(), JWT_SECRET);
     let res = get(&good).send().await.unwrap();
     assert_eq!(res.status(), 200);

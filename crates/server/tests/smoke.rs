@@ -29,12 +29,11 @@ async fn first_start_login_assistant_call_and_record() {
         let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
         let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url(&format!("assistantId={id}&key={key}"))).await.unwrap();
-        let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
-        assert_eq!(hello["type"], "call-started");
-        let call_id = hello["callId"].as_str().unwrap().to_string();
         ws.send(Message::Text(r#"{"type":"ping","id":7}"#.into())).await.unwrap();
-        let pong: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
-        assert_eq!(pong, json!({"type": "pong", "id": 7}));
+        assert_eq!(common::next_event(&mut ws).await.unwrap(), json!({"type": "pong", "id": 7}), "ping works before start");
+        let hello = common::start_call(&mut ws).await;
+        let call_id = hello["callId"].as_str().unwrap().to_string();
+        assert_eq!(hello["protocol"], "voxgate.v1");
         ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
         while let Some(Ok(m)) = ws.next().await {
             if m.is_close() {

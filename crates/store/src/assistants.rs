@@ -52,13 +52,23 @@ impl Store {
     pub async fn list_assistants(&self, limit: u32, cursor: Option<&str>) -> Result<Page<Assistant>> {
         let mut c = self.reader().await?;
         let limit = limit.clamp(1, 100) as i64;
-        let rows = sqlx::query(
-            "SELECT id, spec, created_at, updated_at FROM assistants WHERE id < $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(cursor.unwrap_or("~"))
-        .bind(limit + 1)
-        .fetch_all(&mut *c)
-        .await?;
+        // Two statements rather than a sentinel cursor: no string sorts after every id
+        // under every collation.
+        let rows = match cursor {
+            Some(cursor) => {
+                sqlx::query("SELECT id, spec, created_at, updated_at FROM assistants WHERE id < $1 ORDER BY id DESC LIMIT $2")
+                    .bind(cursor)
+                    .bind(limit + 1)
+                    .fetch_all(&mut *c)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT id, spec, created_at, updated_at FROM assistants ORDER BY id DESC LIMIT $1")
+                    .bind(limit + 1)
+                    .fetch_all(&mut *c)
+                    .await?
+            }
+        };
         page(rows, limit, from_row, |a| a.id.clone())
     }
 

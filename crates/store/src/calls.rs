@@ -162,12 +162,15 @@ impl Store {
     /// Calls, newest first, filtered.
     pub async fn list_calls(&self, f: &CallFilter) -> Result<Page<Call>> {
         // Only our own fixed fragments go into the SQL text; every value is bound.
-        let mut sql = format!("SELECT {COLS} FROM calls WHERE id < $1");
-        let mut n = 1;
+        let mut sql = format!("SELECT {COLS} FROM calls WHERE TRUE");
+        let mut n = 0;
         let mut next = |col: &str, op: &str| {
             n += 1;
             format!(" AND {col} {op} ${n}")
         };
+        if f.cursor.is_some() {
+            sql += &next("id", "<");
+        }
         if f.assistant_id.is_some() {
             sql += &next("assistant_id", "=");
         }
@@ -183,7 +186,10 @@ impl Store {
         sql += &format!(" ORDER BY id DESC LIMIT ${}", n + 1);
 
         let limit = f.limit.clamp(1, 100) as i64;
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(f.cursor.as_deref().unwrap_or("~").to_string());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(cursor) = &f.cursor {
+            q = q.bind(cursor.clone());
+        }
         if let Some(a) = &f.assistant_id {
             q = q.bind(a.clone());
         }

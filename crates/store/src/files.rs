@@ -57,19 +57,32 @@ impl Store {
     pub async fn list_files(&self, limit: u32, cursor: Option<&str>) -> Result<Page<FileRecord>> {
         let limit = limit.clamp(1, 100) as i64;
         let mut c = self.reader().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE id < $1 ORDER BY id DESC LIMIT $2")))
-            .bind(cursor.unwrap_or("~").to_string())
-            .bind(limit + 1)
-            .fetch_all(&mut *c)
-            .await?;
+        let rows = match cursor {
+            Some(cursor) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE id < $1 ORDER BY id DESC LIMIT $2")))
+                    .bind(cursor.to_string())
+                    .bind(limit + 1)
+                    .fetch_all(&mut *c)
+                    .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files ORDER BY id DESC LIMIT $1")))
+                    .bind(limit + 1)
+                    .fetch_all(&mut *c)
+                    .await?
+            }
+        };
         page(rows, limit, from_row, |f| f.id.clone())
     }
 
     /// Deletes a file's record and returns it, so the caller can remove the bytes.
     pub async fn delete_file(&self, id: &str) -> Result<FileRecord> {
-        let f = self.get_file(id).await?;
         let mut c = self.writer().await?;
-        sqlx::query("DELETE FROM files WHERE id = $1").bind(id).execute(&mut *c).await?;
-        Ok(f)
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM files WHERE id = $1 RETURNING {COLS}")))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        from_row(&row)
     }
 }

@@ -78,6 +78,11 @@ pub fn normalize_url(url: &str) -> Result<(Backend, String)> {
         )));
     }
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    if path == ":memory:" {
+        // The writer and the readers are separate connections: each would get a
+        // database of its own.
+        return Err(StoreError::Unavailable("an in-memory SQLite database cannot be shared by the pool; use a file".into()));
+    }
     let mut query: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
     if !query.iter().any(|p| p.starts_with("mode=")) && path != ":memory:" {
         query.push("mode=rwc");

@@ -1,6 +1,265 @@
 //! A call's session: the pipeline between the `/agent` WebSocket and the services,
 //! and the call's record.
 //!
+//! The session reads the client's `start`, builds the pipeline for the assistant
+//! (turn taking, STT, LLM, clauses, TTS, the paced output), feeds it from the
+//! socket, and watches both of its ends: downstream for transcripts, stage metrics
+//! and the end of the call; upstream for what was played and when. Each finished
+//! turn is written to the store at once, and its latency is sent to the client.
+//!
+//! - [`providers`]: which STT, LLM and TTS a call uses.
 //! - [`recorder`]: frames into turn records.
+//! - [`socket`]: axum's WebSocket as the transport's stream and sink.
 
+pub mod providers;
 pub mod recorder;
+pub mod socket;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::WebSocket;
+use tokio_util::sync::CancellationToken;
+use voxgate_domain::assistant::{FirstMessageMode, ToolKind};
+use voxgate_domain::call::{Call, CallTurn, TurnRole};
+use voxgate_domain::Assistant;
+use voxgate_frames::{EndReason, Frame};
+use voxgate_pipeline::{Capacity, Pipeline};
+use voxgate_services::llm::ToolSpec;
+use voxgate_services::processors::clauses::ClauseStage;
+use voxgate_services::processors::llm::{LlmConfig, LlmStage};
+use voxgate_services::processors::stt::SttStage;
+use voxgate_services::processors::tts::TtsStage;
+use voxgate_services::turn::{TurnConfig, TurnProcessor};
+use voxgate_store::Store;
+use voxgate_transport::close::{Close, close_for, code};
+use voxgate_transport::input::{InputDecoder, InputEnd, START_TIMEOUT, await_start, pump_input};
+use voxgate_transport::output::{OutputConfig, OutputStage};
+use voxgate_transport::protocol::{Limits, PROTOCOL, ServerEvent, TurnLatency};
+use voxgate_transport::wire::{WireOut, pump_output, writer_channel};
+
+pub use providers::{ProviderFactory, Providers, Unconfigured};
+use recorder::TurnRecorder;
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub store: Store,
+    pub providers: Arc<dyn ProviderFactory>,
+    /// Cancelled when the drain deadline passes.
+    pub hard_stop: CancellationToken,
+    pub max_message: usize,
+}
+
+/// The turn-taking settings of an assistant.
+pub fn turn_config(a: &Assistant) -> TurnConfig {
+    let s = &a.spec;
+    let mut cfg = TurnConfig::default();
+    cfg.vad.confidence = s.endpointing.vad_confidence as f32;
+    cfg.vad.start_ms = s.endpointing.vad_start_ms;
+    cfg.vad.min_volume = s.endpointing.min_volume as f32;
+    // `silenceMs` is the whole silence that ends a turn; the VAD's own stop time is part of it.
+    cfg.vad.stop_ms = cfg.vad.stop_ms.min(s.endpointing.silence_ms);
+    cfg.endpointing_ms = s.endpointing.silence_ms - cfg.vad.stop_ms;
+    cfg.interruptions_enabled = s.interruption.enabled;
+    cfg.min_voiced_ms = s.interruption.min_voiced_ms;
+    cfg.min_words = s.interruption.min_words;
+    cfg.backoff_ms = s.interruption.backoff_ms;
+    cfg.silence_timeout = (s.silence_timeout_secs > 0).then(|| Duration::from_secs(s.silence_timeout_secs as u64));
+    cfg.max_duration = Some(Duration::from_secs(s.max_duration_secs as u64));
+    cfg
+}
+
+/// The model settings of an assistant.
+pub fn llm_config(a: &Assistant) -> LlmConfig {
+    let s = &a.spec;
+    LlmConfig {
+        system_prompt: s.system_prompt.clone(),
+        tools: s
+            .tools
+            .iter()
+            .map(|t| ToolSpec { name: t.name.clone(), description: t.description.clone(), parameters: t.parameters.clone() })
+            .collect(),
+        end_call_tool: s.tools.iter().find(|t| t.kind == ToolKind::EndCall).map(|t| t.name.clone()),
+        temperature: s.model.temperature,
+        max_tokens: s.model.max_tokens,
+        end_call_phrases: s.end_call_phrases.clone(),
+        tool_timeout: s.tools.iter().map(|t| Duration::from_millis(t.timeout_ms as u64)).max().unwrap_or(Duration::from_secs(5)),
+    }
+}
+
+/// Runs one call on `socket` until it ends; returns why. The call's record exists
+/// already; its turns are written here as they finish; the caller ends the record.
+pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &SessionDeps) -> EndReason {
+    let (sink, mut stream) = socket::split(socket, deps.max_message);
+    let (wtx, wrx) = writer_channel();
+    let writer = tokio::spawn(pump_output(wrx, sink));
+    let limits = Limits { max_audio_bytes: deps.max_message, max_text_bytes: deps.max_message.min(64 * 1024) };
+    let mut decoder = InputDecoder::new(limits);
+
+    let started = tokio::select! {
+        _ = deps.hard_stop.cancelled() => Err(InputEnd::Protocol(voxgate_transport::close::ProtocolError::Frame("server restarting".into()))),
+        r = await_start(&mut stream, &mut decoder, &wtx, START_TIMEOUT) => r,
+    };
+    let negotiated = match started {
+        Ok(n) => n,
+        Err(end) => {
+            let reason = if deps.hard_stop.is_cancelled() { EndReason::ServerShutdown } else { end.reason() };
+            let close = if deps.hard_stop.is_cancelled() { close_for(&reason) } else { end.close() };
+            finish(&wtx, &reason, close).await;
+            drop(wtx);
+            let _ = writer.await;
+            return reason;
+        }
+    };
+
+    let providers = match deps.providers.providers(assistant) {
+        Ok(p) => p,
+        Err(message) => {
+            tracing::error!(%message, "no providers for this assistant");
+            let _ = wtx.send(ServerEvent::Error { code: "providers-unavailable".into(), message: message.clone() }.to_wire()).await;
+            let reason = EndReason::PipelineError(message);
+            finish(&wtx, &reason, Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;
+            drop(wtx);
+            let _ = writer.await;
+            return reason;
+        }
+    };
+
+    let turn = match TurnProcessor::new(turn_config(assistant)) {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = EndReason::PipelineError(e.to_string());
+            finish(&wtx, &reason, Some(Close::new(code::INTERNAL, "bad turn-taking settings"))).await;
+            drop(wtx);
+            let _ = writer.await;
+            return reason;
+        }
+    };
+    let output = OutputStage::new(OutputConfig { format: negotiated.output, ..OutputConfig::default() }, wtx.clone());
+    let cancel = CancellationToken::new();
+    let mut io = Pipeline::new(Capacity::default())
+        .stage(turn)
+        .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
+        .stage(LlmStage::new(providers.llm, providers.tools, llm_config(assistant)))
+        .stage(ClauseStage::default())
+        .stage(TtsStage::new(providers.tts))
+        .stage(output)
+        .spawn(cancel.clone());
+
+    let hello = ServerEvent::CallStarted {
+        call_id: call.id.clone(),
+        assistant_id: call.assistant_id.clone(),
+        protocol: PROTOCOL.into(),
+        input: negotiated.input,
+        output: negotiated.output,
+    };
+    let _ = wtx.send(hello.to_wire()).await;
+    let _ = io.head.send(Frame::Start).await;
+    if assistant.spec.first_message_mode == FirstMessageMode::AssistantSpeaksFirst
+        && let Some(greeting) = assistant.spec.first_message.clone().filter(|m| !m.trim().is_empty())
+    {
+        let _ = io.head.send(Frame::Say(greeting)).await;
+    }
+    let mut input = tokio::spawn(pump_input(stream, decoder, io.head.clone(), wtx.clone()));
+
+    let mut recorder = TurnRecorder::new(Instant::now());
+    let mut latency_turn = 0u32;
+    let (reason, close) = loop {
+        tokio::select! {
+            _ = deps.hard_stop.cancelled() => break (EndReason::ServerShutdown, None),
+            end = &mut input => {
+                let end = end.unwrap_or(InputEnd::ConnectionLost);
+                break (end.reason(), end.close());
+            }
+            got = io.downstream.recv() => match got {
+                Some((Frame::End(r), _)) => break (r, None),
+                Some((Frame::Error { message, fatal: true }, _)) => break (EndReason::PipelineError(message), None),
+                Some((f @ (Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking), _)) => {
+                    record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
+                }
+                Some(_) => {}
+                None => break (EndReason::PipelineError("the pipeline stopped".into()), None),
+            },
+            got = io.upstream.recv() => match got {
+                Some((Frame::Error { message, fatal: true }, _)) => break (EndReason::PipelineError(message), None),
+                Some((Frame::Error { message, .. }, _)) => {
+                    let _ = wtx.try_send(ServerEvent::Error { code: "stage-error".into(), message }.to_wire());
+                }
+                Some((f @ (Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking | Frame::Spoken(_) | Frame::Interruption), _)) => {
+                    record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
+                }
+                Some(_) => {}
+                None => break (EndReason::PipelineError("the pipeline stopped".into()), None),
+            },
+        }
+    };
+    input.abort();
+    // A reply cut by the end of the call is still a turn (what was played of it).
+    if let Some(t) = recorder.finish_reply() {
+        persist(deps, call, &t).await;
+    }
+    let _ = io.shutdown().await;
+    let close = close.or_else(|| close_for(&reason));
+    finish(&wtx, &reason, close).await;
+    drop(wtx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    reason
+}
+
+/// Feeds the recorder; writes a finished turn and tells the client its latency.
+async fn record(
+    recorder: &mut TurnRecorder,
+    frame: &Frame,
+    deps: &SessionDeps,
+    call: &Call,
+    wtx: &tokio::sync::mpsc::Sender<WireOut>,
+    latency_turn: &mut u32,
+) {
+    let Some(turn) = recorder.on_frame(frame, Instant::now()) else { return };
+    persist(deps, call, &turn).await;
+    if turn.role == TurnRole::Assistant {
+        let l = &turn.latency;
+        observe(l);
+        let ms = |v: Option<f64>| v.map(|v| v.round() as u64);
+        let ev = ServerEvent::Latency(TurnLatency {
+            turn: *latency_turn,
+            endpointing_ms: ms(l.endpointing_ms),
+            stt_ms: ms(l.stt_ms),
+            llm_first_token_ms: ms(l.llm_first_token_ms),
+            tts_first_audio_ms: ms(l.tts_first_audio_ms),
+            voice_to_voice_ms: ms(l.voice_to_voice_ms),
+        });
+        *latency_turn += 1;
+        let _ = wtx.try_send(ev.to_wire());
+    }
+}
+
+fn observe(l: &voxgate_domain::call::TurnLatency) {
+    for (stage, v) in [
+        ("endpointing", l.endpointing_ms),
+        ("stt", l.stt_ms),
+        ("llm_first_token", l.llm_first_token_ms),
+        ("tts_first_audio", l.tts_first_audio_ms),
+        ("queue_wait", l.queue_wait_ms),
+        ("voice_to_voice", l.voice_to_voice_ms),
+    ] {
+        if let Some(ms) = v {
+            metrics::histogram!("voxgate_turn_latency_seconds", "stage" => stage).record(ms / 1000.0);
+        }
+    }
+}
+
+async fn persist(deps: &SessionDeps, call: &Call, turn: &CallTurn) {
+    if let Err(e) = deps.store.add_turn(&call.id, turn).await {
+        tracing::error!(error = %e, idx = turn.idx, "could not write a turn");
+    }
+}
+
+/// Tells the client the call is over and closes the socket.
+async fn finish(wtx: &tokio::sync::mpsc::Sender<WireOut>, reason: &EndReason, close: Option<Close>) {
+    let ended = ServerEvent::CallEnded { reason: reason.as_str().into() }.to_wire();
+    let _ = tokio::time::timeout(Duration::from_millis(500), wtx.send(ended)).await;
+    let close = close.unwrap_or_else(|| Close::new(code::NORMAL, reason.as_str()));
+    let _ = tokio::time::timeout(Duration::from_millis(500), wtx.send(WireOut::Close(close))).await;
+}

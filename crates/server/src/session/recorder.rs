@@ -6,8 +6,11 @@
 //! turn starts when its first audio plays and completes when the bot stops
 //! speaking, interrupted or not; its text is what the output reported as `Spoken`.
 //! Its latency: endpointing, STT, LLM first token and TTS first audio from the
-//! stages' `Metric` frames, and voice-to-voice from the caller's last
-//! `UserStoppedSpeaking` to `BotStartedSpeaking`.
+//! stages' `Metric` frames, and voice-to-voice from the end of the caller's speech
+//! to `BotStartedSpeaking`: the endpointing time (measured by the turn stage from
+//! the last voiced audio) plus the time from its decision to the first audio. (The
+//! VAD reports `UserStoppedSpeaking` only after its own stop time, so counting from
+//! that frame would leave the VAD's delay out.)
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,8 @@ pub struct TurnRecorder {
     next_idx: i64,
     latency: TurnLatency,
     user_stopped: Option<Instant>,
+    /// When the end of the caller's turn was decided, with the endpointing time.
+    turn_decided: Option<(Instant, Duration)>,
     reply: Option<Reply>,
 }
 
@@ -37,7 +42,7 @@ fn ms(d: Duration) -> f64 {
 
 impl TurnRecorder {
     pub fn new(start: Instant) -> TurnRecorder {
-        TurnRecorder { start, next_idx: 0, latency: TurnLatency::default(), user_stopped: None, reply: None }
+        TurnRecorder { start, next_idx: 0, latency: TurnLatency::default(), user_stopped: None, turn_decided: None, reply: None }
     }
 
     fn offset(&self, now: Instant) -> i64 {
@@ -60,7 +65,10 @@ impl TurnRecorder {
             Frame::Metric { stage, value } => {
                 let v = Some(ms(*value));
                 match stage {
-                    Stage::Endpointing => self.latency.endpointing_ms = v,
+                    Stage::Endpointing => {
+                        self.latency.endpointing_ms = v;
+                        self.turn_decided = Some((now, *value));
+                    }
                     Stage::Stt => self.latency.stt_ms = v,
                     Stage::LlmFirstToken => self.latency.llm_first_token_ms = v,
                     Stage::TtsFirstAudio => self.latency.tts_first_audio_ms = v,
@@ -80,8 +88,17 @@ impl TurnRecorder {
             }
             Frame::BotStartedSpeaking => {
                 if self.reply.is_none() {
-                    if let Some(stopped) = self.user_stopped.take() {
-                        self.latency.voice_to_voice_ms = Some(ms(now.saturating_duration_since(stopped)));
+                    let stopped = self.user_stopped.take();
+                    match self.turn_decided.take() {
+                        Some((at, endpointing)) => {
+                            self.latency.voice_to_voice_ms = Some(ms(endpointing + now.saturating_duration_since(at)));
+                        }
+                        // Typed text: no speech to end, so from the moment it arrived.
+                        None => {
+                            if let Some(stopped) = stopped {
+                                self.latency.voice_to_voice_ms = Some(ms(now.saturating_duration_since(stopped)));
+                            }
+                        }
                     }
                     self.reply = Some(Reply { started_ms: self.offset(now), text: String::new(), interrupted: false });
                 }
@@ -126,7 +143,8 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut r = TurnRecorder::new(t0);
         assert!(r.on_frame(&Frame::UserStoppedSpeaking, at(1000)).is_none());
-        r.on_frame(&Frame::Metric { stage: Stage::Endpointing, value: Duration::from_millis(500) }, at(1500));
+        // The VAD stop (300 ms) plus 500 ms of endpointing, since the last voiced audio.
+        r.on_frame(&Frame::Metric { stage: Stage::Endpointing, value: Duration::from_millis(800) }, at(1500));
         r.on_frame(&Frame::Metric { stage: Stage::Stt, value: Duration::from_millis(80) }, at(1580));
         let user = r.on_frame(&Frame::Transcript(Transcript { text: " hi there ".into(), is_final: true }), at(1580)).unwrap();
         assert_eq!((user.idx, user.role, user.text.as_str(), user.started_ms), (0, TurnRole::User, "hi there", 1000));
@@ -137,8 +155,9 @@ mod tests {
         r.on_frame(&Frame::Spoken("How can I help?".into()), at(2900));
         let bot = r.on_frame(&Frame::BotStoppedSpeaking, at(2900)).unwrap();
         assert_eq!((bot.idx, bot.role, bot.text.as_str(), bot.started_ms, bot.interrupted), (1, TurnRole::Assistant, "Hello! How can I help?", 1770, false));
-        assert_eq!(bot.latency.voice_to_voice_ms, Some(770.0));
-        assert_eq!(bot.latency.endpointing_ms, Some(500.0));
+        // 800 ms from the end of speech to the decision, then 270 ms to the first audio.
+        assert_eq!(bot.latency.voice_to_voice_ms, Some(1070.0));
+        assert_eq!(bot.latency.endpointing_ms, Some(800.0));
         assert_eq!(bot.latency.llm_first_token_ms, Some(120.0));
         // The next reply starts with a clean breakdown.
         r.on_frame(&Frame::BotStartedSpeaking, at(5000));

@@ -2,7 +2,14 @@
 //! own, with real HTTP and WebSocket clients.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use voxgate_server::session::providers::{Fixed, Providers};
+use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_domain::key::{KeyKind, mint};
 use voxgate_server::config::ServeArgs;
 use voxgate_server::serve::{self, Running};
@@ -27,13 +34,18 @@ impl TestServer {
         TestServer::start_with(TestDb::chosen().await, |_| {}).await
     }
 
-    /// A server on `db`, with settings changed by `tweak`.
+    /// A server on `db`, with settings changed by `tweak`, and scripted providers.
     pub async fn start_with(db: TestDb, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
+        TestServer::start_with_providers(db, scripted(), tweak).await
+    }
+
+    /// A server with the given providers.
+    pub async fn start_with_providers(db: TestDb, providers: Providers, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
         voxgate_server::init_crypto();
         let mut args = ServeArgs::for_tests(&db.url);
         args.drain_timeout = 5;
         tweak(&mut args);
-        let running = serve::start(args).await.expect("the server starts");
+        let running = serve::start_with(args, Arc::new(Fixed(providers))).await.expect("the server starts");
         let store = running.store.clone().expect("a role with a database");
         let login_code = running.login_code.clone();
         let m = mint("test admin", KeyKind::Private, vec![]);
@@ -90,4 +102,45 @@ pub async fn error_code(res: reqwest::Response) -> (u16, String, Value) {
     let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string();
     assert!(body["error"]["message"].is_string(), "no error.message in {body}");
     (status, code, body)
+}
+
+/// Scripted providers: silence in, no words, an empty reply, tone audio out.
+pub fn scripted() -> Providers {
+    Providers {
+        stt: Arc::new(ScriptedStt::new(Vec::<String>::new(), Duration::ZERO)),
+        llm: Arc::new(ScriptedLlm::default()),
+        tts: Arc::new(ToneTts::default()),
+        tools: None,
+    }
+}
+
+/// The client's first message: PCM16 at 16 kHz both ways.
+pub const START: &str = r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":16000}}"#;
+
+/// The next JSON event on a call, skipping audio; `None` when the socket closes.
+pub async fn next_event<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<Value>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an event within 10 s") {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("events are JSON")),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends `start` and returns the `call-started` event.
+pub async fn start_call<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::Text(START.into())).await.expect("send start");
+    loop {
+        let ev = next_event(ws).await.expect("the call starts");
+        if ev["type"] == "call-started" {
+            return ev;
+        }
+    }
 }
