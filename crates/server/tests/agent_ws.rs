@@ -58,30 +58,92 @@ fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
-/// Opens a call with the admin key; returns the socket and the call id.
+/// Opens a call with the admin key and sends `start`; returns the socket and the call id.
 async fn open_call(s: &TestServer, assistant: &str) -> (Ws, String) {
     let (mut ws, res) = connect(s, &format!("assistantId={assistant}"), &[("authorization", &bearer(&s.admin))]).await.unwrap();
     assert_eq!(res.status(), 101);
-    let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started", "{hello}");
     assert_eq!(hello["protocol"], "voxgate.v1");
+    assert_eq!(hello["input"], json!({"encoding": "pcm16", "sampleRate": 16000}), "{hello}");
+    assert_eq!(hello["output"], json!({"encoding": "pcm16", "sampleRate": 16000}), "{hello}");
     (ws, hello["callId"].as_str().unwrap().to_string())
 }
 
-/// Reads until the server closes: `Some((code, reason))` for a close frame, `None`
-/// when the connection just ended. Fails after 10 s.
-async fn close_of(ws: &mut Ws) -> Option<(u16, String)> {
-    tokio::time::timeout(Duration::from_secs(10), async {
+/// The next event of type `ty`, skipping audio and the other events (the greeting is
+/// spoken at once, so its events interleave with the replies); fails if the socket closes.
+async fn event_of(ws: &mut Ws, ty: &str) -> Value {
+    loop {
+        let ev = common::next_event(ws).await.unwrap_or_else(|| panic!("the socket closed before a {ty} event"));
+        if ev["type"] == ty {
+            return ev;
+        }
+    }
+}
+
+/// How the server ended a call: the `error` and `call-ended` events it sent before
+/// closing, and the close frame.
+#[derive(Debug, Default)]
+struct Ending {
+    /// The last `error` event.
+    error: Option<Value>,
+    /// The `reason` of `call-ended`.
+    ended: Option<String>,
+    /// `Some((code, reason))` for a close frame, `None` when the connection just ended.
+    close: Option<(u16, String)>,
+}
+
+/// Reads until the server closes, noting the `error` and `call-ended` events on the
+/// way. Fails after 10 s.
+async fn ending_of(ws: &mut Ws) -> Ending {
+    ending_within(ws, Duration::from_secs(10)).await
+}
+
+async fn ending_within(ws: &mut Ws, within: Duration) -> Ending {
+    tokio::time::timeout(within, async {
+        let mut e = Ending::default();
         loop {
             match ws.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                Some(Ok(Message::Close(f))) => {
+                    e.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    return e;
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let ev: Value = serde_json::from_str(&t).unwrap_or_else(|err| panic!("an event that is not JSON: {err}: {t}"));
+                    assert!(e.ended.is_none(), "an event after call-ended: {ev}");
+                    match ev["type"].as_str() {
+                        Some("error") => e.error = Some(ev),
+                        Some("call-ended") => e.ended = Some(ev["reason"].as_str().expect("a reason").to_string()),
+                        _ => {}
+                    }
+                }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
+                Some(Err(_)) | None => return e,
             }
         }
     })
     .await
     .expect("the server closes the socket")
+}
+
+/// Reads until the server closes: `Some((code, reason))` for a close frame, `None`
+/// when the connection just ended. Fails after 10 s.
+async fn close_of(ws: &mut Ws) -> Option<(u16, String)> {
+    ending_of(ws).await.close
+}
+
+/// Expects a fatal protocol error: an `error` event with `code`, `call-ended` with
+/// `protocol-error`, then a close frame with `close_code` and a reason. Returns the reason.
+async fn fatal(ws: &mut Ws, what: &str, code: &str, close_code: u16) -> String {
+    let e = ending_of(ws).await;
+    let (got, reason) = e.close.clone().unwrap_or_else(|| panic!("{what}: no close frame: {e:?}"));
+    assert_eq!(got, close_code, "{what}: {reason}");
+    assert!(!reason.is_empty(), "{what}: a close reason");
+    let error = e.error.as_ref().unwrap_or_else(|| panic!("{what}: no error event before the close: {e:?}"));
+    assert_eq!(error["code"], code, "{what}: {error}");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {error}");
+    assert_eq!(e.ended.as_deref(), Some("protocol-error"), "{what}: {e:?}");
+    reason
 }
 
 /// Waits for the record to end and returns it.
@@ -174,28 +236,27 @@ async fn bad_messages_close_with_1007_and_end_the_record() {
     let mut s = TestServer::start().await;
     let id = s.assistant("Front desk").await;
 
-    let cases: Vec<(&str, Message)> = vec![
-        ("malformed JSON", Message::Text("{\"type\": \"ping\"".into())),
-        ("not JSON at all", Message::Text("hello there".into())),
-        ("JSON but not an object", Message::Text("[1,2,3]".into())),
-        ("no type", Message::Text(r#"{"id":1}"#.into())),
-        ("unknown type", Message::Text(r#"{"type":"launch-missiles"}"#.into())),
-        ("unknown field", Message::Text(r#"{"type":"ping","id":1,"extra":true}"#.into())),
-        ("odd-length audio", Message::Binary(vec![0u8; 641].into())),
-        ("one byte of audio", Message::Binary(vec![7u8].into())),
+    let cases: Vec<(&str, Message, &str)> = vec![
+        ("malformed JSON", Message::Text("{\"type\": \"ping\"".into()), "invalid-json"),
+        ("not JSON at all", Message::Text("hello there".into()), "invalid-json"),
+        ("JSON but not an object", Message::Text("[1,2,3]".into()), "bad-message"),
+        ("no type", Message::Text(r#"{"id":1}"#.into()), "bad-message"),
+        ("unknown type", Message::Text(r#"{"type":"launch-missiles"}"#.into()), "bad-message"),
+        ("unknown field", Message::Text(r#"{"type":"ping","id":1,"extra":true}"#.into()), "bad-message"),
+        ("a field of the wrong type", Message::Text(r#"{"type":"text","text":42}"#.into()), "bad-message"),
+        ("odd-length audio", Message::Binary(vec![0u8; 641].into()), "odd-byte-count"),
+        ("one byte of audio", Message::Binary(vec![7u8].into()), "odd-byte-count"),
     ];
-    for (what, msg) in cases {
+    for (what, msg, error) in cases {
         let (mut ws, call_id) = open_call(&s, &id).await;
         // Good audio and a ping first: the call works until the bad message.
         ws.send(Message::Binary(vec![0u8; 320].into())).await.unwrap();
         ws.send(Message::Text(r#"{"type":"ping","id":"x"}"#.into())).await.unwrap();
-        let pong: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+        let pong = event_of(&mut ws, "pong").await;
         assert_eq!(pong, json!({"type": "pong", "id": "x"}), "{what}");
 
         ws.send(msg).await.unwrap();
-        let (code, reason) = close_of(&mut ws).await.unwrap_or_else(|| panic!("{what}: no close frame"));
-        assert_eq!(code, 1007, "{what}: {reason}");
-        assert!(!reason.is_empty(), "{what}: a close reason");
+        fatal(&mut ws, what, error, 1007).await;
         let call = ended(&s.store, &call_id).await;
         assert_eq!(call.ended_reason.as_deref(), Some("protocol-error"), "{what}");
     }
@@ -211,8 +272,7 @@ async fn a_close_reason_from_a_huge_bad_message_stays_valid() {
     let (mut ws, call_id) = open_call(&s, &id).await;
     let weird = format!(r#"{{"type":"{}"}}"#, "é".repeat(200));
     ws.send(Message::Text(weird.into())).await.unwrap();
-    let (code, reason) = close_of(&mut ws).await.expect("a close frame");
-    assert_eq!(code, 1007);
+    let reason = fatal(&mut ws, "a long unknown type", "bad-message", 1007).await;
     assert!(reason.len() <= 123, "{}", reason.len());
     assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"));
     s.stop().await;
@@ -229,13 +289,16 @@ async fn an_oversized_message_closes_with_1009() {
         // Just under the limit is fine.
         ws.send(Message::Binary(vec![0u8; 4000].into())).await.unwrap();
         ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
-        let pong: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
-        assert_eq!(pong["type"], "pong");
+        let pong = event_of(&mut ws, "pong").await;
+        assert_eq!(pong, json!({"type": "pong", "id": 1}));
 
         let _ = ws.send(big).await; // the server may cut us off mid-send
-        // A close frame, if it gets through before the connection goes, says 1009.
-        if let Some((code, reason)) = close_of(&mut ws).await {
-            assert_eq!(code, 1009, "{reason}");
+        // A close frame, if it gets through before the connection goes, says 1009,
+        // after an error event that says why.
+        let e = ending_of(&mut ws).await;
+        if let Some((code, reason)) = &e.close {
+            assert_eq!(*code, 1009, "{reason}");
+            assert_eq!(e.error.as_ref().map(|ev| ev["code"].clone()), Some(json!("message-too-big")), "{e:?}");
         }
         let call = ended(&s.store, &call_id).await;
         assert_eq!(call.ended_reason.as_deref(), Some("protocol-error"));
@@ -257,7 +320,7 @@ async fn a_dropped_connection_ends_the_record_as_connection_lost() {
     // Mid-message: half a frame, then gone.
     let (mut ws, call_id) = open_call(&s, &id).await;
     ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
-    let _ = ws.next().await;
+    event_of(&mut ws, "pong").await;
     let MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("plain TCP") };
     use tokio::io::AsyncWriteExt;
     tcp.write_all(&[0x82, 0xFE, 0x10, 0x00, 1, 2, 3, 4, 0, 0]).await.unwrap(); // a masked binary frame header, 4096 bytes announced
@@ -282,12 +345,15 @@ async fn a_public_key_from_an_allowed_origin_works_in_the_query() {
 
     let (mut ws, res) = connect(&s, &format!("assistantId={id}&key={public}"), &[("origin", APP)]).await.unwrap();
     assert_eq!(res.status(), 101);
-    let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started");
     assert_eq!(hello["assistantId"], id.as_str());
     let call_id = hello["callId"].as_str().unwrap().to_string();
     ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
-    assert_eq!(close_of(&mut ws).await.map(|c| c.0), Some(1000));
+    let e = ending_of(&mut ws).await;
+    assert_eq!(e.close.as_ref().map(|c| c.0), Some(1000), "{e:?}");
+    assert_eq!(e.ended.as_deref(), Some("customer-ended-call"), "{e:?}");
+    assert!(e.error.is_none(), "{e:?}");
     let call = ended(&s.store, &call_id).await;
     assert_eq!(call.ended_reason.as_deref(), Some("customer-ended-call"));
     assert!(call.key_id.is_some(), "the call records which key opened it");
@@ -379,17 +445,19 @@ async fn draining_refuses_new_calls_and_closes_live_ones_with_1012() {
 
     // The live call still works while the drain waits for it.
     ws.send(Message::Text(r#"{"type":"ping","id":"still here"}"#.into())).await.unwrap();
-    let pong: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    let pong = event_of(&mut ws, "pong").await;
     assert_eq!(pong["id"], "still here");
 
     // The deadline passes: the call is closed with 1012 and its record ended.
-    let reader = tokio::spawn(async move { close_of(&mut ws).await });
+    let reader = tokio::spawn(async move { ending_of(&mut ws).await });
     let started = std::time::Instant::now();
     s.stop().await;
     assert!(started.elapsed() < Duration::from_secs(15), "the drain took {:?}", started.elapsed());
-    let (code, reason) = reader.await.unwrap().expect("a close frame");
+    let e = reader.await.unwrap();
+    let (code, reason) = e.close.clone().expect("a close frame");
     assert_eq!(code, 1012, "{reason}");
     assert!(!reason.is_empty());
+    assert_eq!(e.ended.as_deref(), Some("server-shutdown"), "{e:?}");
 
     let store = s.db.store().await; // the server closed its own pool
     let call = ended(&store, &call_id).await;
@@ -409,4 +477,208 @@ async fn an_upgrade_during_drain_gets_503_even_with_bad_input() {
     let res = TestServer::http().get(s.at("/api/ready")).send().await.unwrap();
     assert_eq!(res.status(), 503);
     running.drain().await.unwrap();
+}
+
+/// Opens a socket with the admin key, without sending `start`.
+async fn open_unstarted(s: &TestServer, assistant: &str) -> Ws {
+    let (ws, res) = connect(s, &format!("assistantId={assistant}"), &[("authorization", &bearer(&s.admin))]).await.unwrap();
+    assert_eq!(res.status(), 101);
+    ws
+}
+
+/// The only call's id (the record is written before the upgrade).
+async fn only_call(s: &TestServer) -> String {
+    let calls = all_calls(s).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    calls[0].id.clone()
+}
+
+#[tokio::test]
+async fn before_start_only_ping_and_end_are_served() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let mut ws = open_unstarted(&s, &id).await;
+
+    // Nothing is sent before start: the first event is the answer to a ping.
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong", "id": 1})), "no event precedes start");
+
+    // Audio is dropped and reported once, not per message; the call goes on.
+    for _ in 0..3 {
+        ws.send(Message::Binary(vec![0u8; 640].into())).await.unwrap();
+    }
+    let ev = common::next_event(&mut ws).await.expect("an error event");
+    assert_eq!((ev["type"].as_str(), ev["code"].as_str()), (Some("error"), Some("audio-before-start")), "{ev}");
+    // Text is answered with not-started (mute: see the test below).
+    ws.send(Message::Text(r#"{"type":"text","text":"hello"}"#.into())).await.unwrap();
+    let ev = common::next_event(&mut ws).await.expect("an error event");
+    assert_eq!((ev["type"].as_str(), ev["code"].as_str()), (Some("error"), Some("not-started")), "{ev}");
+    ws.send(Message::Text(r#"{"type":"ping","id":2}"#.into())).await.unwrap();
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong", "id": 2})), "one audio-before-start error only");
+
+    // Then start: the call begins; a second start is refused, not fatal.
+    let hello = common::start_call(&mut ws).await;
+    let call_id = hello["callId"].as_str().unwrap().to_string();
+    assert_eq!(call_id, only_call(&s).await);
+    ws.send(Message::Text(r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":48000}}"#.into())).await.unwrap();
+    let ev = event_of(&mut ws, "error").await;
+    assert_eq!(ev["code"], "already-started", "{ev}");
+    ws.send(Message::Text(r#"{"type":"ping","id":3}"#.into())).await.unwrap();
+    assert_eq!(event_of(&mut ws, "pong").await, json!({"type": "pong", "id": 3}));
+
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    let e = ending_of(&mut ws).await;
+    assert_eq!(e.close.as_ref().map(|c| c.0), Some(1000), "{e:?}");
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("customer-ended-call"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn mute_before_start_is_answered_not_started() {
+    // docs/agent-protocol.md: "`text`, `mute` are answered with `error` code `not-started`".
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let mut ws = open_unstarted(&s, &id).await;
+    ws.send(Message::Text(r#"{"type":"mute"}"#.into())).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
+    let ev = common::next_event(&mut ws).await.expect("an event");
+    assert_eq!((ev["type"].as_str(), ev["code"].as_str()), (Some("error"), Some("not-started")), "mute before start: {ev}");
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong", "id": 1})));
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    assert_eq!(close_of(&mut ws).await.map(|c| c.0), Some(1000));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn end_before_start_ends_the_call() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let mut ws = open_unstarted(&s, &id).await;
+    let call_id = only_call(&s).await;
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    let e = ending_of(&mut ws).await;
+    assert_eq!(e.close.as_ref().map(|c| c.0), Some(1000), "{e:?}");
+    assert_eq!(e.ended.as_deref(), Some("customer-ended-call"), "{e:?}");
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("customer-ended-call"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_unsupported_audio_format_closes_with_4001() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    for (what, start) in [
+        ("44.1 kHz", r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":44100}}"#),
+        ("an output rate of 11025", r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":16000,"outputSampleRate":11025}}"#),
+        ("mulaw at 16 kHz", r#"{"type":"start","audio":{"encoding":"mulaw","sampleRate":16000}}"#),
+    ] {
+        let before: std::collections::HashSet<String> = all_calls(&s).await.into_iter().map(|c| c.id).collect();
+        let mut ws = open_unstarted(&s, &id).await;
+        let call_id = all_calls(&s).await.into_iter().map(|c| c.id).find(|c| !before.contains(c)).expect("a record");
+        ws.send(Message::Text(start.into())).await.unwrap();
+        fatal(&mut ws, what, "unsupported-audio-format", 4001).await;
+        assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"), "{what}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn no_start_within_10_s_closes_with_4002() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let mut ws = open_unstarted(&s, &id).await;
+    let call_id = only_call(&s).await;
+    let opened = std::time::Instant::now();
+    // Pings do not count as a start.
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong"})));
+    let e = ending_within(&mut ws, Duration::from_secs(15)).await;
+    assert!(opened.elapsed() >= Duration::from_secs(9), "closed after {:?}", opened.elapsed());
+    let (code, _) = e.close.clone().unwrap_or_else(|| panic!("no close frame: {e:?}"));
+    assert_eq!(code, 4002, "{e:?}");
+    assert_eq!(e.error.as_ref().map(|ev| ev["code"].clone()), Some(json!("start-timeout")), "{e:?}");
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_documented_message_limits_hold_on_a_default_server() {
+    // docs/agent-protocol.md: text messages up to 16 KiB, audio up to 64 KiB; over
+    // either is `message-too-big`, close 1009 (whatever the WebSocket limit, which is larger).
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let ping_of = |len: usize| {
+        let bare = r#"{"type":"ping","id":""}"#.len();
+        let m = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(len - bare));
+        assert_eq!(m.len(), len);
+        m
+    };
+    for (what, at_limit, over) in [
+        ("text", Message::Text(ping_of(16 * 1024).into()), Message::Text(ping_of(16 * 1024 + 1).into())),
+        ("audio", Message::Binary(vec![0u8; 64 * 1024].into()), Message::Binary(vec![0u8; 64 * 1024 + 2].into())),
+    ] {
+        let (mut ws, call_id) = open_call(&s, &id).await;
+        let is_text = at_limit.is_text();
+        ws.send(at_limit).await.unwrap();
+        ws.send(Message::Text(r#"{"type":"ping","id":"alive"}"#.into())).await.unwrap();
+        if is_text {
+            let big = event_of(&mut ws, "pong").await;
+            assert_eq!(big["id"].as_str().map(str::len), Some(16 * 1024 - r#"{"type":"ping","id":""}"#.len()), "{what}: at the limit is answered");
+        }
+        assert_eq!(event_of(&mut ws, "pong").await["id"], "alive", "{what}: at the limit is fine");
+        let over_len = over.len();
+        ws.send(over).await.unwrap();
+        // A ping behind it must not be answered: the call is over.
+        let _ = ws.send(Message::Text(r#"{"type":"ping","id":"after"}"#.into())).await;
+        let e = ending_of_or_pong(&mut ws).await.unwrap_or_else(|| panic!("{what}: {over_len} bytes were accepted (the call answered a ping after it)"));
+        let (code, reason) = e.close.clone().unwrap_or_else(|| panic!("{what}: no close frame: {e:?}"));
+        assert_eq!(code, 1009, "{what}: {reason}");
+        assert_eq!(e.error.as_ref().map(|ev| ev["code"].clone()), Some(json!("message-too-big")), "{what}: {e:?}");
+        assert_eq!(e.ended.as_deref(), Some("protocol-error"), "{what}: {e:?}");
+        assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"), "{what}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_close_frame_from_the_client_ends_the_call_as_customer_ended() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let (mut ws, call_id) = open_call(&s, &id).await;
+    ws.close(None).await.unwrap();
+    // The server answers the closing handshake.
+    while let Some(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("the server closes") {}
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("customer-ended-call"));
+    s.stop().await;
+}
+
+/// Like [`ending_of`], but `None` as soon as a `pong` with id `"after"` arrives.
+async fn ending_of_or_pong(ws: &mut Ws) -> Option<Ending> {
+    let mut e = Ending::default();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a message within 10 s") {
+            Some(Ok(Message::Close(f))) => {
+                e.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                return Some(e);
+            }
+            Some(Ok(Message::Text(t))) => {
+                let ev: Value = serde_json::from_str(&t).expect("events are JSON");
+                match ev["type"].as_str() {
+                    Some("pong") if ev["id"] == "after" => return None,
+                    Some("error") => e.error = Some(ev),
+                    Some("call-ended") => e.ended = ev["reason"].as_str().map(str::to_owned),
+                    _ => {}
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Some(e),
+        }
+    }
 }

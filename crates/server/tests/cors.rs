@@ -4,7 +4,6 @@
 mod common;
 
 use common::{TestServer, error_code};
-use futures_util::StreamExt;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -185,7 +184,7 @@ async fn a_star_allows_any_origin() {
 }
 
 /// Opens `/agent` with an optional `Origin` and (optionally) the admin key; returns
-/// the status (101 on success, after reading `call-started`) and the error body if refused.
+/// the status (101 on success, after `start` and `call-started`) and the error body if refused.
 async fn ws_connect(s: &TestServer, assistant: &str, origin: Option<&str>, with_key: bool) -> (u16, Value) {
     let mut req = s.ws_url(&format!("assistantId={assistant}")).into_client_request().unwrap();
     if let Some(o) = origin {
@@ -197,8 +196,9 @@ async fn ws_connect(s: &TestServer, assistant: &str, origin: Option<&str>, with_
     match tokio_tungstenite::connect_async(req).await {
         Ok((mut ws, res)) => {
             assert_eq!(res.status(), 101);
-            let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+            let hello = common::start_call(&mut ws).await;
             assert_eq!(hello["type"], "call-started");
+            assert_eq!(hello["assistantId"], assistant);
             ws.close(None).await.unwrap();
             (101, Value::Null)
         }

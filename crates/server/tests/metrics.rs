@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::{TestServer, error_code};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use voxgate_domain::KeyKind;
@@ -221,7 +220,7 @@ async fn live_calls_are_counted_while_open() {
     let assistant = s.assistant("Gauge").await;
     let open = || async {
         let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url(&format!("assistantId={assistant}&key={}", s.admin))).await.unwrap();
-        let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+        let hello = common::start_call(&mut ws).await;
         assert_eq!(hello["type"], "call-started");
         ws
     };
@@ -238,11 +237,15 @@ async fn live_calls_are_counted_while_open() {
 
     for ws in [&mut a, &mut b] {
         ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+        // Skips the greeting's audio and events up to the close.
+        let mut close = None;
         while let Some(Ok(m)) = ws.next().await {
-            if m.is_close() {
+            if let Message::Close(f) = m {
+                close = f.map(|f| u16::from(f.code));
                 break;
             }
         }
+        assert_eq!(close, Some(1000), "end closes the call normally");
     }
     let mut now = f64::NAN;
     for _ in 0..100 {

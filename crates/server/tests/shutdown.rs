@@ -253,21 +253,35 @@ async fn readiness_is_503_when_the_database_is_unreachable() {
 
 async fn open_call(s: &TestServer, assistant: &str) -> (tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, String) {
     let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url(&format!("assistantId={assistant}&key={}", s.admin))).await.unwrap();
-    let hello: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started");
     (ws, hello["callId"].as_str().unwrap().to_string())
 }
 
-/// Reads until the close frame and returns its code (None: closed without one).
+/// Reads until the close frame (skipping audio and events) and returns its code
+/// (None: closed without one).
 async fn close_code_of(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>) -> Option<u16> {
+    ending_of(ws).await.1
+}
+
+/// Reads until the server closes: the `reason` of the `call-ended` event on the way
+/// (if any) and the close code (None: closed without a close frame).
+async fn ending_of(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>) -> (Option<String>, Option<u16>) {
+    let mut ended = None;
     while let Some(m) = ws.next().await {
         match m {
-            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(Message::Close(frame)) => return (ended, frame.map(|f| u16::from(f.code))),
+            Ok(Message::Text(t)) => {
+                let ev: Value = serde_json::from_str(&t).expect("events are JSON");
+                if ev["type"] == "call-ended" {
+                    ended = ev["reason"].as_str().map(str::to_owned);
+                }
+            }
             Ok(_) => continue,
-            Err(_) => return None,
+            Err(_) => return (ended, None),
         }
     }
-    None
+    (ended, None)
 }
 
 #[tokio::test]
@@ -288,15 +302,21 @@ async fn drain_deadline_closes_live_calls_with_1012_and_ends_their_records() {
     // The calls are not cut at once: they get the deadline.
     let mut ws0 = calls.remove(0);
     ws0.0.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
-    let reply = ws0.0.next().await.unwrap().unwrap();
-    assert!(reply.is_text(), "a live call still answers during the drain, got {reply:?}");
-    let pong: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
-    assert_eq!(pong["type"], "pong");
+    // The greeting's audio and events come first; the pong follows, before any close.
+    loop {
+        let ev = common::next_event(&mut ws0.0).await.expect("a live call still answers during the drain, but it closed");
+        assert_ne!(ev["type"], "call-ended", "a live call still answers during the drain, got {ev}");
+        if ev["type"] == "pong" {
+            assert_eq!(ev["id"], 1);
+            break;
+        }
+    }
     calls.insert(0, ws0);
 
     for (ws, id) in calls.iter_mut() {
-        let code = tokio::time::timeout(Duration::from_secs(10), close_code_of(ws)).await.expect("the call closes after the deadline");
+        let (ended, code) = tokio::time::timeout(Duration::from_secs(10), ending_of(ws)).await.expect("the call closes after the deadline");
         assert_eq!(code, Some(u16::from(CloseCode::Restart)), "call {id} closed with {code:?}, not 1012");
+        assert_eq!(ended.as_deref(), Some("server-shutdown"), "call {id}: call-ended before the close");
     }
     tokio::time::timeout(Duration::from_secs(1 + 15), drain)
         .await

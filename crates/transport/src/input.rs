@@ -99,6 +99,9 @@ impl InputDecoder {
             }
             ClientMessage::Text { text } if text.trim().is_empty() => Step::Nothing,
             ClientMessage::Text { text } => Step::Feed(Frame::UserText(text)),
+            ClientMessage::Mute {} | ClientMessage::Unmute {} if self.format.is_none() => {
+                return Err(ProtocolError::NotStarted("mute"));
+            }
             ClientMessage::Mute {} => {
                 self.muted = true;
                 // What was said before the mute is not continued after it.

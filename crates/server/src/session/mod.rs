@@ -94,7 +94,8 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     let (sink, mut stream) = socket::split(socket, deps.max_message);
     let (wtx, wrx) = writer_channel();
     let writer = tokio::spawn(pump_output(wrx, sink));
-    let limits = Limits { max_audio_bytes: deps.max_message, max_text_bytes: deps.max_message.min(64 * 1024) };
+    let d = Limits::default();
+    let limits = Limits { max_audio_bytes: deps.max_message.min(d.max_audio_bytes), max_text_bytes: deps.max_message.min(d.max_text_bytes) };
     let mut decoder = InputDecoder::new(limits);
 
     let started = tokio::select! {
