@@ -45,6 +45,9 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Calls an assistant from a WAV file, as a caller would: streams the audio,
+    /// prints the conversation, and can save the reply audio.
+    Call(CallArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +71,49 @@ pub enum KeysCommand {
         /// The key's id (from `voxgate keys list`).
         id: String,
     },
+}
+
+/// `voxgate call`: one call over the `/agent` WebSocket.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Exit status: 0 when the call ended normally (the caller or the assistant ended it, \
+or a configured silence or duration limit ended it); 1 otherwise, with the reason on standard error.")]
+pub struct CallArgs {
+    /// The server: its base URL (`http://`, `https://`) or WebSocket URL (`ws://`,
+    /// `wss://`); `/agent` is added unless the URL already ends with it.
+    #[arg(long, default_value = "http://127.0.0.1:3010")]
+    pub url: String,
+    /// A private API key, sent as `Authorization: Bearer`.
+    #[arg(long, env = "VOXGATE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// The assistant to call.
+    #[arg(long)]
+    pub assistant: String,
+    /// The caller's audio: any WAV (PCM 8-32 bit or float, any rate and channel count),
+    /// sent as 16 kHz PCM16 in 20 ms messages.
+    #[arg(long)]
+    pub wav: Option<PathBuf>,
+    /// How fast to stream the audio: 1 is real time, 2 twice as fast, 0 as fast as
+    /// possible (the silence after the file then goes at real time).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub speed: f64,
+    /// After the audio (and after the text), keep listening, sending silence, until
+    /// the assistant has been quiet this many seconds; then hang up.
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
+    pub wait: f64,
+    /// Typed text, sent as a user turn: right away without --wav, otherwise once the
+    /// assistant has been quiet for --wait seconds after the audio.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Writes the reply audio received to this WAV file (mono PCM16 at --output-rate).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The rate to receive the reply audio at: 8000, 16000, 24000 or 48000.
+    #[arg(long, default_value_t = 16000, value_parser = parse_output_rate)]
+    pub output_rate: u32,
+    /// Prints every server event as one JSON line, then a summary line
+    /// (`{"type":"summary",...}`), instead of a readable transcript.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -258,6 +304,13 @@ pub struct ServeArgs {
 /// A rate or `None` for off (a newtype so clap does not treat it as optional).
 #[derive(Debug, Clone, Copy)]
 pub struct Rate0(pub Option<Rate>);
+
+fn parse_output_rate(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(hz @ (8000 | 16000 | 24000 | 48000)) => Ok(hz),
+        _ => Err(format!("{s}: use 8000, 16000, 24000 or 48000")),
+    }
+}
 
 fn parse_rate(s: &str) -> Result<Rate0, String> {
     Rate::parse(s).map(Rate0)

@@ -10,8 +10,10 @@
 //! - [`headers`]: security headers.
 //! - [`telemetry`]: logs and Sentry.
 //! - [`commands`]: `migrate` and `keys`.
+//! - [`call`]: `voxgate call`, a WebSocket client that calls an assistant from a WAV file.
 
 pub mod agent;
+pub mod call;
 pub mod commands;
 pub mod config;
 pub mod headers;
