@@ -10,6 +10,7 @@ use voxgate_store::calls::CallFilter;
 
 use crate::assistants::{check_cursor, check_limit, not_found_as};
 use crate::auth::Admin;
+use crate::error::ApiJson;
 use crate::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::state::ApiState;
 
@@ -75,4 +76,58 @@ pub async fn get(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<Strin
         return Err(ApiError::not_found("call"));
     }
     s.store.get_call(&id).await.map(Json).map_err(|e| not_found_as(e, "call"))
+}
+
+/// What a call token is for.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewCall {
+    pub assistant_id: String,
+}
+
+/// A single-use token that opens one call at `/agent?token=…` within a minute; for
+/// browsers, which cannot send a key in a WebSocket header.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallToken {
+    pub token: String,
+    pub assistant_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: String,
+    /// The path and query to open the call at, on the agent's host.
+    pub agent_path: String,
+}
+
+/// How long a call token works.
+const CALL_TOKEN_TTL_MS: i64 = 60_000;
+
+/// Mints a call token for an assistant (a server mints it, a browser uses it).
+#[utoipa::path(post, path = "/api/calls", tag = "calls", request_body = NewCall,
+    responses((status = 201, body = CallToken), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create(
+    State(s): State<ApiState>,
+    Admin(p): Admin,
+    ApiJson(body): ApiJson<NewCall>,
+) -> Result<(axum::http::StatusCode, Json<CallToken>), ApiError> {
+    if !is_id(&body.assistant_id) {
+        return Err(ApiError::validation(vec![voxgate_domain::FieldError::new("assistantId", "is not an id")]));
+    }
+    s.store.get_assistant(&body.assistant_id).await.map_err(|e| match e {
+        voxgate_store::StoreError::NotFound => {
+            ApiError::validation(vec![voxgate_domain::FieldError::new("assistantId", "no such assistant")])
+        }
+        other => other.into(),
+    })?;
+    let token = format!("vg_ct_{}", voxgate_domain::key::random_token());
+    let hash = voxgate_domain::key::hash_secret(&token);
+    let expires = s.store.create_call_token(&hash, &body.assistant_id, p.key_id(), CALL_TOKEN_TTL_MS).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(CallToken {
+            agent_path: format!("/agent?token={token}"),
+            token,
+            assistant_id: body.assistant_id,
+            expires_at: voxgate_domain::clock::ms_to_rfc3339(expires),
+        }),
+    ))
 }

@@ -74,7 +74,7 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
     }
     ops.routes(routes!(assistants::list, assistants::create))
         .routes(routes!(assistants::get, assistants::update, assistants::delete))
-        .routes(routes!(calls::list))
+        .routes(routes!(calls::list, calls::create))
         .routes(routes!(calls::get))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))

@@ -61,6 +61,8 @@ struct AgentQuery {
     assistant_id: Option<String>,
     /// Browsers cannot set headers on a WebSocket: a public key may come here.
     key: Option<String>,
+    /// A single-use call token from `POST /api/calls` (the assistant comes with it).
+    token: Option<String>,
 }
 
 async fn upgrade(
@@ -102,22 +104,44 @@ async fn admit(
     let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {}", e.body_text())))?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
 
-    let token = bearer(headers).map(str::to_owned).or(q.key).ok_or_else(|| {
-        ApiError::unauthorized("send a key: `Authorization: Bearer <key>`, or `?key=` with a public key")
-    })?;
-    let principal = s.api.auth.authenticate(&token).await?;
-    let assistant_id = q.assistant_id.ok_or_else(|| ApiError::bad_request("assistantId is required"))?;
-    match &principal {
-        Principal::Metrics => return Err(ApiError::forbidden("the metrics token cannot open calls")),
-        Principal::Key(k) if k.kind == KeyKind::Public && !k.assistant_ids.contains(&assistant_id) => {
-            return Err(ApiError::forbidden("this public key does not list that assistant"));
+    let (key_id, assistant_id) = match q.token {
+        Some(token) => {
+            // A call token stands for the private key that minted it, for one call.
+            if token.len() > 100 {
+                return Err(ApiError::unauthorized("the call token is unknown, used or expired"));
+            }
+            let (assistant_id, key_id) = s
+                .api
+                .store
+                .consume_call_token(&voxgate_domain::key::hash_secret(&token))
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the call token is unknown, used or expired"))?;
+            if q.assistant_id.as_ref().is_some_and(|a| *a != assistant_id) {
+                return Err(ApiError::forbidden("the call token is for another assistant"));
+            }
+            (key_id, assistant_id)
         }
-        // Public keys are for browsers, which always send Origin (checked above).
-        Principal::Key(k) if k.kind == KeyKind::Public && origin.is_none() => {
-            return Err(ApiError::forbidden("a public key opens calls from a browser page on an allowed origin"));
+        None => {
+            let token = bearer(headers).map(str::to_owned).or(q.key).ok_or_else(|| {
+                ApiError::unauthorized("send a key (`Authorization: Bearer <key>`, or `?key=` with a public key) or `?token=`")
+            })?;
+            let principal = s.api.auth.authenticate(&token).await?;
+            let assistant_id = q.assistant_id.ok_or_else(|| ApiError::bad_request("assistantId is required"))?;
+            match &principal {
+                Principal::Metrics => return Err(ApiError::forbidden("the metrics token cannot open calls")),
+                Principal::Key(k) if k.kind == KeyKind::Public && !k.assistant_ids.contains(&assistant_id) => {
+                    return Err(ApiError::forbidden("this public key does not list that assistant"));
+                }
+                // Public keys are for browsers, which always send Origin (checked above).
+                Principal::Key(k) if k.kind == KeyKind::Public && origin.is_none() => {
+                    return Err(ApiError::forbidden("a public key opens calls from a browser page on an allowed origin"));
+                }
+                _ => {}
+            }
+            s.api.limiter.check_caller(Group::Calls, &principal)?;
+            (principal.key_id().map(str::to_owned), assistant_id)
         }
-        _ => {}
-    }
+    };
     if !is_id(&assistant_id) {
         return Err(ApiError::not_found("assistant"));
     }
@@ -125,12 +149,11 @@ async fn admit(
         voxgate_store::StoreError::NotFound => ApiError::not_found("assistant"),
         other => other.into(),
     })?;
-    s.api.limiter.check_caller(Group::Calls, &principal)?;
 
     let call = Call {
         id: new_id(),
         assistant_id: assistant.id.clone(),
-        key_id: principal.key_id().map(str::to_owned),
+        key_id,
         status: CallStatus::InProgress,
         ended_reason: None,
         started_at: now_ms(),

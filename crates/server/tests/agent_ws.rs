@@ -682,3 +682,58 @@ async fn ending_of_or_pong(ws: &mut Ws) -> Option<Ending> {
         }
     }
 }
+
+#[tokio::test]
+async fn a_call_token_opens_one_call_for_its_assistant() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.allowed_origins = APP.into()).await;
+    let id = s.assistant("Token desk").await;
+    let other = s.assistant("Other desk").await;
+    let http = TestServer::http();
+    let mint = |body: Value, key: String| http.post(s.at("/api/calls")).bearer_auth(key).json(&body).send();
+
+    let res = mint(json!({ "assistantId": id }), s.admin.clone()).await.unwrap();
+    assert_eq!(res.status(), 201);
+    let t: Value = res.json().await.unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("vg_ct_"), "{t}");
+    assert_eq!(t["agentPath"], format!("/agent?token={token}"));
+
+    // A browser on an allowed origin opens the call with the token alone.
+    let (mut ws, res) = connect(&s, &format!("token={token}"), &[("origin", APP)]).await.unwrap();
+    assert_eq!(res.status(), 101);
+    let hello = common::start_call(&mut ws).await;
+    assert_eq!(hello["assistantId"], id.as_str());
+    let call = s.store.get_call(hello["callId"].as_str().unwrap()).await.unwrap();
+    assert!(call.key_id.is_some(), "the call records the key that minted its token");
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+
+    // Once only; not from another origin; not for another assistant; never forged.
+    let (status, code, _) = refused(&s, &format!("token={token}"), &[("origin", APP)]).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    let t2: Value = mint(json!({ "assistantId": id }), s.admin.clone()).await.unwrap().json().await.unwrap();
+    let t2 = t2["token"].as_str().unwrap();
+    let (status, _, _) = refused(&s, &format!("token={t2}"), &[("origin", "https://evil.example.com")]).await;
+    assert_eq!(status, 403);
+    let t3: Value = mint(json!({ "assistantId": id }), s.admin.clone()).await.unwrap().json().await.unwrap();
+    let t3 = t3["token"].as_str().unwrap();
+    let (status, _, _) = refused(&s, &format!("token={t3}&assistantId={other}"), &[]).await;
+    assert_eq!(status, 403);
+    for forged in ["vg_ct_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "' OR 1=1 --", &"x".repeat(5000)] {
+        let (status, _, _) = refused(&s, &format!("token={}", urlencode(forged)), &[]).await;
+        assert!(matches!(status, 400 | 401 | 414 | 431), "{status} for a forged token");
+    }
+
+    // Minting: private keys only, for an assistant that exists.
+    let public = s.key(KeyKind::Public, &[&id]).await;
+    assert_eq!(mint(json!({ "assistantId": id }), public).await.unwrap().status(), 403);
+    let res = mint(json!({ "assistantId": "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b" }), s.admin.clone()).await.unwrap();
+    let (status, code, body) = error_code(res).await;
+    assert_eq!((status, code.as_str()), (422, "validation_failed"), "{body}");
+    assert_eq!(mint(json!({ "assistantId": id, "extra": 1 }), s.admin.clone()).await.unwrap().status(), 422);
+    s.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}

@@ -118,3 +118,41 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 }
+
+impl Store {
+    /// Stores a call token (by hash) for one call to `assistant_id`.
+    pub async fn create_call_token(&self, hash: &str, assistant_id: &str, key_id: Option<&str>, ttl_ms: i64) -> Result<i64> {
+        let now = now_ms();
+        let expires = now + ttl_ms;
+        let mut c = self.writer().await?;
+        // Expired tokens are of no use to anyone: sweep them as new ones come.
+        sqlx::query("DELETE FROM call_tokens WHERE expires_at < $1").bind(now - 3_600_000).execute(&mut *c).await?;
+        sqlx::query("INSERT INTO call_tokens (hash, assistant_id, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(hash)
+            .bind(assistant_id)
+            .bind(key_id)
+            .bind(now)
+            .bind(expires)
+            .execute(&mut *c)
+            .await?;
+        Ok(expires)
+    }
+
+    /// Uses a call token: its assistant and key, the first time only, before it expires.
+    pub async fn consume_call_token(&self, hash: &str) -> Result<Option<(String, Option<String>)>> {
+        let now = now_ms();
+        let mut c = self.writer().await?;
+        let row = sqlx::query(
+            "UPDATE call_tokens SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND expires_at > $1 \
+             RETURNING assistant_id, key_id",
+        )
+        .bind(now)
+        .bind(hash)
+        .fetch_optional(&mut *c)
+        .await?;
+        match row {
+            Some(r) => Ok(Some((r.try_get("assistant_id")?, r.try_get("key_id")?))),
+            None => Ok(None),
+        }
+    }
+}

@@ -8,12 +8,15 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use crate::{Backend, Result, Store};
 
 /// (version, description, SQLite SQL, PostgreSQL SQL), in order.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql"), include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        "call tokens",
+        include_str!("../migrations/sqlite/0002_call_tokens.sql"),
+        include_str!("../migrations/postgres/0002_call_tokens.sql"),
+    ),
+];
 
 fn migrator(backend: Backend) -> Migrator {
     let migrations = MIGRATIONS

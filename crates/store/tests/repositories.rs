@@ -97,6 +97,12 @@ async fn keys_hash_lookup_revoke_and_login_codes() {
         assert!(!store.consume_login_code("h1").await.unwrap(), "a login code works once");
         store.create_login_code("h2", -1).await.unwrap();
         assert!(!store.consume_login_code("h2").await.unwrap(), "an expired code never works");
+
+        store.create_call_token("t1", "asst", Some("key"), 60_000).await.unwrap();
+        assert_eq!(store.consume_call_token("t1").await.unwrap(), Some(("asst".into(), Some("key".into()))));
+        assert_eq!(store.consume_call_token("t1").await.unwrap(), None, "a call token works once");
+        store.create_call_token("t2", "asst", None, -1).await.unwrap();
+        assert_eq!(store.consume_call_token("t2").await.unwrap(), None, "an expired token never works");
     }
 }
 
