@@ -206,3 +206,15 @@ async fn typed_text_is_a_turn_and_say_is_spoken_verbatim() {
     assert_eq!(c.llm.requests.lock().unwrap().len(), 1);
     c.io.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn speech_leaves_in_20_ms_frames_whatever_the_synthesizer_chunk() {
+    let tts = ToneTts { rate: 24_000, ms_per_char: 50, chunk_ms: 2_000, first_delay: MS(0) };
+    let mut io = Pipeline::default().stage(ClauseStage::default()).stage(TtsStage::new(Arc::new(tts))).spawn(CancellationToken::new());
+    io.head.send(Frame::Say("A sentence that lasts for seconds.".into())).await.unwrap();
+    let frames = collect_until(&mut io, |f| matches!(f, Frame::LlmResponseEnd)).await;
+    let sizes: Vec<usize> = frames.iter().filter_map(|(f, _)| match f { Frame::OutputAudio(a) => Some(a.len()), _ => None }).collect();
+    assert!(sizes.len() > 50, "{} frames", sizes.len());
+    assert!(sizes.iter().all(|&n| n <= 480), "a frame over 20 ms at 24 kHz: {sizes:?}");
+    io.shutdown().await.unwrap();
+}

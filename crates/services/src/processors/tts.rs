@@ -75,6 +75,7 @@ impl Processor for TtsStage {
 
 async fn work(tts: Arc<dyn Tts>, mut rx: mpsc::Receiver<Job>, out: Outlet) {
     let rate = tts.sample_rate();
+    let frame_len = (rate as usize / 50).max(1);
     // The first clause of a reply reports its time to first audio.
     let mut first_of_reply = true;
     while let Some(job) = rx.recv().await {
@@ -97,7 +98,15 @@ async fn work(tts: Arc<dyn Tts>, mut rx: mpsc::Receiver<Job>, out: Outlet) {
                                 first_of_reply = false;
                                 res = out.down(Frame::Metric { stage: Stage::TtsFirstAudio, value: started.elapsed() }).await;
                             }
-                            res = res.and(out.down(Frame::OutputAudio(AudioFrame::new(samples, rate))).await);
+                            // 20 ms frames: the output stage paces one frame per step, so an
+                            // interruption waits behind at most one frame, whatever the
+                            // synthesizer's chunk size.
+                            for frame in samples.chunks(frame_len) {
+                                if res.is_err() {
+                                    break;
+                                }
+                                res = out.down(Frame::OutputAudio(AudioFrame::new(frame, rate))).await;
+                            }
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "speech synthesis failed");
