@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql wrk espeak-ng sox nginx pkg-config ca-certificates curl)
+APT_PACKAGES=(build-essential postgresql wrk espeak-ng sox nginx pkg-config ca-certificates curl)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 

@@ -300,6 +300,7 @@ fn json_endpoints(id: &str) -> Vec<(Method, String, Value)> {
         (Method::PATCH, format!("/api/assistants/{id}"), json!({ "name": "x" })),
         (Method::POST, "/api/keys".into(), json!({ "name": "x", "kind": "private" })),
         (Method::POST, "/api/auth/login".into(), json!({ "code": "nope" })),
+        (Method::POST, "/api/calls".into(), json!({ "assistantId": id })),
     ]
 }
 
@@ -738,7 +739,7 @@ async fn wrong_methods_are_405_json_with_allow() {
         (Method::PATCH, "/api/assistants".into(), &["GET", "POST"]),
         (Method::PUT, format!("/api/assistants/{id}"), &["GET", "PATCH", "DELETE"]),
         (Method::POST, format!("/api/assistants/{id}"), &["GET", "PATCH", "DELETE"]),
-        (Method::POST, "/api/calls".into(), &["GET"]),
+        (Method::PUT, "/api/calls".into(), &["GET", "POST"]),
         (Method::DELETE, format!("/api/calls/{id}"), &["GET"]),
         (Method::PUT, "/api/keys".into(), &["GET", "POST"]),
         (Method::GET, format!("/api/keys/{key_id}"), &["DELETE"]),

@@ -18,6 +18,9 @@ pub struct Framer {
     /// Samples at the output rate; those before `read` are already framed.
     pending: Vec<i16>,
     read: usize,
+    /// Audio went into the resampler since its last flush: only then has it a tail
+    /// to push out (a second flush would make a frame of silence out of nothing).
+    unflushed: bool,
 }
 
 impl Framer {
@@ -27,6 +30,7 @@ impl Framer {
             resampler: None,
             pending: Vec::with_capacity(format.rate.frame_samples() * 4),
             read: 0,
+            unflushed: false,
         }
     }
 
@@ -75,6 +79,7 @@ impl Framer {
         }
         if let Some(r) = &mut self.resampler {
             r.process(&frame.samples, &mut self.pending);
+            self.unflushed = true;
         }
     }
 
@@ -92,7 +97,9 @@ impl Framer {
     /// The reply is over: push the resampler's tail through and pad what is left to
     /// a whole frame with silence, so [`next_frame`](Self::next_frame) drains it all.
     pub fn finish(&mut self) {
-        if let Some(r) = &mut self.resampler {
+        if let Some(r) = &mut self.resampler
+            && std::mem::take(&mut self.unflushed)
+        {
             r.flush(&mut self.pending);
         }
         let n = self.frame_samples();
@@ -106,6 +113,7 @@ impl Framer {
     pub fn clear(&mut self) {
         self.pending.clear();
         self.read = 0;
+        self.unflushed = false;
         if let Some(r) = &mut self.resampler {
             r.reset();
         }
@@ -124,5 +132,30 @@ fn encode(encoding: Encoding, samples: &[i16]) -> Vec<u8> {
             mulaw::encode_into(samples, &mut out);
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(f: &mut Framer) -> usize {
+        std::iter::from_fn(|| f.next_frame()).count()
+    }
+
+    #[test]
+    fn a_second_finish_adds_nothing() {
+        let mut f = Framer::new(AudioFormat { encoding: Encoding::Pcm16, rate: SampleRate::Hz48000 });
+        // 100 ms at 24 kHz, resampled to 48 kHz: five frames, and the tail.
+        f.push(&AudioFrame::new(vec![1000i16; 2400], 24_000));
+        f.finish();
+        let first = drain(&mut f);
+        assert!((5..=6).contains(&first), "{first} frames");
+        f.finish();
+        assert_eq!(drain(&mut f), 0, "the resampler's tail was already out");
+        // New audio has a tail of its own again.
+        f.push(&AudioFrame::new(vec![1000i16; 2400], 24_000));
+        f.finish();
+        assert!(drain(&mut f) >= 5);
     }
 }

@@ -41,6 +41,10 @@ use voxgate_transport::wire::{WireOut, pump_output, writer_channel};
 pub use providers::{ProviderFactory, Providers, Unconfigured};
 use recorder::TurnRecorder;
 
+/// How long the end of a call waits for the output stage to report what was
+/// played of a reply it cut.
+const WIND_DOWN: Duration = Duration::from_millis(500);
+
 /// What every session shares.
 #[derive(Clone)]
 pub struct SessionDeps {
@@ -164,11 +168,16 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     }
     let mut input = tokio::spawn(pump_input(stream, decoder, io.head.clone(), wtx.clone()));
 
+    // The call's hard limit. The turn stage ends the call at its maximum too, but
+    // behind the audio already queued; this cuts a reply that is still playing.
+    let max_duration = tokio::time::sleep(Duration::from_secs(assistant.spec.max_duration_secs.max(1) as u64));
+    tokio::pin!(max_duration);
     let mut recorder = TurnRecorder::new(Instant::now());
     let mut latency_turn = 0u32;
     let (reason, close) = loop {
         tokio::select! {
             _ = deps.hard_stop.cancelled() => break (EndReason::ServerShutdown, None),
+            _ = &mut max_duration => break (EndReason::MaxDuration, None),
             end = &mut input => {
                 let end = end.unwrap_or(InputEnd::ConnectionLost);
                 break (end.reason(), end.close());
@@ -196,7 +205,13 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         }
     };
     input.abort();
-    // A reply cut by the end of the call is still a turn (what was played of it).
+    // Frames still on their way up (what was played, the end of a reply) or down
+    // (a final transcript) when the call ended belong in the record, and a reply
+    // cut by the end of the call (a dropped connection, a hang-up, a drain) is a
+    // turn with what was played of it. An interruption fed to the output stage from
+    // below makes it report how far into its clause the audio got, then travels up
+    // behind everything it and the stages above had sent: a barrier.
+    wind_down(&mut io, &mut recorder, deps, call, &wtx, &mut latency_turn).await;
     if let Some(t) = recorder.finish_reply() {
         persist(deps, call, &t).await;
     }
@@ -204,8 +219,40 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     let close = close.or_else(|| close_for(&reason));
     finish(&wtx, &reason, close).await;
     drop(wtx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // A client that stops reading would hold the writer (and the socket) forever.
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
     reason
+}
+
+/// Collects the frames in flight when a call ends (see the caller).
+async fn wind_down(
+    io: &mut voxgate_pipeline::PipelineIo,
+    recorder: &mut TurnRecorder,
+    deps: &SessionDeps,
+    call: &Call,
+    wtx: &tokio::sync::mpsc::Sender<WireOut>,
+    latency_turn: &mut u32,
+) {
+    let deadline = tokio::time::Instant::now() + WIND_DOWN;
+    if tokio::time::timeout_at(deadline, io.tail.send(Frame::Interruption)).await.is_ok() {
+        loop {
+            match tokio::time::timeout_at(deadline, io.upstream.recv()).await {
+                Ok(Some((Frame::Interruption, _))) | Ok(None) | Err(_) => break,
+                Ok(Some((f @ (Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking | Frame::Spoken(_)), _))) => {
+                    record(recorder, &f, deps, call, wtx, latency_turn).await;
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+    while let Ok((f, _)) = io.downstream.try_recv() {
+        if matches!(f, Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking) {
+            record(recorder, &f, deps, call, wtx, latency_turn).await;
+        }
+    }
 }
 
 /// Feeds the recorder; writes a finished turn and tells the client its latency.
