@@ -125,6 +125,11 @@ impl Store {
              llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
+        // Not a cached prepared statement: through the Any driver, a NULL binds with
+        // another type than a number, and PostgreSQL would keep the types of the
+        // first run ("incorrect binary data format" when a later turn has a number
+        // where the first had none).
+        .persistent(false)
         .bind(call_id)
         .bind(turn.idx)
         .bind(turn.role.as_str())

@@ -106,6 +106,34 @@ async fn keys_hash_lookup_revoke_and_login_codes() {
     }
 }
 
+/// A turn with no latency, then turns with every kind of latency, on one call: a
+/// statement first run with a NULL must take a number the next time (PostgreSQL
+/// keeps the parameter types of a prepared statement).
+#[tokio::test]
+async fn turns_with_and_without_latency_follow_each_other() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let c = call("asst-1");
+        store.create_call(&c).await.unwrap();
+        let full = TurnLatency {
+            endpointing_ms: Some(512.0),
+            stt_ms: Some(31.4),
+            llm_first_token_ms: Some(0.7),
+            tts_first_audio_ms: Some(1.0),
+            queue_wait_ms: Some(2.5),
+            voice_to_voice_ms: Some(550.8),
+        };
+        let latencies = [TurnLatency::default(), full.clone(), TurnLatency { queue_wait_ms: None, ..full.clone() }, TurnLatency::default(), full];
+        for (idx, latency) in latencies.iter().enumerate() {
+            let turn = CallTurn { idx: idx as i64, role: TurnRole::Assistant, text: format!("turn {idx}"), started_ms: idx as i64, interrupted: false, latency: latency.clone() };
+            store.add_turn(&c.id, &turn).await.unwrap_or_else(|e| panic!("{}: turn {idx}: {e}", db.name));
+        }
+        let got = store.get_call(&c.id).await.unwrap().turns.unwrap();
+        let back: Vec<TurnLatency> = got.into_iter().map(|t| t.latency).collect();
+        assert_eq!(back, latencies.to_vec(), "{}", db.name);
+    }
+}
+
 #[tokio::test]
 async fn calls_turns_and_filters() {
     for db in TestDb::all().await {
