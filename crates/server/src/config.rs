@@ -299,7 +299,25 @@ pub struct ServeArgs {
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,
+    /// The speech and language models calls use: `auto` (the models this server
+    /// has), or `scripted`, instant fake ones that hear "hello there" and answer
+    /// with a fixed sentence in a tone. `scripted` is for benchmarks and load tests
+    /// (`voxgate bench`), never for real users.
+    #[arg(long, env = "VOXGATE_PROVIDERS", value_enum, default_value = "auto")]
+    pub providers: ProvidersChoice,
 }
+
+/// `voxgate serve --providers`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvidersChoice {
+    /// The models this server has (none yet: calls end saying so, until local
+    /// models and OpenAI-compatible providers land).
+    Auto,
+    /// Instant scripted STT, LLM and TTS: for benchmarks and load tests only,
+    /// never for real users (see `session::providers::Scripted`).
+    Scripted,
+}
+
 
 /// A rate or `None` for off (a newtype so clap does not treat it as optional).
 #[derive(Debug, Clone, Copy)]

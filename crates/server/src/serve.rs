@@ -28,7 +28,7 @@ use voxgate_domain::key::random_token;
 use voxgate_store::Store;
 
 use crate::agent::{self, AgentState};
-use crate::config::{Role, ServeArgs};
+use crate::config::{ProvidersChoice, Role, ServeArgs};
 use crate::ui::{self, UiConfig};
 
 /// Longest a client may take to send a request's headers (slow-header attacks).
@@ -94,9 +94,16 @@ impl Running {
 }
 
 /// Connects the store, builds the router for the role, binds and starts serving,
-/// with the providers the binary has (see [`crate::session::providers`]).
+/// with the providers `--providers` chooses (see [`crate::session::providers`]).
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
-    start_with(args, Arc::new(crate::session::Unconfigured)).await
+    let providers: Arc<dyn crate::session::ProviderFactory> = match args.providers {
+        ProvidersChoice::Auto => Arc::new(crate::session::Unconfigured),
+        ProvidersChoice::Scripted => {
+            tracing::warn!("--providers scripted: calls get instant fake speech and language models (benchmarks and load tests only)");
+            Arc::new(crate::session::providers::Scripted)
+        }
+    };
+    start_with(args, providers).await
 }
 
 /// [`start`] with the given providers (tests and benchmarks pass scripted ones).

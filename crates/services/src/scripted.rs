@@ -14,12 +14,15 @@ use crate::llm::{ChatRequest, Llm, LlmEvent, ToolCallRequest};
 use crate::stt::Stt;
 use crate::tts::Tts;
 
-/// Answers each utterance with the next scripted transcript, after `delay`.
+/// Answers each utterance with the next scripted transcript, after `delay`; when
+/// the script is used up, with the repeated transcript if there is one (see
+/// [`ScriptedStt::repeating`]), else with nothing.
 #[derive(Clone)]
 pub struct ScriptedStt {
     transcripts: Arc<Mutex<VecDeque<String>>>,
+    repeat: Option<String>,
     pub delay: Duration,
-    /// Samples of every utterance received, for assertions.
+    /// Samples of every utterance received, for assertions (not kept when repeating).
     pub heard: Arc<Mutex<Vec<usize>>>,
 }
 
@@ -27,21 +30,39 @@ impl ScriptedStt {
     pub fn new<S: Into<String>>(transcripts: impl IntoIterator<Item = S>, delay: Duration) -> ScriptedStt {
         ScriptedStt {
             transcripts: Arc::new(Mutex::new(transcripts.into_iter().map(Into::into).collect())),
+            repeat: None,
             delay,
             heard: Arc::default(),
         }
+    }
+
+    /// Answers every utterance with `transcript`, for as long as the call lasts
+    /// (benchmarks and load tests). Keeps no record of what it heard, so a long
+    /// call does not grow.
+    pub fn repeating(transcript: impl Into<String>, delay: Duration) -> ScriptedStt {
+        ScriptedStt { transcripts: Arc::default(), repeat: Some(transcript.into()), delay, heard: Arc::default() }
     }
 }
 
 impl Stt for ScriptedStt {
     fn transcribe(&self, audio: Vec<i16>, _rate: u32) -> BoxFuture<'static, Result<String, ServiceError>> {
-        self.heard.lock().expect("lock").push(audio.len());
-        let next = self.transcripts.lock().expect("lock").pop_front().unwrap_or_default();
+        if self.repeat.is_none() {
+            self.heard.lock().expect("lock").push(audio.len());
+        }
+        let next = self.transcripts.lock().expect("lock").pop_front().or_else(|| self.repeat.clone()).unwrap_or_default();
         let delay = self.delay;
         Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            pause(delay).await;
             Ok(next)
         })
+    }
+}
+
+/// Waits `d`; a zero delay does not wait at all (a zero sleep would still go
+/// through the timer, whose resolution is a millisecond).
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
     }
 }
 
@@ -56,17 +77,27 @@ pub enum Step {
     Fail(ServiceError, Duration),
 }
 
-/// Plays one scripted reply per request, and records the requests.
+/// Plays one scripted reply per request, and records the requests; when the
+/// script is used up, the repeated reply if there is one (see
+/// [`ScriptedLlm::repeating`]), else an empty reply.
 #[derive(Clone, Default)]
 pub struct ScriptedLlm {
     replies: Arc<Mutex<VecDeque<Vec<Step>>>>,
-    /// Every request received, for assertions on the context.
+    repeat: Option<Vec<Step>>,
+    /// Every request received, for assertions on the context (not kept when repeating).
     pub requests: Arc<Mutex<Vec<ChatRequest>>>,
 }
 
 impl ScriptedLlm {
     pub fn new(replies: impl IntoIterator<Item = Vec<Step>>) -> ScriptedLlm {
-        ScriptedLlm { replies: Arc::new(Mutex::new(replies.into_iter().collect())), requests: Arc::default() }
+        ScriptedLlm { replies: Arc::new(Mutex::new(replies.into_iter().collect())), repeat: None, requests: Arc::default() }
+    }
+
+    /// Answers every request with `reply`, for as long as the call lasts
+    /// (benchmarks and load tests). Keeps no record of the requests: each holds the
+    /// whole conversation, so recording them would grow a long call quadratically.
+    pub fn repeating(reply: Vec<Step>) -> ScriptedLlm {
+        ScriptedLlm { replies: Arc::default(), repeat: Some(reply), requests: Arc::default() }
     }
 
     /// A reply of whitespace-separated tokens, each `gap` after the previous.
@@ -84,8 +115,10 @@ impl ScriptedLlm {
 
 impl Llm for ScriptedLlm {
     fn chat(&self, request: ChatRequest) -> BoxStream<'static, Result<LlmEvent, ServiceError>> {
-        self.requests.lock().expect("lock").push(request);
-        let steps = self.replies.lock().expect("lock").pop_front().unwrap_or_default();
+        if self.repeat.is_none() {
+            self.requests.lock().expect("lock").push(request);
+        }
+        let steps = self.replies.lock().expect("lock").pop_front().or_else(|| self.repeat.clone()).unwrap_or_default();
         let mut n = 0usize;
         stream::iter(steps)
             .then(move |step| {
@@ -94,15 +127,15 @@ impl Llm for ScriptedLlm {
                 async move {
                     match step {
                         Step::Token(t, d) => {
-                            tokio::time::sleep(d).await;
+                            pause(d).await;
                             Ok(LlmEvent::Token(t))
                         }
                         Step::Tool { name, arguments, delay } => {
-                            tokio::time::sleep(delay).await;
+                            pause(delay).await;
                             Ok(LlmEvent::ToolCall(ToolCallRequest { id, name, arguments }))
                         }
                         Step::Fail(e, d) => {
-                            tokio::time::sleep(d).await;
+                            pause(d).await;
                             Err(e)
                         }
                     }
@@ -143,7 +176,7 @@ impl Tts for ToneTts {
         stream::iter(starts.into_iter().enumerate())
             .then(move |(i, start)| async move {
                 if i == 0 {
-                    tokio::time::sleep(first).await;
+                    pause(first).await;
                 }
                 let end = (start + chunk).min(total);
                 let samples = (start..end)
@@ -196,5 +229,40 @@ mod tests {
         assert_eq!(stt.transcribe(vec![0; 160], 16_000).await.unwrap(), "two");
         assert_eq!(stt.transcribe(vec![], 16_000).await.unwrap(), "");
         assert_eq!(*stt.heard.lock().unwrap(), vec![320, 160, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeating_providers_answer_every_time_at_once_and_keep_nothing() {
+        let stt = ScriptedStt::repeating("hello there", Duration::ZERO);
+        let llm = ScriptedLlm::repeating(ScriptedLlm::words("Hi! How can I help?", Duration::ZERO));
+        let start = tokio::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(stt.transcribe(vec![0; 320], 16_000).await.unwrap(), "hello there");
+            let events: Vec<_> = llm.chat(req()).collect().await;
+            let text: String = events
+                .iter()
+                .filter_map(|e| match e {
+                    Ok(LlmEvent::Token(t)) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(text, "Hi! How can I help?");
+            assert_eq!(events.last(), Some(&Ok(LlmEvent::Done)));
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "no delay at all");
+        assert!(stt.heard.lock().unwrap().is_empty());
+        assert!(llm.requests.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn zero_delays_do_not_touch_the_timer() {
+        // A runtime without a timer: a zero sleep would panic, a skipped one cannot.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let stt = ScriptedStt::repeating("hi", Duration::ZERO);
+        assert_eq!(rt.block_on(stt.transcribe(vec![], 16_000)).unwrap(), "hi");
+        let llm = ScriptedLlm::repeating(ScriptedLlm::words("a b", Duration::ZERO));
+        assert_eq!(rt.block_on(llm.chat(req()).collect::<Vec<_>>()).len(), 3);
+        let tts = ToneTts::default();
+        assert!(!rt.block_on(tts.synthesize("ab".into()).collect::<Vec<_>>()).is_empty());
     }
 }
