@@ -163,7 +163,7 @@ pub async fn run_with(args: CallArgs, out: &mut (dyn Write + Send)) -> anyhow::R
 }
 
 /// The WAV file as 16 kHz mono PCM16, with errors that name the file.
-fn load_wav(path: &Path) -> anyhow::Result<Vec<i16>> {
+pub(crate) fn load_wav(path: &Path) -> anyhow::Result<Vec<i16>> {
     let shown = path.display();
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read the WAV file {shown}"))?;
     if meta.is_dir() {
@@ -179,7 +179,7 @@ fn load_wav(path: &Path) -> anyhow::Result<Vec<i16>> {
 }
 
 /// `ws(s)://host/agent?assistantId=ID` from an http(s) or ws(s) base URL.
-fn agent_url(base: &str, assistant: &str) -> anyhow::Result<String> {
+pub(crate) fn agent_url(base: &str, assistant: &str) -> anyhow::Result<String> {
     let base = base.trim();
     let (scheme, rest) = base.split_once("://").ok_or_else(|| anyhow!("--url {base:?}: expected http://, https://, ws:// or wss://"))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
@@ -198,7 +198,7 @@ fn agent_url(base: &str, assistant: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{rest}{path}?assistantId={}", encode_query(assistant)))
 }
 
-fn encode_query(s: &str) -> String {
+pub(crate) fn encode_query(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -210,9 +210,9 @@ fn encode_query(s: &str) -> String {
     out
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Ws> {
+pub(crate) async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Ws> {
     let mut req = url.into_client_request().with_context(|| format!("--url: {url} is not a valid WebSocket URL"))?;
     if let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) {
         let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| anyhow!("--key holds characters an HTTP header cannot carry"))?;

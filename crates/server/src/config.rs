@@ -48,6 +48,10 @@ pub enum Command {
     /// Calls an assistant from a WAV file, as a caller would: streams the audio,
     /// prints the conversation, and can save the reply audio.
     Call(CallArgs),
+    /// A load generator: N concurrent calls streaming a phrase in real time through
+    /// the real protocol; prints per-turn latency, frame pacing jitter, errors, and
+    /// the server's CPU and memory.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +116,55 @@ pub struct CallArgs {
     pub output_rate: u32,
     /// Prints every server event as one JSON line, then a summary line
     /// (`{"type":"summary",...}`), instead of a readable transcript.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `voxgate bench`: many calls at once, measured.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Overhead = arrival of a reply's first audio frame - (send time of the frame holding the \
+phrase's last voiced sample + the assistant's endpointing silence): the time the platform adds. Run the server with \
+`--providers scripted` so the models add nothing. Exit status: 0 when every turn of every call succeeded; 1 otherwise \
+(the report is printed either way).")]
+pub struct BenchArgs {
+    /// The server: its base URL (`http://`, `https://`; `ws://`, `wss://` also work).
+    #[arg(long, default_value = "http://127.0.0.1:3010")]
+    pub url: String,
+    /// A private API key, sent as `Authorization: Bearer`.
+    #[arg(long, env = "VOXGATE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// The assistant every call talks to.
+    #[arg(long)]
+    pub assistant: String,
+    /// Concurrent calls.
+    #[arg(long, default_value_t = 1)]
+    pub calls: usize,
+    /// Turns per call: the phrase, the endpointing silence, the reply, a short gap.
+    #[arg(long, default_value_t = 3)]
+    pub turns: u32,
+    /// Seconds over which to open the calls, evenly spaced (0: all at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp: f64,
+    /// The caller's phrase, any WAV (sent as 16 kHz PCM16; silence at either end is
+    /// trimmed). Default: espeak-ng saying "what time does the library open tomorrow".
+    #[arg(long)]
+    pub wav: Option<PathBuf>,
+    /// The endpointing silence in ms; default: read from the assistant
+    /// (`GET /api/assistants/{id}`, `endpointing.silenceMs`).
+    #[arg(long)]
+    pub silence_ms: Option<u32>,
+    /// Silence sent after a reply ends before the next turn's phrase, in ms.
+    #[arg(long, default_value_t = 500)]
+    pub gap_ms: u64,
+    /// A turn fails when its reply has not started this many seconds after the phrase
+    /// (or has not finished this long after its last audio).
+    #[arg(long, default_value_t = 10.0)]
+    pub turn_timeout: f64,
+    /// The server's process id (on this machine): its CPU time and memory are read
+    /// from /proc before, during and after the run.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Prints the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -317,7 +370,6 @@ pub enum ProvidersChoice {
     /// never for real users (see `session::providers::Scripted`).
     Scripted,
 }
-
 
 /// A rate or `None` for off (a newtype so clap does not treat it as optional).
 #[derive(Debug, Clone, Copy)]

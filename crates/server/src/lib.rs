@@ -11,8 +11,10 @@
 //! - [`telemetry`]: logs and Sentry.
 //! - [`commands`]: `migrate` and `keys`.
 //! - [`call`]: `voxgate call`, a WebSocket client that calls an assistant from a WAV file.
+//! - [`bench`]: `voxgate bench`, a load generator: many such calls at once, measured.
 
 pub mod agent;
+pub mod bench;
 pub mod call;
 pub mod commands;
 pub mod config;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use voxgate_server::config::{Cli, Command};
-use voxgate_server::{call, commands, serve, telemetry};
+use voxgate_server::{bench, call, commands, serve, telemetry};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -48,6 +48,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate(db) => commands::migrate(&db).await,
         Command::Keys { command, db } => commands::keys(&db, command, &mut std::io::stdout()).await,
         Command::Call(args) => match call::run(args).await?.problem() {
+            None => Ok(()),
+            Some(problem) => Err(anyhow::anyhow!(problem)),
+        },
+        Command::Bench(args) => match bench::run(args).await?.problem() {
             None => Ok(()),
             Some(problem) => Err(anyhow::anyhow!(problem)),
         },
