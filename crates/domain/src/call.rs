@@ -104,6 +104,10 @@ pub struct TurnLatency {
     pub queue_wait_ms: Option<f64>,
     /// End of the caller's speech to the first audio of the reply.
     pub voice_to_voice_ms: Option<f64>,
+    /// End-of-turn decision to the first reply audio frame written: everything
+    /// after endpointing (speech to text, the model, speech synthesis, the platform).
+    #[serde(default)]
+    pub response_ms: Option<f64>,
 }
 
 /// One turn of a call's transcript.

@@ -123,6 +123,9 @@ pub enum Stage {
     TtsFirstAudio,
     QueueWait,
     VoiceToVoice,
+    /// From the end-of-turn decision to the first reply audio frame handed to the
+    /// socket's writer: what the platform and the models add after endpointing.
+    Response,
 }
 
 /// Everything that moves through a pipeline.
@@ -140,6 +143,9 @@ pub enum Frame {
     UserStartedSpeaking,
     /// Voice activity: the caller stopped speaking (before endpointing decides the turn is over).
     UserStoppedSpeaking,
+    /// The turn stage decided the caller's turn is over, at this instant; the output
+    /// stage times the reply's first audio from it ([`Stage::Response`]).
+    TurnEnded(std::time::Instant),
     /// The first reply audio reached the transport.
     BotStartedSpeaking,
     /// The last reply audio was played (or flushed).
@@ -192,7 +198,7 @@ impl Frame {
     pub fn category(&self) -> Category {
         use Frame::*;
         match self {
-            Start | Cancel(_) | Interruption | UserStartedSpeaking | UserStoppedSpeaking | BotStartedSpeaking
+            Start | Cancel(_) | Interruption | UserStartedSpeaking | UserStoppedSpeaking | TurnEnded(_) | BotStartedSpeaking
             | BotStoppedSpeaking | InputAudio(_) | Metric { .. } | Error { .. } | Spoken(_) => Category::System,
             OutputAudio(_) | Transcript(_) | UserText(_) | LlmText(_) | TtsText(_) | ToolCall(_)
             | ToolResult(_) | Say(_) | SpeechClause(_) => Category::Data,
@@ -213,6 +219,7 @@ impl Frame {
             Interruption => "interruption",
             UserStartedSpeaking => "user-started-speaking",
             UserStoppedSpeaking => "user-stopped-speaking",
+            TurnEnded(_) => "turn-ended",
             BotStartedSpeaking => "bot-started-speaking",
             BotStoppedSpeaking => "bot-stopped-speaking",
             InputAudio(_) => "input-audio",

@@ -357,6 +357,12 @@ async fn the_caller_barges_in_and_the_history_keeps_only_what_was_played() {
     let (_, _, answer) = inbox.until("transcript", |v| v["role"] == "assistant", Duration::from_secs(5)).await;
     assert_eq!(answer["text"], "Okay.");
     inbox.event("bot-speech-stopped").await;
+    // The answer's latency: the response time from the end-of-turn decision to its
+    // first frame, and voice-to-voice made of endpointing and that.
+    let (_, _, lat) = inbox.until("latency", |v| v["endpointingMs"].is_number(), Duration::from_secs(5)).await;
+    let (endpointing, response, v2v) = (lat["endpointingMs"].as_f64().unwrap(), lat["responseMs"].as_f64().unwrap(), lat["voiceToVoiceMs"].as_f64().unwrap());
+    assert!(response > 0.0 && response < 2000.0, "{lat}");
+    assert!((v2v - (endpointing + response)).abs() <= 1.0, "voice-to-voice is endpointing plus the response time: {lat}");
     said_it.await.unwrap();
     let mut tx = mic.stop().await;
     tx.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();

@@ -208,6 +208,10 @@ enum Action {
 async fn apply(actions: Vec<Action>, out: &Outlet) -> Result<(), PipelineError> {
     for action in actions {
         match action {
+            Action::Down(Frame::EndOfTurn) => {
+                out.down(Frame::TurnEnded(tokio::time::Instant::now().into_std())).await?;
+                out.down(Frame::EndOfTurn).await?
+            }
             Action::Down(frame) => out.down(frame).await?,
             Action::Interrupt => out.interrupt_both_ways().await?,
         }

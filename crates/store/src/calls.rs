@@ -57,6 +57,7 @@ fn turn_from_row(r: &AnyRow) -> Result<CallTurn> {
             tts_first_audio_ms: r.try_get("tts_first_audio_ms")?,
             queue_wait_ms: r.try_get("queue_wait_ms")?,
             voice_to_voice_ms: r.try_get("voice_to_voice_ms")?,
+            response_ms: r.try_get("response_ms")?,
         },
     })
 }
@@ -122,8 +123,8 @@ impl Store {
         let mut c = self.writer().await?;
         sqlx::query(
             "INSERT INTO call_turns (call_id, idx, role, text, started_ms, interrupted, endpointing_ms, stt_ms, \
-             llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms, response_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         // Not a cached prepared statement: through the Any driver, a NULL binds with
         // another type than a number, and PostgreSQL would keep the types of the
@@ -142,6 +143,7 @@ impl Store {
         .bind(l.tts_first_audio_ms)
         .bind(l.queue_wait_ms)
         .bind(l.voice_to_voice_ms)
+        .bind(l.response_ms)
         .execute(&mut *c)
         .await?;
         Ok(())

@@ -16,6 +16,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0002_call_tokens.sql"),
         include_str!("../migrations/postgres/0002_call_tokens.sql"),
     ),
+    (
+        3,
+        "response time and recordings",
+        include_str!("../migrations/sqlite/0003_response_and_recordings.sql"),
+        include_str!("../migrations/postgres/0003_response_and_recordings.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

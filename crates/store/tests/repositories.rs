@@ -122,6 +122,7 @@ async fn turns_with_and_without_latency_follow_each_other() {
             tts_first_audio_ms: Some(1.0),
             queue_wait_ms: Some(2.5),
             voice_to_voice_ms: Some(550.8),
+            response_ms: Some(38.8),
         };
         let latencies = [TurnLatency::default(), full.clone(), TurnLatency { queue_wait_ms: None, ..full.clone() }, TurnLatency::default(), full];
         for (idx, latency) in latencies.iter().enumerate() {

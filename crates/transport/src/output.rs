@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use voxgate_audio::pcm::FRAME_MS;
-use voxgate_frames::{AudioFrame, Direction, EndReason, Frame};
+use voxgate_frames::{AudioFrame, Direction, EndReason, Frame, Stage};
 use voxgate_pipeline::{Outlet, PipelineError, Processor};
 use voxgate_services::context::truncate_to_played;
 
@@ -110,6 +110,9 @@ pub struct OutputStage {
     /// Measured speech rate: samples and characters of finished clauses.
     measured: (u64, u64),
     first_audio: watch::Sender<Option<Instant>>,
+    /// When the caller's turn was decided over, until the reply's first frame is
+    /// written: the reply's response time runs from it.
+    turn_ended: Option<std::time::Instant>,
 }
 
 impl OutputStage {
@@ -126,6 +129,7 @@ impl OutputStage {
             gone: false,
             measured: (0, 0),
             first_audio: watch::Sender::new(None),
+            turn_ended: None,
         }
     }
 
@@ -185,7 +189,8 @@ impl OutputStage {
                 };
             }
             tokio::time::sleep_until(clock.slot()).await;
-            if !self.speaking {
+            let first = !self.speaking;
+            if first {
                 self.speaking = true;
                 self.first_audio.send_replace(Some(Instant::now()));
                 out.up(Frame::BotStartedSpeaking).await?;
@@ -193,6 +198,10 @@ impl OutputStage {
                 self.event(ServerEvent::BotSpeechStarted, out).await?;
             }
             self.send(WireOut::Binary(bytes), out).await?;
+            if first && let Some(at) = self.turn_ended.take() {
+                let value = Instant::now().into_std().saturating_duration_since(at);
+                out.down(Frame::Metric { stage: Stage::Response, value }).await?;
+            }
             if let Some(c) = &mut self.clock {
                 c.sent += 1;
             }
@@ -353,6 +362,10 @@ impl Processor for OutputStage {
                     end: None,
                 });
                 Ok(())
+            }
+            (Frame::TurnEnded(at), Down) => {
+                self.turn_ended = Some(at);
+                out.down(Frame::TurnEnded(at)).await
             }
             (Frame::LlmResponseStart, Down) => {
                 self.discarding = false;

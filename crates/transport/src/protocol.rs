@@ -183,7 +183,7 @@ pub enum Role {
 }
 
 /// One turn's latency breakdown, in milliseconds; a stage that did not run is absent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnLatency {
     /// The turn's index in the call, from 0.
@@ -198,6 +198,10 @@ pub struct TurnLatency {
     pub tts_first_audio_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice_to_voice_ms: Option<u64>,
+    /// From the end-of-turn decision to the first reply audio frame written, in
+    /// milliseconds with a tenth's precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_ms: Option<f64>,
 }
 
 /// A text message from the server.

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use voxgate_audio::SampleRate;
-use voxgate_frames::{AudioFrame, EndReason, Frame};
+use voxgate_frames::{AudioFrame, EndReason, Frame, Stage};
 use voxgate_pipeline::{CancellationToken, Pipeline, PipelineIo};
 use voxgate_transport::protocol::Role;
 use voxgate_transport::wire::WRITER_CAPACITY;
@@ -541,6 +541,32 @@ async fn passing_frames_become_client_events_and_metrics_reach_the_end() {
     let down = drain(&mut c.io.downstream);
     assert_eq!(down.len(), 5);
     assert!(down.contains(&metric));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_response_time_runs_from_the_turn_decision_to_the_first_frame_written() {
+    let mut c = call(OutputConfig::default());
+    // The turn was decided 30 ms before the reply's audio comes; one reply, then a
+    // second one with no decision of its own (a greeting or a prompt): one metric.
+    let decided = Instant::now();
+    c.io.head.send(Frame::TurnEnded(decided.into_std())).await.unwrap();
+    tokio::time::sleep(MS(30)).await;
+    let mut frames = reply(&[("one", 3)], 16_000, 20);
+    frames.extend(reply(&[("two", 3)], 16_000, 20));
+    feed(&c.io, frames);
+    let got = collect(&mut c.got, MS(500)).await;
+    let first = audio_times(&got)[0];
+    let down = drain(&mut c.io.downstream);
+    let responses: Vec<Duration> = down
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Metric { stage: Stage::Response, value } => Some(*value),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(responses, vec![first - decided], "one response time, to the first frame written");
+    assert!(responses[0] >= MS(30), "{responses:?}");
+    assert!(down.iter().any(|f| matches!(f, Frame::TurnEnded(_))), "the decision travels on");
 }
 
 #[tokio::test(start_paused = true)]

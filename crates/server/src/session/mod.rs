@@ -277,6 +277,7 @@ async fn record(
             llm_first_token_ms: ms(l.llm_first_token_ms),
             tts_first_audio_ms: ms(l.tts_first_audio_ms),
             voice_to_voice_ms: ms(l.voice_to_voice_ms),
+            response_ms: l.response_ms.map(|v| (v * 10.0).round() / 10.0),
         });
         *latency_turn += 1;
         let _ = wtx.try_send(ev.to_wire());
@@ -291,6 +292,7 @@ fn observe(l: &voxgate_domain::call::TurnLatency) {
         ("tts_first_audio", l.tts_first_audio_ms),
         ("queue_wait", l.queue_wait_ms),
         ("voice_to_voice", l.voice_to_voice_ms),
+        ("response", l.response_ms),
     ] {
         if let Some(ms) = v {
             metrics::histogram!("voxgate_turn_latency_seconds", "stage" => stage).record(ms / 1000.0);

@@ -74,6 +74,14 @@ impl TurnRecorder {
                     Stage::TtsFirstAudio => self.latency.tts_first_audio_ms = v,
                     Stage::QueueWait => self.latency.queue_wait_ms = Some(self.latency.queue_wait_ms.unwrap_or(0.0) + ms(*value)),
                     Stage::VoiceToVoice => self.latency.voice_to_voice_ms = v,
+                    Stage::Response => {
+                        self.latency.response_ms = v;
+                        // Measured where it happens, so better than the times this
+                        // recorder sees the frames at.
+                        if let Some(endpointing) = self.latency.endpointing_ms {
+                            self.latency.voice_to_voice_ms = Some(endpointing + ms(*value));
+                        }
+                    }
                 }
                 None
             }
@@ -168,6 +176,22 @@ mod tests {
         r.on_frame(&Frame::BotStartedSpeaking, at(5000));
         let again = r.finish_reply().unwrap();
         assert_eq!(again.latency, TurnLatency::default());
+    }
+
+    #[test]
+    fn the_response_time_makes_voice_to_voice_exact() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut r = TurnRecorder::new(t0);
+        r.on_frame(&Frame::UserStoppedSpeaking, at(1000));
+        r.on_frame(&Frame::Metric { stage: Stage::Endpointing, value: Duration::from_millis(800) }, at(1500));
+        // The recorder sees the first audio late (at 1900 ms), but the output timed
+        // it at 42.5 ms after the decision.
+        r.on_frame(&Frame::BotStartedSpeaking, at(1900));
+        r.on_frame(&Frame::Metric { stage: Stage::Response, value: Duration::from_micros(42_500) }, at(1900));
+        let bot = r.on_frame(&Frame::BotStoppedSpeaking, at(2500)).unwrap();
+        assert_eq!(bot.latency.response_ms, Some(42.5));
+        assert_eq!(bot.latency.voice_to_voice_ms, Some(842.5));
     }
 
     #[test]
