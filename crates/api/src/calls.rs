@@ -131,3 +131,33 @@ pub async fn create(
         }),
     ))
 }
+
+/// A call's recording: a stereo WAV (the caller left, the assistant right, 16 kHz),
+/// streamed from its file.
+#[utoipa::path(get, path = "/api/calls/{id}/recording", tag = "calls", params(("id" = String, Path)),
+    responses((status = 200, content_type = "audio/wav", description = "the recording"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn recording(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<String>) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    if !is_id(&id) {
+        return Err(ApiError::not_found("call"));
+    }
+    let path = s.store.recording_path(&id).await.map_err(|e| not_found_as(e, "call"))?.ok_or_else(|| ApiError::not_found("recording"))?;
+    // The path was written by the agent that held the call, never by a client.
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(call = %id, "the call's recording file is gone");
+            return Err(ApiError::not_found("recording"));
+        }
+        Err(e) => return Err(ApiError::new(voxgate_domain::ErrorCode::Internal, format!("opening a recording: {e}"))),
+    };
+    let len = file.metadata().await.map_err(|e| ApiError::new(voxgate_domain::ErrorCode::Internal, format!("reading a recording: {e}")))?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    axum::response::Response::builder()
+        .header(header::CONTENT_TYPE, "audio/wav")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.wav\""))
+        .body(body)
+        .map_err(|e| ApiError::new(voxgate_domain::ErrorCode::Internal, e.to_string()))
+}

@@ -76,6 +76,7 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
         .routes(routes!(assistants::get, assistants::update, assistants::delete))
         .routes(routes!(calls::list, calls::create))
         .routes(routes!(calls::get))
+        .routes(routes!(calls::recording))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::login))

@@ -195,6 +195,9 @@ pub struct AssistantSpec {
     /// Phrases that end the call when the assistant says them.
     pub end_call_phrases: Vec<String>,
     pub tools: Vec<Tool>,
+    /// Keeps a recording of each call (a stereo WAV: the caller left, the assistant
+    /// right, 16 kHz), fetched at `/api/calls/{id}/recording`.
+    pub recording_enabled: bool,
     /// Free-form data kept with the assistant (at most 16 KiB as JSON).
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
@@ -216,6 +219,7 @@ impl Default for AssistantSpec {
             max_duration_secs: 600,
             end_call_phrases: Vec::new(),
             tools: Vec::new(),
+            recording_enabled: false,
             metadata: Map::new(),
         }
     }

@@ -55,6 +55,10 @@ pub struct Call {
     /// The transcript, in order; present when one call is fetched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turns: Option<Vec<CallTurn>>,
+    /// Where to fetch the call's recording (a stereo WAV: the caller left, the
+    /// assistant right), when its assistant records calls.
+    #[serde(default)]
+    pub recording_url: Option<String>,
 }
 
 /// Who spoke a turn.

@@ -162,6 +162,7 @@ async fn admit(
         instance: Some(s.instance.clone()),
         metadata: Default::default(),
         turns: None,
+        recording_url: None,
     };
     // Recorded before the upgrade, so a call that the client sees always has a record.
     s.api.store.create_call(&call).await?;

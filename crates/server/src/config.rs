@@ -349,6 +349,10 @@ pub struct ServeArgs {
     /// This instance's name, kept on each call it holds; defaults to host name and port.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Where call recordings (for assistants with `recordingEnabled`) are written;
+    /// API instances read them from the same path (share the volume when split).
+    #[arg(long, env = "RECORDINGS_DIR", default_value = "recordings")]
+    pub recordings_dir: PathBuf,
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,
@@ -418,7 +422,11 @@ impl ServeArgs {
     /// free port on loopback.
     pub fn for_tests(database_url: &str) -> ServeArgs {
         match Cli::parse_from(["voxgate", "serve", "--database-url", database_url, "--bind", "127.0.0.1:0"]).command {
-            Command::Serve(s) => *s,
+            Command::Serve(mut s) => {
+                // Not in the working directory: recordings of test calls go to the temp folder.
+                s.recordings_dir = std::env::temp_dir().join(format!("voxgate-test-recordings-{}", std::process::id()));
+                *s
+            }
             _ => unreachable!("parsed a serve command"),
         }
     }

@@ -832,6 +832,7 @@ async fn insert_call(api: &Api, assistant: &str, started_at: i64, ended: bool) -
         instance: Some("elsewhere".into()),
         metadata: Default::default(),
         turns: None,
+        recording_url: None,
     };
     api.s.store.create_call(&call).await.unwrap();
     if ended {

@@ -75,6 +75,7 @@ impl Ids {
             instance: Some("elsewhere".into()),
             metadata: Default::default(),
             turns: None,
+            recording_url: None,
         };
         s.store.create_call(&call).await.unwrap();
         let res = TestServer::http()
@@ -190,6 +191,12 @@ async fn every_api_route_needs_a_credential() {
         let path = ids.fill(&r.template);
         let res = admin(request(&http, &s, &r.method, &path)).send().await.unwrap();
         let status = res.status().as_u16();
+        if r.template.ends_with("/recording") && status == 404 {
+            // The call is real but was not recorded: the route says so itself.
+            let body: Value = res.json().await.unwrap();
+            assert!(body["error"]["message"].as_str().unwrap().contains("recording"), "{path}: {body}");
+            continue;
+        }
         assert!(![401, 403, 404, 405].contains(&status) && status < 500, "{} {path} with the admin key: {status}", r.method);
     }
 }

@@ -734,3 +734,71 @@ async fn an_end_call_phrase_ends_the_call_after_it_plays() {
     drop(tx);
     s.stop().await;
 }
+
+// ---- 8. a recording of both sides ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_keeps_both_sides_in_a_stereo_wav() {
+    let llm = ScriptedLlm::new([ScriptedLlm::words("Okay.", Duration::ZERO)]);
+    let mut s = TestServer::start_with_providers(TestDb::chosen().await, providers(&["stop please"], llm, tone(50)), |_| {}).await;
+    let id = assistant(&s, json!({"name": "Recorded", "firstMessage": "Hello there.", "recordingEnabled": true})).await;
+    let (mic, mut inbox, started) = open(&s, &id).await;
+    let call_id = started["callId"].as_str().unwrap().to_string();
+    // The greeting plays whole, then the caller speaks and is answered.
+    inbox.event("bot-speech-stopped").await;
+    let voice = speech("stop please");
+    let said_it = mic.say(voice);
+    let (_, _, heard) = inbox.until("transcript", |v| v["role"] == "user", Duration::from_secs(10)).await;
+    assert_eq!(heard["text"], "stop please");
+    inbox.until("transcript", |v| v["role"] == "assistant" && v["text"] == "Okay.", Duration::from_secs(5)).await;
+    inbox.event("bot-speech-stopped").await;
+    said_it.await.unwrap();
+    let mut tx = mic.stop().await;
+    tx.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    inbox.event("call-ended").await;
+
+    let call = ended_call(&s, &call_id, Duration::from_secs(10)).await;
+    let url = call["recordingUrl"].as_str().unwrap_or_else(|| panic!("no recordingUrl: {call}")).to_string();
+    assert_eq!(url, format!("/api/calls/{call_id}/recording"));
+    let res = TestServer::http().get(s.at(&url)).bearer_auth(&s.admin).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "audio/wav");
+    let bytes = res.bytes().await.unwrap();
+    let mut r = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    assert_eq!((r.spec().channels, r.spec().sample_rate, r.spec().bits_per_sample), (2, 16_000, 16));
+    let samples: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+    let (left, right): (Vec<i16>, Vec<i16>) = samples.chunks(2).map(|c| (c[0], c[1])).unzip();
+    // Loudness per 100 ms window on each side.
+    let windows = |x: &[i16]| x.chunks(1600).map(|w| (w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt()).collect::<Vec<f64>>();
+    let (l, r) = (windows(&left), windows(&right));
+    let loud = |w: &[f64]| w.iter().filter(|&&v| v > 500.0).count();
+    // The greeting (12 characters at 50 ms) and "Okay." (5): about 0.85 s of tone on
+    // the assistant's side; the caller's words on the caller's side.
+    assert!((6..=12).contains(&loud(&r)), "assistant windows: {r:?}");
+    assert!(loud(&l) >= 3, "caller windows: {l:?}");
+    // The caller spoke after the greeting and before the answer.
+    let first_caller = l.iter().position(|&v| v > 500.0).unwrap();
+    let first_bot = r.iter().position(|&v| v > 500.0).unwrap();
+    let last_bot = r.iter().rposition(|&v| v > 500.0).unwrap();
+    assert!(first_bot < first_caller && first_caller < last_bot, "greeting {first_bot}, caller {first_caller}, answer ends {last_bot}");
+    // The whole call, about as long as it lasted.
+    let secs = left.len() as f64 / 16_000.0;
+    let lasted = call["durationMs"].as_f64().unwrap() / 1000.0;
+    assert!((secs - lasted).abs() < 1.0, "{secs} s of recording for a {lasted} s call");
+
+    // A call without recording has none.
+    let plain = assistant(&s, json!({"name": "Plain", "firstMessage": "Hi."})).await;
+    let (mic, mut inbox, started) = open(&s, &plain).await;
+    inbox.event("bot-speech-stopped").await;
+    let mut tx = mic.stop().await;
+    tx.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    inbox.event("call-ended").await;
+    let plain_id = started["callId"].as_str().unwrap();
+    let call = ended_call(&s, plain_id, Duration::from_secs(10)).await;
+    assert!(call["recordingUrl"].is_null(), "{call}");
+    let res = TestServer::http().get(s.at(&format!("/api/calls/{plain_id}/recording"))).bearer_auth(&s.admin).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    s.stop().await;
+}

@@ -155,7 +155,7 @@ async fn endpointing_fires_after_the_configured_silence() {
     assert_eq!(endpointing_metrics(&out), [Duration::from_millis(400)]);
     let names = out.down_names();
     let eot = names.iter().position(|n| *n == "end-of-turn").unwrap();
-    assert_eq!(names[eot - 1], "metric", "the metric comes just before the end of turn");
+    assert_eq!(names[eot - 2..eot], ["metric", "turn-ended"], "the metric and the decision's instant come just before the end of turn");
     assert_eq!(count(&out.down, "input-audio"), 85, "every audio frame is forwarded");
     assert_eq!(out.down[0], Frame::Start);
     assert!(out.up.is_empty(), "{:?}", out.up_names());

@@ -8,7 +8,7 @@ use voxgate_domain::clock::now_ms;
 use crate::assistants::page;
 use crate::{Page, Result, Store, StoreError, json_col};
 
-const COLS: &str = "id, assistant_id, key_id, status, ended_reason, started_at, ended_at, duration_ms, instance, metadata";
+const COLS: &str = "id, assistant_id, key_id, status, ended_reason, started_at, ended_at, duration_ms, instance, metadata, recording_path";
 
 /// Which calls to list.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +38,7 @@ fn from_row(r: &AnyRow) -> Result<Call> {
         instance: r.try_get("instance")?,
         metadata: json_col(&meta, "calls.metadata")?,
         turns: None,
+        recording_url: r.try_get::<Option<String>, _>("recording_path")?.map(|_| format!("/api/calls/{id}/recording", id = r.try_get::<String, _>("id").unwrap_or_default())),
     })
 }
 
@@ -147,6 +148,21 @@ impl Store {
         .execute(&mut *c)
         .await?;
         Ok(())
+    }
+
+    /// Notes where a call's recording was written.
+    pub async fn set_recording(&self, call_id: &str, path: &str) -> Result<()> {
+        let mut c = self.writer().await?;
+        sqlx::query("UPDATE calls SET recording_path = $1 WHERE id = $2").bind(path).bind(call_id).execute(&mut *c).await?;
+        Ok(())
+    }
+
+    /// Where a call's recording is, if it has one.
+    pub async fn recording_path(&self, call_id: &str) -> Result<Option<String>> {
+        let mut c = self.reader().await?;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT recording_path FROM calls WHERE id = $1").bind(call_id).fetch_optional(&mut *c).await?;
+        row.ok_or(StoreError::NotFound).map(|r| r.0)
     }
 
     /// A call with its transcript.

@@ -28,6 +28,7 @@ fn call(assistant: &str) -> Call {
         instance: Some("agent-1".into()),
         metadata: Default::default(),
         turns: None,
+        recording_url: None,
     }
 }
 

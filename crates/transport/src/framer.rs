@@ -94,6 +94,13 @@ impl Framer {
         Some(encode(self.format.encoding, samples))
     }
 
+    /// The samples (at the output rate) of the frame [`next_frame`](Self::next_frame)
+    /// returned last.
+    pub fn last_frame_samples(&self) -> &[i16] {
+        let n = self.frame_samples();
+        if self.read >= n { &self.pending[self.read - n..self.read] } else { &[] }
+    }
+
     /// The reply is over: push the resampler's tail through and pad what is left to
     /// a whole frame with silence, so [`next_frame`](Self::next_frame) drains it all.
     pub fn finish(&mut self) {

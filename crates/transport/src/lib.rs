@@ -21,12 +21,14 @@
 //! - [`input`]: [`InputDecoder`], [`input::await_start`], [`input::pump_input`].
 //! - [`framer`]: reply audio into exact 20 ms frames in the client's format.
 //! - [`output`]: [`OutputStage`], the real-time paced last stage.
+//! - [`recording`]: both sides of a call into a stereo WAV, and [`recording::RecordTap`].
 
 pub mod close;
 pub mod framer;
 pub mod input;
 pub mod output;
 pub mod protocol;
+pub mod recording;
 pub mod wire;
 
 pub use close::{Close, ProtocolError, close_for};

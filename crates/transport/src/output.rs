@@ -39,6 +39,7 @@ use voxgate_pipeline::{Outlet, PipelineError, Processor};
 use voxgate_services::context::truncate_to_played;
 
 use crate::framer::Framer;
+use crate::recording::{CallRecording, Side};
 use crate::protocol::{AudioFormat, Role, ServerEvent};
 use crate::wire::WireOut;
 
@@ -113,6 +114,8 @@ pub struct OutputStage {
     /// When the caller's turn was decided over, until the reply's first frame is
     /// written: the reply's response time runs from it.
     turn_ended: Option<std::time::Instant>,
+    /// The call's recording, when its assistant records: the frames as played.
+    recording: Option<CallRecording>,
 }
 
 impl OutputStage {
@@ -130,7 +133,14 @@ impl OutputStage {
             measured: (0, 0),
             first_audio: watch::Sender::new(None),
             turn_ended: None,
+            recording: None,
         }
+    }
+
+    /// Records every frame as it is played.
+    pub fn with_recording(mut self, recording: Option<CallRecording>) -> OutputStage {
+        self.recording = recording;
+        self
     }
 
     /// When the first audio frame of the latest reply was handed to the writer.
@@ -198,6 +208,11 @@ impl OutputStage {
                 self.event(ServerEvent::BotSpeechStarted, out).await?;
             }
             self.send(WireOut::Binary(bytes), out).await?;
+            if let Some(r) = &self.recording
+                && !self.gone
+            {
+                r.add(Side::Assistant, self.framer.last_frame_samples(), self.cfg.format.rate.hz());
+            }
             if first && let Some(at) = self.turn_ended.take() {
                 let value = Instant::now().into_std().saturating_duration_since(at);
                 out.down(Frame::Metric { stage: Stage::Response, value }).await?;

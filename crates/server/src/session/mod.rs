@@ -36,6 +36,7 @@ use voxgate_transport::close::{Close, close_for, code};
 use voxgate_transport::input::{InputDecoder, InputEnd, START_TIMEOUT, await_start, pump_input};
 use voxgate_transport::output::{OutputConfig, OutputStage};
 use voxgate_transport::protocol::{Limits, PROTOCOL, ServerEvent, TurnLatency};
+use voxgate_transport::recording::{CallRecording, RecordTap};
 use voxgate_transport::wire::{WireOut, pump_output, writer_channel};
 
 pub use providers::{ProviderFactory, Providers, Unconfigured};
@@ -53,6 +54,8 @@ pub struct SessionDeps {
     /// Cancelled when the drain deadline passes.
     pub hard_stop: CancellationToken,
     pub max_message: usize,
+    /// Where recordings go (absolute).
+    pub recordings: std::path::PathBuf,
 }
 
 /// The turn-taking settings of an assistant.
@@ -141,9 +144,25 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
             return reason;
         }
     };
-    let output = OutputStage::new(OutputConfig { format: negotiated.output, ..OutputConfig::default() }, wtx.clone());
+    let recording = if assistant.spec.recording_enabled {
+        match CallRecording::start(&deps.recordings, &call.id) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, dir = %deps.recordings.display(), "cannot record this call; it goes on unrecorded");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let output = OutputStage::new(OutputConfig { format: negotiated.output, ..OutputConfig::default() }, wtx.clone())
+        .with_recording(recording.clone());
     let cancel = CancellationToken::new();
-    let mut io = Pipeline::new(Capacity::default())
+    let mut pipeline = Pipeline::new(Capacity::default());
+    if let Some(r) = &recording {
+        pipeline = pipeline.stage(RecordTap::new(r.clone()));
+    }
+    let mut io = pipeline
         .stage(turn)
         .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
         .stage(LlmStage::new(providers.llm, providers.tools, llm_config(assistant)))
@@ -216,6 +235,9 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         persist(deps, call, &t).await;
     }
     let _ = io.shutdown().await;
+    if let Some(r) = recording {
+        save_recording(r, deps, call).await;
+    }
     let close = close.or_else(|| close_for(&reason));
     finish(&wtx, &reason, close).await;
     drop(wtx);
@@ -225,6 +247,22 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         writer.abort();
     }
     reason
+}
+
+/// Writes the call's recording and notes it on the record.
+async fn save_recording(r: CallRecording, deps: &SessionDeps, call: &Call) {
+    let path = deps.recordings.join(format!("{}.wav", call.id));
+    let target = path.clone();
+    match tokio::task::spawn_blocking(move || r.finish(&target)).await {
+        Ok(Ok(samples)) => {
+            tracing::info!(path = %path.display(), seconds = samples / u64::from(voxgate_transport::recording::RATE), "call recorded");
+            if let Err(e) = deps.store.set_recording(&call.id, &path.to_string_lossy()).await {
+                tracing::error!(error = %e, "could not note the call's recording");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "could not write the call's recording"),
+        Err(e) => tracing::error!(error = %e, "the recording task failed"),
+    }
 }
 
 /// Collects the frames in flight when a call ends (see the caller).
