@@ -924,11 +924,11 @@ fn table(r: &BenchReport) -> String {
     );
     let _ = writeln!(s, "calls    {} connected, {} failed to connect, {} ended normally", r.connected, r.connect_failed, r.ended_normally);
     let _ = writeln!(s, "turns    {} ok, {} failed", r.turns_ok, r.turns_failed);
-    let _ = writeln!(s, "{:<24} {:>7} {:>8} {:>8} {:>8} {:>8}", "ms", "n", "p50", "p95", "p99", "max");
+    let _ = writeln!(s, "{:<38} {:>7} {:>8} {:>8} {:>8} {:>8}", "ms", "n", "p50", "p95", "p99", "max");
     let mut row = |name: &str, st: Option<&Stats>| {
         match st {
-            Some(st) => writeln!(s, "{name:<24} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2}", st.n, st.p50, st.p95, st.p99, st.max),
-            None => writeln!(s, "{name:<24} {:>7} {:>8} {:>8} {:>8} {:>8}", 0, "-", "-", "-", "-"),
+            Some(st) => writeln!(s, "{name:<38} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2}", st.n, st.p50, st.p95, st.p99, st.max),
+            None => writeln!(s, "{name:<38} {:>7} {:>8} {:>8} {:>8} {:>8}", 0, "-", "-", "-", "-"),
         }
         .ok();
     };
