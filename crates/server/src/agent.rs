@@ -189,19 +189,16 @@ async fn admit(
         }))
 }
 
+/// How long a call's task waits for its record's end to be written.
+const CALL_END_WRITE: Duration = Duration::from_secs(10);
+
 async fn run_call(socket: WebSocket, call: Call, assistant: Assistant, s: AgentState) {
     let _live = LiveGauge::new();
     tracing::info!("call started");
     let reason = crate::session::run(socket, &call, &assistant, &s.session).await;
-    // The record must end even if the database hiccups: retry briefly.
-    for attempt in 0..5 {
-        match s.api.store.end_call(&call.id, reason.as_str()).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::error!(error = %e, attempt, "could not end the call record");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-        }
+    // After its turns, in order; the journal retries while the database is away.
+    if !s.session.journal.end(&call.id, reason.as_str(), CALL_END_WRITE).await {
+        tracing::error!("the call's end is not written yet; it stays queued");
     }
     tracing::info!(reason = reason.as_str(), "call ended");
 }

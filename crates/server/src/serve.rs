@@ -50,6 +50,8 @@ pub struct Running {
     handle: Handle<SocketAddr>,
     hard_stop: CancellationToken,
     calls: TaskTracker,
+    /// The call-record writer, flushed at the end of a drain.
+    journal: Option<crate::session::journal::Journal>,
     drain_timeout: Duration,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -78,6 +80,11 @@ impl Running {
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped with an error"),
             Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
             Err(_) => tracing::warn!("connections still open after the drain; exiting anyway"),
+        }
+        if let Some(journal) = &self.journal
+            && !journal.flush(Duration::from_secs(10)).await
+        {
+            tracing::error!("call records still unwritten at exit");
         }
         if let Some(store) = &self.store {
             // A safety net: no call of ours stays "in progress" after we are gone.
@@ -147,6 +154,10 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
     };
 
     let mut app = Router::new();
+    let journal = match &store {
+        Some(store) if role.serves_agent() => Some(crate::session::journal::Journal::start(store.clone()).0),
+        _ => None,
+    };
     if let Some(store) = &store {
         let api = ApiState::new(store.clone(), api_config.clone(), lifecycle.clone());
         let mount = if role.serves_api() { Mount::Full } else { Mount::OpsOnly };
@@ -160,6 +171,7 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
                 max_message: args.ws_max_message,
                 session: crate::session::SessionDeps {
                     store: store.clone(),
+                    journal: journal.clone().expect("an agent role has a journal"),
                     providers: providers.clone(),
                     hard_stop: hard_stop.clone(),
                     max_message: args.ws_max_message,
@@ -209,7 +221,7 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
         }
     };
     tracing::info!(%addr, ?role, tls, %instance, "listening");
-    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, drain_timeout: Duration::from_secs(args.drain_timeout), server })
+    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server })
 }
 
 /// Layers every answer passes through, outermost last: request id, logging span,

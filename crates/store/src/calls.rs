@@ -88,18 +88,8 @@ impl Store {
 
     /// Marks a call ended. Ending an ended call keeps the first reason.
     pub async fn end_call(&self, id: &str, reason: &str) -> Result<()> {
-        let now = now_ms();
         let mut c = self.writer().await?;
-        sqlx::query(
-            "UPDATE calls SET status = 'ended', ended_reason = $1, ended_at = $2, duration_ms = $2 - started_at \
-             WHERE id = $3 AND status = 'in-progress'",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *c)
-        .await?;
-        Ok(())
+        end_call_on(&mut c, id, reason).await
     }
 
     /// Ends every call an instance still holds (after a crash or at the end of a drain).
@@ -120,33 +110,22 @@ impl Store {
 
     /// Appends a turn to a call's transcript.
     pub async fn add_turn(&self, call_id: &str, turn: &CallTurn) -> Result<()> {
-        let l = &turn.latency;
         let mut c = self.writer().await?;
-        sqlx::query(
-            "INSERT INTO call_turns (call_id, idx, role, text, started_ms, interrupted, endpointing_ms, stt_ms, \
-             llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms, response_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        // Not a cached prepared statement: through the Any driver, a NULL binds with
-        // another type than a number, and PostgreSQL would keep the types of the
-        // first run ("incorrect binary data format" when a later turn has a number
-        // where the first had none).
-        .persistent(false)
-        .bind(call_id)
-        .bind(turn.idx)
-        .bind(turn.role.as_str())
-        .bind(&turn.text)
-        .bind(turn.started_ms)
-        .bind(turn.interrupted as i64)
-        .bind(l.endpointing_ms)
-        .bind(l.stt_ms)
-        .bind(l.llm_first_token_ms)
-        .bind(l.tts_first_audio_ms)
-        .bind(l.queue_wait_ms)
-        .bind(l.voice_to_voice_ms)
-        .bind(l.response_ms)
-        .execute(&mut *c)
-        .await?;
+        insert_turn(&mut c, call_id, turn).await
+    }
+
+    /// Applies call writes in order, in one transaction (one commit for many
+    /// turns: what lets one SQLite writer keep up with a thousand calls).
+    pub async fn apply_call_writes(&self, writes: &[CallWrite]) -> Result<()> {
+        let mut c = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *c).await?;
+        for w in writes {
+            match w {
+                CallWrite::Turn { call_id, turn } => insert_turn(&mut tx, call_id, turn).await?,
+                CallWrite::End { call_id, reason } => end_call_on(&mut tx, call_id, reason).await?,
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -229,4 +208,54 @@ impl Store {
         let rows = q.bind(limit + 1).fetch_all(&mut *c).await?;
         page(rows, limit, from_row, |c| c.id.clone())
     }
+}
+
+/// One write to a call's record, for [`Store::apply_call_writes`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallWrite {
+    Turn { call_id: String, turn: CallTurn },
+    End { call_id: String, reason: String },
+}
+
+async fn end_call_on(c: &mut sqlx::AnyConnection, id: &str, reason: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE calls SET status = 'ended', ended_reason = $1, ended_at = $2, duration_ms = $2 - started_at \
+         WHERE id = $3 AND status = 'in-progress'",
+    )
+    .bind(reason)
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+async fn insert_turn(c: &mut sqlx::AnyConnection, call_id: &str, turn: &CallTurn) -> Result<()> {
+    let l = &turn.latency;
+    sqlx::query(
+        "INSERT INTO call_turns (call_id, idx, role, text, started_ms, interrupted, endpointing_ms, stt_ms, \
+         llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms, response_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    // Not a cached prepared statement: through the Any driver, a NULL binds with
+    // another type than a number, and PostgreSQL would keep the types of the
+    // first run ("incorrect binary data format" when a later turn has a number
+    // where the first had none).
+    .persistent(false)
+    .bind(call_id)
+    .bind(turn.idx)
+    .bind(turn.role.as_str())
+    .bind(&turn.text)
+    .bind(turn.started_ms)
+    .bind(turn.interrupted as i64)
+    .bind(l.endpointing_ms)
+    .bind(l.stt_ms)
+    .bind(l.llm_first_token_ms)
+    .bind(l.tts_first_audio_ms)
+    .bind(l.queue_wait_ms)
+    .bind(l.voice_to_voice_ms)
+    .bind(l.response_ms)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
 }

@@ -50,6 +50,19 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Whether trying the same thing again cannot succeed (the database refused the
+    /// data itself), as opposed to an outage that may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Conflict(_) | StoreError::Corrupt(_) | StoreError::NotFound => true,
+            StoreError::Database(sqlx::Error::Database(db)) => !matches!(db.kind(), sqlx::error::ErrorKind::Other),
+            StoreError::Database(sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {

@@ -11,6 +11,7 @@
 //! - [`recorder`]: frames into turn records.
 //! - [`socket`]: axum's WebSocket as the transport's stream and sink.
 
+pub mod journal;
 pub mod providers;
 pub mod recorder;
 pub mod socket;
@@ -50,6 +51,8 @@ const WIND_DOWN: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct SessionDeps {
     pub store: Store,
+    /// Where finished turns and call ends are written, behind the calls.
+    pub journal: journal::Journal,
     pub providers: Arc<dyn ProviderFactory>,
     /// Cancelled when the drain deadline passes.
     pub hard_stop: CancellationToken,
@@ -339,9 +342,7 @@ fn observe(l: &voxgate_domain::call::TurnLatency) {
 }
 
 async fn persist(deps: &SessionDeps, call: &Call, turn: &CallTurn) {
-    if let Err(e) = deps.store.add_turn(&call.id, turn).await {
-        tracing::error!(error = %e, idx = turn.idx, "could not write a turn");
-    }
+    deps.journal.turn(&call.id, turn.clone()).await;
 }
 
 /// Tells the client the call is over and closes the socket.
