@@ -164,19 +164,26 @@ async fn admit(
         turns: None,
         recording_url: None,
     };
-    // Recorded before the upgrade, so a call that the client sees always has a record.
-    s.api.store.create_call(&call).await?;
+    // Written before the upgrade, so a call the client sees always has a record;
+    // through the journal, so a burst of calls shares its commits.
+    if !s.session.journal.create(call.clone(), CALL_CREATE_WRITE).await {
+        // It may still be written later: end it, so it never shows as live.
+        let journal = s.session.journal.clone();
+        let id = call.id.clone();
+        tokio::spawn(async move { journal.end(&id, "not-started", CALL_END_WRITE).await });
+        return Err(ApiError::new(ErrorCode::Unavailable, "the database is unavailable; try again").with_retry_after(1));
+    }
     let session = s.clone();
     Ok(ws
         .max_message_size(s.max_message)
         .max_frame_size(s.max_message)
         .on_failed_upgrade({
-            let store = s.api.store.clone();
+            let journal = s.session.journal.clone();
             let id = call.id.clone();
             move |e| {
                 tracing::warn!(error = %e, "websocket upgrade failed");
                 tokio::spawn(async move {
-                    let _ = store.end_call(&id, "upgrade-failed").await;
+                    journal.end(&id, "upgrade-failed", CALL_END_WRITE).await;
                 });
             }
         })
@@ -189,6 +196,8 @@ async fn admit(
         }))
 }
 
+/// How long opening a call waits for its record to be written.
+const CALL_CREATE_WRITE: Duration = Duration::from_secs(5);
 /// How long a call's task waits for its record's end to be written.
 const CALL_END_WRITE: Duration = Duration::from_secs(10);
 

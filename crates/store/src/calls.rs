@@ -67,23 +67,7 @@ impl Store {
     /// Records the start of a call.
     pub async fn create_call(&self, call: &Call) -> Result<()> {
         let mut c = self.writer().await?;
-        sqlx::query(
-            "INSERT INTO calls (id, assistant_id, key_id, status, ended_reason, started_at, ended_at, duration_ms, instance, metadata) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&call.id)
-        .bind(&call.assistant_id)
-        .bind(&call.key_id)
-        .bind(call.status.as_str())
-        .bind(&call.ended_reason)
-        .bind(call.started_at)
-        .bind(call.ended_at)
-        .bind(call.duration_ms)
-        .bind(&call.instance)
-        .bind(serde_json::to_string(&call.metadata).expect("a JSON map serializes"))
-        .execute(&mut *c)
-        .await?;
-        Ok(())
+        create_call_on(&mut c, call).await
     }
 
     /// Marks a call ended. Ending an ended call keeps the first reason.
@@ -121,6 +105,7 @@ impl Store {
         let mut tx = sqlx::Connection::begin(&mut *c).await?;
         for w in writes {
             match w {
+                CallWrite::Create(call) => create_call_on(&mut tx, call).await?,
                 CallWrite::Turn { call_id, turn } => insert_turn(&mut tx, call_id, turn).await?,
                 CallWrite::End { call_id, reason } => end_call_on(&mut tx, call_id, reason).await?,
             }
@@ -213,6 +198,7 @@ impl Store {
 /// One write to a call's record, for [`Store::apply_call_writes`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallWrite {
+    Create(Box<Call>),
     Turn { call_id: String, turn: CallTurn },
     End { call_id: String, reason: String },
 }
@@ -255,6 +241,28 @@ async fn insert_turn(c: &mut sqlx::AnyConnection, call_id: &str, turn: &CallTurn
     .bind(l.queue_wait_ms)
     .bind(l.voice_to_voice_ms)
     .bind(l.response_ms)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+async fn create_call_on(c: &mut sqlx::AnyConnection, call: &Call) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO calls (id, assistant_id, key_id, status, ended_reason, started_at, ended_at, duration_ms, instance, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    // Uncached, as `insert_turn`: optional columns bind as NULL or a value.
+    .persistent(false)
+    .bind(&call.id)
+    .bind(&call.assistant_id)
+    .bind(&call.key_id)
+    .bind(call.status.as_str())
+    .bind(&call.ended_reason)
+    .bind(call.started_at)
+    .bind(call.ended_at)
+    .bind(call.duration_ms)
+    .bind(&call.instance)
+    .bind(serde_json::to_string(&call.metadata).expect("a JSON map serializes"))
     .execute(&mut *c)
     .await?;
     Ok(())

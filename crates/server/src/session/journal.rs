@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use voxgate_domain::call::CallTurn;
+use voxgate_domain::call::{Call, CallTurn};
 use voxgate_store::Store;
 use voxgate_store::calls::CallWrite;
 
@@ -42,6 +42,14 @@ impl Journal {
     pub fn start(store: Store) -> (Journal, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CAPACITY);
         (Journal { tx }, tokio::spawn(write_all(store, rx)))
+    }
+
+    /// Writes a new call's record (ahead of its turns), waiting up to `within`;
+    /// false if it is not written by then (it may still be, later).
+    pub async fn create(&self, call: Call, within: Duration) -> bool {
+        let (done, written) = oneshot::channel();
+        self.push(Some(CallWrite::Create(Box::new(call))), Some(done)).await;
+        matches!(tokio::time::timeout(within, written).await, Ok(Ok(true)))
     }
 
     /// Queues a finished turn.

@@ -98,6 +98,9 @@ impl TurnRecorder {
                 if self.reply.is_none() {
                     let stopped = self.user_stopped.take();
                     match self.turn_decided.take() {
+                        // The output's own measure came first (it travels down, this
+                        // frame up through every stage): it is the better one.
+                        Some(_) if self.latency.response_ms.is_some() => {}
                         Some((at, endpointing)) => {
                             self.latency.voice_to_voice_ms = Some(ms(endpointing + now.saturating_duration_since(at)));
                         }
@@ -187,8 +190,8 @@ mod tests {
         r.on_frame(&Frame::Metric { stage: Stage::Endpointing, value: Duration::from_millis(800) }, at(1500));
         // The recorder sees the first audio late (at 1900 ms), but the output timed
         // it at 42.5 ms after the decision.
-        r.on_frame(&Frame::BotStartedSpeaking, at(1900));
         r.on_frame(&Frame::Metric { stage: Stage::Response, value: Duration::from_micros(42_500) }, at(1900));
+        r.on_frame(&Frame::BotStartedSpeaking, at(1950));
         let bot = r.on_frame(&Frame::BotStoppedSpeaking, at(2500)).unwrap();
         assert_eq!(bot.latency.response_ms, Some(42.5));
         assert_eq!(bot.latency.voice_to_voice_ms, Some(842.5));
