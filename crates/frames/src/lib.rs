@@ -165,7 +165,8 @@ pub enum Frame {
     // ---- data ----
     /// Audio for the caller.
     OutputAudio(AudioFrame),
-    /// Caller speech as text (partial or final).
+    /// Caller speech as text: final ones are data (in order with the turn), partial
+    /// ones system frames (see [`Frame::category`]).
     Transcript(Transcript),
     /// The caller typed instead of speaking.
     UserText(String),
@@ -198,6 +199,10 @@ impl Frame {
     pub fn category(&self) -> Category {
         use Frame::*;
         match self {
+            // A partial transcript is news, not part of the conversation's order: it
+            // must reach the client (and the turn stage's word count) without
+            // waiting behind reply audio.
+            Transcript(t) if !t.is_final => Category::System,
             Start | Cancel(_) | Interruption | UserStartedSpeaking | UserStoppedSpeaking | TurnEnded(_) | BotStartedSpeaking
             | BotStoppedSpeaking | InputAudio(_) | Metric { .. } | Error { .. } | Spoken(_) => Category::System,
             OutputAudio(_) | Transcript(_) | UserText(_) | LlmText(_) | TtsText(_) | ToolCall(_)

@@ -802,3 +802,46 @@ async fn a_recorded_call_keeps_both_sides_in_a_stereo_wav() {
     assert_eq!(body["error"]["code"], "not_found", "{body}");
     s.stop().await;
 }
+
+// ---- 9. the word rule for interruptions ----
+
+/// The caller talks over the greeting of an assistant that yields only after
+/// `minWords: 3`; returns the user transcripts (text, final) seen before the
+/// interruption, or panics if there is none.
+async fn talk_over(stt: ScriptedStt) -> Vec<(String, bool)> {
+    let p = Providers { stt: Arc::new(stt), llm: Arc::new(ScriptedLlm::new([ScriptedLlm::words("Okay.", Duration::ZERO)])), tts: Arc::new(tone(100)), tools: None };
+    let mut s = TestServer::start_with_providers(TestDb::chosen().await, p, |_| {}).await;
+    let id = assistant(&s, json!({"name": "Patient", "firstMessage": greeting(), "interruption": {"minVoicedMs": 100, "minWords": 3}})).await;
+    let (mic, mut inbox, _) = open(&s, &id).await;
+    inbox.event("bot-speech-started").await;
+    let said_it = mic.say(speech("please stop talking about the library now"));
+    let (interrupted, _, _) = inbox.until("interruption", |_| true, Duration::from_secs(10)).await;
+    let before: Vec<(String, bool)> = inbox.log[..interrupted]
+        .iter()
+        .filter_map(|(_, m)| match m {
+            In::Event(v) if v["type"] == "transcript" && v["role"] == "user" => Some((v["text"].as_str().unwrap().to_string(), v["final"].as_bool().unwrap())),
+            _ => None,
+        })
+        .collect();
+    said_it.await.unwrap();
+    let _ = mic.stop().await;
+    s.stop().await;
+    before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_streaming_transcriber_the_caller_interrupts_after_enough_words() {
+    // A word per 150 ms of audio: the bot yields once three words were heard.
+    let stt = ScriptedStt::new(["please stop talking about the library now"], Duration::from_millis(30)).streaming(Duration::from_millis(150));
+    let partials = talk_over(stt).await;
+    let last = partials.last().unwrap_or_else(|| panic!("no partial transcript before the interruption"));
+    assert!(!last.1 && last.0.split_whitespace().count() >= 3, "{partials:?}");
+    assert!(partials.iter().all(|(t, fin)| !fin && t.split_whitespace().count() <= 4), "{partials:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_batch_transcriber_the_word_rule_gives_way_to_the_voiced_rule() {
+    // No partials ever come: minWords would keep the bot talking forever.
+    let partials = talk_over(ScriptedStt::new(["please stop talking about the library now"], Duration::from_millis(30))).await;
+    assert!(partials.is_empty(), "{partials:?}");
+}

@@ -11,7 +11,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use crate::ServiceError;
 use crate::llm::{ChatRequest, Llm, LlmEvent, ToolCallRequest};
-use crate::stt::Stt;
+use crate::stt::{Stt, SttEvent, SttSession};
 use crate::tts::Tts;
 
 /// Answers each utterance with the next scripted transcript, after `delay`; when
@@ -21,6 +21,9 @@ use crate::tts::Tts;
 pub struct ScriptedStt {
     transcripts: Arc<Mutex<VecDeque<String>>>,
     repeat: Option<String>,
+    /// When set, the provider streams: one more word of the transcript as a
+    /// partial per this much audio (see [`ScriptedStt::streaming`]).
+    word_audio: Option<Duration>,
     pub delay: Duration,
     /// Samples of every utterance received, for assertions (not kept when repeating).
     pub heard: Arc<Mutex<Vec<usize>>>,
@@ -31,16 +34,29 @@ impl ScriptedStt {
         ScriptedStt {
             transcripts: Arc::new(Mutex::new(transcripts.into_iter().map(Into::into).collect())),
             repeat: None,
+            word_audio: None,
             delay,
             heard: Arc::default(),
         }
+    }
+
+    /// Streams: each session takes the next transcript and gives one more of its
+    /// words as a partial per `word_audio` of audio pushed, then the whole as the
+    /// final transcript when finished.
+    pub fn streaming(mut self, word_audio: Duration) -> ScriptedStt {
+        self.word_audio = Some(word_audio);
+        self
+    }
+
+    fn next(&self) -> String {
+        self.transcripts.lock().expect("lock").pop_front().or_else(|| self.repeat.clone()).unwrap_or_default()
     }
 
     /// Answers every utterance with `transcript`, for as long as the call lasts
     /// (benchmarks and load tests). Keeps no record of what it heard, so a long
     /// call does not grow.
     pub fn repeating(transcript: impl Into<String>, delay: Duration) -> ScriptedStt {
-        ScriptedStt { transcripts: Arc::default(), repeat: Some(transcript.into()), delay, heard: Arc::default() }
+        ScriptedStt { transcripts: Arc::default(), repeat: Some(transcript.into()), word_audio: None, delay, heard: Arc::default() }
     }
 }
 
@@ -49,12 +65,74 @@ impl Stt for ScriptedStt {
         if self.repeat.is_none() {
             self.heard.lock().expect("lock").push(audio.len());
         }
-        let next = self.transcripts.lock().expect("lock").pop_front().or_else(|| self.repeat.clone()).unwrap_or_default();
+        let next = self.next();
         let delay = self.delay;
         Box::pin(async move {
             pause(delay).await;
             Ok(next)
         })
+    }
+
+    fn streams(&self) -> bool {
+        self.word_audio.is_some()
+    }
+
+    fn stream(&self, rate: u32) -> Option<Result<Box<dyn SttSession>, ServiceError>> {
+        let word_audio = self.word_audio?;
+        let text = self.next();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let per_word = (word_audio.as_millis() as u64 * u64::from(rate) / 1000).max(1);
+        Some(Ok(Box::new(ScriptedSession {
+            words: text.split_whitespace().map(str::to_string).collect(),
+            text,
+            per_word,
+            pushed: 0,
+            given: 0,
+            tx,
+            rx: Some(rx),
+            heard: (self.repeat.is_none()).then(|| self.heard.clone()),
+        })))
+    }
+}
+
+/// A scripted streaming recognition (see [`ScriptedStt::streaming`]).
+struct ScriptedSession {
+    text: String,
+    words: Vec<String>,
+    /// Samples of audio per word.
+    per_word: u64,
+    pushed: u64,
+    /// Words given as partials so far.
+    given: usize,
+    tx: tokio::sync::mpsc::UnboundedSender<Result<SttEvent, ServiceError>>,
+    rx: Option<tokio::sync::mpsc::UnboundedReceiver<Result<SttEvent, ServiceError>>>,
+    heard: Option<Arc<Mutex<Vec<usize>>>>,
+}
+
+impl SttSession for ScriptedSession {
+    fn push(&mut self, audio: &[i16]) -> Result<(), ServiceError> {
+        self.pushed += audio.len() as u64;
+        let due = ((self.pushed / self.per_word) as usize).min(self.words.len());
+        if due > self.given {
+            self.given = due;
+            let _ = self.tx.send(Ok(SttEvent::Partial(self.words[..due].join(" "))));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ServiceError> {
+        if let Some(h) = &self.heard {
+            h.lock().expect("lock").push(self.pushed as usize);
+        }
+        let _ = self.tx.send(Ok(SttEvent::Final(self.text.clone())));
+        Ok(())
+    }
+
+    fn events(&mut self) -> BoxStream<'static, Result<SttEvent, ServiceError>> {
+        match self.rx.take() {
+            Some(rx) => stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed(),
+            None => stream::empty().boxed(),
+        }
     }
 }
 

@@ -10,6 +10,18 @@ use crate::ServiceError;
 pub trait Stt: Send + Sync + 'static {
     /// `audio` is mono PCM16 at `rate`.
     fn transcribe(&self, audio: Vec<i16>, rate: u32) -> BoxFuture<'static, Result<String, ServiceError>>;
+
+    /// A streaming session, for providers that can stream: audio goes in as the
+    /// caller speaks and partial transcripts come out (what the interruption rule's
+    /// word count needs). `None` (the default): batch only.
+    fn stream(&self, _rate: u32) -> Option<Result<Box<dyn SttSession>, ServiceError>> {
+        None
+    }
+
+    /// Whether [`stream`](Self::stream) gives sessions (and so partial transcripts).
+    fn streams(&self) -> bool {
+        false
+    }
 }
 
 /// A transcript event from a streaming recogniser.

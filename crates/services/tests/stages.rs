@@ -218,3 +218,42 @@ async fn speech_leaves_in_20_ms_frames_whatever_the_synthesizer_chunk() {
     assert!(sizes.iter().all(|&n| n <= 480), "a frame over 20 ms at 24 kHz: {sizes:?}");
     io.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_transcriber_gives_partials_both_ways_and_its_final_at_the_end_of_turn() {
+    // One more word per 200 ms of audio; "stop the music please" is four words.
+    let stt = ScriptedStt::new(["stop the music please"], MS(30)).streaming(MS(200));
+    let heard = stt.heard.clone();
+    let mut c = chain(stt, ScriptedLlm::new([ScriptedLlm::words("Okay.", MS(0))]), LlmConfig::default(), None);
+    speak(&c.io, 600).await;
+    let got = collect_until(&mut c.io, |f| matches!(f, Frame::LlmResponseStart)).await;
+    let transcripts: Vec<(String, bool)> = got
+        .iter()
+        .filter_map(|(f, _)| match f {
+            Frame::Transcript(t) => Some((t.text.clone(), t.is_final)),
+            _ => None,
+        })
+        .collect();
+    // 600 ms of audio: three words as partials, then the whole transcript as final.
+    assert_eq!(
+        transcripts,
+        vec![
+            ("stop".to_string(), false),
+            ("stop the".to_string(), false),
+            ("stop the music".to_string(), false),
+            ("stop the music please".to_string(), true),
+        ]
+    );
+    // The partials also went upstream, for the turn stage's word count.
+    let mut up = Vec::new();
+    while let Ok((f, _)) = c.io.upstream.try_recv() {
+        if let Frame::Transcript(t) = f {
+            up.push(t.text);
+        }
+    }
+    assert_eq!(up, ["stop", "stop the", "stop the music"]);
+    // The model got the final transcript, and the session heard all the audio.
+    let reqs = c.llm.requests.lock().unwrap().clone();
+    assert_eq!(reqs[0].messages.last().map(|m| m.content.as_str()), Some("stop the music please"));
+    assert_eq!(*heard.lock().unwrap(), vec![9600]);
+}

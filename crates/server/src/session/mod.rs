@@ -137,7 +137,15 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         }
     };
 
-    let turn = match TurnProcessor::new(turn_config(assistant)) {
+    let mut turn_cfg = turn_config(assistant);
+    if turn_cfg.min_words > 0 && !providers.stt.streams() {
+        // Words are counted from partial transcripts, which only a streaming
+        // transcriber gives: without one the rule could never pass, and the caller
+        // could never interrupt. The voiced-duration rule decides alone.
+        tracing::warn!(min_words = turn_cfg.min_words, "the transcriber does not stream; interruptions ignore minWords");
+        turn_cfg.min_words = 0;
+    }
+    let turn = match TurnProcessor::new(turn_cfg) {
         Ok(t) => t,
         Err(e) => {
             let reason = EndReason::PipelineError(e.to_string());

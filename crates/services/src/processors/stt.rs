@@ -1,15 +1,35 @@
 //! The speech-to-text stage: keeps a short pre-roll of the caller's audio, captures
 //! the utterance from `UserStartedSpeaking` to `EndOfTurn`, transcribes it, and
 //! sends the transcript ahead of the `EndOfTurn` it belongs to.
+//!
+//! With a provider that streams ([`Stt::stream`]), the utterance goes to a
+//! recognition session as it is spoken: its partial transcripts go downstream (to
+//! the client) and upstream (to the turn stage, whose interruption rule counts
+//! words), and at `EndOfTurn` the session is finished and its final transcript
+//! used. A session that fails falls back to transcribing the captured utterance.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
 use voxgate_frames::{Direction, Frame, Stage, Transcript};
 use voxgate_pipeline::{Outlet, PipelineError, Processor};
 
-use crate::stt::Stt;
+use super::TaskSlot;
+use crate::stt::{Stt, SttEvent, SttSession};
+
+/// How long `EndOfTurn` waits for a streaming session's final transcript.
+const FINAL_WAIT: Duration = Duration::from_secs(5);
+
+/// A streaming recognition in progress.
+struct Streaming {
+    session: Box<dyn SttSession>,
+    /// Final transcripts (and failures) from the reader task.
+    finals: mpsc::Receiver<Result<String, String>>,
+    reader: TaskSlot,
+}
 
 /// Audio kept from before the VAD decided speech started (it decides late by design).
 const PREROLL: Duration = Duration::from_millis(300);
@@ -22,12 +42,83 @@ pub struct SttStage {
     preroll: VecDeque<i16>,
     utterance: Vec<i16>,
     capturing: bool,
+    streaming: Option<Streaming>,
 }
 
 impl SttStage {
     /// `rate` is the pipeline's input rate (16 kHz).
     pub fn new(stt: Arc<dyn Stt>, rate: u32) -> SttStage {
-        SttStage { stt, rate, preroll: VecDeque::new(), utterance: Vec::new(), capturing: false }
+        SttStage { stt, rate, preroll: VecDeque::new(), utterance: Vec::new(), capturing: false, streaming: None }
+    }
+
+    /// Opens a streaming session, if the provider streams, primed with `preroll`.
+    fn open_stream(&mut self, preroll: &[i16], out: &Outlet) {
+        let mut session = match self.stt.stream(self.rate) {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "could not start streaming recognition; transcribing at the end of the turn");
+                return;
+            }
+        };
+        if let Err(e) = session.push(preroll) {
+            tracing::warn!(error = %e, "streaming recognition failed; transcribing at the end of the turn");
+            return;
+        }
+        let mut events = session.events();
+        let (tx, finals) = mpsc::channel(4);
+        let out = out.clone();
+        let mut reader = TaskSlot::default();
+        reader.set(tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                let res = match ev {
+                    Ok(SttEvent::Partial(text)) if !text.trim().is_empty() => {
+                        let t = Transcript { text: text.trim().to_string(), is_final: false };
+                        match out.up(Frame::Transcript(t.clone())).await {
+                            Ok(()) => out.down(Frame::Transcript(t)).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Ok(SttEvent::Partial(_)) => Ok(()),
+                    Ok(SttEvent::Final(text)) => {
+                        let _ = tx.send(Ok(text)).await;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string())).await;
+                        return;
+                    }
+                };
+                if res.is_err() {
+                    return;
+                }
+            }
+        }));
+        self.streaming = Some(Streaming { session, finals, reader });
+    }
+
+    /// The turn's transcript: the streaming session's final one, or else the
+    /// captured utterance transcribed.
+    async fn transcript(&mut self, audio: Vec<i16>) -> Result<String, String> {
+        if let Some(mut s) = self.streaming.take() {
+            let res = match s.session.finish() {
+                Ok(()) => match tokio::time::timeout(FINAL_WAIT, s.finals.recv()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => Err("the recognition session ended without a final transcript".into()),
+                    Err(_) => Err("no final transcript in time".into()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            s.reader.cancel();
+            match res {
+                Ok(text) => return Ok(text),
+                Err(e) => tracing::warn!(error = %e, "streaming recognition failed; transcribing the utterance"),
+            }
+        }
+        if audio.is_empty() {
+            return Ok(String::new());
+        }
+        self.stt.transcribe(audio, self.rate).await.map_err(|e| e.to_string())
     }
 
     fn samples(&self, d: Duration) -> usize {
@@ -45,7 +136,14 @@ impl Processor for SttStage {
             (Frame::InputAudio(a), Direction::Downstream) => {
                 if self.capturing {
                     let room = self.samples(MAX_UTTERANCE).saturating_sub(self.utterance.len());
-                    self.utterance.extend_from_slice(&a.samples[..a.samples.len().min(room)]);
+                    let take = &a.samples[..a.samples.len().min(room)];
+                    self.utterance.extend_from_slice(take);
+                    if let Some(s) = &mut self.streaming
+                        && let Err(e) = s.session.push(take)
+                    {
+                        tracing::warn!(error = %e, "streaming recognition failed; transcribing at the end of the turn");
+                        self.streaming = None;
+                    }
                 } else {
                     let keep = self.samples(PREROLL);
                     self.preroll.extend(a.samples.iter().copied());
@@ -59,15 +157,18 @@ impl Processor for SttStage {
                     self.capturing = true;
                     self.utterance.clear();
                     self.utterance.extend(self.preroll.drain(..));
+                    let preroll = std::mem::take(&mut self.utterance);
+                    self.open_stream(&preroll, out);
+                    self.utterance = preroll;
                 }
                 out.down(Frame::UserStartedSpeaking).await
             }
             (Frame::EndOfTurn, Direction::Downstream) => {
                 self.capturing = false;
                 let audio = std::mem::take(&mut self.utterance);
-                if !audio.is_empty() {
+                if !audio.is_empty() || self.streaming.is_some() {
                     let started = Instant::now();
-                    match self.stt.transcribe(audio, self.rate).await {
+                    match self.transcript(audio).await {
                         Ok(text) => {
                             out.down(Frame::Metric { stage: Stage::Stt, value: started.elapsed() }).await?;
                             let text = text.trim().to_string();
@@ -77,7 +178,7 @@ impl Processor for SttStage {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "transcription failed");
-                            out.up(Frame::Error { message: e.to_string(), fatal: false }).await?;
+                            out.up(Frame::Error { message: e, fatal: false }).await?;
                         }
                     }
                 }
