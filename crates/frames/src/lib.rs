@@ -68,6 +68,8 @@ pub enum EndReason {
     SlowClient,
     ProtocolError,
     ServerShutdown,
+    /// The key that opened the call was revoked while it went on.
+    KeyRevoked,
     PipelineError(String),
 }
 
@@ -85,6 +87,7 @@ impl EndReason {
             EndReason::SlowClient => "slow-client",
             EndReason::ProtocolError => "protocol-error",
             EndReason::ServerShutdown => "server-shutdown",
+            EndReason::KeyRevoked => "key-revoked",
             EndReason::PipelineError(_) => "pipeline-error",
         }
     }

@@ -175,6 +175,7 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
                     providers: providers.clone(),
                     hard_stop: hard_stop.clone(),
                     max_message: args.ws_max_message,
+                    key_check: Duration::from_secs(args.auth_cache_ttl.max(1)),
                     recordings: std::path::absolute(&args.recordings_dir).unwrap_or_else(|_| args.recordings_dir.clone()),
                 },
             }));

@@ -845,3 +845,39 @@ async fn with_a_batch_transcriber_the_word_rule_gives_way_to_the_voiced_rule() {
     let partials = talk_over(ScriptedStt::new(["please stop talking about the library now"], Duration::from_millis(30))).await;
     assert!(partials.is_empty(), "{partials:?}");
 }
+
+// ---- 10. a key revoked mid-call ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_ends_its_live_calls_with_1008() {
+    let mut s = TestServer::start_with_providers(TestDb::chosen().await, providers(&[], ScriptedLlm::default(), tone(50)), |args| args.auth_cache_ttl = 1).await;
+    let id = assistant(&s, json!({"name": "Guarded", "firstMessage": "Hello.", "silenceTimeoutSecs": 0})).await;
+    let http = TestServer::http();
+    let key: Value = http.post(s.at("/api/keys")).bearer_auth(&s.admin).json(&json!({"name": "leaked", "kind": "private"})).send().await.unwrap().json().await.unwrap();
+    let (secret, key_id) = (key["secret"].as_str().unwrap().to_string(), key["key"]["id"].as_str().unwrap().to_string());
+    // A call on the key to revoke, and one on another key that must go on.
+    let mut req = s.ws_url(&format!("assistantId={id}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut tx, rx) = ws.split();
+    tx.send(Message::Text(common::START.into())).await.unwrap();
+    let mut doomed = Inbox::spawn(rx);
+    let (_, _, started) = doomed.event("call-started").await;
+    let (other_mic, other, _) = open(&s, &id).await;
+    doomed.event("bot-speech-stopped").await;
+
+    let res = http.delete(s.at(&format!("/api/keys/{key_id}"))).bearer_auth(&s.admin).send().await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let revoked = Instant::now();
+    let (_, _, ended) = doomed.until("call-ended", |_| true, Duration::from_secs(5)).await;
+    assert_eq!(ended["reason"], "key-revoked");
+    assert_eq!(doomed.until_closed(Duration::from_secs(5)).await, Some(1008));
+    assert!(revoked.elapsed() < Duration::from_secs(3), "ended {:?} after the revocation", revoked.elapsed());
+    let call = ended_call(&s, started["callId"].as_str().unwrap(), Duration::from_secs(10)).await;
+    assert_eq!(call["endedReason"], "key-revoked");
+    // The other call is still live.
+    assert!(other.events_from(0, "call-ended").is_empty(), "{:?}", other.types());
+    let _ = other_mic.stop().await;
+    drop(tx);
+    s.stop().await;
+}

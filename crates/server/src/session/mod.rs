@@ -59,6 +59,8 @@ pub struct SessionDeps {
     pub max_message: usize,
     /// Where recordings go (absolute).
     pub recordings: std::path::PathBuf,
+    /// How often a live call checks that the key which opened it still stands.
+    pub key_check: Duration,
 }
 
 /// The turn-taking settings of an assistant.
@@ -202,12 +204,15 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     // behind the audio already queued; this cuts a reply that is still playing.
     let max_duration = tokio::time::sleep(Duration::from_secs(assistant.spec.max_duration_secs.max(1) as u64));
     tokio::pin!(max_duration);
+    let key_check = key_revoked(deps, call.key_id.as_deref());
+    tokio::pin!(key_check);
     let mut recorder = TurnRecorder::new(Instant::now());
     let mut latency_turn = 0u32;
     let (reason, close) = loop {
         tokio::select! {
             _ = deps.hard_stop.cancelled() => break (EndReason::ServerShutdown, None),
             _ = &mut max_duration => break (EndReason::MaxDuration, None),
+            _ = &mut key_check => break (EndReason::KeyRevoked, None),
             end = &mut input => {
                 let end = end.unwrap_or(InputEnd::ConnectionLost);
                 break (end.reason(), end.close());
@@ -258,6 +263,24 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         writer.abort();
     }
     reason
+}
+
+/// Returns once the key that opened the call is revoked (checked every
+/// `key_check`); never for a call opened without a key. A database that does not
+/// answer is not a revocation: the call goes on.
+async fn key_revoked(deps: &SessionDeps, key_id: Option<&str>) {
+    let Some(id) = key_id else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(deps.key_check).await;
+        match deps.store.get_key(id).await {
+            Ok(k) if k.revoked_at.is_some() => {
+                tracing::warn!(key = id, "the call's key was revoked; ending the call");
+                return;
+            }
+            Err(voxgate_store::StoreError::NotFound) => return,
+            Ok(_) | Err(_) => {}
+        }
+    }
 }
 
 /// Writes the call's recording and notes it on the record.
