@@ -155,10 +155,14 @@ impl PipelineIo {
 async fn run_stage<P: Processor>(mut p: P, w: StageWiring) -> Result<(), PipelineError> {
     let StageWiring { mut system, mut data, out, cancel } = w;
     let name = p.name();
+    // Made once: a `cancelled()` future per frame would register and drop a waiter
+    // on the token for every frame of every stage.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let (frame, dir) = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Ok(()),
+            _ = &mut cancelled => return Ok(()),
             Some(env) = system.recv() => env,
             Some(env) = data.recv() => env,
             else => return Ok(()),
@@ -176,7 +180,7 @@ async fn run_stage<P: Processor>(mut p: P, w: StageWiring) -> Result<(), Pipelin
         let last = matches!(frame, Frame::Cancel(_));
         let res = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Ok(()),
+            _ = &mut cancelled => return Ok(()),
             res = p.process(frame, dir, &out) => res,
         };
         match res {

@@ -240,6 +240,10 @@ impl Default for ToneTts {
     }
 }
 
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 impl Tts for ToneTts {
     fn sample_rate(&self) -> u32 {
         self.rate
@@ -248,19 +252,24 @@ impl Tts for ToneTts {
     fn synthesize(&self, text: String) -> BoxStream<'static, Result<Vec<i16>, ServiceError>> {
         let total = (text.chars().count() as u64 * self.ms_per_char as u64 * self.rate as u64 / 1000) as usize;
         let chunk = (self.chunk_ms as usize * self.rate as usize / 1000).max(1);
-        let rate = self.rate as f64;
         let first = self.first_delay;
+        // One exact cycle of whole periods (600 samples at 24 kHz), computed once a
+        // clause: a sine per sample would make load tests measure this fake voice.
+        let rate = u64::from(self.rate.max(1));
+        let cycle = (rate / gcd(rate, 440)) as usize;
+        let table: Arc<[i16]> =
+            (0..cycle).map(|n| ((n as f64 * 440.0 * std::f64::consts::TAU / rate as f64).sin() * 8000.0) as i16).collect();
         let starts: Vec<usize> = (0..total).step_by(chunk).collect();
         stream::iter(starts.into_iter().enumerate())
-            .then(move |(i, start)| async move {
-                if i == 0 {
-                    pause(first).await;
+            .then(move |(i, start)| {
+                let table = table.clone();
+                async move {
+                    if i == 0 {
+                        pause(first).await;
+                    }
+                    let end = (start + chunk).min(total);
+                    Ok((start..end).map(|n| table[n % table.len()]).collect::<Vec<i16>>())
                 }
-                let end = (start + chunk).min(total);
-                let samples = (start..end)
-                    .map(|n| ((n as f64 * 440.0 * std::f64::consts::TAU / rate).sin() * 8000.0) as i16)
-                    .collect::<Vec<i16>>();
-                Ok(samples)
             })
             .boxed()
     }

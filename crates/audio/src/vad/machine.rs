@@ -116,7 +116,15 @@ pub struct VadMachine<D: VoiceDetector = EarshotDetector> {
     fed: u64,
     last_confidence: f32,
     last_volume: f32,
+    /// Frames in a row under `min_volume`.
+    quiet_frames: u32,
 }
+
+/// Frames under the volume floor still scored, so a short dip inside speech keeps
+/// the detector's context; past them the detector is skipped (a frame under the
+/// floor is never voiced, whatever its score: skipping is what makes a silent
+/// caller nearly free) and reset, so speech after the silence meets a fresh one.
+const SCORED_QUIET_FRAMES: u32 = 8;
 
 impl VadMachine<EarshotDetector> {
     /// A machine over a fresh [`EarshotDetector`] (16 kHz audio).
@@ -145,6 +153,7 @@ impl<D: VoiceDetector> VadMachine<D> {
             fed: 0,
             last_confidence: 0.0,
             last_volume: 0.0,
+            quiet_frames: 0,
         };
         machine.set_params(params)?;
         Ok(machine)
@@ -221,12 +230,26 @@ impl<D: VoiceDetector> VadMachine<D> {
         self.fed = 0;
         self.last_confidence = 0.0;
         self.last_volume = 0.0;
+        self.quiet_frames = 0;
     }
 
     /// Judge the full frame and move the state.
     fn step(&mut self) -> Option<VadEvent> {
-        let confidence = self.detector.confidence(&self.frame);
         let volume = rms(&self.frame);
+        let confidence = if volume >= self.params.min_volume {
+            self.quiet_frames = 0;
+            self.detector.confidence(&self.frame)
+        } else {
+            self.quiet_frames = self.quiet_frames.saturating_add(1);
+            if self.quiet_frames <= SCORED_QUIET_FRAMES {
+                self.detector.confidence(&self.frame)
+            } else {
+                if self.quiet_frames == SCORED_QUIET_FRAMES + 1 {
+                    self.detector.reset();
+                }
+                0.0
+            }
+        };
         self.last_confidence = confidence;
         self.last_volume = volume;
         let voiced = confidence >= self.params.confidence && volume >= self.params.min_volume;
