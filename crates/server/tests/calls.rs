@@ -414,6 +414,23 @@ async fn the_caller_barges_in_and_the_history_keeps_only_what_was_played() {
     assert_eq!(reqs.len(), 1);
     let history: Vec<(Role, String)> = reqs[0].messages.iter().filter(|m| m.role != Role::System).map(|m| (m.role, m.content.clone())).collect();
     assert_eq!(history, vec![(Role::Assistant, text.clone()), (Role::User, "stop please".into())]);
+
+    // The call shows in the metrics: each stage's latency, the interruption, the
+    // frames the flush dropped, the journal's queue.
+    let metrics = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap().text().await.unwrap();
+    let sample = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in the metrics:\n{metrics}"))
+    };
+    for stage in ["endpointing", "stt", "llm_first_token", "tts_first_audio", "voice_to_voice", "response"] {
+        assert!(sample(&format!("voxgate_turn_latency_seconds_count{{stage=\"{stage}\"}}")) >= 1.0, "{stage}");
+    }
+    assert!(sample("voxgate_interruptions_total") >= 1.0);
+    assert!(sample("voxgate_pipeline_flushed_frames_total") >= 1.0);
+    assert!(sample("voxgate_call_write_queue") >= 0.0);
     s.stop().await;
 }
 
