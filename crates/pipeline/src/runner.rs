@@ -1,5 +1,6 @@
 //! Building and running a chain of stages.
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,19 @@ impl Pipeline {
         self.stages.push((
             name,
             Box::new(move |w: StageWiring, set: &mut JoinSet<Result<(), PipelineError>>| {
-                set.spawn(run_stage(p, w));
+                set.spawn(async move {
+                    // A stage that panics takes the whole pipeline down with it (its
+                    // call ends as a pipeline error), never leaves it half alive.
+                    let cancel = w.cancel.clone();
+                    match std::panic::AssertUnwindSafe(run_stage(p, w)).catch_unwind().await {
+                        Ok(res) => res,
+                        Err(_) => {
+                            tracing::error!(stage = name, "a stage panicked; cancelling the pipeline");
+                            cancel.cancel();
+                            Err(PipelineError::Stage { stage: name, message: "panicked".into() })
+                        }
+                    }
+                });
             }),
         ));
         self

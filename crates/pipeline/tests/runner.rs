@@ -175,3 +175,30 @@ async fn cancellation_stops_every_stage_even_mid_frame() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await.expect("stops at once").unwrap();
 }
+
+struct Panics;
+
+impl Processor for Panics {
+    fn name(&self) -> &'static str {
+        "panics"
+    }
+
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
+        if matches!(frame, Frame::Say(_)) {
+            panic!("a bug in a stage (test)");
+        }
+        out.push(frame, dir).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_stage_cancels_the_pipeline_and_reports() {
+    let cancel = CancellationToken::new();
+    let mut io = Pipeline::default().stage(slow(0).0).stage(Panics).stage(slow(0).0).spawn(cancel.clone());
+    io.head.send(Frame::Say("hi".into())).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), io.join()).await.expect("stages stop").unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert!(cancel.is_cancelled(), "the other stages were told to stop");
+    // Every stage is gone: the ends see their channels close.
+    assert!(tokio::time::timeout(Duration::from_secs(5), io.downstream.recv()).await.expect("closed").is_none());
+}

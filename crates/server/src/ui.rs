@@ -63,7 +63,9 @@ async fn asset(uri: Uri) -> Response {
         return file_response(path, file);
     }
     let last = path.rsplit('/').next().unwrap_or(path);
-    if last.contains('.') || path.starts_with("api/") || path == "api" {
+    // The API's and the agent's paths are never pages: a UI-only instance answers
+    // them 404, so a misrouted proxy shows up as an error, not as the app.
+    if last.contains('.') || path.starts_with("api/") || path == "api" || path == "agent" || path.starts_with("agent/") {
         return not_found();
     }
     match Assets::get("index.html") {

@@ -79,7 +79,7 @@ impl LlmStage {
     fn start_reply(&mut self, out: &Outlet) {
         self.pending_user = false;
         let task = reply(self.llm.clone(), self.tools.clone(), self.config.clone(), self.conversation.clone(), out.clone());
-        self.reply.set(tokio::spawn(async move {
+        self.reply.set(super::spawn_worker("language model", out.clone(), async move {
             if let Err(e) = task.await {
                 tracing::debug!(error = %e, "reply ended early");
             }

@@ -69,7 +69,8 @@ impl SttStage {
         let (tx, finals) = mpsc::channel(4);
         let out = out.clone();
         let mut reader = TaskSlot::default();
-        reader.set(tokio::spawn(async move {
+        let up = out.clone();
+        reader.set(super::spawn_worker("speech recognition", up, async move {
             while let Some(ev) = events.next().await {
                 let res = match ev {
                     Ok(SttEvent::Partial(text)) if !text.trim().is_empty() => {

@@ -41,7 +41,7 @@ impl TtsStage {
             return q.clone();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        self.worker.set(tokio::spawn(work(self.tts.clone(), rx, out.clone())));
+        self.worker.set(super::spawn_worker("speech synthesis", out.clone(), work(self.tts.clone(), rx, out.clone())));
         self.queue = Some(tx.clone());
         tx
     }

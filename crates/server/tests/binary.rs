@@ -1,0 +1,100 @@
+//! The real `voxgate serve` process: it prints where it listens, serves, and on
+//! SIGTERM drains and exits 0. And each role alone serves only its part.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use voxgate_server::config::Role;
+use voxgate_testkit::TestDb;
+
+#[tokio::test]
+async fn serve_prints_its_url_and_a_sigterm_drains_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("v.db").display()))
+        .env("RECORDINGS_DIR", dir.path().join("rec"))
+        .env("LOG_LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .env_remove("ROLE")
+        .env_remove("BIND")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    let url = first
+        .strip_prefix("voxgate is listening on ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    // First start on an empty database: a one-time sign-in link.
+    let rest: Vec<String> = lines.by_ref().take(2).map(Result::unwrap).collect();
+    assert!(rest[1].trim().starts_with(&format!("{url}/login#code=")), "{rest:?}");
+
+    let http = TestServer::http();
+    assert_eq!(http.get(format!("{url}/api/health")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{url}/api/ready")).send().await.unwrap().status(), 200);
+
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let began = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(began.elapsed() < Duration::from_secs(15), "still running 15 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(http.get(format!("{url}/api/health")).send().await.is_err(), "nothing listens after the exit");
+}
+
+async fn get(s: &TestServer, path: &str) -> u16 {
+    TestServer::http().get(s.at(path)).bearer_auth(&s.admin).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn the_api_and_agent_roles_alone_serve_only_their_part() {
+    // (role, /api/health, /api/assistants, /agent without an upgrade, /)
+    let cases = [(Role::Api, 200, 200, 404, 404), (Role::Agent, 200, 404, 400, 404)];
+    for (role, health, api, agent, ui) in cases {
+        let mut s = TestServer::start_with(TestDb::chosen().await, |a| a.role = role).await;
+        let got = (get(&s, "/api/health").await, get(&s, "/api/assistants").await, get(&s, "/agent").await, get(&s, "/").await);
+        assert_eq!(got, (health, api, agent, ui), "{role:?}: (health, api, agent, ui)");
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_ui_role_alone_needs_no_database_and_serves_only_the_ui() {
+    let dir = tempfile::tempdir().unwrap();
+    // A database URL that cannot work: the ui role never opens it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["serve", "--role", "ui", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", format!("sqlite://{}/no/such/dir/v.db", dir.path().display()))
+        .env("LOG_LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stdout.take().unwrap()).lines().next().expect("a first line").unwrap();
+    let url = first.strip_prefix("voxgate is listening on ").and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{first:?}")).to_string();
+    let http = TestServer::http();
+    let status = |p: &str| {
+        let (http, url) = (http.clone(), url.clone());
+        let p = p.to_string();
+        async move { http.get(format!("{url}{p}")).send().await.unwrap().status().as_u16() }
+    };
+    let got = (status("/").await, status("/api/health").await, status("/api/assistants").await, status("/agent").await);
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let exit = child.wait().unwrap();
+    assert_eq!(got, (200, 200, 404, 404), "(ui, health, api, agent)");
+    assert!(exit.success(), "{exit}");
+}
