@@ -98,3 +98,44 @@ async fn the_ui_role_alone_needs_no_database_and_serves_only_the_ui() {
     assert_eq!(got, (200, 200, 404, 404), "(ui, health, api, agent)");
     assert!(exit.success(), "{exit}");
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_of_each_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("v.db").display()))
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "debug,sqlx=warn,hyper=warn")
+        .env_remove("RUST_LOG")
+        .env_remove("ROLE")
+        .env_remove("BIND")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Log lines (JSON) come before the listening line on the same stream.
+    let mut before = Vec::new();
+    let url = loop {
+        let line = lines.next().expect("the server prints where it listens").unwrap();
+        if let Some(rest) = line.strip_prefix("voxgate is listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        before.push(line);
+    };
+    assert!(!before.is_empty() && before.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{before:?}");
+    let res = TestServer::http().get(format!("{url}/api/assistants")).header("x-request-id", "req-test-4711").send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["x-request-id"], "req-test-4711");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    let tagged: Vec<serde_json::Value> = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["span"]["request_id"] == "req-test-4711")
+        .collect();
+    assert!(!tagged.is_empty(), "no log line carries the request id: {rest:#?}");
+    assert!(tagged.iter().all(|v| v["span"]["path"] == "/api/assistants" && v["timestamp"].is_string() && v["level"].is_string()), "{tagged:#?}");
+}

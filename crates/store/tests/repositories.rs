@@ -46,6 +46,18 @@ async fn migrations_twice_change_nothing() {
 }
 
 #[tokio::test]
+async fn sqlite_runs_in_wal_mode() {
+    let db = TestDb::sqlite();
+    let _store = db.store().await;
+    // Another connection sees the mode the store set on the file.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(&pool).await.unwrap();
+    assert_eq!(mode.to_lowercase(), "wal");
+    pool.close().await;
+}
+
+#[tokio::test]
 async fn assistants_crud_and_pagination() {
     for db in TestDb::all().await {
         let store = db.store().await;
