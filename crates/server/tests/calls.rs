@@ -745,6 +745,7 @@ async fn an_end_call_phrase_ends_the_call_after_it_plays() {
     assert!((37..=39).contains(&frames) && replies == 1, "{frames} frames in {replies} bot utterances for the goodbye: {:?}", inbox.types());
     assert!(stopped < ended);
     assert_eq!(inbox.until_closed(Duration::from_secs(5)).await, Some(1000));
+    assert!(inbox.events_from(0, "interruption").is_empty(), "nothing was interrupted: {:?}", inbox.types());
     let call = ended_call(&s, started["callId"].as_str().unwrap(), Duration::from_secs(10)).await;
     assert_eq!(call["endedReason"], "assistant-said-end-call-phrase");
     assert_eq!(turns(&call), vec![("user".into(), "that is all, thanks".into(), false), ("assistant".into(), "Goodbye, talk soon.".into(), false)]);

@@ -317,9 +317,14 @@ impl OutputStage {
 
     async fn interrupt(&mut self, out: &Outlet) -> Result<(), PipelineError> {
         let received = self.written + self.framer.pending() as u64;
+        // Tell the client to drop what it holds only if something was playing or
+        // on its way (not, say, at the end of a call with the assistant silent).
+        let cut = self.speaking || self.framer.pending() > 0 || !self.clauses.is_empty();
         self.framer.clear();
         self.discarding = true;
-        self.event(ServerEvent::Interruption, out).await?;
+        if cut {
+            self.event(ServerEvent::Interruption, out).await?;
+        }
         // The clause in progress: the first one not wholly written.
         if let Some(c) = self
             .clauses
