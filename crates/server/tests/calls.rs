@@ -819,6 +819,8 @@ async fn a_recorded_call_keeps_both_sides_in_a_stereo_wav() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found", "{body}");
     s.stop().await;
+    // The test server's recordings folder (ServeArgs::for_tests) is this process's.
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("voxgate-test-recordings-{}", std::process::id())));
 }
 
 // ---- 9. the word rule for interruptions ----
