@@ -901,3 +901,35 @@ async fn revoking_the_key_ends_its_live_calls_with_1008() {
     drop(tx);
     s.stop().await;
 }
+
+// ---- 11. the end-call tool over the socket ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_call_tool_shows_as_a_tool_call_and_ends_the_call() {
+    use voxgate_services::scripted::Step;
+    let llm = ScriptedLlm::new([vec![
+        Step::Token("Goodbye.".into(), Duration::ZERO),
+        Step::Tool { name: "hang_up".into(), arguments: r#"{"reason":"done"}"#.into(), delay: Duration::from_millis(5) },
+    ]]);
+    let mut s = TestServer::start_with_providers(TestDb::chosen().await, providers(&[], llm, tone(40)), |_| {}).await;
+    let id = assistant(
+        &s,
+        json!({"name": "Closer", "firstMessageMode": "user-speaks-first", "firstMessage": null,
+               "tools": [{"type": "end-call", "name": "hang_up", "description": "Ends the call"}]}),
+    )
+    .await;
+    let (mic, mut inbox, started) = open(&s, &id).await;
+    let mut tx = mic.stop().await;
+    tx.send(Message::Text(json!({"type": "text", "text": "that is all"}).to_string().into())).await.unwrap();
+    let (_, _, tool) = inbox.until("tool-call", |_| true, Duration::from_secs(5)).await;
+    assert_eq!((tool["name"].as_str(), &tool["arguments"]), (Some("hang_up"), &json!({"reason": "done"})), "{tool}");
+    let (_, _, ended) = inbox.until("call-ended", |_| true, Duration::from_secs(10)).await;
+    assert_eq!(ended["reason"], "assistant-ended-call-with-tool");
+    // The goodbye played before the end.
+    let said: Vec<Value> = inbox.events_from(0, "transcript");
+    assert!(said.iter().any(|v| v["role"] == "assistant" && v["text"] == "Goodbye."), "{:?}", inbox.types());
+    let call = ended_call(&s, started["callId"].as_str().unwrap(), Duration::from_secs(10)).await;
+    assert_eq!(call["endedReason"], "assistant-ended-call-with-tool");
+    drop(tx);
+    s.stop().await;
+}
