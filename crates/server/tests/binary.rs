@@ -11,28 +11,35 @@ use common::TestServer;
 use voxgate_server::config::Role;
 use voxgate_testkit::TestDb;
 
+/// Starts `voxgate serve` with `args` on a SQLite file in `dir` (or the given
+/// `DATABASE_URL`), none of the caller's settings, and `env` on top; stdout piped.
+fn serve(dir: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxgate"));
+    cmd.arg("serve").args(args).args(["--bind", "127.0.0.1:0"]);
+    for var in ["RUST_LOG", "ROLE", "BIND", "LOG_FORMAT", "ALLOWED_ORIGINS"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("DATABASE_URL", format!("sqlite://{}", dir.join("v.db").display()))
+        .env("RECORDINGS_DIR", dir.join("rec"))
+        .env("LOG_LEVEL", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("the binary starts")
+}
+
+/// The URL in a `voxgate is listening on URL (...)` line.
+fn listening(line: &str) -> Option<String> {
+    line.strip_prefix("voxgate is listening on ").and_then(|r| r.split_whitespace().next()).map(str::to_owned)
+}
+
 #[tokio::test]
 async fn serve_prints_its_url_and_a_sigterm_drains_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("v.db").display()))
-        .env("RECORDINGS_DIR", dir.path().join("rec"))
-        .env("LOG_LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .env_remove("ROLE")
-        .env_remove("BIND")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
+    let mut child = serve(dir.path(), &[], &[]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("a first line").unwrap();
-    let url = first
-        .strip_prefix("voxgate is listening on ")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_string();
+    let url = listening(&first).unwrap_or_else(|| panic!("unexpected first line {first:?}"));
     // First start on an empty database: a one-time sign-in link.
     let rest: Vec<String> = lines.by_ref().take(2).map(Result::unwrap).collect();
     assert!(rest[1].trim().starts_with(&format!("{url}/login#code=")), "{rest:?}");
@@ -75,17 +82,9 @@ async fn the_api_and_agent_roles_alone_serve_only_their_part() {
 async fn the_ui_role_alone_needs_no_database_and_serves_only_the_ui() {
     let dir = tempfile::tempdir().unwrap();
     // A database URL that cannot work: the ui role never opens it.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
-        .args(["serve", "--role", "ui", "--bind", "127.0.0.1:0"])
-        .env("DATABASE_URL", format!("sqlite://{}/no/such/dir/v.db", dir.path().display()))
-        .env("LOG_LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve(dir.path(), &["--role", "ui"], &[("DATABASE_URL", format!("sqlite://{}/no/such/dir/v.db", dir.path().display()))]);
     let first = BufReader::new(child.stdout.take().unwrap()).lines().next().expect("a first line").unwrap();
-    let url = first.strip_prefix("voxgate is listening on ").and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{first:?}")).to_string();
+    let url = listening(&first).unwrap_or_else(|| panic!("{first:?}"));
     let http = TestServer::http();
     let status = |p: &str| {
         let (http, url) = (http.clone(), url.clone());
@@ -102,25 +101,14 @@ async fn the_ui_role_alone_needs_no_database_and_serves_only_the_ui() {
 #[tokio::test]
 async fn json_logs_carry_the_request_id_of_each_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("v.db").display()))
-        .env("LOG_FORMAT", "json")
-        .env("LOG_LEVEL", "debug,sqlx=warn,hyper=warn")
-        .env_remove("RUST_LOG")
-        .env_remove("ROLE")
-        .env_remove("BIND")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve(dir.path(), &[], &[("LOG_FORMAT", "json".into()), ("LOG_LEVEL", "debug,sqlx=warn,hyper=warn".into())]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // Log lines (JSON) come before the listening line on the same stream.
     let mut before = Vec::new();
     let url = loop {
         let line = lines.next().expect("the server prints where it listens").unwrap();
-        if let Some(rest) = line.strip_prefix("voxgate is listening on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
+        if let Some(url) = listening(&line) {
+            break url;
         }
         before.push(line);
     };

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, pcm_bytes, speech};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -32,19 +32,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 // ---- audio ----
 
-/// `text` spoken by espeak-ng, as 16 kHz PCM16 samples.
-fn speech(text: &str) -> Vec<i16> {
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("say.wav");
-    let status = std::process::Command::new("espeak-ng").arg("-w").arg(&wav).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
-    assert!(status.success());
-    let audio = voxgate_audio::wav::read_wav_file(&wav).unwrap();
-    voxgate_audio::resample::resample_all(audio.rate, 16_000, &audio.samples).unwrap()
-}
-
-fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
-    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
-}
 
 /// The caller's microphone: 20 ms messages of 16 kHz PCM16 in real time, silence
 /// (zeros) unless something was given to [`Mic::say`].

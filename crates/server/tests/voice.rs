@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, pcm_bytes, speech};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -16,19 +16,6 @@ use voxgate_server::session::providers::Providers;
 use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_testkit::TestDb;
 
-/// `text` spoken by espeak-ng, as 16 kHz PCM16 samples.
-fn speech(text: &str) -> Vec<i16> {
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("say.wav");
-    let status = std::process::Command::new("espeak-ng").arg("-w").arg(&wav).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
-    assert!(status.success());
-    let audio = voxgate_audio::wav::read_wav_file(&wav).unwrap();
-    voxgate_audio::resample::resample_all(audio.rate, 16_000, &audio.samples).unwrap()
-}
-
-fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
-    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
-}
 
 /// Streams `samples` in 20 ms messages, in real time.
 async fn stream_audio<S>(tx: &mut S, samples: &[i16])

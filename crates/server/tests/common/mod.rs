@@ -144,3 +144,18 @@ where
         }
     }
 }
+
+/// `text` spoken by espeak-ng, as 16 kHz PCM16 samples.
+pub fn speech(text: &str) -> Vec<i16> {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("say.wav");
+    let status = std::process::Command::new("espeak-ng").arg("-w").arg(&wav).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
+    assert!(status.success());
+    let audio = voxgate_audio::wav::read_wav_file(&wav).unwrap();
+    voxgate_audio::resample::resample_all(audio.rate, 16_000, &audio.samples).unwrap()
+}
+
+/// PCM16 little-endian bytes, as the protocol's binary messages carry them.
+pub fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
