@@ -16,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # --- wrk output parsing --------------------------------------------------------
 # Prints: requests/sec, p99 latency in ms, non-2xx/3xx count, socket errors.
@@ -65,47 +65,9 @@ for cmd in wrk curl taskset; do
     command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found (run scripts/setup.sh)"
 done
 
-if [ "${BENCH_PIN:-1}" = 0 ]; then
-    SERVER_PIN=()
-    WRK_PIN=()
-    PINNING="none (server and wrk share every CPU)"
-elif [ "$(nproc)" -ge 2 ]; then
-    SERVER_PIN=(taskset -c 0)
-    WRK_PIN=(taskset -c 1)
-    PINNING="server on CPU 0, wrk on CPU 1"
-else
-    log "only one CPU: running without pinning (numbers are not comparable)"
-    SERVER_PIN=()
-    WRK_PIN=()
-    PINNING="none (1 CPU)"
-fi
-
-if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
-    log "cargo build --release -p voxgate"
-    cargo build --release -p voxgate
-fi
-[ -x "$BIN" ] || die "no binary at $BIN"
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/voxgate-bench.XXXXXX")
-SERVER_PID=""
-
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
-cleanup() { stop_server; rm -rf "$TMP"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+choose_pins wrk
+build_release
+make_tmp voxgate-bench
 
 # The server's environment for one backend (an `env` prefix, so that the
 # backgrounded server is a plain command and $! is the server's own pid).
@@ -113,34 +75,15 @@ set_server_env() {   # $1 = DATABASE_URL
     SERVER_ENV=(env DATABASE_URL="$1" RATE_LIMIT_API=off RATE_LIMIT_API_IP=off LOG_LEVEL=warn)
 }
 
-start_server() {   # $1 = backend
-    if curl -fsS -o /dev/null --max-time 1 "$BASE_URL/api/health" 2>/dev/null; then
-        die "something already answers on $BASE_URL (set BENCH_PORT)"
-    fi
-    "${SERVER_ENV[@]}" "${SERVER_PIN[@]}" "$BIN" serve --bind "127.0.0.1:$PORT" \
-        </dev/null >"$TMP/server-$1.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1 600); do
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            tail -n 30 "$TMP/server-$1.log" >&2 || true
-            die "server exited during startup ($1)"
-        fi
-        curl -fsS -o /dev/null --max-time 1 "$BASE_URL/api/health" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    tail -n 30 "$TMP/server-$1.log" >&2 || true
-    die "server not healthy after 60 s ($1)"
-}
-
 # Runs wrk; $1 = output file, rest = extra wrk args and the URL.
 run_wrk() {
     local out=$1; shift
-    "${WRK_PIN[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$@" >"$out" 2>&1 ||
+    "${CLIENT_PIN[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$@" >"$out" 2>&1 ||
         { cat "$out" >&2; die "wrk failed"; }
 }
 warm_up() {
     [ "$WARMUP" = 0 ] && return 0
-    "${WRK_PIN[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
+    "${CLIENT_PIN[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
 }
 
 # POST body and headers for wrk; the key goes in with -H.

@@ -17,8 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 CALLS_LIST="${BENCH_CALLS:-1 100 1000}"
 TURNS="${BENCH_TURNS:-3}"
@@ -50,47 +50,9 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
 fi
 ulimit -n "$hard" 2>/dev/null || ulimit -n "$need" || die "cannot raise the file-descriptor limit to $need"
 
-if [ "${BENCH_PIN:-1}" = 0 ]; then
-    SERVER_PIN=()
-    CLIENT_PIN=()
-    PINNING="none (server and load client share every CPU)"
-elif [ "$(nproc)" -ge 2 ]; then
-    SERVER_PIN=(taskset -c 0)
-    CLIENT_PIN=(taskset -c 1)
-    PINNING="server on CPU 0, load client on CPU 1"
-else
-    log "only one CPU: running without pinning (numbers are not comparable)"
-    SERVER_PIN=()
-    CLIENT_PIN=()
-    PINNING="none (1 CPU)"
-fi
-
-if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
-    log "cargo build --release -p voxgate"
-    cargo build --release -p voxgate
-fi
-[ -x "$BIN" ] || die "no binary at $BIN"
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/voxgate-voice.XXXXXX")
-SERVER_PID=""
-
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
-cleanup() { stop_server; rm -rf "$TMP"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+choose_pins "load client"
+build_release
+make_tmp voxgate-voice
 
 # Rate limits off (a load test opens calls faster than any one customer may),
 # scripted instant models, few logs. DRAIN_TIMEOUT short: the calls are over by then.
@@ -99,24 +61,6 @@ set_server_env() {   # $1 = DATABASE_URL
         RATE_LIMIT_API=off RATE_LIMIT_API_IP=off RATE_LIMIT_CALLS=off RATE_LIMIT_CALLS_IP=off)
 }
 
-start_server() {   # $1 = label
-    if curl -fsS -o /dev/null --max-time 1 "$BASE_URL/api/health" 2>/dev/null; then
-        die "something already answers on $BASE_URL (set BENCH_PORT)"
-    fi
-    "${SERVER_ENV[@]}" "${SERVER_PIN[@]}" "$BIN" serve --bind "127.0.0.1:$PORT" \
-        </dev/null >"$TMP/server-$1.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1 600); do
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            tail -n 30 "$TMP/server-$1.log" >&2 || true
-            die "server exited during startup ($1)"
-        fi
-        curl -fsS -o /dev/null --max-time 1 "$BASE_URL/api/health" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    tail -n 30 "$TMP/server-$1.log" >&2 || true
-    die "server not healthy after 60 s ($1)"
-}
 
 # A key and an assistant that listens first, with the endpointing silence set.
 setup_server() {   # $1 = label; sets KEY and ASSISTANT
