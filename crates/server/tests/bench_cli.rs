@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::TestServer;
+use common::{TestServer, espeak};
 use serde_json::{Value, json};
 use voxgate_server::bench::{self, BenchArgs, DERIVED_RESPONSE};
 use voxgate_server::config::{Cli, Command};
@@ -31,21 +30,8 @@ fn providers() -> Providers {
 
 async fn server() -> (TestServer, String) {
     let s = TestServer::start_with_providers(TestDb::chosen().await, providers(), |_| {}).await;
-    let res = TestServer::http()
-        .post(s.at("/api/assistants"))
-        .bearer_auth(&s.admin)
-        .json(&json!({"name": "Bench", "firstMessageMode": "user-speaks-first", "endpointing": {"silenceMs": 500}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = s.create_assistant(json!({"name": "Bench", "firstMessageMode": "user-speaks-first", "endpointing": {"silenceMs": 500}})).await;
     (s, id)
-}
-
-fn espeak(path: &Path, text: &str) {
-    let status = std::process::Command::new("espeak-ng").arg("-w").arg(path).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
-    assert!(status.success());
 }
 
 fn bench_args(args: &[&str]) -> BenchArgs {

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, espeak};
 use serde_json::{Value, json};
 use voxgate_server::call::{self, CallArgs};
 use voxgate_server::session::providers::Providers;
@@ -32,22 +31,8 @@ fn providers() -> Providers {
 
 async fn server() -> (TestServer, String) {
     let s = TestServer::start_with_providers(TestDb::chosen().await, providers(), |_| {}).await;
-    let res = TestServer::http()
-        .post(s.at("/api/assistants"))
-        .bearer_auth(&s.admin)
-        .json(&json!({"name": "Clock", "firstMessageMode": "user-speaks-first", "firstMessage": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = s.create_assistant(json!({"name": "Clock", "firstMessageMode": "user-speaks-first", "firstMessage": null})).await;
     (s, id)
-}
-
-/// `text` spoken by espeak-ng into `path` (22.05 kHz: the client resamples it).
-fn espeak(path: &Path, text: &str) {
-    let status = std::process::Command::new("espeak-ng").arg("-w").arg(path).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
-    assert!(status.success());
 }
 
 /// Runs the real binary, with none of the caller's voxgate settings leaking in.

@@ -204,11 +204,7 @@ impl Inbox {
 // ---- the server side ----
 
 async fn assistant(s: &TestServer, body: Value) -> String {
-    let res = TestServer::http().post(s.at("/api/assistants")).bearer_auth(&s.admin).json(&body).send().await.unwrap();
-    let status = res.status();
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_str().unwrap().to_string()
+    s.create_assistant(body).await
 }
 
 fn request(s: &TestServer, assistant_id: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {

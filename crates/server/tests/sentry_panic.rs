@@ -68,14 +68,7 @@ fn a_panicking_stage_ends_only_its_call_and_is_reported() {
         };
         let mut s = common::TestServer::start_with_providers(TestDb::chosen().await, providers, |_| {}).await;
         // The caller speaks first: the first reply is the model's.
-        let res = common::TestServer::http()
-            .post(s.at("/api/assistants"))
-            .bearer_auth(&s.admin)
-            .json(&json!({"name": "Fragile", "firstMessageMode": "user-speaks-first", "firstMessage": null}))
-            .send()
-            .await
-            .unwrap();
-        let id = res.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        let id = s.create_assistant(json!({"name": "Fragile", "firstMessageMode": "user-speaks-first", "firstMessage": null})).await;
         let mut ends = Vec::new();
         for _ in 0..2 {
             let mut req = s.ws_url(&format!("assistantId={id}")).into_client_request().unwrap();

@@ -73,6 +73,15 @@ impl TestServer {
         m.secret
     }
 
+    /// Creates an assistant from a JSON body through the API and returns its id.
+    pub async fn create_assistant(&self, body: Value) -> String {
+        let res = Self::http().post(self.at("/api/assistants")).bearer_auth(&self.admin).json(&body).send().await.unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
     /// Creates an assistant through the API and returns its id.
     pub async fn assistant(&self, name: &str) -> String {
         let res = Self::http()
@@ -145,12 +154,17 @@ where
     }
 }
 
+/// `text` spoken by espeak-ng into the WAV file `path` (22.05 kHz).
+pub fn espeak(path: &std::path::Path, text: &str) {
+    let status = std::process::Command::new("espeak-ng").arg("-w").arg(path).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
+    assert!(status.success());
+}
+
 /// `text` spoken by espeak-ng, as 16 kHz PCM16 samples.
 pub fn speech(text: &str) -> Vec<i16> {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("say.wav");
-    let status = std::process::Command::new("espeak-ng").arg("-w").arg(&wav).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
-    assert!(status.success());
+    espeak(&wav, text);
     let audio = voxgate_audio::wav::read_wav_file(&wav).unwrap();
     voxgate_audio::resample::resample_all(audio.rate, 16_000, &audio.samples).unwrap()
 }
