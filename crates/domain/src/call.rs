@@ -61,6 +61,26 @@ pub struct Call {
     pub recording_url: Option<String>,
 }
 
+impl Call {
+    /// A call starting now on `instance`, with a new id.
+    pub fn start(assistant_id: impl Into<String>, key_id: Option<String>, instance: impl Into<String>) -> Call {
+        Call {
+            id: crate::clock::new_id(),
+            assistant_id: assistant_id.into(),
+            key_id,
+            status: CallStatus::InProgress,
+            ended_reason: None,
+            started_at: crate::clock::now_ms(),
+            ended_at: None,
+            duration_ms: None,
+            instance: Some(instance.into()),
+            metadata: Map::new(),
+            turns: None,
+            recording_url: None,
+        }
+    }
+}
+
 /// Who spoke a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -21,8 +21,8 @@ use voxgate_api::cors::same_origin;
 use voxgate_api::ratelimit::{Group, client_ip};
 use voxgate_api::{ApiError, ApiState};
 use voxgate_domain::ErrorCode;
-use voxgate_domain::call::{Call, CallStatus};
-use voxgate_domain::clock::{is_id, new_id, now_ms};
+use voxgate_domain::call::Call;
+use voxgate_domain::clock::is_id;
 use voxgate_domain::key::KeyKind;
 use voxgate_domain::Assistant;
 
@@ -150,20 +150,7 @@ async fn admit(
         other => other.into(),
     })?;
 
-    let call = Call {
-        id: new_id(),
-        assistant_id: assistant.id.clone(),
-        key_id,
-        status: CallStatus::InProgress,
-        ended_reason: None,
-        started_at: now_ms(),
-        ended_at: None,
-        duration_ms: None,
-        instance: Some(s.instance.clone()),
-        metadata: Default::default(),
-        turns: None,
-        recording_url: None,
-    };
+    let call = Call::start(assistant.id.clone(), key_id, s.instance.clone());
     // Written before the upgrade, so a call the client sees always has a record;
     // through the journal, so a burst of calls shares its commits.
     if !s.session.journal.create(call.clone(), CALL_CREATE_WRITE).await {

@@ -8,7 +8,7 @@ mod common;
 use common::{TestServer, error_code};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
-use voxgate_domain::call::{Call, CallStatus, CallTurn, TurnLatency, TurnRole};
+use voxgate_domain::call::{Call, CallTurn, TurnLatency, TurnRole};
 use voxgate_domain::clock::{ms_to_rfc3339, new_id, now_ms};
 
 /// The server, an HTTP client, and helpers that check every answer.
@@ -820,20 +820,7 @@ async fn list_parameters_are_checked() {
 }
 
 async fn insert_call(api: &Api, assistant: &str, started_at: i64, ended: bool) -> String {
-    let call = Call {
-        id: new_id(),
-        assistant_id: assistant.to_string(),
-        key_id: None,
-        status: CallStatus::InProgress,
-        ended_reason: None,
-        started_at,
-        ended_at: None,
-        duration_ms: None,
-        instance: Some("elsewhere".into()),
-        metadata: Default::default(),
-        turns: None,
-        recording_url: None,
-    };
+    let call = Call { started_at, ..Call::start(assistant, None, "elsewhere") };
     api.s.store.create_call(&call).await.unwrap();
     if ended {
         api.s.store.end_call(&call.id, "customer-ended-call").await.unwrap();

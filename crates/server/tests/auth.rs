@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
 use voxgate_api::auth::{METRICS_ROUTE, PUBLIC_ROUTES};
-use voxgate_domain::call::{Call, CallStatus};
+use voxgate_domain::call::Call;
 use voxgate_domain::clock::{new_id, now_ms};
 use voxgate_domain::key::KeyKind;
 use voxgate_testkit::TestDb;
@@ -63,20 +63,7 @@ struct Ids {
 impl Ids {
     async fn create(s: &TestServer) -> Ids {
         let assistant = s.assistant("Front desk").await;
-        let call = Call {
-            id: new_id(),
-            assistant_id: assistant.clone(),
-            key_id: None,
-            status: CallStatus::InProgress,
-            ended_reason: None,
-            started_at: now_ms(),
-            ended_at: None,
-            duration_ms: None,
-            instance: Some("elsewhere".into()),
-            metadata: Default::default(),
-            turns: None,
-            recording_url: None,
-        };
+        let call = Call::start(assistant.clone(), None, "elsewhere");
         s.store.create_call(&call).await.unwrap();
         let res = TestServer::http()
             .post(s.at("/api/keys"))

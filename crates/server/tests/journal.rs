@@ -6,25 +6,12 @@
 use std::time::Duration;
 
 use voxgate_domain::call::{Call, CallStatus, CallTurn, TurnLatency, TurnRole};
-use voxgate_domain::clock::{new_id, now_ms};
+use voxgate_domain::clock::new_id;
 use voxgate_server::session::journal::Journal;
 use voxgate_testkit::TestDb;
 
 fn call() -> Call {
-    Call {
-        id: new_id(),
-        assistant_id: new_id(),
-        key_id: None,
-        status: CallStatus::InProgress,
-        ended_reason: None,
-        started_at: now_ms(),
-        ended_at: None,
-        duration_ms: None,
-        instance: Some("journal-test".into()),
-        metadata: Default::default(),
-        turns: None,
-        recording_url: None,
-    }
+    Call::start(new_id(), None, "journal-test")
 }
 
 fn turn(idx: i64) -> CallTurn {

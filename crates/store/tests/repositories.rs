@@ -16,20 +16,7 @@ fn spec(name: &str) -> AssistantSpec {
 }
 
 fn call(assistant: &str) -> Call {
-    Call {
-        id: new_id(),
-        assistant_id: assistant.into(),
-        key_id: None,
-        status: CallStatus::InProgress,
-        ended_reason: None,
-        started_at: now_ms(),
-        ended_at: None,
-        duration_ms: None,
-        instance: Some("agent-1".into()),
-        metadata: Default::default(),
-        turns: None,
-        recording_url: None,
-    }
+    Call::start(assistant, None, "agent-1")
 }
 
 #[tokio::test]
