@@ -135,11 +135,6 @@ impl TurnRecorder {
         }
     }
 
-    /// Whether a reply is playing (started and not yet stopped).
-    pub fn in_reply(&self) -> bool {
-        self.reply.is_some()
-    }
-
     /// Completes the reply in progress, if any (at a bot stop or the end of the call).
     pub fn finish_reply(&mut self) -> Option<CallTurn> {
         let r = self.reply.take()?;
