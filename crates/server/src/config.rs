@@ -333,7 +333,8 @@ pub struct ServeArgs {
     /// Trust `X-Forwarded-For` for the client address (only behind your own proxy).
     #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
-    /// How long a verified key is cached, in seconds (0: no cache).
+    /// How long a verified key is cached, in seconds (0: no cache); live calls
+    /// re-check their key this often (at least every second).
     #[arg(long, env = "AUTH_CACHE_TTL", default_value_t = 10)]
     pub auth_cache_ttl: u64,
     /// The URL people reach this server at (for the printed login link); defaults
