@@ -73,6 +73,13 @@ impl Journal {
     }
 
     async fn push(&self, write: Option<CallWrite>, done: Option<oneshot::Sender<bool>>) {
+        // A barrier (no write) that cannot be queued loses nothing: its waiter hears false.
+        let counts = write.is_some();
+        let lost = |why: &str| {
+            if counts {
+                lost(why);
+            }
+        };
         let item = Item { write, done };
         let res = match self.tx.try_send(item) {
             Ok(()) => Ok(()),
