@@ -204,10 +204,10 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
     if !args.turn_timeout.is_finite() || !(0.1..=600.0).contains(&args.turn_timeout) {
         bail!("--turn-timeout must be a number of seconds from 0.1 to 600, not {}", args.turn_timeout);
     }
-    if args.assistant.trim().is_empty() {
+    if args.target.assistant.trim().is_empty() {
         bail!("--assistant is empty");
     }
-    let key = args.key.as_deref().map(str::trim).filter(|k| !k.is_empty());
+    let key = args.target.key.as_deref().map(str::trim).filter(|k| !k.is_empty());
     let phrase = Arc::new(match &args.wav {
         Some(path) => Phrase::new(&crate::call::load_wav(path)?).with_context(|| format!("the phrase in {}", path.display()))?,
         None => Phrase::new(&spoken(DEFAULT_PHRASE)?).context("the phrase espeak-ng spoke")?,
@@ -215,7 +215,7 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
     let (silence_ms, greeting) = match args.silence_ms {
         Some(ms) => (ms, None),
         None => {
-            let a = read_assistant(&args.url, key, &args.assistant).await?;
+            let a = read_assistant(&args.target.url, key, &args.target.assistant).await?;
             let ms =
                 a["endpointing"]["silenceMs"].as_u64().ok_or_else(|| anyhow!("the assistant has no endpointing.silenceMs; pass --silence-ms"))?;
             let greets =
@@ -223,7 +223,7 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
             (u32::try_from(ms).unwrap_or(u32::MAX), Some(greets))
         }
     };
-    let url = crate::call::agent_url(&args.url, &args.assistant)?;
+    let url = crate::call::agent_url(&args.target.url, &args.target.assistant)?;
     let plan = Arc::new(Plan {
         url,
         key: key.map(str::to_string),
@@ -346,14 +346,8 @@ async fn read_assistant(base: &str, key: Option<&str>, id: &str) -> anyhow::Resu
 
 /// `http(s)://host[:port][/base]` from what `--url` takes.
 fn http_base(base: &str) -> anyhow::Result<String> {
-    let base = base.trim();
-    let (scheme, rest) = base.split_once("://").ok_or_else(|| anyhow!("--url {base:?}: expected http://, https://, ws:// or wss://"))?;
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => "http",
-        "https" | "wss" => "https",
-        other => bail!("--url {base:?}: unsupported scheme {other:?}"),
-    };
-    let rest = rest.trim_end_matches('/');
+    let (secure, rest) = crate::call::split_url(base)?;
+    let scheme = if secure { "https" } else { "http" };
     let rest = rest.strip_suffix("/agent").unwrap_or(rest);
     Ok(format!("{scheme}://{rest}"))
 }

@@ -148,15 +148,15 @@ pub async fn run_with(args: CallArgs, out: &mut (dyn Write + Send)) -> anyhow::R
     if !args.wait.is_finite() || args.wait < 0.0 || args.wait > 86_400.0 {
         bail!("--wait must be a number of seconds from 0 to 86400, not {}", args.wait);
     }
-    if args.assistant.trim().is_empty() {
+    if args.target.assistant.trim().is_empty() {
         bail!("--assistant is empty");
     }
     let audio = match &args.wav {
         Some(path) => load_wav(path)?,
         None => Vec::new(),
     };
-    let url = agent_url(&args.url, &args.assistant)?;
-    let ws = connect(&url, args.key.as_deref()).await?;
+    let url = agent_url(&args.target.url, &args.target.assistant)?;
+    let ws = connect(&url, args.target.key.as_deref()).await?;
     let mut call = Call::new(&args, audio, out);
     call.run(ws).await?;
     call.finish()
@@ -178,19 +178,27 @@ pub(crate) fn load_wav(path: &Path) -> anyhow::Result<Vec<i16>> {
     resample::resample_all(audio.rate, INPUT_RATE, &audio.samples).with_context(|| format!("cannot convert {shown} ({} Hz) to 16 kHz", audio.rate))
 }
 
+/// What `--url` takes (http, https, ws or wss): whether it is secure, and the rest
+/// after `://`, without trailing slashes.
+pub(crate) fn split_url(base: &str) -> anyhow::Result<(bool, &str)> {
+    let base = base.trim();
+    let (scheme, rest) = base.split_once("://").ok_or_else(|| anyhow!("--url {base:?}: expected http://, https://, ws:// or wss://"))?;
+    let secure = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => false,
+        "https" | "wss" => true,
+        other => bail!("--url {base:?}: unsupported scheme {other:?}; use http, https, ws or wss"),
+    };
+    Ok((secure, rest.trim_end_matches('/')))
+}
+
 /// `ws(s)://host/agent?assistantId=ID` from an http(s) or ws(s) base URL.
 pub(crate) fn agent_url(base: &str, assistant: &str) -> anyhow::Result<String> {
     let base = base.trim();
-    let (scheme, rest) = base.split_once("://").ok_or_else(|| anyhow!("--url {base:?}: expected http://, https://, ws:// or wss://"))?;
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => "ws",
-        "https" | "wss" => "wss",
-        other => bail!("--url {base:?}: unsupported scheme {other:?}; use http, https, ws or wss"),
-    };
+    let (secure, rest) = split_url(base)?;
+    let scheme = if secure { "wss" } else { "ws" };
     if rest.contains(['?', '#']) {
         bail!("--url {base:?}: give the server's address without a query; --assistant names the assistant");
     }
-    let rest = rest.trim_end_matches('/');
     if rest.is_empty() {
         bail!("--url {base:?}: no host");
     }

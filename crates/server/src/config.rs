@@ -77,11 +77,9 @@ pub enum KeysCommand {
     },
 }
 
-/// `voxgate call`: one call over the `/agent` WebSocket.
+/// Which server and assistant a client command (`call`, `bench`) talks to.
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Exit status: 0 when the call ended normally (the caller or the assistant ended it, \
-or a configured silence or duration limit ended it); 1 otherwise, with the reason on standard error.")]
-pub struct CallArgs {
+pub struct Target {
     /// The server: its base URL (`http://`, `https://`) or WebSocket URL (`ws://`,
     /// `wss://`); `/agent` is added unless the URL already ends with it.
     #[arg(long, default_value = "http://127.0.0.1:3010")]
@@ -92,6 +90,15 @@ pub struct CallArgs {
     /// The assistant to call.
     #[arg(long)]
     pub assistant: String,
+}
+
+/// `voxgate call`: one call over the `/agent` WebSocket.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Exit status: 0 when the call ended normally (the caller or the assistant ended it, \
+or a configured silence or duration limit ended it); 1 otherwise, with the reason on standard error.")]
+pub struct CallArgs {
+    #[command(flatten)]
+    pub target: Target,
     /// The caller's audio: any WAV (PCM 8-32 bit or float, any rate and channel count),
     /// sent as 16 kHz PCM16 in 20 ms messages.
     #[arg(long)]
@@ -127,15 +134,8 @@ phrase's last voiced sample + the assistant's endpointing silence): the time the
 `--providers scripted` so the models add nothing. Exit status: 0 when every turn of every call succeeded; 1 otherwise \
 (the report is printed either way).")]
 pub struct BenchArgs {
-    /// The server: its base URL (`http://`, `https://`; `ws://`, `wss://` also work).
-    #[arg(long, default_value = "http://127.0.0.1:3010")]
-    pub url: String,
-    /// A private API key, sent as `Authorization: Bearer`.
-    #[arg(long, env = "VOXGATE_KEY", hide_env_values = true)]
-    pub key: Option<String>,
-    /// The assistant every call talks to.
-    #[arg(long)]
-    pub assistant: String,
+    #[command(flatten)]
+    pub target: Target,
     /// Concurrent calls.
     #[arg(long, default_value_t = 1)]
     pub calls: usize,

@@ -370,20 +370,11 @@ async fn a_public_key_from_an_allowed_origin_works_in_the_query() {
     s.stop().await;
 }
 
-async fn live_gauge(s: &TestServer) -> f64 {
-    let res = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let text = res.text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with("voxgate_websocket_connections ") || l.starts_with("voxgate_websocket_connections{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .unwrap_or(0.0)
-}
 
 async fn gauge_reaches(s: &TestServer, want: f64) {
     let mut got = 0.0;
     for _ in 0..150 {
-        got = live_gauge(s).await;
+        got = common::live_gauge(s).await;
         if got == want {
             return;
         }
@@ -398,7 +389,7 @@ async fn the_live_connections_gauge_follows_calls() {
     let mut s = TestServer::start().await;
     let id = s.assistant("Front desk").await;
     tokio::time::sleep(Duration::from_millis(300)).await; // calls of earlier tests finish their teardown
-    let base = live_gauge(&s).await;
+    let base = common::live_gauge(&s).await;
 
     let (mut a, a_id) = open_call(&s, &id).await;
     gauge_reaches(&s, base + 1.0).await;
@@ -423,7 +414,7 @@ async fn the_live_connections_gauge_follows_calls() {
 
     // Refused upgrades never count.
     let _ = refused(&s, &format!("assistantId={id}"), &[]).await;
-    assert_eq!(live_gauge(&s).await, base);
+    assert_eq!(common::live_gauge(&s).await, base);
     s.stop().await;
 }
 

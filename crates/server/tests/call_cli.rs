@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{TestServer, espeak};
 use serde_json::{Value, json};
 use voxgate_server::call::{self, CallArgs};
+use voxgate_server::config::Target;
 use voxgate_server::session::providers::Providers;
 use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_testkit::TestDb;
@@ -118,9 +119,7 @@ async fn a_wav_call_prints_every_event_and_saves_the_reply() {
 async fn typed_text_in_process_prints_a_readable_transcript() {
     let (mut s, id) = server().await;
     let args = CallArgs {
-        url: s.url.replacen("http", "ws", 1),
-        key: Some(s.admin.clone()),
-        assistant: id,
+        target: Target { url: s.url.replacen("http", "ws", 1), key: Some(s.admin.clone()), assistant: id },
         wav: None,
         speed: 1.0,
         wait: 1.0,

@@ -250,15 +250,6 @@ fn turns(call: &Value) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-async fn live_gauge(s: &TestServer) -> f64 {
-    let res = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let text = res.text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with("voxgate_websocket_connections ") || l.starts_with("voxgate_websocket_connections{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .unwrap_or(0.0)
-}
 
 fn words(s: &str) -> Vec<&str> {
     s.split_whitespace().collect()
@@ -577,7 +568,7 @@ async fn a_client_that_stops_reading_is_disconnected_as_slow() {
     // buffer on the way holds.
     let long = "This is a very long greeting that goes on and on. ".repeat(40);
     let id = assistant(&s, json!({"name": "Talker", "firstMessage": long.trim_end()})).await;
-    let before = live_gauge(&s).await;
+    let before = common::live_gauge(&s).await;
 
     // A client with a small receive buffer and a small MSS, so that the kernel's
     // buffers on the way hold seconds of audio, not minutes: on loopback the server's
@@ -621,8 +612,8 @@ async fn a_client_that_stops_reading_is_disconnected_as_slow() {
     assert!(took >= Duration::from_secs(2), "ended after {took:?}, before the slow-client timeout could pass");
     // The live-calls gauge is back where it was.
     let deadline = Instant::now() + Duration::from_secs(3);
-    while live_gauge(&s).await != before {
-        assert!(Instant::now() < deadline, "voxgate_websocket_connections is {}, was {before}", live_gauge(&s).await);
+    while common::live_gauge(&s).await != before {
+        assert!(Instant::now() < deadline, "voxgate_websocket_connections is {}, was {before}", common::live_gauge(&s).await);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 

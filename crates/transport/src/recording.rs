@@ -38,20 +38,22 @@ struct Track {
     /// From the side's own rate, when it is not [`RATE`].
     resampler: Option<Resampler>,
     scratch: Vec<i16>,
+    /// The little-endian bytes of one write, kept between writes (no allocation a frame).
+    bytes: Vec<u8>,
 }
 
 impl Track {
     fn create(path: PathBuf) -> std::io::Result<Track> {
         let out = BufWriter::with_capacity(32 * 1024, File::create(&path)?);
-        Ok(Track { path, out, len: 0, resampler: None, scratch: Vec::new() })
+        Ok(Track { path, out, len: 0, resampler: None, scratch: Vec::new(), bytes: Vec::new() })
     }
 
     fn write(&mut self, samples: &[i16]) -> std::io::Result<()> {
-        let mut bytes = Vec::with_capacity(samples.len() * 2);
+        self.bytes.clear();
         for s in samples {
-            bytes.extend_from_slice(&s.to_le_bytes());
+            self.bytes.extend_from_slice(&s.to_le_bytes());
         }
-        self.out.write_all(&bytes)?;
+        self.out.write_all(&self.bytes)?;
         self.len += samples.len() as u64;
         Ok(())
     }

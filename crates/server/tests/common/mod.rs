@@ -173,3 +173,14 @@ pub fn speech(text: &str) -> Vec<i16> {
 pub fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
+
+/// `voxgate_websocket_connections` as `/api/metrics` reports it now (0 if absent).
+pub async fn live_gauge(s: &TestServer) -> f64 {
+    let res = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("voxgate_websocket_connections ") || l.starts_with("voxgate_websocket_connections{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .unwrap_or(0.0)
+}
