@@ -1055,3 +1055,21 @@ async fn openapi_document_describes_the_api() {
     // What the server answers is what the library documents.
     assert_eq!(doc, serde_json::to_value(voxgate_api::openapi()).unwrap());
 }
+
+#[tokio::test]
+async fn a_recording_of_a_bad_unknown_or_unrecorded_call_is_404() {
+    let api = Api::start().await;
+    let assistant = api.s.assistant("A").await;
+    let unrecorded = insert_call(&api, &assistant, 1, true).await;
+    let long = "x".repeat(5000);
+    for path in [
+        format!("/api/calls/{unrecorded}/recording"),
+        format!("/api/calls/{}/recording", voxgate_domain::clock::new_id()),
+        "/api/calls/not-an-id/recording".to_string(),
+        "/api/calls/..%2F..%2Fetc%2Fpasswd/recording".to_string(),
+        "/api/calls/%27%20OR%201%3D1--/recording".to_string(),
+        format!("/api/calls/{long}/recording"),
+    ] {
+        api.err(api.get(&path), 404, "not_found").await;
+    }
+}
