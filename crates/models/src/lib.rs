@@ -47,3 +47,36 @@ pub const SMOLLM2: &str = "smollm2-135m-instruct";
 pub const PIPER_VOICE: &str = "piper-joe-medium";
 pub const ONNXRUNTIME: &str = "onnxruntime";
 pub const ESPEAK_NG: &str = "espeak-ng";
+
+pub mod catalog;
+mod fetch;
+
+pub use catalog::PACKAGES;
+pub use fetch::{Error, Event, FileState, FileStatus, Report, Source, check, fetch, status, verify, verify_file};
+
+/// Where each engine finds its files in a models folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// Whisper tiny.en's CTranslate2 folder (model.bin, config.json, tokenizer.json).
+    pub whisper: PathBuf,
+    /// SmolLM2-135M-Instruct's GGUF file.
+    pub llm: PathBuf,
+    /// The Piper voice's ONNX file (its `.onnx.json` beside it).
+    pub voice: PathBuf,
+    /// ONNX Runtime's shared library.
+    pub onnxruntime: PathBuf,
+    /// The folder that holds libespeak-ng.so and espeak-ng-data/.
+    pub espeak: PathBuf,
+}
+
+impl Paths {
+    pub fn new(dir: &std::path::Path) -> Paths {
+        Paths {
+            whisper: dir.join(WHISPER),
+            llm: dir.join(SMOLLM2).join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            voice: dir.join(PIPER_VOICE).join("en_US-joe-medium.onnx"),
+            onnxruntime: dir.join(ONNXRUNTIME).join("libonnxruntime.so"),
+            espeak: dir.join(ESPEAK_NG),
+        }
+    }
+}
