@@ -72,3 +72,18 @@ pub enum Error {
     #[error("invalid Piper options: {0}")]
     Options(String),
 }
+
+/// An error and its causes, as one line ("dlopen failed: <reason>").
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

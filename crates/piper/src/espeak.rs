@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use libloading::Library;
 
-use crate::error::Error;
+use crate::error::{Error, describe};
 
 /// The library file inside the espeak-ng folder.
 pub const LIBRARY_FILE: &str = "libespeak-ng.so";
@@ -128,6 +128,14 @@ impl Espeak {
     pub fn load(dir: &Path) -> Result<Espeak, Error> {
         let dir = std::fs::canonicalize(dir)
             .map_err(|_| Error::Missing { what: "the espeak-ng folder", path: dir.to_path_buf() })?;
+        let library_path = dir.join(LIBRARY_FILE);
+        if !library_path.is_file() {
+            return Err(Error::Missing { what: "libespeak-ng", path: library_path });
+        }
+        let data = dir.join(DATA_DIR);
+        if !data.join("phontab").is_file() {
+            return Err(Error::Missing { what: "the espeak-ng data folder", path: data });
+        }
         let mut slot = lock();
         if let Some(existing) = slot.as_ref() {
             if existing.dir != dir {
@@ -137,14 +145,6 @@ impl Espeak {
                 Ok(_) => Ok(Espeak { _started: () }),
                 Err(reason) => Err(Error::EspeakInit { path: dir, reason: reason.clone() }),
             };
-        }
-        let library_path = dir.join(LIBRARY_FILE);
-        if !library_path.is_file() {
-            return Err(Error::Missing { what: "libespeak-ng", path: library_path });
-        }
-        let data = dir.join(DATA_DIR);
-        if !data.join("phontab").is_file() {
-            return Err(Error::Missing { what: "the espeak-ng data folder", path: data });
         }
         let dir_c = path_to_cstring(&dir)?;
         let (library, init) = open(&library_path)?;
@@ -359,7 +359,7 @@ fn open(path: &Path) -> Result<(Library, InitApi), Error> {
     let bad = |reason: String| Error::EspeakLibrary { path: path.to_path_buf(), reason };
     // SAFETY: loading runs the library's initialisers; the file is the one the
     // caller named as libespeak-ng, whose initialisers are benign.
-    let library = unsafe { Library::new(path) }.map_err(|e| bad(e.to_string()))?;
+    let library = unsafe { Library::new(path) }.map_err(|e| bad(describe(&e)))?;
     macro_rules! symbol {
         ($name:literal) => {
             // SAFETY: the type given matches the C declaration in espeak-ng's

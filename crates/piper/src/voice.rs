@@ -15,7 +15,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
 use crate::config::VoiceConfig;
-use crate::error::Error;
+use crate::error::{Error, describe};
 
 /// Piper models are tens of megabytes; refuse to read anything absurd.
 const MAX_MODEL_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -41,7 +41,11 @@ fn runtime(library: &Path) -> Result<Environment, Error> {
     }
     let fail = |reason: String| Error::OnnxRuntime { path: library.clone(), reason };
     let built = catch_unwind(|| -> Result<Environment, String> {
-        ort::init_from(&library).map_err(|e| e.to_string())?.with_name("voxgate-piper").build().map_err(|e| e.to_string())
+        let builder = ort::init_from(&library).map_err(|e| match e {
+            ort::LoadDynamicError::Dlopen { error, .. } => describe(&error),
+            other => other.to_string(),
+        })?;
+        builder.with_name("voxgate-piper").build().map_err(|e| e.to_string())
     })
     .map_err(|_| fail("ONNX Runtime failed while starting".into()))?;
     let env = built.map_err(fail)?;
