@@ -9,12 +9,23 @@ use std::time::{Duration, Instant};
 
 use voxgate_piper::{Chunking, Piper, PiperOptions};
 
-const REPLY: &str = "Sure, I can help with that. Your appointment is booked for Tuesday at three in the afternoon.";
+const REPLY: &str =
+    "Sure, I can help with that. Your appointment is booked for Tuesday at three in the afternoon.";
 const REPS: usize = 9;
 
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_mib() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.map_or("?".into(), |k| (k / 1024).to_string())
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
@@ -24,24 +35,40 @@ fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
 }
 
 fn main() {
-    let voice = voxgate_models::model_dir(voxgate_models::PIPER_VOICE).join("en_US-joe-medium.onnx");
-    let onnxruntime = voxgate_models::model_dir(voxgate_models::ONNXRUNTIME).join("libonnxruntime.so");
+    let voice =
+        voxgate_models::model_dir(voxgate_models::PIPER_VOICE).join("en_US-joe-medium.onnx");
+    let onnxruntime =
+        voxgate_models::model_dir(voxgate_models::ONNXRUNTIME).join("libonnxruntime.so");
     let espeak: PathBuf = voxgate_models::model_dir(voxgate_models::ESPEAK_NG);
     for p in [&voice, &onnxruntime, &espeak] {
-        assert!(p.exists(), "{} is missing: run `voxgate models fetch`", p.display());
+        assert!(
+            p.exists(),
+            "{} is missing: run `voxgate models fetch`",
+            p.display()
+        );
     }
     println!("reply: {REPLY:?}");
     println!("repetitions: {REPS} (medians, milliseconds)");
     for threads in [1, 2] {
         let (load, piper) = timed(|| {
-            Piper::load(&voice, &onnxruntime, &espeak, PiperOptions { intra_threads: threads, sessions: 1 }).unwrap()
+            Piper::load(
+                &voice,
+                &onnxruntime,
+                &espeak,
+                PiperOptions {
+                    intra_threads: threads,
+                    sessions: 1,
+                },
+            )
+            .unwrap()
         });
         let rate = piper.sample_rate() as f64;
         // Warm-up: first runs allocate and tune.
         for _ in 0..2 {
             piper.synthesize(REPLY).unwrap();
         }
-        let (mut whole, mut first_sentence, mut first_clause, mut phonemize) = (vec![], vec![], vec![], vec![]);
+        let (mut whole, mut first_sentence, mut first_clause, mut phonemize) =
+            (vec![], vec![], vec![], vec![]);
         let mut rtf = vec![];
         let mut audio_seconds = 0.0;
         for _ in 0..REPS {
@@ -49,10 +76,22 @@ fn main() {
             audio_seconds = pcm.len() as f64 / rate;
             rtf.push(Duration::from_secs_f64(t.as_secs_f64() / audio_seconds));
             whole.push(t);
-            let (t, first) = timed(|| piper.stream(REPLY, Chunking::Sentence).next().unwrap().unwrap());
+            let (t, first) = timed(|| {
+                piper
+                    .stream(REPLY, Chunking::Sentence)
+                    .next()
+                    .unwrap()
+                    .unwrap()
+            });
             assert!(!first.is_empty());
             first_sentence.push(t);
-            let (t, first) = timed(|| piper.stream(REPLY, Chunking::Clause).next().unwrap().unwrap());
+            let (t, first) = timed(|| {
+                piper
+                    .stream(REPLY, Chunking::Clause)
+                    .next()
+                    .unwrap()
+                    .unwrap()
+            });
             assert!(!first.is_empty());
             first_clause.push(t);
             let (t, _) = timed(|| piper.phonemes(REPLY, Chunking::Sentence).unwrap());
@@ -63,11 +102,18 @@ fn main() {
         let clause = median(first_clause);
         println!("\nintra_threads {threads}");
         println!("  load_ms {:.1}", load.as_secs_f64() * 1000.0);
+        println!("  process_rss_mib {}", rss_mib());
         println!("  reply_audio_s {audio_seconds:.2}");
         println!("  phonemize_whole_reply_ms {:.2}", median(phonemize));
         println!("  baseline_first_audio_ms {baseline:.1}   (synthesize whole reply, then play)");
-        println!("  first_sentence_audio_ms {sentence:.1}   ratio_vs_baseline {:.2}", sentence / baseline);
-        println!("  first_clause_audio_ms {clause:.1}   ratio_vs_baseline {:.2}", clause / baseline);
+        println!(
+            "  first_sentence_audio_ms {sentence:.1}   ratio_vs_baseline {:.2}",
+            sentence / baseline
+        );
+        println!(
+            "  first_clause_audio_ms {clause:.1}   ratio_vs_baseline {:.2}",
+            clause / baseline
+        );
         println!("  rtf {:.4}", median(rtf) / 1000.0);
     }
 }

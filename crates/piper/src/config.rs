@@ -69,11 +69,21 @@ pub struct VoiceConfig {
 impl VoiceConfig {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<VoiceConfig, Error> {
-        let meta = std::fs::metadata(path).map_err(|_| Error::Missing { what: "the Piper voice config", path: path.into() })?;
+        let meta = std::fs::metadata(path).map_err(|_| Error::Missing {
+            what: "the Piper voice config",
+            path: path.into(),
+        })?;
         if meta.len() > MAX_CONFIG_BYTES {
-            return Err(bad(path, format!("{} bytes is too large for a voice config", meta.len())));
+            return Err(bad(
+                path,
+                format!("{} bytes is too large for a voice config", meta.len()),
+            ));
         }
-        let bytes = std::fs::read(path).map_err(|source| Error::Read { what: "the Piper voice config", path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            what: "the Piper voice config",
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&bytes, path)
     }
 
@@ -81,36 +91,72 @@ impl VoiceConfig {
     pub fn parse(json: &[u8], path: &Path) -> Result<VoiceConfig, Error> {
         let raw: Raw = serde_json::from_slice(json).map_err(|e| bad(path, e.to_string()))?;
         if !(8_000..=96_000).contains(&raw.audio.sample_rate) {
-            return Err(bad(path, format!("sample rate {} Hz is out of range", raw.audio.sample_rate)));
+            return Err(bad(
+                path,
+                format!("sample rate {} Hz is out of range", raw.audio.sample_rate),
+            ));
         }
         if let Some(kind) = raw.phoneme_type.as_deref().filter(|k| *k != "espeak") {
-            return Err(bad(path, format!("phoneme_type {kind:?} is not supported (only espeak)")));
+            return Err(bad(
+                path,
+                format!("phoneme_type {kind:?} is not supported (only espeak)"),
+            ));
         }
-        let inference = raw.inference.unwrap_or(RawInference { noise_scale: None, length_scale: None, noise_w: None });
-        let scale = |name: &str, value: Option<f32>, default: f32, range: std::ops::RangeInclusive<f32>| {
-            let v = value.unwrap_or(default);
-            if range.contains(&v) { Ok(v) } else { Err(bad(path, format!("inference.{name} = {v} is out of range {range:?}"))) }
-        };
+        let inference = raw.inference.unwrap_or(RawInference {
+            noise_scale: None,
+            length_scale: None,
+            noise_w: None,
+        });
+        let scale =
+            |name: &str, value: Option<f32>, default: f32, range: std::ops::RangeInclusive<f32>| {
+                let v = value.unwrap_or(default);
+                if range.contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(bad(
+                        path,
+                        format!("inference.{name} = {v} is out of range {range:?}"),
+                    ))
+                }
+            };
         let noise_scale = scale("noise_scale", inference.noise_scale, 0.667, 0.0..=2.0)?;
         let length_scale = scale("length_scale", inference.length_scale, 1.0, 0.1..=5.0)?;
         let noise_w = scale("noise_w", inference.noise_w, 0.8, 0.0..=2.0)?;
 
-        let num_symbols = raw.num_symbols.unwrap_or(MAX_SYMBOLS as u64).min(MAX_SYMBOLS as u64) as i64;
+        let num_symbols = raw
+            .num_symbols
+            .unwrap_or(MAX_SYMBOLS as u64)
+            .min(MAX_SYMBOLS as u64) as i64;
         if raw.phoneme_id_map.len() > MAX_SYMBOLS {
             return Err(bad(path, "phoneme_id_map is too large".into()));
         }
         let mut ids = HashMap::with_capacity(raw.phoneme_id_map.len());
         for (key, value) in raw.phoneme_id_map {
-            let phoneme = single_char(&key).ok_or_else(|| bad(path, format!("phoneme_id_map key {key:?} is not one character")))?;
+            let phoneme = single_char(&key).ok_or_else(|| {
+                bad(
+                    path,
+                    format!("phoneme_id_map key {key:?} is not one character"),
+                )
+            })?;
             if value.is_empty() || value.len() > MAX_IDS_PER_PHONEME {
-                return Err(bad(path, format!("phoneme_id_map[{key:?}] must hold 1 to {MAX_IDS_PER_PHONEME} ids")));
+                return Err(bad(
+                    path,
+                    format!("phoneme_id_map[{key:?}] must hold 1 to {MAX_IDS_PER_PHONEME} ids"),
+                ));
             }
             if let Some(id) = value.iter().find(|&&id| !(0..num_symbols).contains(&id)) {
-                return Err(bad(path, format!("phoneme_id_map[{key:?}] has id {id}, outside 0..{num_symbols}")));
+                return Err(bad(
+                    path,
+                    format!("phoneme_id_map[{key:?}] has id {id}, outside 0..{num_symbols}"),
+                ));
             }
             ids.insert(phoneme, value);
         }
-        let special = |c: char| ids.get(&c).cloned().ok_or_else(|| bad(path, format!("phoneme_id_map has no {c:?}")));
+        let special = |c: char| {
+            ids.get(&c)
+                .cloned()
+                .ok_or_else(|| bad(path, format!("phoneme_id_map has no {c:?}")))
+        };
         let (bos, eos, pad) = (special(BOS)?, special(EOS)?, special(PAD)?);
 
         if raw.phoneme_map.len() > MAX_SYMBOLS {
@@ -118,17 +164,34 @@ impl VoiceConfig {
         }
         let mut phoneme_map = HashMap::with_capacity(raw.phoneme_map.len());
         for (key, value) in raw.phoneme_map {
-            let from = single_char(&key).ok_or_else(|| bad(path, format!("phoneme_map key {key:?} is not one character")))?;
+            let from = single_char(&key).ok_or_else(|| {
+                bad(
+                    path,
+                    format!("phoneme_map key {key:?} is not one character"),
+                )
+            })?;
             let to: Option<Vec<char>> = value.iter().map(|s| single_char(s)).collect();
-            let to = to.filter(|t| t.len() <= MAX_IDS_PER_PHONEME)
-                .ok_or_else(|| bad(path, format!("phoneme_map[{key:?}] must list single characters")))?;
+            let to = to
+                .filter(|t| t.len() <= MAX_IDS_PER_PHONEME)
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        format!("phoneme_map[{key:?}] must list single characters"),
+                    )
+                })?;
             phoneme_map.insert(from, to);
         }
 
-        let espeak_voice = raw.espeak.map(|e| e.voice).unwrap_or_else(|| "en-us".into());
+        let espeak_voice = raw
+            .espeak
+            .map(|e| e.voice)
+            .unwrap_or_else(|| "en-us".into());
         let num_speakers = raw.num_speakers.unwrap_or(1);
         if !(1..=100_000).contains(&num_speakers) {
-            return Err(bad(path, format!("num_speakers {num_speakers} is out of range")));
+            return Err(bad(
+                path,
+                format!("num_speakers {num_speakers} is out of range"),
+            ));
         }
         Ok(VoiceConfig {
             sample_rate: raw.audio.sample_rate,
@@ -176,7 +239,10 @@ fn single_char(s: &str) -> Option<char> {
 }
 
 fn bad(path: &Path, reason: String) -> Error {
-    Error::Config { path: PathBuf::from(path), reason }
+    Error::Config {
+        path: PathBuf::from(path),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +268,10 @@ mod tests {
 
     #[test]
     fn phoneme_map_applies() {
-        let json = MINIMAL.replace(r#""num_symbols""#, r#""phoneme_map":{"x":["a","c"]},"num_symbols""#);
+        let json = MINIMAL.replace(
+            r#""num_symbols""#,
+            r#""phoneme_map":{"x":["a","c"]},"num_symbols""#,
+        );
         assert_eq!(config(&json).unwrap().ids("x"), vec![1, 0, 4, 0, 5, 0, 2]);
     }
 
@@ -224,16 +293,30 @@ mod tests {
             &MINIMAL.replace(r#""a":[4]"#, r#""a":[400]"#),
             &MINIMAL.replace(r#""a":[4]"#, r#""a":[-1]"#),
             &MINIMAL.replace(r#""a":[4]"#, r#""a":["x"]"#),
-            &MINIMAL.replace(r#""num_symbols""#, r#""inference":{"noise_scale":1e30},"num_symbols""#),
-            &MINIMAL.replace(r#""num_symbols""#, r#""inference":{"length_scale":0},"num_symbols""#),
+            &MINIMAL.replace(
+                r#""num_symbols""#,
+                r#""inference":{"noise_scale":1e30},"num_symbols""#,
+            ),
+            &MINIMAL.replace(
+                r#""num_symbols""#,
+                r#""inference":{"length_scale":0},"num_symbols""#,
+            ),
             &MINIMAL.replace(r#""num_symbols""#, r#""phoneme_type":"text","num_symbols""#),
             &MINIMAL.replace(r#""num_symbols""#, r#""num_speakers":0,"num_symbols""#),
-            &MINIMAL.replace(r#""num_symbols""#, r#""phoneme_map":{"x":["ab"]},"num_symbols""#),
+            &MINIMAL.replace(
+                r#""num_symbols""#,
+                r#""phoneme_map":{"x":["ab"]},"num_symbols""#,
+            ),
         ];
         for case in cases {
-            let err = config(case).err().unwrap_or_else(|| panic!("accepted {case:?}"));
+            let err = config(case)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {case:?}"));
             let msg = err.to_string();
-            assert!(msg.contains("test.onnx.json") && msg.contains("voxgate models fetch"), "{msg}");
+            assert!(
+                msg.contains("test.onnx.json") && msg.contains("voxgate models fetch"),
+                "{msg}"
+            );
         }
     }
 

@@ -26,14 +26,19 @@ pub enum Error {
     EspeakLibrary { path: PathBuf, reason: String },
 
     /// espeak-ng refused its data folder (wrong version, corrupt files).
-    #[error("espeak-ng could not start with the data in {path}: {reason}; run `voxgate models fetch`")]
+    #[error(
+        "espeak-ng could not start with the data in {path}: {reason}; run `voxgate models fetch`"
+    )]
     EspeakInit { path: PathBuf, reason: String },
 
     /// espeak-ng holds process-wide state: it is started once, from one folder.
     #[error(
         "espeak-ng is already running in this process from {current}; it cannot be started again from {requested}"
     )]
-    EspeakAlreadyInitialized { current: PathBuf, requested: PathBuf },
+    EspeakAlreadyInitialized {
+        current: PathBuf,
+        requested: PathBuf,
+    },
 
     /// espeak-ng does not know the voice that the Piper config asks for.
     #[error("espeak-ng has no voice {voice:?} (error code {code}); check the voice's .onnx.json")]
@@ -48,8 +53,13 @@ pub enum Error {
     OnnxRuntime { path: PathBuf, reason: String },
 
     /// ONNX Runtime is loaded once per process, from one file.
-    #[error("ONNX Runtime is already loaded in this process from {current}; it cannot be loaded again from {requested}")]
-    OnnxRuntimeAlreadyLoaded { current: PathBuf, requested: PathBuf },
+    #[error(
+        "ONNX Runtime is already loaded in this process from {current}; it cannot be loaded again from {requested}"
+    )]
+    OnnxRuntimeAlreadyLoaded {
+        current: PathBuf,
+        requested: PathBuf,
+    },
 
     /// The voice's `.onnx.json` is not a valid Piper config.
     #[error("bad Piper voice config {path}: {reason}; run `voxgate models fetch`")]
@@ -65,7 +75,9 @@ pub enum Error {
 
     /// [`crate::Piper::synthesize`] speaks one sentence or a short reply; longer text goes through
     /// [`crate::Piper::stream`].
-    #[error("text of {len} bytes is too long to synthesize at once (at most {max}); use Piper::stream")]
+    #[error(
+        "text of {len} bytes is too long to synthesize at once (at most {max}); use Piper::stream"
+    )]
     TextTooLong { len: usize, max: usize },
 
     /// Bad [`crate::PiperOptions`].

@@ -5,9 +5,9 @@
 //! folder, and every call takes the lock. An [`Espeak`] value is proof that the
 //! start succeeded; copies are free.
 
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
-use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use libloading::Library;
@@ -30,12 +30,16 @@ const ENOUTPUT_MODE_SYNCHRONOUS: c_int = 0x0001;
 
 type InitializePathFn = unsafe extern "C" fn(path: *const c_char);
 type InitializeFn = unsafe extern "C" fn(context: *mut *mut c_void) -> c_int;
-type InitializeOutputFn = unsafe extern "C" fn(mode: c_int, buffer_length: c_int, device: *const c_char) -> c_int;
+type InitializeOutputFn =
+    unsafe extern "C" fn(mode: c_int, buffer_length: c_int, device: *const c_char) -> c_int;
 type StatusMessageFn = unsafe extern "C" fn(status: c_int, buffer: *mut c_char, length: usize);
 type ClearContextFn = unsafe extern "C" fn(context: *mut *mut c_void);
 type SetVoiceByNameFn = unsafe extern "C" fn(name: *const c_char) -> c_int;
-type TextToPhonemesFn =
-    unsafe extern "C" fn(textptr: *mut *const c_void, textmode: c_int, phonememode: c_int) -> *const c_char;
+type TextToPhonemesFn = unsafe extern "C" fn(
+    textptr: *mut *const c_void,
+    textmode: c_int,
+    phonememode: c_int,
+) -> *const c_char;
 
 /// The functions used, copied out of the library, which stays loaded for the
 /// life of the process.
@@ -126,24 +130,38 @@ impl Espeak {
     /// `<dir>/espeak-ng-data`, once per process. Later calls with the same folder
     /// return the running instance; a different folder is an error.
     pub fn load(dir: &Path) -> Result<Espeak, Error> {
-        let dir = std::fs::canonicalize(dir)
-            .map_err(|_| Error::Missing { what: "the espeak-ng folder", path: dir.to_path_buf() })?;
+        let dir = std::fs::canonicalize(dir).map_err(|_| Error::Missing {
+            what: "the espeak-ng folder",
+            path: dir.to_path_buf(),
+        })?;
         let library_path = dir.join(LIBRARY_FILE);
         if !library_path.is_file() {
-            return Err(Error::Missing { what: "libespeak-ng", path: library_path });
+            return Err(Error::Missing {
+                what: "libespeak-ng",
+                path: library_path,
+            });
         }
         let data = dir.join(DATA_DIR);
         if !data.join("phontab").is_file() {
-            return Err(Error::Missing { what: "the espeak-ng data folder", path: data });
+            return Err(Error::Missing {
+                what: "the espeak-ng data folder",
+                path: data,
+            });
         }
         let mut slot = lock();
         if let Some(existing) = slot.as_ref() {
             if existing.dir != dir {
-                return Err(Error::EspeakAlreadyInitialized { current: existing.dir.clone(), requested: dir });
+                return Err(Error::EspeakAlreadyInitialized {
+                    current: existing.dir.clone(),
+                    requested: dir,
+                });
             }
             return match &existing.engine {
                 Ok(_) => Ok(Espeak { _started: () }),
-                Err(reason) => Err(Error::EspeakInit { path: dir, reason: reason.clone() }),
+                Err(reason) => Err(Error::EspeakInit {
+                    path: dir,
+                    reason: reason.clone(),
+                }),
             };
         }
         let dir_c = path_to_cstring(&dir)?;
@@ -165,7 +183,10 @@ impl Espeak {
                     (init.clear_context)(&mut context);
                 }
                 buffer[buffer.len() - 1] = 0;
-                Err(CStr::from_ptr(buffer.as_ptr()).to_string_lossy().trim().to_string())
+                Err(CStr::from_ptr(buffer.as_ptr())
+                    .to_string_lossy()
+                    .trim()
+                    .to_string())
             } else {
                 match (init.initialize_output)(ENOUTPUT_MODE_SYNCHRONOUS, 0, std::ptr::null()) {
                     0 => Ok(()),
@@ -173,10 +194,17 @@ impl Espeak {
                 }
             }
         };
-        let engine = started.map(|()| Engine { _library: library, api: init.api, voice: None });
+        let engine = started.map(|()| Engine {
+            _library: library,
+            api: init.api,
+            voice: None,
+        });
         let result = match &engine {
             Ok(_) => Ok(Espeak { _started: () }),
-            Err(reason) => Err(Error::EspeakInit { path: data, reason: reason.clone() }),
+            Err(reason) => Err(Error::EspeakInit {
+                path: data,
+                reason: reason.clone(),
+            }),
         };
         *slot = Some(Slot { dir, engine });
         result
@@ -192,8 +220,17 @@ impl Espeak {
     /// without reading the whole text.
     pub fn clauses(&self, text: &str, voice: &str) -> Result<Clauses, Error> {
         check_voice(voice)?;
-        let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-        Ok(Clauses { rest: text, start: 0, ready: VecDeque::new(), voice: voice.to_string(), failed: false })
+        let text: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Ok(Clauses {
+            rest: text,
+            start: 0,
+            ready: VecDeque::new(),
+            voice: voice.to_string(),
+            failed: false,
+        })
     }
 }
 
@@ -243,8 +280,13 @@ fn piece_len(text: &str, max: usize) -> usize {
         cut -= 1;
     }
     let head = &text.as_bytes()[..cut];
-    let after_sentence = head.windows(2).rposition(|w| matches!(w[0], b'.' | b'!' | b'?') && w[1] == b' ');
-    match after_sentence.map(|i| i + 2).or_else(|| head.iter().rposition(|b| *b == b' ').map(|i| i + 1)) {
+    let after_sentence = head
+        .windows(2)
+        .rposition(|w| matches!(w[0], b'.' | b'!' | b'?') && w[1] == b' ');
+    match after_sentence
+        .map(|i| i + 2)
+        .or_else(|| head.iter().rposition(|b| *b == b' ').map(|i| i + 1))
+    {
         Some(n) if n > 0 => n,
         _ if cut > 0 => cut,
         // `max` is smaller than the first character: take that character.
@@ -269,7 +311,10 @@ fn phonemize_piece(piece: &str, voice: &str) -> Result<Vec<Clause>, Error> {
         let code = unsafe { (engine.api.set_voice_by_name)(name.as_ptr()) };
         if code != 0 {
             engine.voice = None;
-            return Err(Error::EspeakVoice { voice: voice.to_string(), code });
+            return Err(Error::EspeakVoice {
+                voice: voice.to_string(),
+                code,
+            });
         }
         engine.voice = Some(voice.to_string());
     }
@@ -285,15 +330,19 @@ fn phonemize_piece(piece: &str, voice: &str) -> Result<Vec<Clause>, Error> {
         // espeak-ng's static buffer and is copied before the lock is released.
         let (phonemes, next) = unsafe {
             let mut cursor = base.add(offset) as *const c_void;
-            let out = (engine.api.text_to_phonemes)(&mut cursor, ESPEAK_CHARS_UTF8, ESPEAK_PHONEMES_IPA);
+            let out =
+                (engine.api.text_to_phonemes)(&mut cursor, ESPEAK_CHARS_UTF8, ESPEAK_PHONEMES_IPA);
             if out.is_null() {
-                return Err(Error::Phonemize("espeak-ng could not decode the text".into()));
+                return Err(Error::Phonemize(
+                    "espeak-ng could not decode the text".into(),
+                ));
             }
             let phonemes = CStr::from_ptr(out).to_string_lossy().into_owned();
             let next = (!cursor.is_null()).then(|| (cursor as usize).wrapping_sub(base as usize));
             (phonemes, next)
         };
-        let next = next.filter(|&n| n >= offset && n <= len && !(n == len && offset == len) && call <= len);
+        let next = next
+            .filter(|&n| n >= offset && n <= len && !(n == len && offset == len) && call <= len);
         // espeak-ng reads one character past the clause; the terminator is the
         // last non-blank byte before that (Piper's rule). At the end the clause
         // runs to the end of the text.
@@ -303,7 +352,10 @@ fn phonemize_piece(piece: &str, voice: &str) -> Result<Vec<Clause>, Error> {
             .rev()
             .find(|b| !b.is_ascii_whitespace())
             .and_then(|&b| Terminator::from_byte(b));
-        clauses.push(Clause { phonemes: strip_language_flags(&phonemes), terminator });
+        clauses.push(Clause {
+            phonemes: strip_language_flags(&phonemes),
+            terminator,
+        });
         match next {
             Some(n) => offset = n,
             None => break,
@@ -330,8 +382,17 @@ fn strip_language_flags(phonemes: &str) -> String {
 fn check_voice(voice: &str) -> Result<(), Error> {
     let ok = !voice.is_empty()
         && voice.len() <= MAX_VOICE_BYTES
-        && voice.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+'));
-    if ok { Ok(()) } else { Err(Error::EspeakVoice { voice: voice.chars().take(64).collect(), code: -1 }) }
+        && voice
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::EspeakVoice {
+            voice: voice.chars().take(64).collect(),
+            code: -1,
+        })
+    }
 }
 
 fn path_to_cstring(dir: &Path) -> Result<CString, Error> {
@@ -340,10 +401,15 @@ fn path_to_cstring(dir: &Path) -> Result<CString, Error> {
     if bytes.len() > MAX_DIR_BYTES {
         return Err(Error::EspeakInit {
             path: dir.to_path_buf(),
-            reason: format!("the folder path is longer than espeak-ng accepts ({MAX_DIR_BYTES} bytes); move it"),
+            reason: format!(
+                "the folder path is longer than espeak-ng accepts ({MAX_DIR_BYTES} bytes); move it"
+            ),
         });
     }
-    CString::new(bytes).map_err(|_| Error::EspeakInit { path: dir.to_path_buf(), reason: "NUL in path".into() })
+    CString::new(bytes).map_err(|_| Error::EspeakInit {
+        path: dir.to_path_buf(),
+        reason: "NUL in path".into(),
+    })
 }
 
 struct InitApi {
@@ -356,7 +422,10 @@ struct InitApi {
 }
 
 fn open(path: &Path) -> Result<(Library, InitApi), Error> {
-    let bad = |reason: String| Error::EspeakLibrary { path: path.to_path_buf(), reason };
+    let bad = |reason: String| Error::EspeakLibrary {
+        path: path.to_path_buf(),
+        reason,
+    };
     // SAFETY: loading runs the library's initialisers; the file is the one the
     // caller named as libespeak-ng, whose initialisers are benign.
     let library = unsafe { Library::new(path) }.map_err(|e| bad(describe(&e)))?;

@@ -53,7 +53,10 @@ pub struct PiperOptions {
 
 impl Default for PiperOptions {
     fn default() -> Self {
-        PiperOptions { intra_threads: 1, sessions: 1 }
+        PiperOptions {
+            intra_threads: 1,
+            sessions: 1,
+        }
     }
 }
 
@@ -82,25 +85,51 @@ impl Piper {
     ///
     /// ONNX Runtime and espeak-ng are loaded once per process: later loads must
     /// name the same library file and folder, or they fail.
-    pub fn load(voice_onnx: &Path, onnxruntime_lib: &Path, espeak_dir: &Path, options: PiperOptions) -> Result<Piper, Error> {
+    pub fn load(
+        voice_onnx: &Path,
+        onnxruntime_lib: &Path,
+        espeak_dir: &Path,
+        options: PiperOptions,
+    ) -> Result<Piper, Error> {
         if !(1..=64).contains(&options.intra_threads) {
-            return Err(Error::Options(format!("intra_threads must be 1 to 64, not {}", options.intra_threads)));
+            return Err(Error::Options(format!(
+                "intra_threads must be 1 to 64, not {}",
+                options.intra_threads
+            )));
         }
         if !(1..=16).contains(&options.sessions) {
-            return Err(Error::Options(format!("sessions must be 1 to 16, not {}", options.sessions)));
+            return Err(Error::Options(format!(
+                "sessions must be 1 to 16, not {}",
+                options.sessions
+            )));
         }
         if !voice_onnx.is_file() {
-            return Err(Error::Missing { what: "the Piper voice model", path: voice_onnx.to_path_buf() });
+            return Err(Error::Missing {
+                what: "the Piper voice model",
+                path: voice_onnx.to_path_buf(),
+            });
         }
         let mut config_path = PathBuf::from(voice_onnx).into_os_string();
         config_path.push(".json");
         let config = VoiceConfig::load(Path::new(&config_path))?;
         let espeak = Espeak::load(espeak_dir)?;
         // Fail now, not on the first sentence, if espeak-ng lacks the voice.
-        espeak.phonemize("", &config.espeak_voice)?;
-        espeak.clauses("a", &config.espeak_voice)?.next().transpose()?;
-        let model = voice::Model::load(voice_onnx, onnxruntime_lib, &config, options.sessions, options.intra_threads)?;
-        Ok(Piper { espeak, config, model })
+        espeak
+            .clauses("a", &config.espeak_voice)?
+            .next()
+            .transpose()?;
+        let model = voice::Model::load(
+            voice_onnx,
+            onnxruntime_lib,
+            &config,
+            options.sessions,
+            options.intra_threads,
+        )?;
+        Ok(Piper {
+            espeak,
+            config,
+            model,
+        })
     }
 
     /// Output sample rate in Hz (22,050 for medium voices). Audio is mono PCM16.
@@ -119,7 +148,10 @@ impl Piper {
     /// punctuation) gives empty audio.
     pub fn synthesize(&self, text: &str) -> Result<Vec<i16>, Error> {
         if text.len() > MAX_SYNTHESIZE_BYTES {
-            return Err(Error::TextTooLong { len: text.len(), max: MAX_SYNTHESIZE_BYTES });
+            return Err(Error::TextTooLong {
+                len: text.len(),
+                max: MAX_SYNTHESIZE_BYTES,
+            });
         }
         let gap = (self.config.sample_rate as f32 * SENTENCE_SILENCE_SECONDS) as usize;
         let mut audio = Vec::new();
@@ -137,16 +169,31 @@ impl Piper {
     /// the next sentence (or clause), phonemized and synthesized only when
     /// asked for, so the first audio is ready after the first piece alone.
     pub fn stream(&self, text: &str, chunking: Chunking) -> Speech<'_> {
-        let utterances = self.espeak.clauses(text, &self.config.espeak_voice).map(|c| text::Utterances::new(c, chunking));
+        let utterances = self
+            .espeak
+            .clauses(text, &self.config.espeak_voice)
+            .map(|c| text::Utterances::new(c, chunking));
         match utterances {
-            Ok(u) => Speech { piper: self, utterances: Some(u), error: None },
-            Err(e) => Speech { piper: self, utterances: None, error: Some(e) },
+            Ok(u) => Speech {
+                piper: self,
+                utterances: Some(u),
+                error: None,
+            },
+            Err(e) => Speech {
+                piper: self,
+                utterances: None,
+                error: Some(e),
+            },
         }
     }
 
     /// The IPA phonemes of each utterance of `text`, as the model will get them.
     pub fn phonemes(&self, text: &str, chunking: Chunking) -> Result<Vec<String>, Error> {
-        text::Utterances::new(self.espeak.clauses(text, &self.config.espeak_voice)?, chunking).collect()
+        text::Utterances::new(
+            self.espeak.clauses(text, &self.config.espeak_voice)?,
+            chunking,
+        )
+        .collect()
     }
 
     fn speak(&self, phonemes: &str) -> Result<Vec<i16>, Error> {

@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 
 use crate::Chunking;
-use crate::espeak::{Clause, Clauses};
 use crate::error::Error;
+use crate::espeak::{Clause, Clauses};
 
 /// Once an utterance holds this many phonemes it ends at the next clause boundary.
 const SOFT_MAX_PHONEMES: usize = 400;
@@ -24,7 +24,11 @@ pub(crate) struct Utterances {
 
 impl Utterances {
     pub(crate) fn new(clauses: Clauses, chunking: Chunking) -> Self {
-        Utterances { clauses, chunking, pending: VecDeque::new() }
+        Utterances {
+            clauses,
+            chunking,
+            pending: VecDeque::new(),
+        }
     }
 }
 
@@ -40,7 +44,10 @@ impl Iterator for Utterances {
             let mut count = 0;
             let mut exhausted = true;
             for clause in self.clauses.by_ref() {
-                let Clause { phonemes, terminator } = match clause {
+                let Clause {
+                    phonemes,
+                    terminator,
+                } = match clause {
                     Ok(clause) => clause,
                     Err(e) => return Some(Err(e)),
                 };
@@ -74,7 +81,11 @@ pub(crate) fn split_long(phonemes: &str, max: usize) -> Vec<String> {
     let mut pieces = Vec::new();
     let mut rest: Vec<char> = phonemes.chars().collect();
     while rest.len() > max {
-        let cut = rest[..max].iter().rposition(|c| *c == ' ').filter(|&i| i > 0).unwrap_or(max);
+        let cut = rest[..max]
+            .iter()
+            .rposition(|c| *c == ' ')
+            .filter(|&i| i > 0)
+            .unwrap_or(max);
         let piece: String = rest[..cut].iter().collect();
         pieces.push(piece.trim().to_string());
         rest.drain(..cut);

@@ -15,11 +15,19 @@ fn assert_speech(pcm: &[i16]) {
     let level = rms(pcm);
     assert!(level > 300.0, "too quiet: rms {level}");
     let clipped = pcm.iter().filter(|s| s.unsigned_abs() >= 32_000).count();
-    assert!(clipped * 1000 < pcm.len(), "{clipped} of {} samples clipped", pcm.len());
+    assert!(
+        clipped * 1000 < pcm.len(),
+        "{clipped} of {} samples clipped",
+        pcm.len()
+    );
     let frame = piper().sample_rate() as usize / 50;
     let frames: Vec<f64> = pcm.chunks(frame).map(rms).collect();
     let quiet = frames.iter().filter(|&&f| f < level / 4.0).count();
-    assert!(quiet * 20 > frames.len(), "no pauses: {quiet} quiet of {} frames", frames.len());
+    assert!(
+        quiet * 20 > frames.len(),
+        "no pauses: {quiet} quiet of {} frames",
+        frames.len()
+    );
 }
 
 #[test]
@@ -29,7 +37,9 @@ fn sample_rate_is_the_voices() {
 
 #[test]
 fn a_sentence_sounds_like_a_sentence() {
-    let pcm = piper().synthesize("The capital of France is Paris.").unwrap();
+    let pcm = piper()
+        .synthesize("The capital of France is Paris.")
+        .unwrap();
     let s = seconds(pcm.len());
     assert!((1.0..4.0).contains(&s), "{s} s");
     assert_speech(&pcm);
@@ -38,16 +48,29 @@ fn a_sentence_sounds_like_a_sentence() {
 #[test]
 fn longer_text_gives_longer_audio() {
     let short = piper().synthesize("Yes.").unwrap();
-    let long = piper().synthesize("Yes. I can book a table for four people at eight tonight, if you like.").unwrap();
+    let long = piper()
+        .synthesize("Yes. I can book a table for four people at eight tonight, if you like.")
+        .unwrap();
     assert!(!short.is_empty());
-    assert!(long.len() > 3 * short.len(), "{} vs {}", long.len(), short.len());
+    assert!(
+        long.len() > 3 * short.len(),
+        "{} vs {}",
+        long.len(),
+        short.len()
+    );
     assert_speech(&long);
 }
 
 #[test]
 fn two_threads_at_once() {
-    let texts = ["The capital of France is Paris.", "Your order will arrive on Tuesday morning."];
-    let handles: Vec<_> = texts.into_iter().map(|t| std::thread::spawn(move || piper().synthesize(t))).collect();
+    let texts = [
+        "The capital of France is Paris.",
+        "Your order will arrive on Tuesday morning.",
+    ];
+    let handles: Vec<_> = texts
+        .into_iter()
+        .map(|t| std::thread::spawn(move || piper().synthesize(t)))
+        .collect();
     for h in handles {
         let pcm = h.join().expect("no panic").expect("synthesis works");
         assert_speech(&pcm);
@@ -57,12 +80,23 @@ fn two_threads_at_once() {
 #[test]
 fn stream_yields_each_sentence() {
     let text = "Sure, I can help with that. Your appointment is on Tuesday at three.";
-    let sentences: Vec<Vec<i16>> = piper().stream(text, Chunking::Sentence).collect::<Result<_, _>>().unwrap();
+    let sentences: Vec<Vec<i16>> = piper()
+        .stream(text, Chunking::Sentence)
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(sentences.len(), 2);
-    let clauses: Vec<Vec<i16>> = piper().stream(text, Chunking::Clause).collect::<Result<_, _>>().unwrap();
+    let clauses: Vec<Vec<i16>> = piper()
+        .stream(text, Chunking::Clause)
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(clauses.len(), 3);
     // The first clause ("Sure,") is much shorter than the first sentence.
-    assert!(clauses[0].len() * 2 < sentences[0].len(), "{} vs {}", clauses[0].len(), sentences[0].len());
+    assert!(
+        clauses[0].len() * 2 < sentences[0].len(),
+        "{} vs {}",
+        clauses[0].len(),
+        sentences[0].len()
+    );
     for pcm in sentences.iter().chain(&clauses[1..]) {
         assert_speech(pcm);
     }
@@ -77,7 +111,9 @@ fn stream_yields_each_sentence() {
 
 #[test]
 fn phonemes_are_pipers() {
-    let p = piper().phonemes("Hello, world! How are you?", Chunking::Sentence).unwrap();
+    let p = piper()
+        .phonemes("Hello, world! How are you?", Chunking::Sentence)
+        .unwrap();
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(p[0].ends_with('!') && p[0].contains(", "), "{p:?}");
     assert!(p[1].ends_with('?'), "{p:?}");
@@ -85,8 +121,18 @@ fn phonemes_are_pipers() {
 
 #[test]
 fn nothing_to_say_is_empty_audio() {
-    for text in ["", "   ", "...", "?!,;:", "\n\t\r", "\0\u{1}\u{1b}\u{7f}", "- - -"] {
-        let pcm = piper().synthesize(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    for text in [
+        "",
+        "   ",
+        "...",
+        "?!,;:",
+        "\n\t\r",
+        "\0\u{1}\u{1b}\u{7f}",
+        "- - -",
+    ] {
+        let pcm = piper()
+            .synthesize(text)
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
         assert!(pcm.is_empty(), "{text:?} gave {} samples", pcm.len());
     }
 }
@@ -131,7 +177,10 @@ fn text_without_any_punctuation_is_cut_into_bounded_pieces() {
 fn fifty_kilobytes() {
     let text = "This is a sentence that goes on. ".repeat(1_600);
     assert!(text.len() >= 50_000);
-    assert!(matches!(piper().synthesize(&text), Err(Error::TextTooLong { .. })));
+    assert!(matches!(
+        piper().synthesize(&text),
+        Err(Error::TextTooLong { .. })
+    ));
     // Streaming takes it, and the first pieces come without reading the rest.
     let mut stream = piper().stream(&text, Chunking::Sentence);
     for _ in 0..2 {

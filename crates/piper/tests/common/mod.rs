@@ -15,11 +15,20 @@ pub struct Paths {
 pub fn paths() -> Paths {
     let paths = Paths {
         voice: voxgate_models::model_dir(voxgate_models::PIPER_VOICE).join("en_US-joe-medium.onnx"),
-        onnxruntime: voxgate_models::model_dir(voxgate_models::ONNXRUNTIME).join("libonnxruntime.so"),
+        onnxruntime: voxgate_models::model_dir(voxgate_models::ONNXRUNTIME)
+            .join("libonnxruntime.so"),
         espeak: voxgate_models::model_dir(voxgate_models::ESPEAK_NG),
     };
-    for p in [&paths.voice, &paths.onnxruntime, &paths.espeak.join("libespeak-ng.so")] {
-        assert!(p.exists(), "model file {} is missing: run `voxgate models fetch`", p.display());
+    for p in [
+        &paths.voice,
+        &paths.onnxruntime,
+        &paths.espeak.join("libespeak-ng.so"),
+    ] {
+        assert!(
+            p.exists(),
+            "model file {} is missing: run `voxgate models fetch`",
+            p.display()
+        );
     }
     paths
 }
@@ -29,8 +38,16 @@ pub fn piper() -> &'static Piper {
     static PIPER: OnceLock<Piper> = OnceLock::new();
     PIPER.get_or_init(|| {
         let p = paths();
-        Piper::load(&p.voice, &p.onnxruntime, &p.espeak, PiperOptions { intra_threads: 2, sessions: 2 })
-            .unwrap_or_else(|e| panic!("loading the voice failed: {e}"))
+        Piper::load(
+            &p.voice,
+            &p.onnxruntime,
+            &p.espeak,
+            PiperOptions {
+                intra_threads: 2,
+                sessions: 2,
+            },
+        )
+        .unwrap_or_else(|e| panic!("loading the voice failed: {e}"))
     })
 }
 
