@@ -28,6 +28,24 @@ fn rss_mib() -> String {
     kib.map_or("?".into(), |k| (k / 1024).to_string())
 }
 
+/// CPU time used so far by all threads of this process (ns on CPU, from
+/// /proc/self/task/*/schedstat): compute cost, apart from waiting for a core.
+fn cpu_seconds() -> f64 {
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum();
+    ns as f64 / 1e9
+}
+
 fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     let start = Instant::now();
     let out = f();
@@ -71,9 +89,13 @@ fn main() {
             (vec![], vec![], vec![], vec![]);
         let mut rtf = vec![];
         let mut audio_seconds = 0.0;
+        let (mut cpu, mut audio_total) = (0.0, 0.0);
         for _ in 0..REPS {
+            let cpu_before = cpu_seconds();
             let (t, pcm) = timed(|| piper.synthesize(REPLY).unwrap());
+            cpu += cpu_seconds() - cpu_before;
             audio_seconds = pcm.len() as f64 / rate;
+            audio_total += audio_seconds;
             rtf.push(Duration::from_secs_f64(t.as_secs_f64() / audio_seconds));
             whole.push(t);
             let (t, first) = timed(|| {
@@ -114,6 +136,16 @@ fn main() {
             "  first_clause_audio_ms {clause:.1}   ratio_vs_baseline {:.2}",
             clause / baseline
         );
-        println!("  rtf {:.4}", median(rtf) / 1000.0);
+        println!("  rtf {:.4}   (wall clock)", median(rtf) / 1000.0);
+        println!(
+            "  cpu_rtf {:.4}   (CPU seconds of all threads per second of audio)",
+            cpu / audio_total
+        );
+        println!(
+            "  load_average {}",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
     }
 }

@@ -194,11 +194,19 @@ impl Espeak {
                 }
             }
         };
-        let engine = started.map(|()| Engine {
-            _library: library,
-            api: init.api,
-            voice: None,
-        });
+        let engine = match started {
+            Ok(()) => Ok(Engine {
+                _library: library,
+                api: init.api,
+                voice: None,
+            }),
+            Err(reason) => {
+                // A half-started espeak-ng may have threads or callbacks inside
+                // the library: never unload it.
+                std::mem::forget(library);
+                Err(reason)
+            }
+        };
         let result = match &engine {
             Ok(_) => Ok(Espeak { _started: () }),
             Err(reason) => Err(Error::EspeakInit {
