@@ -19,10 +19,8 @@ impl Endpoint {
     pub fn new(client: reqwest::Client, base_url: &str, key: Option<String>, name: &'static str) -> Result<Endpoint, Error> {
         let base = check_base_url(base_url)?;
         let key = key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
-        if let Some(k) = &key {
-            if k.bytes().any(|b| b.is_ascii_control() || !b.is_ascii()) {
-                return Err(Error::ApiKey);
-            }
+        if key.as_ref().is_some_and(|k| k.bytes().any(|b| b.is_ascii_control() || !b.is_ascii())) {
+            return Err(Error::ApiKey);
         }
         Ok(Endpoint { client, base, key, name })
     }

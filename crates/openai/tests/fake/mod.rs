@@ -156,7 +156,13 @@ impl Fake {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
+        // Real API servers answer with TCP_NODELAY; without it, Nagle's algorithm and
+        // the client's delayed ACKs hold small SSE pieces back by 40 ms.
+        let nodelay = std::env::var_os("FAKE_NAGLE").is_none();
         let task = tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
+                let _ = tcp.set_nodelay(nodelay);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Fake { base: format!("http://{addr}/v1"), shared, task }
