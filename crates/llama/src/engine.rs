@@ -467,4 +467,26 @@ mod tests {
     fn llama_is_send_and_sync() {
         assert_send_sync::<Llama>();
     }
+
+    /// Characters split across the model's real tokens come out whole.
+    #[test]
+    fn pieces_of_split_characters_are_joined() {
+        let path = voxgate_models::model_dir(voxgate_models::SMOLLM2).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(path.is_file(), "{} is missing: run `voxgate models fetch`", path.display());
+        let llama = Llama::load(&path, LlamaOptions::default()).unwrap();
+        let text = "Café, 東京, naïve 😀🎉 ünïcödé";
+        let vocab = llama.inner.model.vocab();
+        let tokens = vocab.tokenize(text.as_bytes(), false, false);
+        let pieces: Vec<Vec<u8>> = tokens.iter().map(|&t| vocab.token_to_piece(t, false, None)).collect();
+        assert!(pieces.iter().any(|p| std::str::from_utf8(p).is_err()), "no token splits a character");
+        let mut stream = Utf8Stream::default();
+        let mut out = String::new();
+        for p in &pieces {
+            let piece = stream.push(p);
+            assert!(!piece.contains(char::REPLACEMENT_CHARACTER), "{piece:?}");
+            out += &piece;
+        }
+        out += &stream.finish();
+        assert_eq!(out, text);
+    }
 }

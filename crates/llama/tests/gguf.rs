@@ -47,7 +47,7 @@ impl Gguf {
     }
     /// Pads to the 32-byte alignment and appends `n` data bytes.
     fn data(&mut self, n: usize) -> &mut Self {
-        while self.bytes.len() % 32 != 0 {
+        while !self.bytes.len().is_multiple_of(32) {
             self.bytes.push(0);
         }
         self.bytes.extend(std::iter::repeat_n(7u8, n));
