@@ -11,6 +11,14 @@
 //!   contexts, each with the tokens it has evaluated, and evaluates only the part
 //!   of a new prompt after the longest shared token prefix.
 //!
+//! llama.cpp contexts borrow the model; [`Llama`] keeps the model boxed next to
+//! the pool of contexts in one reference-counted value, with the pool declared
+//! (and so dropped) first. Nothing is leaked: dropping the last clone of a
+//! [`Llama`] frees its contexts, then the model. The GGUF header walk is written
+//! by hand (about 300 lines): candle-core's reader would bring in candle's whole
+//! tensor library for one header walk, and the checks wanted here (every length
+//! against the bytes left in the file, ggml's own dtype table) are specific.
+//!
 //! Tool calling is not offered: a 135M-parameter model cannot follow a tool
 //! schema reliably, so the engine only produces text.
 
