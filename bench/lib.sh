@@ -83,3 +83,34 @@ start_server() {   # $1 = label
     tail -n 30 "$TMP/server-$1.log" >&2 || true
     die "server not healthy after 60 s ($1)"
 }
+
+# A key (`voxgate keys create`, with SERVER_ENV's database) and an assistant made
+# from the JSON $2 (POST /api/assistants); $1 labels errors. Sets KEY and ASSISTANT.
+create_assistant() {
+    local resp code body
+    KEY=$("${SERVER_ENV[@]}" "$BIN" keys create --name bench </dev/null | tail -n1) ||
+        die "$1: 'voxgate keys create --name bench' failed"
+    KEY=${KEY//[$'\r\t ']/}
+    [ -n "$KEY" ] || die "$1: 'voxgate keys create' printed no key"
+    resp=$(curl -sS --max-time 10 -w '\n%{http_code}' -X POST \
+        -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        -d "$2" "$BASE_URL/api/assistants")
+    code=${resp##*$'\n'}
+    body=${resp%$'\n'*}
+    [ "$code" = 201 ] || die "$1: POST /api/assistants answered $code: $body"
+    ASSISTANT=$(printf '%s' "$body" | grep -oE '"id"[[:space:]]*:[[:space:]]*"[^"]*"' | head -n1 |
+        sed -E 's/^"id"[[:space:]]*:[[:space:]]*"([^"]*)"$/\1/')
+    [ -n "$ASSISTANT" ] || die "$1: no \"id\" in POST answer: $body"
+}
+
+# Fields of a saved `voxgate bench` table.
+#   row FILE NAME  ->  "n p50 p95 p99 max" of the row starting with NAME ("- - - - -" if absent)
+row() {
+    awk -v name="$2" '
+        index($0, name) == 1 { rest = substr($0, length(name) + 1); split(rest, f, " ");
+                               print f[1], f[2], f[3], f[4], f[5]; found = 1; exit }
+        END { if (!found) print "- - - - -" }' "$1"
+}
+ratio() {   # a b -> a/b with 2 decimals, or "-"
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 <= 0) print "-"; else printf "%.2f", a / b }'
+}

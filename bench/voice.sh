@@ -64,38 +64,14 @@ set_server_env() {   # $1 = DATABASE_URL
 
 # A key and an assistant that listens first, with the endpointing silence set.
 setup_server() {   # $1 = label; sets KEY and ASSISTANT
-    local resp code body
-    KEY=$("${SERVER_ENV[@]}" "$BIN" keys create --name bench </dev/null | tail -n1) ||
-        die "$1: 'voxgate keys create --name bench' failed"
-    KEY=${KEY//[$'\r\t ']/}
-    [ -n "$KEY" ] || die "$1: 'voxgate keys create' printed no key"
-    resp=$(curl -sS --max-time 10 -w '\n%{http_code}' -X POST \
-        -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-        -d "{\"name\":\"bench\",\"firstMessageMode\":\"user-speaks-first\",\"endpointing\":{\"silenceMs\":$SILENCE_MS}}" \
-        "$BASE_URL/api/assistants")
-    code=${resp##*$'\n'}
-    body=${resp%$'\n'*}
-    [ "$code" = 201 ] || die "$1: POST /api/assistants answered $code: $body"
-    ASSISTANT=$(printf '%s' "$body" | grep -oE '"id"[[:space:]]*:[[:space:]]*"[^"]*"' | head -n1 |
-        sed -E 's/^"id"[[:space:]]*:[[:space:]]*"([^"]*)"$/\1/')
-    [ -n "$ASSISTANT" ] || die "$1: no \"id\" in POST answer: $body"
+    create_assistant "$1" "{\"name\":\"bench\",\"firstMessageMode\":\"user-speaks-first\",\"endpointing\":{\"silenceMs\":$SILENCE_MS}}"
 }
 
-# Fields of a saved `voxgate bench` table.
-#   row FILE NAME  ->  "n p50 p95 p99 max" of the row starting with NAME ("- - - - -" if absent)
-row() {
-    awk -v name="$2" '
-        index($0, name) == 1 { rest = substr($0, length(name) + 1); split(rest, f, " ");
-                               print f[1], f[2], f[3], f[4], f[5]; found = 1; exit }
-        END { if (!found) print "- - - - -" }' "$1"
-}
+# Fields of a saved `voxgate bench` table: `row` (lib.sh), and:
 field() {   # FILE REGEX -> first capture of the first line matching (sed -E), or "-"
     local v
     v=$(sed -nE "s/$2/\1/p" "$1" | head -n1)
     printf '%s' "${v:--}"
-}
-ratio() {   # a b -> a/b with 2 decimals, or "-"
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 <= 0) print "-"; else printf "%.2f", a / b }'
 }
 
 ROWS=()

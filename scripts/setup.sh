@@ -5,7 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(build-essential postgresql wrk espeak-ng sox nginx pkg-config ca-certificates curl)
+# What building needs (llama.cpp is compiled from source by llama-cpp-2: cmake,
+# and clang for its bindings), then what the tests need. `--build-only`: just
+# the first list (scripts/run.sh).
+BUILD_PACKAGES=(build-essential pkg-config cmake clang libclang-dev ca-certificates python3 python3-pip)
+TEST_PACKAGES=(postgresql wrk espeak-ng sox nginx curl)
+if [ "${1:-}" = --build-only ]; then
+    APT_PACKAGES=("${BUILD_PACKAGES[@]}")
+else
+    APT_PACKAGES=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}")
+fi
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 

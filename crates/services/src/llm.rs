@@ -78,4 +78,12 @@ pub enum LlmEvent {
 pub trait Llm: Send + Sync + 'static {
     /// Streams one reply. Dropping the stream cancels the request.
     fn chat(&self, request: ChatRequest) -> BoxStream<'static, Result<LlmEvent, ServiceError>>;
+
+    /// The time this provider's requests waited for an inference worker since
+    /// the last call of this method (local models share a bounded worker pool);
+    /// `None` for providers with no such queue. The stage reports it as the turn's
+    /// queue wait.
+    fn take_queue_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

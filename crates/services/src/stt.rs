@@ -22,6 +22,14 @@ pub trait Stt: Send + Sync + 'static {
     fn streams(&self) -> bool {
         false
     }
+
+    /// The time this provider's requests waited for an inference worker since
+    /// the last call of this method (local models share a bounded worker pool);
+    /// `None` for providers with no such queue. The stage reports it as the turn's
+    /// queue wait.
+    fn take_queue_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A transcript event from a streaming recogniser.

@@ -196,6 +196,9 @@ pub struct TurnLatency {
     pub llm_first_token_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tts_first_audio_ms: Option<u64>,
+    /// Time the turn's model jobs waited for a free inference worker (local models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice_to_voice_ms: Option<u64>,
     /// From the end-of-turn decision to the first reply audio frame written, in

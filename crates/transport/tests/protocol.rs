@@ -121,10 +121,11 @@ fn server_events_have_the_documented_shape() {
                 turn: 2,
                 endpointing_ms: Some(500),
                 stt_ms: Some(120),
+                queue_wait_ms: Some(12),
                 voice_to_voice_ms: Some(900),
                 ..Default::default()
             }),
-            json!({"type":"latency","turn":2,"endpointingMs":500,"sttMs":120,"voiceToVoiceMs":900}),
+            json!({"type":"latency","turn":2,"endpointingMs":500,"sttMs":120,"queueWaitMs":12,"voiceToVoiceMs":900}),
         ),
         (
             ServerEvent::ToolCall {

@@ -40,7 +40,7 @@ use voxgate_transport::protocol::{Limits, PROTOCOL, ServerEvent, TurnLatency};
 use voxgate_transport::recording::{CallRecording, RecordTap};
 use voxgate_transport::wire::{WireOut, pump_output, writer_channel};
 
-pub use providers::{ProviderFactory, Providers, Unconfigured};
+pub use providers::{Local, ProviderFactory, Providers};
 use recorder::TurnRecorder;
 
 /// How long the end of a call waits for the output stage to report what was
@@ -126,7 +126,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         }
     };
 
-    let providers = match deps.providers.providers(assistant) {
+    let providers = match deps.providers.providers(assistant).await {
         Ok(p) => p,
         Err(message) => {
             tracing::error!(%message, "no providers for this assistant");
@@ -348,6 +348,7 @@ async fn record(
             stt_ms: ms(l.stt_ms),
             llm_first_token_ms: ms(l.llm_first_token_ms),
             tts_first_audio_ms: ms(l.tts_first_audio_ms),
+            queue_wait_ms: ms(l.queue_wait_ms),
             voice_to_voice_ms: ms(l.voice_to_voice_ms),
             response_ms: l.response_ms.map(|v| (v * 10.0).round() / 10.0),
         });

@@ -5,6 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, FutureExt, Shared, ready};
+use voxgate_models::Paths;
+use voxgate_providers::local::{LocalModels, LocalOptions};
+
 use voxgate_domain::Assistant;
 use voxgate_services::llm::Llm;
 use voxgate_services::processors::llm::ToolRunner;
@@ -23,16 +27,58 @@ pub struct Providers {
 
 /// Chooses a call's services from its assistant.
 pub trait ProviderFactory: Send + Sync + 'static {
-    /// The services, or a sentence saying why none can serve this assistant.
-    fn providers(&self, assistant: &Assistant) -> Result<Providers, String>;
+    /// The services, or a sentence saying why none can serve this assistant. It
+    /// may wait (for local models still loading after start).
+    fn providers(&self, assistant: &Assistant) -> BoxFuture<'static, Result<Providers, String>>;
 }
 
-/// No models installed: every call says so and ends.
-pub struct Unconfigured;
+/// The local offline models, loading in the background from start; a call that
+/// comes before they are ready waits for them. A model that fails to load makes
+/// every call end with `providers-unavailable` and the reason.
+pub struct Local {
+    models: Shared<BoxFuture<'static, Result<LocalModels, String>>>,
+}
 
-impl ProviderFactory for Unconfigured {
-    fn providers(&self, _: &Assistant) -> Result<Providers, String> {
-        Err("no speech models are configured on this server yet (local models and OpenAI providers are being added)".into())
+impl Local {
+    /// Starts loading the models from `paths` now, off the async runtime.
+    pub fn start_loading(paths: Paths, options: LocalOptions) -> Local {
+        let models = async move {
+            match tokio::task::spawn_blocking(move || LocalModels::load(&paths, &options)).await {
+                Ok(Ok(models)) => Ok(models),
+                Ok(Err(e)) => Err(format!("the local models failed to load: {e}")),
+                Err(e) => Err(format!("the local models failed to load: {e}")),
+            }
+        }
+        .boxed()
+        .shared();
+        let watch = models.clone();
+        tokio::spawn(async move {
+            if let Err(message) = watch.await {
+                tracing::error!(%message, "calls cannot be answered");
+            }
+        });
+        Local { models }
+    }
+
+    /// Models that will never load: every call ends saying `reason`.
+    pub fn unavailable(reason: &str) -> Local {
+        Local { models: ready(Err(reason.to_string())).boxed().shared() }
+    }
+
+    /// Waits until the models are loaded (or failed to).
+    pub async fn ready(&self) -> Result<LocalModels, String> {
+        self.models.clone().await
+    }
+}
+
+impl ProviderFactory for Local {
+    fn providers(&self, _: &Assistant) -> BoxFuture<'static, Result<Providers, String>> {
+        let models = self.models.clone();
+        async move {
+            let (stt, llm, tts) = models.await?.services();
+            Ok(Providers { stt, llm, tts, tools: None })
+        }
+        .boxed()
     }
 }
 
@@ -40,8 +86,8 @@ impl ProviderFactory for Unconfigured {
 pub struct Fixed(pub Providers);
 
 impl ProviderFactory for Fixed {
-    fn providers(&self, _: &Assistant) -> Result<Providers, String> {
-        Ok(self.0.clone())
+    fn providers(&self, _: &Assistant) -> BoxFuture<'static, Result<Providers, String>> {
+        ready(Ok(self.0.clone())).boxed()
     }
 }
 
@@ -73,7 +119,7 @@ impl Scripted {
 }
 
 impl ProviderFactory for Scripted {
-    fn providers(&self, _: &Assistant) -> Result<Providers, String> {
-        Ok(Scripted::providers())
+    fn providers(&self, _: &Assistant) -> BoxFuture<'static, Result<Providers, String>> {
+        ready(Ok(Scripted::providers())).boxed()
     }
 }

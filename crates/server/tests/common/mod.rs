@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use voxgate_server::session::providers::{Fixed, Providers};
+use voxgate_server::session::providers::{Fixed, ProviderFactory, Providers};
 use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_domain::key::{KeyKind, mint};
 use voxgate_server::config::ServeArgs;
@@ -41,11 +41,16 @@ impl TestServer {
 
     /// A server with the given providers.
     pub async fn start_with_providers(db: TestDb, providers: Providers, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
+        TestServer::start_with_factory(db, Arc::new(Fixed(providers)), tweak).await
+    }
+
+    /// A server whose calls get their providers from `factory`.
+    pub async fn start_with_factory(db: TestDb, factory: Arc<dyn ProviderFactory>, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
         voxgate_server::init_crypto();
         let mut args = ServeArgs::for_tests(&db.url);
         args.drain_timeout = 5;
         tweak(&mut args);
-        let running = serve::start_with(args, Arc::new(Fixed(providers))).await.expect("the server starts");
+        let running = serve::start_with(args, factory).await.expect("the server starts");
         let store = running.store.clone().expect("a role with a database");
         let login_code = running.login_code.clone();
         let m = mint("test admin", KeyKind::Private, vec![]);

@@ -158,6 +158,9 @@ async fn reply(
                     if first {
                         first = false;
                         out.down(Frame::Metric { stage: Stage::LlmFirstToken, value: started.elapsed() }).await?;
+                        if let Some(wait) = llm.take_queue_wait().filter(|w| !w.is_zero()) {
+                            out.down(Frame::Metric { stage: Stage::QueueWait, value: wait }).await?;
+                        }
                     }
                     out.down(Frame::LlmText(t)).await?;
                 }

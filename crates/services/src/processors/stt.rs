@@ -172,6 +172,9 @@ impl Processor for SttStage {
                     match self.transcript(audio).await {
                         Ok(text) => {
                             out.down(Frame::Metric { stage: Stage::Stt, value: started.elapsed() }).await?;
+                            if let Some(wait) = self.stt.take_queue_wait().filter(|w| !w.is_zero()) {
+                                out.down(Frame::Metric { stage: Stage::QueueWait, value: wait }).await?;
+                            }
                             let text = text.trim().to_string();
                             if !text.is_empty() {
                                 out.down(Frame::Transcript(Transcript { text, is_final: true })).await?;

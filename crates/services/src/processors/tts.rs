@@ -98,6 +98,11 @@ async fn work(tts: Arc<dyn Tts>, mut rx: mpsc::Receiver<Job>, out: Outlet) {
                                 first_of_reply = false;
                                 res = out.down(Frame::Metric { stage: Stage::TtsFirstAudio, value: started.elapsed() }).await;
                             }
+                            if let Some(wait) = tts.take_queue_wait().filter(|w| !w.is_zero())
+                                && res.is_ok()
+                            {
+                                res = out.down(Frame::Metric { stage: Stage::QueueWait, value: wait }).await;
+                            }
                             // 20 ms frames: the output stage paces one frame per step, so an
                             // interruption waits behind at most one frame, whatever the
                             // synthesizer's chunk size.
