@@ -72,7 +72,7 @@ make_tmp voxgate-bench
 # The server's environment for one backend (an `env` prefix, so that the
 # backgrounded server is a plain command and $! is the server's own pid).
 set_server_env() {   # $1 = DATABASE_URL
-    SERVER_ENV=(env DATABASE_URL="$1" RATE_LIMIT_API=off RATE_LIMIT_API_IP=off LOG_LEVEL=warn)
+    SERVER_ENV=(env DATABASE_URL="$1" VOXGATE_PROVIDERS=scripted RATE_LIMIT_API=off RATE_LIMIT_API_IP=off LOG_LEVEL=warn)
 }
 
 # Runs wrk; $1 = output file, rest = extra wrk args and the URL.
