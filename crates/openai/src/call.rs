@@ -157,6 +157,22 @@ impl Call {
         Fail::Status { status, message: parsed.message, retry_after, quota: parsed.quota }
     }
 
+    /// After a failure of a streamed reply: `None` once waited and worth another
+    /// attempt (only while nothing has been `yielded`: a retry would repeat it),
+    /// else the error to give the caller, recorded as the call's outcome.
+    pub async fn settle(&mut self, fail: Fail, yielded: bool) -> Option<ServiceError> {
+        let error = if yielded {
+            self.error(fail)
+        } else {
+            match self.recover(fail).await {
+                Ok(()) => return None,
+                Err(e) => e,
+            }
+        };
+        self.finish::<()>(&Err(error.clone()));
+        Some(error)
+    }
+
     /// After a failure that reached the caller with nothing yet: `Ok` once waited and
     /// worth another attempt, else the error to give the caller.
     pub async fn recover(&mut self, fail: Fail) -> Result<(), ServiceError> {

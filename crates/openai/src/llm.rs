@@ -114,18 +114,14 @@ impl OpenAiLlm {
                     }
                     Err(fail) => fail,
                 };
-                let error = if yielded {
-                    // Part of the reply is out: a retry would repeat it. The caller decides.
-                    call.error(fail)
-                } else {
-                    match call.recover(fail).await {
-                        Ok(()) => continue,
-                        Err(e) => e,
+                // Once part of the reply is out, a retry would repeat it: the caller decides.
+                match call.settle(fail, yielded).await {
+                    None => continue,
+                    Some(error) => {
+                        yield Err(error);
+                        return;
                     }
-                };
-                call.finish::<()>(&Err(error.clone()));
-                yield Err(error);
-                return;
+                }
             }
         })
     }

@@ -82,17 +82,13 @@ impl OpenAiTts {
                     }
                     Err(fail) => fail,
                 };
-                let error = if yielded {
-                    call.error(fail)
-                } else {
-                    match call.recover(fail).await {
-                        Ok(()) => continue,
-                        Err(e) => e,
+                match call.settle(fail, yielded).await {
+                    None => continue,
+                    Some(error) => {
+                        yield Err(error);
+                        return;
                     }
-                };
-                call.finish::<()>(&Err(error.clone()));
-                yield Err(error);
-                return;
+                }
             }
         })
     }

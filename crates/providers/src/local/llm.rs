@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::mpsc;
 use voxgate_llama::{GenParams, Llama, Message, Role as LlamaRole};
@@ -65,7 +64,7 @@ impl Llm for LocalLlm {
             };
             let _ = tx.send(last).await;
         });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+        super::receiver_stream(rx)
     }
 
     fn take_queue_wait(&self) -> Option<Duration> {

@@ -123,6 +123,12 @@ impl LocalModels {
     }
 }
 
+/// The items a model job sends, as the stream a service trait returns.
+fn receiver_stream<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> futures_util::stream::BoxStream<'static, T> {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
 fn pool_error(provider: &'static str, e: PoolError) -> ServiceError {
     ServiceError::Transient { provider, message: e.to_string() }
 }

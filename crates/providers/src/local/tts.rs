@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::mpsc;
 use voxgate_piper::{Chunking, Piper};
@@ -53,7 +52,7 @@ impl Tts for LocalTts {
                 let _ = tx.send(Err(super::pool_error(PROVIDER, e))).await;
             }
         });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+        super::receiver_stream(rx)
     }
 
     fn take_queue_wait(&self) -> Option<Duration> {
