@@ -67,7 +67,8 @@ function KeyForm() {
     rememberKey(k);
     try {
       await api.me();
-      navigate('/assistants');
+      // Signed in: the page asked for stays (a deep link), the sign-in pages move on.
+      if (location.pathname === '/login' || location.pathname === '/') navigate('/assistants');
     } catch (err) {
       setError(err);
     } finally {

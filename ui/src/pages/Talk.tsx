@@ -106,7 +106,8 @@ export function Talk({ id }: { id: string }) {
     const s = new TalkSession({
       onEvent,
       onClose: (info) => {
-        setCloseInfo(info);
+        // A call that never started is reported once, by start()'s error.
+        if (s.client.callId) setCloseInfo(info);
         setPhase('ended');
         setUserSpeaking(false);
         setBotSpeaking(false);
