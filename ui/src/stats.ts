@@ -12,6 +12,15 @@ export const STAGES = [
 
 export type StageKey = (typeof STAGES)[number]['key'];
 
+/** The part of voice to voice the stages do not account for (queueing, the first clause, the platform). */
+export const OTHER = { label: 'Other (queue, first clause, platform)', color: '#94a3b8' };
+
+export function otherMs(l: TurnLatency): number {
+  const v = stageValues(l);
+  const sum = STAGES.reduce((n, s) => n + v[s.key], 0);
+  return typeof l.voiceToVoiceMs === 'number' && Number.isFinite(l.voiceToVoiceMs) ? Math.max(0, l.voiceToVoiceMs - sum) : 0;
+}
+
 export function stageValues(l: TurnLatency): Record<StageKey, number> {
   const out = {} as Record<StageKey, number>;
   for (const s of STAGES) {

@@ -2,7 +2,7 @@
 // speech to text, model first token, voice first audio), with the voice-to-voice
 // time above it, and the same numbers as a table for screen readers and keyboards.
 
-import { STAGES, fmtMs, stageValues, totalMs } from '../stats';
+import { OTHER, STAGES, fmtMs, otherMs, stageValues, totalMs } from '../stats';
 import type { TurnLatency } from '../types';
 
 export interface ChartTurn {
@@ -12,13 +12,13 @@ export interface ChartTurn {
 
 export function LatencyChart({ turns, title = 'Latency per turn' }: { turns: ChartTurn[]; title?: string }) {
   if (turns.length === 0) return <p class="muted">No turn with latency yet.</p>;
-  const rows = turns.map((t) => ({ ...t, v: stageValues(t.latency), total: totalMs(t.latency) }));
-  const max = Math.max(1, ...rows.map((r) => Math.max(r.total, STAGES.reduce((n, s) => n + r.v[s.key], 0))));
+  const rows = turns.map((t) => ({ ...t, v: stageValues(t.latency), other: otherMs(t.latency), total: totalMs(t.latency) }));
+  const max = Math.max(1, ...rows.map((r) => Math.max(r.total, STAGES.reduce((n, s) => n + r.v[s.key], 0) + r.other)));
   const barW = 36;
   const gap = 14;
   const h = 180;
   const top = 18;
-  const left = 44;
+  const left = 60;
   const width = left + rows.length * (barW + gap) + gap;
   const ticks = [0, max / 2, max];
   return (
@@ -51,6 +51,11 @@ export function LatencyChart({ turns, title = 'Latency per turn' }: { turns: Cha
                     </rect>
                   ) : null;
                 })}
+                {r.other > 0 && (
+                  <rect x={x} y={y - (r.other / max) * h} width={barW} height={(r.other / max) * h} fill={OTHER.color}>
+                    <title>{`${r.label} ${OTHER.label}: ${fmtMs(r.other)}`}</title>
+                  </rect>
+                )}
                 <text x={x + barW / 2} y={top + h - (r.total / max) * h - 4} text-anchor="middle" class="axis">
                   {fmtMs(r.total)}
                 </text>
@@ -68,6 +73,9 @@ export function LatencyChart({ turns, title = 'Latency per turn' }: { turns: Cha
             <span class="swatch" style={{ background: s.color }} /> {s.label}
           </li>
         ))}
+        <li>
+          <span class="swatch" style={{ background: OTHER.color }} /> {OTHER.label}
+        </li>
       </ul>
       <details>
         <summary>Numbers</summary>

@@ -17,7 +17,7 @@ const MAX_DETAILS_PER_POLL = 20;
 function PercentileChart({ buckets }: { buckets: Bucket[] }) {
   const w = 600;
   const h = 180;
-  const left = 48;
+  const left = 60;
   const top = 10;
   const max = Math.max(100, ...buckets.flatMap((b) => [b.p99, b.p90, b.p50].filter(Number.isFinite)));
   const x = (i: number) => left + (i / Math.max(1, buckets.length - 1)) * (w - left - 8);
