@@ -9,7 +9,13 @@ cd "$(dirname "$0")/.."
 # and clang for its bindings), then what the tests need. `--build-only`: just
 # the first list (scripts/run.sh).
 BUILD_PACKAGES=(build-essential pkg-config cmake clang libclang-dev ca-certificates python3 python3-pip)
-TEST_PACKAGES=(postgresql wrk espeak-ng sox nginx curl)
+TEST_PACKAGES=(postgresql wrk espeak-ng sox nginx curl chromium fonts-dejavu-core)
+# Node and npm build the web app (ui/), which the binary embeds. A Node from
+# elsewhere (e.g. NodeSource's nodejs, which bundles npm) is kept: Debian's npm
+# would conflict with it.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    BUILD_PACKAGES+=(nodejs npm)
+fi
 if [ "${1:-}" = --build-only ]; then
     APT_PACKAGES=("${BUILD_PACKAGES[@]}")
 else

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, starts the test PostgreSQL,
-# runs the whole Rust workspace with nextest on SQLite and PostgreSQL (extra args
-# go to nextest), then
-# the UI tests if there is a ui/ package. Exit code: non-zero if any part failed.
+# builds the web app first (so the debug binary embeds ui/dist) and runs its unit
+# tests, runs the whole Rust workspace with nextest on SQLite and PostgreSQL (extra
+# args go to nextest), then the browser test against that binary. Exit code:
+# non-zero if any part failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,20 @@ bash scripts/setup.sh
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
+fi
+
+status=0
+
+# The web app, before any cargo step: crates/server/build.rs embeds ui/dist when it
+# exists, so the debug binary the browser test drives serves this build.
+if [ -f ui/package.json ]; then
+    echo "test: ui (npm ci, npm run build, vitest)" >&2
+    if ( cd ui && npm ci --no-audit --no-fund && npm run build ); then
+        ( cd ui && npx vitest run ) || status=$?
+    else
+        status=1
+        echo "test: the ui build FAILED (the binary embeds the fallback page)" >&2
+    fi
 fi
 
 # The local models the model tests and the spoken end-to-end calls use: fetched
@@ -23,8 +38,6 @@ pg_url=$(bash scripts/pg.sh | tail -n1)
 export VOXGATE_TEST_POSTGRES_URL="$pg_url"
 echo "test: VOXGATE_TEST_POSTGRES_URL=$VOXGATE_TEST_POSTGRES_URL" >&2
 
-status=0
-
 # Repository tests run on both backends in every pass; the server's suite runs
 # once on SQLite and once more on PostgreSQL (VOXGATE_TEST_BACKEND).
 echo "test: workspace (server suite on SQLite)" >&2
@@ -34,9 +47,12 @@ echo "test: server suite on PostgreSQL" >&2
 # and compile again): select the package with a filter instead.
 VOXGATE_TEST_BACKEND=postgres cargo nextest run --workspace -E "package(voxgate)" --no-fail-fast "$@" || status=$?
 
+# The browser test: Debian's Chromium (headless) against the debug binary built
+# above, with its embedded app and the local models, and a spoken question.
 if [ -f ui/package.json ]; then
-    echo "test: ui (npm ci && npx vitest run)" >&2
-    ( cd ui && npm ci --no-audit --no-fund && npx vitest run ) || status=$?
+    echo "test: ui browser test (playwright-core, target/debug/voxgate)" >&2
+    bin="$PWD/target/debug/voxgate"
+    ( cd ui && VOXGATE_BIN="$bin" npm run test:e2e ) || status=$?
 fi
 
 if [ "$status" -eq 0 ]; then
