@@ -280,6 +280,8 @@ async function main() {
 
   // 6. A deep link, loaded directly from the server in a new browser (no key yet):
   // it asks to sign in, takes a pasted key, and shows the call.
+  const csp1 = await page.evaluate(() => window.__csp);
+  check(csp1.length === 0, `no CSP violation during the call and on the call pages (${csp1.join(', ')})`);
   await context.close();
   const ctx3 = await browser.newContext({ viewport: { width: 390, height: 844 } });
   await ctx3.addInitScript(() => {
