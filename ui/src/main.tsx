@@ -7,7 +7,7 @@
 // - audio/: PCM16, the resampler, the jitter buffer, the worklets, a browser call
 // - pages/: sign-in, assistants, talk, calls, live
 import { render } from 'preact';
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import './style.css';
 import { loadConfig } from './config';
 import { authState, onAuth, restore, signOut, type AuthState } from './auth';
@@ -49,6 +49,15 @@ function App() {
   const [auth, setAuth] = useState<AuthState>(authState());
   const { path, query } = useLocation();
   useEffect(() => onAuth(setAuth), []);
+  // After an in-app navigation, focus moves to the new page (as a page load would).
+  const firstRender = useRef(true);
+  useEffect(() => {
+    if (firstRender.current) {
+      firstRender.current = false;
+      return;
+    }
+    document.getElementById('main')?.focus();
+  }, [path]);
   const signedIn = auth.kind !== 'signed-out';
   return (
     <>
