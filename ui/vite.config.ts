@@ -21,6 +21,10 @@ export default defineConfig({
     // The binary embeds dist/: no source maps, to keep it small.
     sourcemap: false,
     assetsInlineLimit: 0,
+    rollupOptions: {
+      // Supabase's client is loaded only when Supabase sign-in is configured: name its chunk.
+      output: { manualChunks: (id) => (id.includes('node_modules/@supabase/') ? 'supabase' : undefined) },
+    },
   },
   test: {
     include: ['test/**/*.test.ts'],
