@@ -17,12 +17,15 @@
 //! with its wait), `Transient` (5xx, connect failures, timeouts, cut or malformed
 //! streams), `Invalid` (other 4xx, bad input). The key never appears in `Debug`
 //! output, logs or errors. Metrics: see [`stats`].
+//!
+//! Speech to speech over the Realtime WebSocket API: [`OpenAi::realtime`] (see [`realtime`]).
 
 mod call;
 mod client;
 pub mod config;
 mod endpoint;
 mod llm;
+pub mod realtime;
 pub mod stats;
 mod stt;
 mod tts;
@@ -36,6 +39,7 @@ use voxgate_services::tts::Tts;
 
 pub use config::{Deadlines, Limits, MaxTokensField, Models, OpenAiConfig, Overrides, RetryPolicy, StageDeadlines};
 pub use llm::OpenAiLlm;
+pub use realtime::{RealtimeConfig, RealtimeEvent, RealtimeEvents, RealtimeSender, RealtimeStats, TurnDetection};
 pub use stt::OpenAiStt;
 pub use tts::{OpenAiTts, SAMPLE_RATE as TTS_SAMPLE_RATE};
 
