@@ -22,6 +22,7 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod ops;
+pub mod providers;
 pub mod ratelimit;
 pub mod state;
 
@@ -81,6 +82,7 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::login))
         .routes(routes!(keys::me))
+        .routes(routes!(providers::providers))
 }
 
 /// The OpenAPI document of every route, generated from the handlers.

@@ -34,6 +34,8 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// Longest a request may take (WebSockets excepted).
     pub request_timeout: Duration,
+    /// What `GET /api/providers` reports.
+    pub providers: crate::providers::ProviderInfo,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +51,7 @@ impl Default for ApiConfig {
             trust_proxy: false,
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            providers: crate::providers::ProviderInfo::default(),
         }
     }
 }

@@ -158,8 +158,9 @@ pub enum Frame {
     InputAudio(AudioFrame),
     /// A stage's latency in the current turn.
     Metric { stage: Stage, value: Duration },
-    /// A stage failed; `fatal` ends the call.
-    Error { message: String, fatal: bool },
+    /// A stage failed; `fatal` ends the call. `code` is the error event's code
+    /// (`provider-unauthorized`, `provider-failed`, ...: see docs/agent-protocol.md).
+    Error { code: &'static str, message: String, fatal: bool },
     /// The text whose audio has just been played, sent upstream by the output so
     /// the context keeps only what the caller heard. A system frame: a fact about
     /// the past must survive the interruption that follows it.

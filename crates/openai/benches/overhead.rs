@@ -4,8 +4,7 @@
 //!
 //! `cargo bench -p voxgate-openai --bench overhead` prints medians in microseconds.
 
-#[path = "../tests/fake/mod.rs"]
-mod fake;
+use voxgate_fake_openai as fake;
 
 use std::time::{Duration, Instant};
 

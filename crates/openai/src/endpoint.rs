@@ -73,7 +73,7 @@ pub(crate) fn check_base_url(raw: &str) -> Result<String, Error> {
 }
 
 /// A URL as messages may show it: credentials, query and fragment removed.
-pub(crate) fn display_url(raw: &str) -> String {
+pub fn display_url(raw: &str) -> String {
     match Url::parse(raw.trim()) {
         Ok(mut url) => {
             let _ = url.set_username("");

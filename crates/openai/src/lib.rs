@@ -43,6 +43,7 @@ pub use realtime::{RealtimeConfig, RealtimeEvent, RealtimeEvents, RealtimeSender
 pub use stt::OpenAiStt;
 pub use tts::{OpenAiTts, SAMPLE_RATE as TTS_SAMPLE_RATE};
 
+pub use crate::endpoint::display_url;
 use crate::endpoint::Endpoint;
 
 /// Why the providers could not be set up.

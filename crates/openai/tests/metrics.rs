@@ -1,6 +1,6 @@
 //! The pool and request metrics, read back through a local recorder.
 
-mod fake;
+use voxgate_fake_openai as fake;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The providers against a fake OpenAI server on loopback: the requests they send,
 //! the replies they read, and every failure they must name.
 
-mod fake;
+use voxgate_fake_openai as fake;
 
 use std::time::{Duration, Instant};
 

@@ -394,6 +394,10 @@ pub struct ServeArgs {
     /// The WebSocket URL the web app opens calls at, served in /config.json.
     #[arg(long, env = "PUBLIC_AGENT_URL")]
     pub public_agent_url: Option<String>,
+    /// Serve the web app from this folder (a `ui/dist` build) instead of the copy
+    /// embedded in the binary: for working on the UI without rebuilding the server.
+    #[arg(long, env = "VOXGATE_UI_DIR")]
+    pub ui_dir: Option<std::path::PathBuf>,
     /// This instance's name, kept on each call it holds; defaults to host name and port.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -404,9 +408,13 @@ pub struct ServeArgs {
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,
-    /// The speech and language models calls use: `auto` (the local offline models),
-    /// `local`, or `scripted`, instant fake ones that hear "hello there" and answer
-    /// with a fixed sentence in a tone. `scripted` is for benchmarks and load tests
+    /// The speech and language models calls use: `auto` (each assistant's choice
+    /// per stage: the local offline models, or an OpenAI-compatible server with the
+    /// local models as its fallback), `local` (the local models only, whatever the
+    /// assistant says: nothing leaves the machine), `cloud` (OpenAI-compatible
+    /// servers only: no local models fetched or loaded, no fallback), or
+    /// `scripted`, instant fake ones that hear "hello there" and answer with a
+    /// fixed sentence in a tone. `scripted` is for benchmarks and load tests
     /// (`voxgate bench`), never for real users.
     #[arg(long, env = "VOXGATE_PROVIDERS", value_enum, default_value = "auto")]
     pub providers: ProvidersChoice,
@@ -433,11 +441,15 @@ pub struct ServeArgs {
 /// `voxgate serve --providers`.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProvidersChoice {
-    /// The local offline models (fetched on first start).
+    /// Each assistant's providers; the local models (fetched on first start) serve
+    /// local stages and stand in for a cloud stage that fails.
     Auto,
-    /// The local offline models: Whisper tiny.en, SmolLM2-135M-Instruct and a
+    /// The local offline models only: Whisper tiny.en, SmolLM2-135M-Instruct and a
     /// Piper voice, from `voxgate models fetch`.
     Local,
+    /// OpenAI-compatible servers only (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, or the
+    /// assistant's base URL): no local models on this machine.
+    Cloud,
     /// Instant scripted STT, LLM and TTS: for benchmarks and load tests only,
     /// never for real users (see `session::providers::Scripted`).
     Scripted,
@@ -483,6 +495,8 @@ impl ServeArgs {
             trust_proxy: self.trust_proxy,
             body_limit: self.body_limit,
             request_timeout: Duration::from_secs(self.request_timeout.max(1)),
+            // Filled in by `serve::start_with` from the chosen providers.
+            providers: voxgate_api::providers::ProviderInfo::default(),
         })
     }
 

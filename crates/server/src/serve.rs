@@ -110,14 +110,27 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
     }
     let providers: Arc<dyn crate::session::ProviderFactory> = match args.providers {
-        _ if !args.role.serves_agent() => Arc::new(crate::session::Local::unavailable("this instance does not serve calls")),
-        ProvidersChoice::Auto | ProvidersChoice::Local => Arc::new(local_models(&args).await?),
+        _ if !args.role.serves_agent() => Arc::new(crate::session::providers::NoCalls("this instance does not serve calls".into())),
+        ProvidersChoice::Local => Arc::new(local_models(&args).await?),
+        ProvidersChoice::Auto => Arc::new(crate::session::providers::PerAssistant::new(Arc::new(local_models(&args).await?), openai_from_env())),
+        ProvidersChoice::Cloud => Arc::new(crate::session::providers::PerAssistant::cloud_only(openai_from_env())),
         ProvidersChoice::Scripted => {
             tracing::warn!("--providers scripted: calls get instant fake speech and language models (benchmarks and load tests only)");
             Arc::new(crate::session::providers::Scripted)
         }
     };
     start_with(args, providers).await
+}
+
+/// The OpenAI providers from `OPENAI_API_KEY` and `OPENAI_BASE_URL`, or why they
+/// cannot be set up (then only assistants that use them fail, each call saying why).
+fn openai_from_env() -> Result<voxgate_openai::OpenAi, String> {
+    let config = voxgate_openai::OpenAiConfig::from_env();
+    tracing::info!(base_url = %voxgate_openai::display_url(&config.base_url), key_set = config.api_key.is_some(), "OpenAI-compatible providers");
+    voxgate_openai::OpenAi::new(config).map_err(|e| {
+        tracing::error!(error = %e, "the OpenAI-compatible providers cannot be used");
+        e.to_string()
+    })
 }
 
 /// The local models: checks that every file is there (fetching what is missing,
@@ -149,7 +162,8 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
     crate::init_crypto();
     let role = args.role;
     let addr = args.bind_addr();
-    let api_config = args.api_config()?;
+    let mut api_config = args.api_config()?;
+    api_config.providers = providers.describe();
     let lifecycle = Arc::new(Lifecycle::default());
     let instance = args.instance_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
 
@@ -220,6 +234,7 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
             agent_url: args.public_agent_url.clone().unwrap_or_default(),
             supabase_url: std::env::var("VITE_SUPABASE_URL").ok().filter(|s| !s.is_empty()),
             supabase_anon_key: std::env::var("VITE_SUPABASE_ANON_KEY").ok().filter(|s| !s.is_empty()),
+            dir: args.ui_dir.clone(),
         };
         app = app.merge(ui::router(ui_config));
     } else {

@@ -25,6 +25,9 @@ pub struct UiConfig {
     pub agent_url: String,
     pub supabase_url: Option<String>,
     pub supabase_anon_key: Option<String>,
+    /// A folder to serve the app from instead of the embedded copy.
+    #[serde(skip)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; \
@@ -51,7 +54,7 @@ async fn config_json(State(cfg): State<UiConfig>) -> Response {
     ([(header::CACHE_CONTROL, "no-cache")], axum::Json(cfg)).into_response()
 }
 
-async fn asset(uri: Uri) -> Response {
+async fn asset(State(cfg): State<UiConfig>, uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
     // rust-embed looks names up in a map of the embedded files; `..` or an encoded
     // slash can only miss, never reach the disk. Refuse them plainly anyway.
@@ -59,8 +62,8 @@ async fn asset(uri: Uri) -> Response {
         return not_found();
     }
     let path = if path.is_empty() { "index.html" } else { path };
-    if let Some(file) = Assets::get(path) {
-        return file_response(path, file);
+    if let Some(data) = load(cfg.dir.as_deref(), path).await {
+        return file_response(path, data);
     }
     let last = path.rsplit('/').next().unwrap_or(path);
     // The API's and the agent's paths are never pages: a UI-only instance answers
@@ -68,13 +71,25 @@ async fn asset(uri: Uri) -> Response {
     if last.contains('.') || path.starts_with("api/") || path == "api" || path == "agent" || path.starts_with("agent/") {
         return not_found();
     }
-    match Assets::get("index.html") {
+    match load(cfg.dir.as_deref(), "index.html").await {
         Some(index) => file_response("index.html", index),
         None => not_found(),
     }
 }
 
-fn file_response(path: &str, file: rust_embed::EmbeddedFile) -> Response {
+/// A file of the app: from the folder when one is set (the path was checked for
+/// `..` above, and symlinks out of the folder are refused), else embedded.
+async fn load(dir: Option<&std::path::Path>, path: &str) -> Option<std::borrow::Cow<'static, [u8]>> {
+    let Some(dir) = dir else { return Assets::get(path).map(|f| f.data) };
+    let root = tokio::fs::canonicalize(dir).await.ok()?;
+    let file = tokio::fs::canonicalize(root.join(path)).await.ok()?;
+    if !file.starts_with(&root) || !tokio::fs::metadata(&file).await.ok()?.is_file() {
+        return None;
+    }
+    tokio::fs::read(file).await.ok().map(std::borrow::Cow::Owned)
+}
+
+fn file_response(path: &str, data: std::borrow::Cow<'static, [u8]>) -> Response {
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let cache = if path.starts_with("assets/") {
         // Vite names assets by content hash: they never change under one name.
@@ -87,7 +102,7 @@ fn file_response(path: &str, file: rust_embed::EmbeddedFile) -> Response {
             (header::CONTENT_TYPE, HeaderValue::from_str(mime.as_ref()).unwrap_or(HeaderValue::from_static("application/octet-stream"))),
             (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
         ],
-        axum::body::Body::from(file.data),
+        axum::body::Body::from(data),
     )
         .into_response();
     if path.ends_with(".html") {

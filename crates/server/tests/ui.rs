@@ -252,3 +252,33 @@ async fn every_answer_carries_the_security_headers_and_a_request_id() {
     assert!(h(&res, "content-security-policy").starts_with("default-src 'none'"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_ui_folder_on_disk_replaces_the_embedded_app_and_stays_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("dist");
+    std::fs::create_dir_all(app.join("assets")).unwrap();
+    std::fs::write(app.join("index.html"), "<!doctype html><html><body>from disk</body></html>").unwrap();
+    std::fs::write(app.join("assets/app-1234.js"), "console.log(1)").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "outside the folder").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), app.join("assets/escape.js")).unwrap();
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.ui_dir = Some(app.clone())).await;
+
+    let http = TestServer::http();
+    for path in ["/", "/calls/some-call-id"] {
+        let res = http.get(s.at(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert!(h(&res, "content-security-policy").contains("default-src 'self'"), "{path}");
+        assert!(res.text().await.unwrap().contains("from disk"), "{path}");
+    }
+    let res = http.get(s.at("/assets/app-1234.js")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(h(&res, "cache-control"), IMMUTABLE);
+    assert_eq!(res.text().await.unwrap(), "console.log(1)");
+    for path in ["/assets/escape.js", "/../secret.txt", "/assets/../../secret.txt", "/secret.txt", "/assets/missing.js"] {
+        let (status, text) = raw_get(&s, path).await;
+        assert!(!text.contains("outside the folder"), "{path}: {status} leaked a file outside the UI folder");
+        assert_eq!(status, 404, "{path}: {text}");
+    }
+    s.stop().await;
+}

@@ -39,3 +39,34 @@ pub enum ServiceError {
     #[error("{provider}: {message}")]
     Invalid { provider: &'static str, message: String },
 }
+
+impl ServiceError {
+    /// The code of the error event a caller is sent for it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::Unauthorized { .. } => "provider-unauthorized",
+            ServiceError::RateLimited { .. } => "provider-rate-limited",
+            ServiceError::Transient { .. } => "provider-failed",
+            ServiceError::Invalid { .. } => "provider-invalid",
+        }
+    }
+
+    /// Whether another provider might do better than this one now: true for
+    /// rate limits and transient failures, false for refused credentials and bad
+    /// requests (configuration problems to show, not to hide behind a fallback).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ServiceError::RateLimited { .. } | ServiceError::Transient { .. })
+    }
+
+    /// Logs a failure of `what`: refused credentials as an error naming the fix
+    /// (they need someone to act), the rest as a warning.
+    pub fn log(&self, what: &str) {
+        match self {
+            ServiceError::Unauthorized { provider, .. } => tracing::error!(
+                error = %self,
+                "{what} failed: {provider} refused the credentials; check the API key (OPENAI_API_KEY) and the base URL of the assistant"
+            ),
+            _ => tracing::warn!(error = %self, "{what} failed"),
+        }
+    }
+}

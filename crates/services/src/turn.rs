@@ -173,7 +173,7 @@ impl<D: VoiceDetector + 'static> Processor for TurnProcessor<D> {
                     if self.bad_rate.replace(audio.rate) != Some(audio.rate) {
                         tracing::warn!(rate = audio.rate, "input audio at the wrong rate; skipped");
                         let message = format!("input audio at {} Hz; expected {} Hz", audio.rate, self.rate);
-                        out.up(Frame::Error { message, fatal: false }).await?;
+                        out.up(Frame::Error { code: "bad-audio-rate", message, fatal: false }).await?;
                     }
                     return Ok(());
                 }

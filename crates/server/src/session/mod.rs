@@ -219,7 +219,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
             }
             got = io.downstream.recv() => match got {
                 Some((Frame::End(r), _)) => break (r, None),
-                Some((Frame::Error { message, fatal: true }, _)) => break (EndReason::PipelineError(message), None),
+                Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message), None),
                 Some((f @ (Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking), _)) => {
                     record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
                 }
@@ -227,9 +227,9 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
                 None => break (EndReason::PipelineError("the pipeline stopped".into()), None),
             },
             got = io.upstream.recv() => match got {
-                Some((Frame::Error { message, fatal: true }, _)) => break (EndReason::PipelineError(message), None),
-                Some((Frame::Error { message, .. }, _)) => {
-                    let _ = wtx.try_send(ServerEvent::Error { code: "stage-error".into(), message }.to_wire());
+                Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message), None),
+                Some((Frame::Error { code, message, .. }, _)) => {
+                    let _ = wtx.try_send(ServerEvent::Error { code: code.into(), message }.to_wire());
                 }
                 Some((f @ (Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking | Frame::Spoken(_) | Frame::Interruption), _)) => {
                     record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;

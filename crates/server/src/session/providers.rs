@@ -1,6 +1,8 @@
 //! Which speech-to-text, language model and text-to-speech a call uses. The binary
-//! picks them per assistant (local models, or an OpenAI-compatible server, in the
-//! issues that add them); tests inject scripted ones.
+//! picks them per assistant ([`PerAssistant`]: each stage on the local models or on
+//! an OpenAI-compatible server, which the local models stand in for when it
+//! fails); `--providers local` keeps every call on the local models ([`Local`]);
+//! tests and benchmarks inject scripted ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,11 @@ use futures_util::future::{BoxFuture, FutureExt, Shared, ready};
 use voxgate_models::Paths;
 use voxgate_providers::local::{LocalModels, LocalOptions};
 
+use voxgate_api::providers::{OpenAiInfo, ProviderInfo};
 use voxgate_domain::Assistant;
+use voxgate_domain::assistant::Provider;
+use voxgate_openai::{OpenAi, Overrides};
+use voxgate_providers::fallback::{FallbackLlm, FallbackStt, FallbackTts, Later};
 use voxgate_services::llm::Llm;
 use voxgate_services::processors::llm::ToolRunner;
 use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
@@ -30,6 +36,11 @@ pub trait ProviderFactory: Send + Sync + 'static {
     /// The services, or a sentence saying why none can serve this assistant. It
     /// may wait (for local models still loading after start).
     fn providers(&self, assistant: &Assistant) -> BoxFuture<'static, Result<Providers, String>>;
+
+    /// What `GET /api/providers` shows of these providers.
+    fn describe(&self) -> ProviderInfo {
+        ProviderInfo { mode: "fixed".into(), ..ProviderInfo::default() }
+    }
 }
 
 /// The local offline models, loading in the background from start; a call that
@@ -80,6 +91,151 @@ impl ProviderFactory for Local {
         }
         .boxed()
     }
+
+    fn describe(&self) -> ProviderInfo {
+        ProviderInfo { mode: "local".into(), local: true, ..ProviderInfo::default() }
+    }
+}
+
+/// Each stage where the assistant says: on the local models, or on an
+/// OpenAI-compatible server (`OPENAI_API_KEY` and `OPENAI_BASE_URL`, the
+/// assistant's base URL and model names over them) wrapped so that the local
+/// models take over a turn it fails (see `voxgate_providers::fallback`).
+///
+/// A call's OpenAI servers are warmed (a connection opened) as it starts, so its
+/// first turn does not pay for DNS, TCP and TLS. A call with only cloud stages
+/// does not wait for the local models to load.
+pub struct PerAssistant {
+    local: Arc<dyn ProviderFactory>,
+    openai: Result<OpenAi, String>,
+    /// Whether `local` serves (false under `--providers cloud`).
+    local_on: bool,
+    warm: bool,
+}
+
+impl PerAssistant {
+    /// `local` gives the local stages (and the fallbacks): [`Local`] in the binary.
+    /// `openai` is the process-wide set from the environment, or why it could not
+    /// be built (then assistants that use it cannot start calls, and say why).
+    pub fn new(local: Arc<dyn ProviderFactory>, openai: Result<OpenAi, String>) -> PerAssistant {
+        PerAssistant { local, openai, local_on: true, warm: true }
+    }
+
+    /// No warm-up at call start: only to measure what the warm-up saves.
+    pub fn without_warming(mut self) -> PerAssistant {
+        self.warm = false;
+        self
+    }
+
+    /// With no local models: cloud stages only, and no fallback.
+    pub fn cloud_only(openai: Result<OpenAi, String>) -> PerAssistant {
+        let reason = "the local models are off on this server (--providers cloud): give every stage of the assistant an OpenAI-compatible provider";
+        PerAssistant { local: Arc::new(Local::unavailable(reason)), openai, local_on: false, warm: true }
+    }
+
+    /// The OpenAI set for one stage of an assistant.
+    fn openai(&self, overrides: Overrides) -> Result<OpenAi, String> {
+        let base = self.openai.as_ref().map_err(|e| format!("the OpenAI-compatible provider is not usable: {e}"))?;
+        if overrides == Overrides::default() {
+            return Ok(base.clone());
+        }
+        base.with_overrides(&overrides).map_err(|e| format!("the assistant's OpenAI-compatible settings are not usable: {e}"))
+    }
+}
+
+impl ProviderFactory for PerAssistant {
+    fn providers(&self, assistant: &Assistant) -> BoxFuture<'static, Result<Providers, String>> {
+        let s = &assistant.spec;
+        let cloud = |provider: Provider, overrides: Overrides| -> Result<Option<OpenAi>, String> {
+            match provider {
+                Provider::Local => Ok(None),
+                Provider::Openai => self.openai(overrides).map(Some),
+            }
+        };
+        let stages = (|| {
+            let stt = cloud(
+                s.transcriber.provider,
+                Overrides {
+                    base_url: s.transcriber.base_url.clone(),
+                    stt_model: s.transcriber.model.clone(),
+                    language: s.transcriber.language.clone(),
+                    ..Overrides::default()
+                },
+            )?;
+            let llm = cloud(s.model.provider, Overrides { base_url: s.model.base_url.clone(), llm_model: s.model.model.clone(), ..Overrides::default() })?;
+            let tts = cloud(
+                s.voice.provider,
+                Overrides {
+                    base_url: s.voice.base_url.clone(),
+                    tts_model: s.voice.model.clone(),
+                    voice: s.voice.voice.clone(),
+                    ..Overrides::default()
+                },
+            )?;
+            Ok::<_, String>((stt, llm, tts))
+        })();
+        let (stt, llm, tts) = match stages {
+            Ok(stages) => stages,
+            Err(message) => return ready(Err(message)).boxed(),
+        };
+        // One warm-up per server the call uses.
+        let mut warmed: Vec<&str> = Vec::new();
+        for set in [&stt, &llm, &tts].into_iter().flatten().filter(|_| self.warm) {
+            if !warmed.contains(&set.config().base_url.as_str()) {
+                warmed.push(&set.config().base_url);
+                set.spawn_warm();
+            }
+        }
+        // The call's own local services, made when first needed: at once for a
+        // local stage, else only if a cloud stage fails.
+        let local: Later<Providers> = self.local.providers(assistant).shared();
+        async move {
+            let now = if stt.is_none() || llm.is_none() || tts.is_none() { Some(local.clone().await?) } else { None };
+            let stt: Arc<dyn Stt> = match stt {
+                Some(o) => Arc::new(FallbackStt { primary: o.stt(), fallback: local.clone().map(|r| r.map(|p| p.stt)).boxed().shared() }),
+                None => now.as_ref().expect("local services").stt.clone(),
+            };
+            let llm: Arc<dyn Llm> = match llm {
+                Some(o) => Arc::new(FallbackLlm { primary: o.llm(), fallback: local.clone().map(|r| r.map(|p| p.llm)).boxed().shared() }),
+                None => now.as_ref().expect("local services").llm.clone(),
+            };
+            let tts: Arc<dyn Tts> = match tts {
+                Some(o) => Arc::new(FallbackTts::new(o.tts(), local.clone().map(|r| r.map(|p| p.tts)).boxed().shared())),
+                None => now.as_ref().expect("local services").tts.clone(),
+            };
+            Ok(Providers { stt, llm, tts, tools: now.and_then(|p| p.tools) })
+        }
+        .boxed()
+    }
+
+    fn describe(&self) -> ProviderInfo {
+        let openai = match &self.openai {
+            Ok(o) => OpenAiInfo {
+                base_url: voxgate_openai::display_url(&o.config().base_url),
+                key_set: o.config().api_key.is_some(),
+                error: None,
+            },
+            Err(e) => {
+                let env = voxgate_openai::OpenAiConfig::from_env();
+                OpenAiInfo { base_url: voxgate_openai::display_url(&env.base_url), key_set: env.api_key.is_some(), error: Some(e.clone()) }
+            }
+        };
+        ProviderInfo { mode: if self.local_on { "auto" } else { "cloud" }.into(), local: self.local_on, openai }
+    }
+}
+
+/// No calls on this instance (an `api` or `ui` role): a call that reaches it
+/// anyway is told `why`.
+pub struct NoCalls(pub String);
+
+impl ProviderFactory for NoCalls {
+    fn providers(&self, _: &Assistant) -> BoxFuture<'static, Result<Providers, String>> {
+        ready(Err(self.0.clone())).boxed()
+    }
+
+    fn describe(&self) -> ProviderInfo {
+        ProviderInfo { mode: "none".into(), ..ProviderInfo::default() }
+    }
 }
 
 /// The same services for every call (tests and benchmarks use scripted ones).
@@ -121,5 +277,9 @@ impl Scripted {
 impl ProviderFactory for Scripted {
     fn providers(&self, _: &Assistant) -> BoxFuture<'static, Result<Providers, String>> {
         ready(Ok(Scripted::providers())).boxed()
+    }
+
+    fn describe(&self) -> ProviderInfo {
+        ProviderInfo { mode: "scripted".into(), ..ProviderInfo::default() }
     }
 }

@@ -167,8 +167,8 @@ async fn reply(
                 Ok(LlmEvent::ToolCall(c)) => calls.push(c),
                 Ok(LlmEvent::Done) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the model failed mid-reply");
-                    out.up(Frame::Error { message: e.to_string(), fatal: false }).await?;
+                    e.log("the reply");
+                    out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: false }).await?;
                     break;
                 }
             }

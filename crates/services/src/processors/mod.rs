@@ -23,7 +23,7 @@ where
         if std::panic::AssertUnwindSafe(fut).catch_unwind().await.is_err() {
             tracing::error!(worker = what, "a worker panicked; ending the call");
             let message = format!("the {what} failed unexpectedly");
-            let _ = out.up(voxgate_frames::Frame::Error { message, fatal: true }).await;
+            let _ = out.up(voxgate_frames::Frame::Error { code: "stage-failed", message, fatal: true }).await;
         }
     })
 }

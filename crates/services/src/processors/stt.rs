@@ -18,6 +18,7 @@ use voxgate_frames::{Direction, Frame, Stage, Transcript};
 use voxgate_pipeline::{Outlet, PipelineError, Processor};
 
 use super::TaskSlot;
+use crate::ServiceError;
 use crate::stt::{Stt, SttEvent, SttSession};
 
 /// How long `EndOfTurn` waits for a streaming session's final transcript.
@@ -100,9 +101,9 @@ impl SttStage {
 
     /// The turn's transcript: the streaming session's final one, or else the
     /// captured utterance transcribed.
-    async fn transcript(&mut self, audio: Vec<i16>) -> Result<String, String> {
+    async fn transcript(&mut self, audio: Vec<i16>) -> Result<String, ServiceError> {
         if let Some(mut s) = self.streaming.take() {
-            let res = match s.session.finish() {
+            let res: Result<String, String> = match s.session.finish() {
                 Ok(()) => match tokio::time::timeout(FINAL_WAIT, s.finals.recv()).await {
                     Ok(Some(r)) => r,
                     Ok(None) => Err("the recognition session ended without a final transcript".into()),
@@ -119,7 +120,7 @@ impl SttStage {
         if audio.is_empty() {
             return Ok(String::new());
         }
-        self.stt.transcribe(audio, self.rate).await.map_err(|e| e.to_string())
+        self.stt.transcribe(audio, self.rate).await
     }
 
     fn samples(&self, d: Duration) -> usize {
@@ -181,8 +182,8 @@ impl Processor for SttStage {
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "transcription failed");
-                            out.up(Frame::Error { message: e, fatal: false }).await?;
+                            e.log("transcription");
+                            out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: false }).await?;
                         }
                     }
                 }

@@ -114,8 +114,8 @@ async fn work(tts: Arc<dyn Tts>, mut rx: mpsc::Receiver<Job>, out: Outlet) {
                             }
                         }
                         Some(Err(e)) => {
-                            tracing::warn!(error = %e, "speech synthesis failed");
-                            res = out.up(Frame::Error { message: e.to_string(), fatal: false }).await;
+                            e.log("speech synthesis");
+                            res = out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: false }).await;
                             break;
                         }
                         None => break,
