@@ -249,6 +249,7 @@ async function main() {
   // 4. End the call.
   await page.getByTestId('end-call').click();
   await page.getByTestId('call-ended').waitFor({ timeout: STEP_MS });
+  log('close code:', await page.getByTestId('call-ended').getAttribute('data-close-code'));
   check((await page.getByTestId('call-ended').textContent()).includes('You ended the call.'), 'the call ended, in plain words');
   await shot('05-ended');
   const callLink = page.getByRole('link', { name: 'See this call’s record' });

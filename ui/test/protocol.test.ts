@@ -241,6 +241,25 @@ describe('protocol client', () => {
     expect(info.message).toBe('The connection to the server was lost.');
   });
 
+  it('takes call-ended as the word on how the call ended when the socket then drops', async () => {
+    const url = await serve(
+      (sock) => sock.send(callStarted()),
+      {
+        onText: (sock, msg) => {
+          if (msg.type === 'end') {
+            sock.send(JSON.stringify({ type: 'call-ended', reason: 'customer-ended-call' }), () => setTimeout(() => sock.terminate(), 20));
+          }
+        },
+      },
+    );
+    const client = new AgentClient(factory);
+    const got = collect(client);
+    await client.connect(url, { sampleRate: 16000 });
+    client.end();
+    const info = await got.closed;
+    expect(info).toMatchObject({ code: 1006, endedReason: 'customer-ended-call', normal: true, message: 'You ended the call.' });
+  });
+
   it('rejects connect when nothing listens', async () => {
     const url = await serve(() => {});
     await new Promise<void>((r) => server!.close(() => r()));

@@ -25,6 +25,7 @@ export class TalkSession {
   private player: AudioWorkletNode | null = null;
   readonly client = new AgentClient();
   private muted = false;
+  private ending = false;
   /** Bytes of caller audio sent, for the page (and tests) to see audio flows. */
   sentBytes = 0;
 
@@ -89,7 +90,7 @@ export class TalkSession {
     });
     this.capture.port.onmessage = (e) => {
       const d = e.data;
-      if (d?.type === 'frame' && d.bytes instanceof ArrayBuffer) {
+      if (d?.type === 'frame' && d.bytes instanceof ArrayBuffer && !this.ending) {
         if (this.client.sendAudio(d.bytes)) this.sentBytes += d.bytes.byteLength;
       } else if (d?.type === 'level') this.h.onLevel('mic', d.level);
     };
@@ -111,8 +112,14 @@ export class TalkSession {
     return this.client.sendText(text);
   }
 
-  /** Hangs up; the close event follows. */
+  /**
+   * Hangs up; the close event follows. The microphone stops first: audio still in
+   * flight when the server closes the socket can make the close arrive as a reset
+   * (1006) instead of the close frame.
+   */
   end(): void {
+    this.ending = true;
+    this.capture?.disconnect();
     this.client.end();
   }
 

@@ -227,7 +227,7 @@ export function Talk({ id }: { id: string }) {
       </div>
 
       {closeInfo && (
-        <div class={closeInfo.normal ? 'ok' : 'error'} role="status" data-testid="call-ended">
+        <div class={closeInfo.normal ? 'ok' : 'error'} role="status" data-testid="call-ended" data-close-code={closeInfo.code}>
           <p>{closeInfo.message}</p>
           {callId && (
             <p>

@@ -45,6 +45,16 @@ type Listeners = {
 
 const OPEN = 1;
 
+/** `call-ended` reasons that are how calls end, not failures. */
+const NORMAL_ENDS = new Set([
+  'customer-ended-call',
+  'assistant-ended-call',
+  'silence-timed-out',
+  'exceeded-max-duration',
+  'assistant-said-end-call-phrase',
+  'assistant-ended-call-with-tool',
+]);
+
 export class AgentClient {
   private socket: SocketLike | null = null;
   private listeners: { [K in keyof Listeners]: Set<Listeners[K]> } = {
@@ -104,7 +114,9 @@ export class AgentClient {
           reason: ev.reason ?? '',
           endedReason: this.endedReason,
           message: describeClose(ev.code, ev.reason ?? '', this.endedReason),
-          normal: ev.code === 1000,
+          // `call-ended` is the server's word on how the call ended, even when the
+          // socket then closed without its close frame (1006).
+          normal: ev.code === 1000 || (ev.code === 1006 && this.endedReason !== undefined && NORMAL_ENDS.has(this.endedReason)),
         };
         if (!this.started) reject(new Error(info.message));
         this.emit('close', info);

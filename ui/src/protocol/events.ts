@@ -159,6 +159,9 @@ export function describeClose(code: number, reason: string, endedReason?: string
     'slow-client': 'This browser stopped reading audio in time, so the server ended the call.',
     'pipeline-error': 'The server failed during the call.',
   };
+  // After `call-ended`, its reason says how the call ended, whatever the close code
+  // (a socket reset right after the event reports 1006).
+  if (code === 1006 && endedReason !== undefined && byReason[endedReason]) return byReason[endedReason];
   switch (code) {
     case 1000:
       return byReason[why] ?? 'The call ended.';
