@@ -47,6 +47,8 @@ pub const SMOLLM2: &str = "smollm2-135m-instruct";
 pub const PIPER_VOICE: &str = "piper-joe-medium";
 pub const ONNXRUNTIME: &str = "onnxruntime";
 pub const ESPEAK_NG: &str = "espeak-ng";
+/// Sentence embeddings for knowledge-base search (all-MiniLM-L6-v2, safetensors).
+pub use catalog::MINILM;
 
 pub mod catalog;
 mod fetch;
