@@ -95,6 +95,16 @@ impl Default for VoiceSettings {
     }
 }
 
+/// A speech-to-speech model (OpenAI Realtime).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RealtimeSettings {
+    /// The model; `gpt-realtime` when absent.
+    pub model: Option<String>,
+    /// The voice; `alloy` when absent.
+    pub voice: Option<String>,
+}
+
 /// When the caller's turn is over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -198,6 +208,11 @@ pub struct AssistantSpec {
     /// Keeps a recording of each call (a stereo WAV: the caller left, the assistant
     /// right, 16 kHz), fetched at `/api/calls/{id}/recording`.
     pub recording_enabled: bool,
+    /// Speech to speech: when set, calls run on an OpenAI Realtime model (the
+    /// caller's audio in, the assistant's audio out) in place of the transcriber,
+    /// model and voice stages. The server is `model.baseUrl` or `OPENAI_BASE_URL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realtime: Option<RealtimeSettings>,
     /// Free-form data kept with the assistant (at most 16 KiB as JSON).
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
@@ -220,6 +235,7 @@ impl Default for AssistantSpec {
             end_call_phrases: Vec::new(),
             tools: Vec::new(),
             recording_enabled: false,
+            realtime: None,
             metadata: Map::new(),
         }
     }
@@ -256,6 +272,14 @@ impl AssistantSpec {
         check(self.name.chars().count() <= NAME_MAX, "name", format!("must be at most {NAME_MAX} characters"));
         // A name is one line: unlike free text, no newline or tab either.
         check(!self.name.chars().any(char::is_control), "name", "must not contain control characters".into());
+        if let Some(r) = &self.realtime {
+            for (field, value) in [("realtime.model", &r.model), ("realtime.voice", &r.voice)] {
+                if let Some(v) = value {
+                    let ok = !v.trim().is_empty() && v.chars().count() <= 100 && !v.chars().any(char::is_control);
+                    check(ok, field, "must be 1 to 100 characters, without control characters".into());
+                }
+            }
+        }
         check(self.system_prompt.len() <= PROMPT_MAX, "systemPrompt", format!("must be at most {PROMPT_MAX} bytes"));
         if let Some(m) = &self.first_message {
             check(m.chars().count() <= FIRST_MESSAGE_MAX, "firstMessage", format!("must be at most {FIRST_MESSAGE_MAX} characters"));

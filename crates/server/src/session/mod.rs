@@ -13,6 +13,7 @@
 
 pub mod journal;
 pub mod providers;
+pub mod realtime;
 pub mod recorder;
 pub mod socket;
 
@@ -126,7 +127,27 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         }
     };
 
-    let providers = match deps.providers.providers(assistant).await {
+    let speech_to_speech = match deps.providers.speech_to_speech(assistant) {
+        None => None,
+        Some(session) => match session.await {
+            Ok(s) => Some(s),
+            Err(message) => {
+                tracing::error!(%message, "no speech-to-speech session for this assistant");
+                let _ = wtx.send(ServerEvent::Error { code: "providers-unavailable".into(), message: message.clone() }.to_wire()).await;
+                let reason = EndReason::PipelineError(message);
+                finish(&wtx, &reason, Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;
+                drop(wtx);
+                let _ = writer.await;
+                return reason;
+            }
+        },
+    };
+    let providers = match speech_to_speech.is_some() {
+        // A realtime call needs none of the cascade's services.
+        true => Ok(None),
+        false => deps.providers.providers(assistant).await.map(Some),
+    };
+    let providers = match providers {
         Ok(p) => p,
         Err(message) => {
             tracing::error!(%message, "no providers for this assistant");
@@ -140,7 +161,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     };
 
     let mut turn_cfg = turn_config(assistant);
-    if turn_cfg.min_words > 0 && !providers.stt.streams() {
+    if turn_cfg.min_words > 0 && !providers.as_ref().is_some_and(|p| p.stt.streams()) {
         // Words are counted from partial transcripts, which only a streaming
         // transcriber gives: without one the rule could never pass, and the caller
         // could never interrupt. The voiced-duration rule decides alone.
@@ -175,14 +196,17 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     if let Some(r) = &recording {
         pipeline = pipeline.stage(RecordTap::new(r.clone()));
     }
-    let mut io = pipeline
-        .stage(turn)
-        .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
-        .stage(LlmStage::new(providers.llm, providers.tools, llm_config(assistant)))
-        .stage(ClauseStage::default())
-        .stage(TtsStage::new(providers.tts))
-        .stage(output)
-        .spawn(cancel.clone());
+    pipeline = pipeline.stage(turn);
+    pipeline = match (providers, speech_to_speech) {
+        (Some(providers), _) => pipeline
+            .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
+            .stage(LlmStage::new(providers.llm, providers.tools, llm_config(assistant)))
+            .stage(ClauseStage::default())
+            .stage(TtsStage::new(providers.tts)),
+        (None, Some((tx, events))) => pipeline.stage(realtime::RealtimeStage::new(tx, events, voxgate_transport::input::PIPELINE_RATE)),
+        (None, None) => unreachable!("a call has the cascade's services or a speech-to-speech session"),
+    };
+    let mut io = pipeline.stage(output).spawn(cancel.clone());
 
     let hello = ServerEvent::CallStarted {
         call_id: call.id.clone(),

@@ -31,11 +31,20 @@ pub struct Providers {
     pub tools: Option<Arc<dyn ToolRunner>>,
 }
 
+/// A live OpenAI Realtime session: what the call sends, what it hears.
+pub type SpeechToSpeech = (voxgate_openai::RealtimeSender, voxgate_openai::RealtimeEvents);
+
 /// Chooses a call's services from its assistant.
 pub trait ProviderFactory: Send + Sync + 'static {
     /// The services, or a sentence saying why none can serve this assistant. It
     /// may wait (for local models still loading after start).
     fn providers(&self, assistant: &Assistant) -> BoxFuture<'static, Result<Providers, String>>;
+
+    /// For an assistant with `realtime` set: its speech-to-speech session, being
+    /// set up, or why it cannot be. `None`: the assistant runs the cascade.
+    fn speech_to_speech(&self, assistant: &Assistant) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
+        assistant.spec.realtime.as_ref().map(|_| ready(Err("speech to speech needs the OpenAI-compatible provider (--providers auto or cloud)".to_string())).boxed())
+    }
 
     /// What `GET /api/providers` shows of these providers.
     fn describe(&self) -> ProviderInfo {
@@ -206,6 +215,32 @@ impl ProviderFactory for PerAssistant {
             Ok(Providers { stt, llm, tts, tools: now.and_then(|p| p.tools) })
         }
         .boxed()
+    }
+
+    fn speech_to_speech(&self, assistant: &Assistant) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
+        let settings = assistant.spec.realtime.as_ref()?;
+        let s = &assistant.spec;
+        let openai = self.openai(Overrides { base_url: s.model.base_url.clone(), ..Overrides::default() });
+        let mut config = voxgate_openai::RealtimeConfig {
+            instructions: s.system_prompt.clone(),
+            // Turns are ours: the turn stage commits each one.
+            turn_detection: voxgate_openai::TurnDetection::Manual,
+            max_output_tokens: Some(s.model.max_tokens.clamp(1, 4096)),
+            ..voxgate_openai::RealtimeConfig::default()
+        };
+        if let Some(model) = &settings.model {
+            config.model = model.clone();
+        }
+        if let Some(voice) = &settings.voice {
+            config.voice = voice.clone();
+        }
+        Some(
+            async move {
+                let openai = openai?;
+                openai.realtime(&config).await.map_err(|e| format!("the speech-to-speech session could not start: {e}"))
+            }
+            .boxed(),
+        )
     }
 
     fn describe(&self) -> ProviderInfo {
