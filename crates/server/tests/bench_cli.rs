@@ -43,12 +43,7 @@ fn bench_args(args: &[&str]) -> BenchArgs {
 }
 
 async fn voxgate(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxgate"));
-    cmd.args(args).kill_on_drop(true);
-    for var in ["VOXGATE_KEY", "RUST_LOG", "LOG_FORMAT", "LOG_LEVEL"] {
-        cmd.env_remove(var);
-    }
-    tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("voxgate bench finishes within 60 s").expect("the voxgate binary runs")
+    common::run_voxgate(args, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,14 +36,8 @@ async fn server() -> (TestServer, String) {
     (s, id)
 }
 
-/// Runs the real binary, with none of the caller's voxgate settings leaking in.
 async fn voxgate(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxgate"));
-    cmd.args(args).kill_on_drop(true);
-    for var in ["VOXGATE_KEY", "RUST_LOG", "LOG_FORMAT", "LOG_LEVEL"] {
-        cmd.env_remove(var);
-    }
-    tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("voxgate call finishes within 60 s").expect("the voxgate binary runs")
+    common::run_voxgate(args, Duration::from_secs(60)).await
 }
 
 fn text(b: &[u8]) -> String {

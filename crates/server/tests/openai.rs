@@ -59,12 +59,7 @@ async fn server(fake: &Fake, local_llm: ScriptedLlm) -> (TestServer, String) {
 }
 
 async fn voxgate(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxgate"));
-    cmd.args(args).kill_on_drop(true);
-    for var in ["VOXGATE_KEY", "RUST_LOG", "LOG_FORMAT", "LOG_LEVEL"] {
-        cmd.env_remove(var);
-    }
-    tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("voxgate call finishes within 60 s").expect("the voxgate binary runs")
+    common::run_voxgate(args, Duration::from_secs(60)).await
 }
 
 async fn get_json(s: &TestServer, path: &str) -> Value {
@@ -331,17 +326,7 @@ async fn an_assistant_whose_openai_settings_are_unusable_cannot_start_a_call_and
             "model": {"provider": "openai", "baseUrl": "https://models.internal/v1?token=abc"},
         }))
         .await;
-    let mut req = s.ws_url(&format!("assistantId={id}")).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(common::START.into())).await.unwrap();
-    let mut error = None;
-    while let Some(e) = common::next_event(&mut ws).await {
-        if e["type"] == "error" {
-            error = Some(e);
-        }
-    }
-    let error = error.expect("an error event before the close");
+    let error = common::error_before_close(&s, &id).await;
     assert_eq!(error["code"], "providers-unavailable", "{error}");
     assert!(error["message"].as_str().unwrap().contains("base URL"), "{error}");
     s.stop().await;

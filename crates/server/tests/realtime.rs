@@ -233,17 +233,7 @@ async fn a_realtime_session_that_cannot_start_ends_the_call_saying_why() {
     let fake = Fake::start().await;
     fake.realtime().set(|s| s.require_key = Some("sk-another-key".into()));
     let (mut s, id) = server(&fake).await;
-    let mut req = s.ws_url(&format!("assistantId={id}")).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(common::START.into())).await.unwrap();
-    let mut error = None;
-    while let Some(e) = common::next_event(&mut ws).await {
-        if e["type"] == "error" {
-            error = Some(e);
-        }
-    }
-    let error = error.expect("an error before the close");
+    let error = common::error_before_close(&s, &id).await;
     assert_eq!(error["code"], "providers-unavailable", "{error}");
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("speech-to-speech") && !message.contains("sk-rt-test"), "{message}");

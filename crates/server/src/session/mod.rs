@@ -127,30 +127,15 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         }
     };
 
-    let speech_to_speech = match deps.providers.speech_to_speech(assistant) {
-        None => None,
-        Some(session) => match session.await {
-            Ok(s) => Some(s),
-            Err(message) => {
-                tracing::error!(%message, "no speech-to-speech session for this assistant");
-                let _ = wtx.send(ServerEvent::Error { code: "providers-unavailable".into(), message: message.clone() }.to_wire()).await;
-                let reason = EndReason::PipelineError(message);
-                finish(&wtx, &reason, Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;
-                drop(wtx);
-                let _ = writer.await;
-                return reason;
-            }
-        },
+    // A realtime assistant's session, or else the cascade's services.
+    let services = match deps.providers.speech_to_speech(assistant) {
+        Some(session) => session.await.map(|s| (None, Some(s))),
+        None => deps.providers.providers(assistant).await.map(|p| (Some(p), None)),
     };
-    let providers = match speech_to_speech.is_some() {
-        // A realtime call needs none of the cascade's services.
-        true => Ok(None),
-        false => deps.providers.providers(assistant).await.map(Some),
-    };
-    let providers = match providers {
-        Ok(p) => p,
+    let (providers, speech_to_speech) = match services {
+        Ok(s) => s,
         Err(message) => {
-            tracing::error!(%message, "no providers for this assistant");
+            tracing::error!(%message, "no models for this assistant's call");
             let _ = wtx.send(ServerEvent::Error { code: "providers-unavailable".into(), message: message.clone() }.to_wire()).await;
             let reason = EndReason::PipelineError(message);
             finish(&wtx, &reason, Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;

@@ -189,3 +189,34 @@ pub async fn live_gauge(s: &TestServer) -> f64 {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .unwrap_or(0.0)
 }
+
+/// Runs the real `voxgate` binary with `args` (none of the caller's voxgate or log
+/// settings leak in) and waits for it, at most `limit`.
+pub async fn run_voxgate(args: &[&str], limit: Duration) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxgate"));
+    cmd.args(args).kill_on_drop(true);
+    for var in ["VOXGATE_KEY", "RUST_LOG", "LOG_FORMAT", "LOG_LEVEL"] {
+        cmd.env_remove(var);
+    }
+    tokio::time::timeout(limit, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("voxgate {} did not finish within {limit:?}", args.first().unwrap_or(&"")))
+        .expect("the voxgate binary runs")
+}
+
+/// Opens a call to `assistant`, sends `start`, and returns the last `error` event
+/// the server sent before it closed the socket.
+pub async fn error_before_close(s: &TestServer, assistant: &str) -> Value {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s.ws_url(&format!("assistantId={assistant}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Text(START.into())).await.unwrap();
+    let mut error = None;
+    while let Some(e) = next_event(&mut ws).await {
+        if e["type"] == "error" {
+            error = Some(e);
+        }
+    }
+    error.expect("an error event before the close")
+}
