@@ -728,3 +728,37 @@ async fn a_call_token_opens_one_call_for_its_assistant() {
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
+
+#[tokio::test]
+async fn a_client_that_closes_first_gets_the_closing_handshake_answered() {
+    let _g = LIVE_CALLS.read().await;
+    let mut s = TestServer::start().await;
+    let id = s.assistant("Front desk").await;
+    let (mut ws, call_id) = open_call(&s, &id).await;
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
+    event_of(&mut ws, "pong").await;
+    // The client starts the closing handshake; the server must answer with its
+    // close frame (a reset, 1006 in a browser, would mean it did not).
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("{e}")),
+                None => return Err("the connection ended without a close frame".into()),
+            }
+        }
+    })
+    .await
+    .expect("an answer within 5 s");
+    assert_eq!(answered, Ok(()), "the server did not answer the close");
+    let call = ended(&s.store, &call_id).await;
+    assert!(call.ended_reason.is_some(), "{call:?}");
+    s.stop().await;
+}

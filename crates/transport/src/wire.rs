@@ -68,7 +68,24 @@ pub fn writer_channel() -> (mpsc::Sender<WireOut>, mpsc::Receiver<WireOut>) {
 /// Writes every message from `rx` to `sink` until a [`WireOut::Close`] has been
 /// written (then closes the sink), every sender is dropped, or the sink fails.
 /// Flushes whenever the channel is empty, so a burst goes out in one write.
+///
+/// When a write fails, the sink is flushed and closed anyway: after a client's
+/// close frame, the WebSocket refuses new messages but still holds its answer to
+/// that close, which only goes out on a flush; dropping it unsent would end the
+/// closing handshake with a reset (1006 in a browser).
 pub async fn pump_output<S>(mut rx: mpsc::Receiver<WireOut>, mut sink: S) -> Result<(), S::Error>
+where
+    S: Sink<WireOut> + Unpin,
+{
+    let written = write_all(&mut rx, &mut sink).await;
+    if written.is_err() {
+        let _ = sink.flush().await;
+        let _ = sink.close().await;
+    }
+    written
+}
+
+async fn write_all<S>(rx: &mut mpsc::Receiver<WireOut>, sink: &mut S) -> Result<(), S::Error>
 where
     S: Sink<WireOut> + Unpin,
 {
