@@ -101,6 +101,12 @@ impl ProviderFactory for Local {
         .boxed()
     }
 
+    /// `--providers local` keeps every call on this machine: a realtime
+    /// assistant's calls run the local cascade.
+    fn speech_to_speech(&self, _: &Assistant) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
+        None
+    }
+
     fn describe(&self) -> ProviderInfo {
         ProviderInfo { mode: "local".into(), local: true, ..ProviderInfo::default() }
     }
