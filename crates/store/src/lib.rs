@@ -20,7 +20,9 @@ pub mod assistants;
 pub mod calls;
 pub mod files;
 pub mod keys;
+pub mod knowledge;
 pub mod migrate;
+pub mod outbox;
 pub mod pool;
 
 pub use pool::{Backend, PoolOptions, PoolStats, Store};

@@ -22,6 +22,18 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0003_response_and_recordings.sql"),
         include_str!("../migrations/postgres/0003_response_and_recordings.sql"),
     ),
+    (
+        4,
+        "knowledge",
+        include_str!("../migrations/sqlite/0004_knowledge.sql"),
+        include_str!("../migrations/postgres/0004_knowledge.sql"),
+    ),
+    (
+        5,
+        "webhooks",
+        include_str!("../migrations/sqlite/0005_webhooks.sql"),
+        include_str!("../migrations/postgres/0005_webhooks.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

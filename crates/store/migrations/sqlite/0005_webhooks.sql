@@ -1,0 +1,1 @@
+-- webhooks outbox (being written)

@@ -1,0 +1,1 @@
+//! Webhooks: signed events delivered from a persistent outbox (being written).
