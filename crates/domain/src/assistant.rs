@@ -153,6 +153,11 @@ pub enum ToolKind {
     Function,
     /// Ends the call.
     EndCall,
+    /// Hands the call to `destination`: a `transfer` event the client or the
+    /// telephony layer acts on, then the call ends.
+    TransferCall,
+    /// Searches the assistant's knowledge base for the model's `query`.
+    KnowledgeQuery,
 }
 
 /// A tool the model may call.
@@ -174,6 +179,33 @@ pub struct Tool {
     /// How long to wait for the tool's answer, in milliseconds.
     #[serde(default = "default_tool_timeout")]
     pub timeout_ms: u32,
+    /// Where a `transfer-call` tool hands the call (a phone number, a SIP URI, a
+    /// name the client understands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+/// The files an assistant answers from: the caller's words are embedded each
+/// turn and the nearest pieces of these files join the model's context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KnowledgeBase {
+    /// Ids of uploaded files (`POST /api/files`).
+    pub file_ids: Vec<String>,
+    /// How many pieces to add to the context each turn.
+    #[serde(default = "default_top_k")]
+    pub top_k: u32,
+    /// Longest time a turn waits for retrieval before the reply goes on without it.
+    #[serde(default = "default_retrieval_budget")]
+    pub budget_ms: u32,
+}
+
+fn default_top_k() -> u32 {
+    3
+}
+
+fn default_retrieval_budget() -> u32 {
+    300
 }
 
 fn empty_object() -> Value {
@@ -213,6 +245,13 @@ pub struct AssistantSpec {
     /// model and voice stages. The server is `model.baseUrl` or `OPENAI_BASE_URL`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub realtime: Option<RealtimeSettings>,
+    /// The assistant's knowledge base, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knowledge_base: Option<KnowledgeBase>,
+    /// Where this assistant's webhook events go (otherwise the server's
+    /// `WEBHOOK_URL`, if set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
     /// Free-form data kept with the assistant (at most 16 KiB as JSON).
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
@@ -236,6 +275,8 @@ impl Default for AssistantSpec {
             tools: Vec::new(),
             recording_enabled: false,
             realtime: None,
+            knowledge_base: None,
+            server_url: None,
             metadata: Map::new(),
         }
     }
@@ -251,6 +292,7 @@ pub mod limits {
     pub const PHRASES_MAX: usize = 32;
     pub const PHRASE_MAX: usize = 200;
     pub const TOOLS_MAX: usize = 64;
+    pub const KNOWLEDGE_FILES_MAX: usize = 100;
     pub const METADATA_MAX_BYTES: usize = 16 * 1024;
     pub const SILENCE_MS_RANGE: (u32, u32) = (100, 10_000);
     pub const MAX_DURATION_RANGE: (u32, u32) = (10, 4 * 3600);
@@ -374,6 +416,31 @@ impl AssistantSpec {
                 (_, Some(u)) => check(is_http_url(u), &at("url"), "must be an http or https URL".into()),
                 _ => {}
             }
+            match (t.kind, &t.destination) {
+                (ToolKind::TransferCall, None) => check(false, &at("destination"), "is required for a transfer-call tool".into()),
+                (_, Some(d)) => check(
+                    !d.trim().is_empty() && d.chars().count() <= 200 && !has_control(d),
+                    &at("destination"),
+                    "must be 1 to 200 printable characters".into(),
+                ),
+                _ => {}
+            }
+        }
+
+        if let Some(kb) = &self.knowledge_base {
+            check(kb.file_ids.len() <= KNOWLEDGE_FILES_MAX, "knowledgeBase.fileIds", format!("must have at most {KNOWLEDGE_FILES_MAX} files"));
+            for (n, id) in kb.file_ids.iter().enumerate() {
+                check(
+                    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                    &format!("knowledgeBase.fileIds[{n}]"),
+                    "must be a file id".into(),
+                );
+            }
+            check((1..=10).contains(&kb.top_k), "knowledgeBase.topK", "must be between 1 and 10".into());
+            check((10..=5000).contains(&kb.budget_ms), "knowledgeBase.budgetMs", "must be between 10 and 5000".into());
+        }
+        if let Some(u) = &self.server_url {
+            check(is_http_url(u), "serverUrl", "must be an http or https URL".into());
         }
 
         let meta_len = serde_json::to_vec(&self.metadata).map(|v| v.len()).unwrap_or(usize::MAX);

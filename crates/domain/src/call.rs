@@ -132,6 +132,9 @@ pub struct TurnLatency {
     /// after endpointing (speech to text, the model, speech synthesis, the platform).
     #[serde(default)]
     pub response_ms: Option<f64>,
+    /// Embedding the caller's words and searching the assistant's knowledge base.
+    #[serde(default)]
+    pub retrieval_ms: Option<f64>,
 }
 
 /// One turn of a call's transcript.

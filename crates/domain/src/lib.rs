@@ -19,5 +19,5 @@ pub mod key;
 pub use assistant::{Assistant, AssistantSpec};
 pub use call::{Call, CallStatus, CallTurn, TurnLatency, TurnRole};
 pub use error::{ErrorCode, FieldError};
-pub use file::FileRecord;
+pub use file::{FileError, FileRecord, FileStatus};
 pub use key::{ApiKey, KeyKind, MintedKey};

@@ -59,6 +59,7 @@ fn turn_from_row(r: &AnyRow) -> Result<CallTurn> {
             queue_wait_ms: r.try_get("queue_wait_ms")?,
             voice_to_voice_ms: r.try_get("voice_to_voice_ms")?,
             response_ms: r.try_get("response_ms")?,
+            retrieval_ms: r.try_get("retrieval_ms")?,
         },
     })
 }
@@ -220,8 +221,8 @@ async fn insert_turn(c: &mut sqlx::AnyConnection, call_id: &str, turn: &CallTurn
     let l = &turn.latency;
     sqlx::query(
         "INSERT INTO call_turns (call_id, idx, role, text, started_ms, interrupted, endpointing_ms, stt_ms, \
-         llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms, response_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms, response_ms, retrieval_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     // Not a cached prepared statement: through the Any driver, a NULL binds with
     // another type than a number, and PostgreSQL would keep the types of the
@@ -241,6 +242,7 @@ async fn insert_turn(c: &mut sqlx::AnyConnection, call_id: &str, turn: &CallTurn
     .bind(l.queue_wait_ms)
     .bind(l.voice_to_voice_ms)
     .bind(l.response_ms)
+    .bind(l.retrieval_ms)
     .execute(&mut *c)
     .await?;
     Ok(())

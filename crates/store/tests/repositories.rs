@@ -6,7 +6,7 @@ use serde_json::json;
 use voxgate_domain::call::{Call, CallStatus, CallTurn, TurnLatency, TurnRole};
 use voxgate_domain::clock::{new_id, now_ms};
 use voxgate_domain::key::{KeyKind, mint};
-use voxgate_domain::{AssistantSpec, FileRecord};
+use voxgate_domain::{AssistantSpec, FileRecord, FileStatus};
 use voxgate_store::calls::CallFilter;
 use voxgate_store::{Store, StoreError};
 use voxgate_testkit::TestDb;
@@ -123,6 +123,7 @@ async fn turns_with_and_without_latency_follow_each_other() {
             queue_wait_ms: Some(2.5),
             voice_to_voice_ms: Some(550.8),
             response_ms: Some(38.8),
+            retrieval_ms: Some(14.2),
         };
         let latencies = [TurnLatency::default(), full.clone(), TurnLatency { queue_wait_ms: None, ..full.clone() }, TurnLatency::default(), full];
         for (idx, latency) in latencies.iter().enumerate() {
@@ -190,6 +191,10 @@ async fn files_records() {
             assistant_id: None,
             storage_path: "files/abc".into(),
             created_at: now_ms(),
+            status: FileStatus::Ready,
+            error: None,
+            chunk_count: 0,
+            processed_at: None,
         };
         store.insert_file(&f).await.unwrap();
         assert_eq!(store.get_file(&f.id).await.unwrap(), f);
