@@ -53,6 +53,21 @@ fn validated(spec: AssistantSpec) -> Result<AssistantSpec, ApiError> {
     Ok(spec)
 }
 
+/// Every file of the knowledge base must exist (a file deleted later is skipped
+/// at call time; one that never existed is a mistake to report now).
+async fn files_exist(s: &ApiState, spec: &AssistantSpec) -> Result<(), ApiError> {
+    let Some(kb) = &spec.knowledge_base else { return Ok(()) };
+    let found: std::collections::HashSet<String> = s.store.files_by_ids(&kb.file_ids).await?.into_iter().map(|f| f.id).collect();
+    let missing: Vec<voxgate_domain::FieldError> = kb
+        .file_ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !found.contains(*id))
+        .map(|(n, _)| voxgate_domain::FieldError::new(format!("knowledgeBase.fileIds[{n}]"), "no such file"))
+        .collect();
+    if missing.is_empty() { Ok(()) } else { Err(ApiError::validation(missing)) }
+}
+
 /// Parses a whole body as a spec with field paths in errors.
 fn spec_from(value: Value) -> Result<AssistantSpec, ApiError> {
     let mut track = serde_path_to_error::Track::new();
@@ -78,6 +93,7 @@ pub async fn create(State(s): State<ApiState>, _: Admin, ApiJson(body): ApiJson<
         return Err(ApiError::validation(vec![voxgate_domain::FieldError::new("", "the body must be a JSON object")]));
     }
     let spec = validated(spec_from(body)?)?;
+    files_exist(&s, &spec).await?;
     Ok((StatusCode::CREATED, Json(s.store.create_assistant(spec).await?)))
 }
 
@@ -112,6 +128,7 @@ pub async fn update(
     let mut doc = serde_json::to_value(&current.spec).expect("a spec serializes");
     merge_patch(&mut doc, &patch);
     let spec = validated(spec_from(doc)?)?;
+    files_exist(&s, &spec).await?;
     s.store.update_assistant(&id, spec).await.map(Json).map_err(|e| not_found_as(e, "assistant"))
 }
 

@@ -8,7 +8,7 @@
 //! - [`ratelimit`]: per-caller and per-address limits by route group.
 //! - [`cors`]: `ALLOWED_ORIGINS`.
 //! - [`metrics`]: `/api/metrics` and the HTTP metrics middleware.
-//! - [`ops`], [`assistants`], [`calls`], [`keys`]: one module per resource.
+//! - [`ops`], [`assistants`], [`calls`], [`keys`], [`files`]: one module per resource.
 //!
 //! Each request passes, outermost first: error normalization, CORS, HTTP metrics,
 //! the per-address limit, authentication, the per-caller limit, the timeout and
@@ -19,6 +19,7 @@ pub mod auth;
 pub mod calls;
 pub mod cors;
 pub mod error;
+pub mod files;
 pub mod keys;
 pub mod metrics;
 pub mod ops;
@@ -83,6 +84,8 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
         .routes(routes!(keys::login))
         .routes(routes!(keys::me))
         .routes(routes!(providers::providers))
+        .routes(routes!(files::list, files::upload))
+        .routes(routes!(files::get, files::delete))
 }
 
 /// The OpenAPI document of every route, generated from the handlers.
@@ -96,10 +99,14 @@ async fn no_such_route() -> axum::response::Response {
     ApiError::new(voxgate_domain::ErrorCode::NotFound, "no such route").into_response()
 }
 
-/// Refuses a body whose declared `Content-Length` is over the limit at once. The
-/// body limit alone reads up to the limit and then waits for bytes it would refuse
-/// anyway, so a lying length held the request open until the timeout.
-async fn declared_length_limit(limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+/// Sets the body limit of each request (uploads to `POST /api/files` get
+/// `upload_limit`, everything else `body_limit`), and refuses a body whose declared
+/// `Content-Length` is over it at once. The body limit alone reads up to the limit
+/// and then waits for bytes it would refuse anyway, so a lying length held the
+/// request open until the timeout.
+async fn body_limits(body_limit: usize, upload_limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tower::{Layer, ServiceExt};
+    let limit = if ratelimit::is_upload(req.method(), req.uri().path()) { upload_limit } else { body_limit };
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -108,7 +115,10 @@ async fn declared_length_limit(limit: usize, req: axum::extract::Request, next: 
     if declared.is_some_and(|n| n > limit as u64) {
         return ApiError::new(voxgate_domain::ErrorCode::PayloadTooLarge, "the body is larger than this endpoint accepts").into_response();
     }
-    next.run(req).await
+    match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {
+        Ok(res) => res.into_response(),
+        Err(never) => match never {},
+    }
 }
 
 /// The `/api` router, with its state and every layer applied.
@@ -127,15 +137,14 @@ pub fn router(state: ApiState, mount: Mount) -> Router {
         router
     };
     let cfg = state.config.clone();
-    let body_limit = cfg.body_limit;
+    let (body_limit, upload_limit) = (cfg.body_limit, cfg.upload_limit);
     router
         // Not a fallback: the binary merges this router with the UI's, which owns `/`.
         .route("/api/{*rest}", axum::routing::any(no_such_route))
         // `{*rest}` needs a segment: `/api` and `/api/` are ours too (JSON 404s).
         .route("/api", axum::routing::any(no_such_route))
         .route("/api/", axum::routing::any(no_such_route))
-        .layer(DefaultBodyLimit::max(cfg.body_limit))
-        .layer(axum::middleware::from_fn(move |req, next| declared_length_limit(body_limit, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| body_limits(body_limit, upload_limit, req, next)))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.request_timeout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_by_caller))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_auth))

@@ -43,12 +43,17 @@ impl Group {
     }
 
     fn of(method: &Method, path: &str) -> Group {
-        if *method == Method::POST && (path == "/api/files" || path.starts_with("/api/files/")) {
+        if is_upload(method, path) {
             Group::Uploads
         } else {
             Group::Api
         }
     }
+}
+
+/// Whether a request is a file upload (its own rate limit and body limit).
+pub fn is_upload(method: &Method, path: &str) -> bool {
+    *method == Method::POST && (path == "/api/files" || path.starts_with("/api/files/"))
 }
 
 /// One limit: `burst` requests, refilled evenly over `per`.

@@ -36,6 +36,10 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// What `GET /api/providers` reports.
     pub providers: crate::providers::ProviderInfo,
+    /// Largest upload to `POST /api/files`.
+    pub upload_limit: usize,
+    /// Where uploaded files' bytes are kept (each under its id).
+    pub files_dir: std::path::PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +56,8 @@ impl Default for ApiConfig {
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             providers: crate::providers::ProviderInfo::default(),
+            upload_limit: 10 * 1024 * 1024,
+            files_dir: std::env::temp_dir().join("voxgate-files"),
         }
     }
 }
@@ -82,6 +88,8 @@ pub struct ApiState {
     pub limiter: Arc<RateLimiter>,
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: PrometheusHandle,
+    /// Processes uploaded files; `None` where this instance has no processor.
+    pub file_jobs: Option<crate::files::SharedFileJobs>,
 }
 
 impl ApiState {
@@ -95,6 +103,13 @@ impl ApiState {
             config: Arc::new(config),
             lifecycle,
             metrics: crate::metrics::install(),
+            file_jobs: None,
         }
+    }
+
+    /// Hands uploaded files to `jobs` for processing.
+    pub fn with_file_jobs(mut self, jobs: crate::files::SharedFileJobs) -> ApiState {
+        self.file_jobs = Some(jobs);
+        self
     }
 }

@@ -70,6 +70,8 @@ pub enum EndReason {
     ServerShutdown,
     /// The key that opened the call was revoked while it went on.
     KeyRevoked,
+    /// The assistant handed the call on with its transfer tool.
+    Transferred,
     PipelineError(String),
 }
 
@@ -88,6 +90,7 @@ impl EndReason {
             EndReason::ProtocolError => "protocol-error",
             EndReason::ServerShutdown => "server-shutdown",
             EndReason::KeyRevoked => "key-revoked",
+            EndReason::Transferred => "assistant-forwarded-call",
             EndReason::PipelineError(_) => "pipeline-error",
         }
     }
@@ -125,6 +128,8 @@ pub enum Stage {
     LlmFirstToken,
     TtsFirstAudio,
     QueueWait,
+    /// Embedding the caller's words and searching the knowledge base.
+    Retrieval,
     VoiceToVoice,
     /// From the end-of-turn decision to the first reply audio frame handed to the
     /// socket's writer: what the platform and the models add after endpointing.
@@ -194,6 +199,9 @@ pub enum Frame {
     LlmResponseEnd,
     TtsStarted,
     TtsStopped,
+    /// Hand the call to a destination (the client or the telephony layer acts on
+    /// the `transfer` event); an `End` follows.
+    Transfer(String),
     /// End the call after what is queued has played.
     End(EndReason),
 }
@@ -211,7 +219,7 @@ impl Frame {
             | BotStoppedSpeaking | InputAudio(_) | Metric { .. } | Error { .. } | Spoken(_) => Category::System,
             OutputAudio(_) | Transcript(_) | UserText(_) | LlmText(_) | TtsText(_) | ToolCall(_)
             | ToolResult(_) | Say(_) | SpeechClause(_) => Category::Data,
-            EndOfTurn | LlmResponseStart | LlmResponseEnd | TtsStarted | TtsStopped | End(_) => Category::Control,
+            EndOfTurn | LlmResponseStart | LlmResponseEnd | TtsStarted | TtsStopped | Transfer(_) | End(_) => Category::Control,
         }
     }
 
@@ -249,6 +257,7 @@ impl Frame {
             LlmResponseEnd => "llm-response-end",
             TtsStarted => "tts-started",
             TtsStopped => "tts-stopped",
+            Transfer(_) => "transfer",
             End(_) => "end",
         }
     }

@@ -200,6 +200,16 @@ async fn run_call(socket: WebSocket, call: Call, assistant: Assistant, s: AgentS
     // After its turns, in order; the journal retries while the database is away.
     if !s.session.journal.end(&call.id, reason.as_str(), CALL_END_WRITE).await {
         tracing::error!("the call's end is not written yet; it stays queued");
+    } else if let Some(n) = s.session.notifier_for(&call, &assistant) {
+        // The record is complete now (the journal writes a call's turns before its
+        // end): the report is built from what was stored.
+        match s.session.store.get_call(&call.id).await {
+            Ok(mut done) => {
+                let turns = done.turns.take().unwrap_or_default();
+                n.ended(&done, &turns).await;
+            }
+            Err(e) => tracing::error!(error = %e, "the end-of-call report could not be built"),
+        }
     }
     tracing::info!(reason = reason.as_str(), "call ended");
 }

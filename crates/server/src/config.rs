@@ -405,6 +405,19 @@ pub struct ServeArgs {
     /// API instances read them from the same path (share the volume when split).
     #[arg(long, env = "RECORDINGS_DIR", default_value = "recordings")]
     pub recordings_dir: PathBuf,
+    /// Where uploaded knowledge-base files are kept (each under its id); API
+    /// instances write them and process them (share the volume when split).
+    #[arg(long, env = "FILES_DIR", default_value = "files")]
+    pub files_dir: PathBuf,
+    /// Largest upload to `POST /api/files`, in bytes.
+    #[arg(long, env = "UPLOAD_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub upload_max_bytes: usize,
+    /// Where webhook events go for assistants without their own `serverUrl`.
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Signs webhook events and tool calls (HMAC-SHA256). Webhooks are off without it.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,
@@ -497,6 +510,8 @@ impl ServeArgs {
             request_timeout: Duration::from_secs(self.request_timeout.max(1)),
             // Filled in by `serve::start_with` from the chosen providers.
             providers: voxgate_api::providers::ProviderInfo::default(),
+            upload_limit: self.upload_max_bytes,
+            files_dir: std::path::absolute(&self.files_dir).unwrap_or_else(|_| self.files_dir.clone()),
         })
     }
 
@@ -507,6 +522,7 @@ impl ServeArgs {
             Command::Serve(mut s) => {
                 // Not in the working directory: recordings of test calls go to the temp folder.
                 s.recordings_dir = std::env::temp_dir().join(format!("voxgate-test-recordings-{}", std::process::id()));
+                s.files_dir = std::env::temp_dir().join(format!("voxgate-test-files-{}", std::process::id()));
                 *s
             }
             _ => unreachable!("parsed a serve command"),

@@ -19,6 +19,7 @@ pub mod call;
 pub mod commands;
 pub mod config;
 pub mod headers;
+pub mod knowledge;
 pub mod models;
 pub mod serve;
 pub mod session;

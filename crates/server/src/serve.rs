@@ -25,6 +25,7 @@ use tower_http::trace::TraceLayer;
 use voxgate_api::{ApiError, ApiState, Lifecycle, Mount};
 use voxgate_domain::ErrorCode;
 use voxgate_domain::key::random_token;
+use voxgate_providers::pool::InferencePool;
 use voxgate_store::Store;
 
 use crate::agent::{self, AgentState};
@@ -54,6 +55,8 @@ pub struct Running {
     journal: Option<crate::session::journal::Journal>,
     drain_timeout: Duration,
     server: JoinHandle<std::io::Result<()>>,
+    /// Stops the background workers (webhook delivery) once the drain is over.
+    background: CancellationToken,
 }
 
 impl Running {
@@ -86,6 +89,8 @@ impl Running {
         {
             tracing::error!("call records still unwritten at exit");
         }
+        // Events not delivered by now stay in the outbox for the next start.
+        self.background.cancel();
         if let Some(store) = &self.store {
             // A safety net: no call of ours stays "in progress" after we are gone.
             match store.end_calls_of_instance(&self.instance, "server-shutdown").await {
@@ -109,17 +114,20 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
     }
+    // One pool for every local model job of this process, the knowledge base's
+    // embeddings included, so they queue fairly together.
+    let pool = InferencePool::new(args.inference_workers.max(1));
     let providers: Arc<dyn crate::session::ProviderFactory> = match args.providers {
         _ if !args.role.serves_agent() => Arc::new(crate::session::providers::NoCalls("this instance does not serve calls".into())),
-        ProvidersChoice::Local => Arc::new(local_models(&args).await?),
-        ProvidersChoice::Auto => Arc::new(crate::session::providers::PerAssistant::new(Arc::new(local_models(&args).await?), openai_from_env())),
+        ProvidersChoice::Local => Arc::new(local_models(&args, &pool).await?),
+        ProvidersChoice::Auto => Arc::new(crate::session::providers::PerAssistant::new(Arc::new(local_models(&args, &pool).await?), openai_from_env())),
         ProvidersChoice::Cloud => Arc::new(crate::session::providers::PerAssistant::cloud_only(openai_from_env())),
         ProvidersChoice::Scripted => {
             tracing::warn!("--providers scripted: calls get instant fake speech and language models (benchmarks and load tests only)");
             Arc::new(crate::session::providers::Scripted)
         }
     };
-    start_with(args, providers).await
+    start_with_pool(args, providers, pool).await
 }
 
 /// The OpenAI providers from `OPENAI_API_KEY` and `OPENAI_BASE_URL`, or why they
@@ -135,7 +143,7 @@ fn openai_from_env() -> Result<voxgate_openai::OpenAi, String> {
 
 /// The local models: checks that every file is there (fetching what is missing,
 /// unless `--fetch-models false`), then starts loading them in the background.
-async fn local_models(args: &ServeArgs) -> anyhow::Result<crate::session::Local> {
+async fn local_models(args: &ServeArgs, pool: &InferencePool) -> anyhow::Result<crate::session::Local> {
     let dir = args.models_dir.resolve();
     if let Err(missing) = voxgate_models::check(&dir, voxgate_models::PACKAGES) {
         if !args.fetch_models {
@@ -152,6 +160,7 @@ async fn local_models(args: &ServeArgs) -> anyhow::Result<crate::session::Local>
         workers: args.inference_workers.max(1),
         threads: args.inference_threads.unwrap_or(defaults.threads).max(1),
         baseline: args.local_baseline,
+        pool: Some(pool.clone()),
         ..defaults
     };
     Ok(crate::session::Local::start_loading(voxgate_models::Paths::new(&dir), options))
@@ -159,6 +168,11 @@ async fn local_models(args: &ServeArgs) -> anyhow::Result<crate::session::Local>
 
 /// [`start`] with the given providers (tests and benchmarks pass scripted ones).
 pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::ProviderFactory>) -> anyhow::Result<Running> {
+    let pool = InferencePool::new(args.inference_workers.max(1));
+    start_with_pool(args, providers, pool).await
+}
+
+async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::ProviderFactory>, pool: InferencePool) -> anyhow::Result<Running> {
     crate::init_crypto();
     let role = args.role;
     let addr = args.bind_addr();
@@ -198,13 +212,49 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
         _ => anyhow::bail!("TLS needs both TLS_CERT and TLS_KEY"),
     };
 
+    let background = CancellationToken::new();
+    let webhook_secret = args.webhook_secret.clone().filter(|s| !s.is_empty());
+    let webhooks = match (&store, &webhook_secret) {
+        (Some(store), Some(secret)) => {
+            let w = voxgate_webhooks::Webhooks::new(store.clone(), secret, voxgate_webhooks::Options::default())
+                .context("setting up webhooks")?;
+            // Every instance delivers: the outbox is shared, and claims keep two
+            // instances from sending the same event at once.
+            tokio::spawn(w.clone().run(background.clone()));
+            Some(w)
+        }
+        (Some(_), None) => {
+            if args.webhook_url.is_some() {
+                tracing::warn!("WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are off (events are always signed)");
+            }
+            None
+        }
+        _ => None,
+    };
+    let knowledge = store.as_ref().map(|store| {
+        crate::knowledge::Knowledge::start(
+            store.clone(),
+            std::path::absolute(&args.files_dir).unwrap_or_else(|_| args.files_dir.clone()),
+            args.models_dir.resolve().join(voxgate_models::MINILM),
+            pool.clone(),
+            args.upload_max_bytes,
+        )
+    });
+    if let (Some(k), true) = (&knowledge, role.serves_api()) {
+        k.resume().await.context("queueing unfinished uploads")?;
+    }
+    let http = voxgate_webhooks::default_client().context("building the HTTP client for tools")?;
+
     let mut app = Router::new();
     let journal = match &store {
         Some(store) if role.serves_agent() => Some(crate::session::journal::Journal::start(store.clone()).0),
         _ => None,
     };
     if let Some(store) = &store {
-        let api = ApiState::new(store.clone(), api_config.clone(), lifecycle.clone());
+        let mut api = ApiState::new(store.clone(), api_config.clone(), lifecycle.clone());
+        if let (Some(k), true) = (&knowledge, role.serves_api()) {
+            api = api.with_file_jobs(Arc::new(k.clone()));
+        }
         let mount = if role.serves_api() { Mount::Full } else { Mount::OpsOnly };
         app = app.merge(voxgate_api::router(api.clone(), mount));
         if role.serves_agent() {
@@ -222,6 +272,12 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
                     max_message: args.ws_max_message,
                     key_check: Duration::from_secs(args.auth_cache_ttl.max(1)),
                     recordings: std::path::absolute(&args.recordings_dir).unwrap_or_else(|_| args.recordings_dir.clone()),
+                    knowledge: knowledge.clone(),
+                    webhooks: webhooks.clone(),
+                    webhook_url: args.webhook_url.clone().filter(|u| !u.is_empty()),
+                    http: http.clone(),
+                    signing_secret: webhook_secret.as_deref().map(Arc::from),
+                    notifier: None,
                 },
             }));
         }
@@ -268,7 +324,7 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
         }
     };
     tracing::info!(%addr, ?role, tls, %instance, "listening");
-    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server })
+    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server, background })
 }
 
 /// Layers every answer passes through, outermost last: request id, logging span,

@@ -48,6 +48,11 @@ impl Conversation {
         }
     }
 
+    /// What the caller said last, if the conversation ends with their words.
+    pub fn last_user_text(&self) -> Option<String> {
+        self.messages.last().filter(|m| m.role == Role::User).map(|m| m.content.clone())
+    }
+
     pub fn push(&mut self, m: ChatMessage) {
         self.messages.push(m);
     }

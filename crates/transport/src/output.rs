@@ -426,6 +426,10 @@ impl Processor for OutputStage {
                 self.event(ev, out).await?;
                 out.down(Frame::ToolCall(c)).await
             }
+            (Frame::Transfer(destination), Down) => {
+                self.event(ServerEvent::Transfer { destination: destination.clone() }, out).await?;
+                out.down(Frame::Transfer(destination)).await
+            }
             (f, dir) => out.push(f, dir).await,
         }
     }

@@ -199,6 +199,9 @@ pub struct TurnLatency {
     /// Time the turn's model jobs waited for a free inference worker (local models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<u64>,
+    /// Time the turn spent searching the assistant's knowledge base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice_to_voice_ms: Option<u64>,
     /// From the end-of-turn decision to the first reply audio frame written, in
@@ -250,6 +253,9 @@ pub enum ServerEvent {
         name: String,
         arguments: Value,
     },
+    /// The assistant hands the call to `destination` (the client or the telephony
+    /// layer connects it); `call-ended` follows.
+    Transfer { destination: String },
     /// Something went wrong; `code` is one of the documented codes.
     Error { code: String, message: String },
     /// The call is over; the socket closes next.

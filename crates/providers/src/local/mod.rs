@@ -37,12 +37,15 @@ pub struct LocalOptions {
     /// window, the reply reaches the voice only once it is whole, and the voice
     /// speaks it in one piece.
     pub baseline: bool,
+    /// The pool to run on, shared with other inference (the knowledge base's
+    /// embeddings); a pool of `workers` of its own when `None`.
+    pub pool: Option<InferencePool>,
 }
 
 impl Default for LocalOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        LocalOptions { workers: 1, threads: cores.clamp(1, 4), llm_sessions: 16, llm_context: 2048, baseline: false }
+        LocalOptions { workers: 1, threads: cores.clamp(1, 4), llm_sessions: 16, llm_context: 2048, baseline: false, pool: None }
     }
 }
 
@@ -105,7 +108,8 @@ impl LocalModels {
         if options.baseline {
             tracing::warn!("local models in baseline mode: the naive pipeline, for benchmarks only");
         }
-        Ok(LocalModels { whisper, llama, piper, pool: InferencePool::new(options.workers), baseline: options.baseline, load_time })
+        let pool = options.pool.clone().unwrap_or_else(|| InferencePool::new(options.workers));
+        Ok(LocalModels { whisper, llama, piper, pool, baseline: options.baseline, load_time })
     }
 
     /// One call's providers: they share the models and the pool, and meter this

@@ -10,12 +10,16 @@
 //! - [`providers`]: which STT, LLM and TTS a call uses.
 //! - [`recorder`]: frames into turn records.
 //! - [`socket`]: axum's WebSocket as the transport's stream and sink.
+//! - [`tools`]: the assistant's tools (HTTP functions, knowledge queries).
+//! - [`events`]: webhook events about the call.
 
+pub mod events;
 pub mod journal;
 pub mod providers;
 pub mod realtime;
 pub mod recorder;
 pub mod socket;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +66,23 @@ pub struct SessionDeps {
     pub recordings: std::path::PathBuf,
     /// How often a live call checks that the key which opened it still stands.
     pub key_check: Duration,
+    /// Knowledge-base search, for assistants that have one.
+    pub knowledge: Option<crate::knowledge::Knowledge>,
+    /// The webhook outbox (`WEBHOOK_SECRET` set), and where events go by default.
+    pub webhooks: Option<voxgate_webhooks::Webhooks>,
+    pub webhook_url: Option<String>,
+    /// The client tool calls go out on, and the secret that signs them.
+    pub http: reqwest::Client,
+    pub signing_secret: Option<Arc<str>>,
+    /// This call's webhook events (set by [`run`] for the call).
+    pub notifier: Option<events::Notifier>,
+}
+
+impl SessionDeps {
+    /// Where a call's webhook events go, if anywhere.
+    pub fn notifier_for(&self, call: &Call, assistant: &Assistant) -> Option<events::Notifier> {
+        events::Notifier::for_call(self.webhooks.as_ref(), self.webhook_url.as_deref(), call, assistant.spec.server_url.as_deref())
+    }
 }
 
 /// The turn-taking settings of an assistant.
@@ -94,6 +115,14 @@ pub fn llm_config(a: &Assistant) -> LlmConfig {
             .map(|t| ToolSpec { name: t.name.clone(), description: t.description.clone(), parameters: t.parameters.clone() })
             .collect(),
         end_call_tool: s.tools.iter().find(|t| t.kind == ToolKind::EndCall).map(|t| t.name.clone()),
+        transfer_tools: s
+            .tools
+            .iter()
+            .filter(|t| t.kind == ToolKind::TransferCall)
+            .filter_map(|t| Some((t.name.clone(), t.destination.clone()?)))
+            .collect(),
+        retriever: None,
+        retrieval_budget: Duration::from_millis(s.knowledge_base.as_ref().map_or(300, |kb| kb.budget_ms as u64)),
         temperature: s.model.temperature,
         max_tokens: s.model.max_tokens,
         end_call_phrases: s.end_call_phrases.clone(),
@@ -104,6 +133,7 @@ pub fn llm_config(a: &Assistant) -> LlmConfig {
 /// Runs one call on `socket` until it ends; returns why. The call's record exists
 /// already; its turns are written here as they finish; the caller ends the record.
 pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &SessionDeps) -> EndReason {
+    let deps = &SessionDeps { notifier: deps.notifier_for(call, assistant), ..deps.clone() };
     let (sink, mut stream) = socket::split(socket, deps.max_message);
     let (wtx, wrx) = writer_channel();
     let writer = tokio::spawn(pump_output(wrx, sink));
@@ -132,7 +162,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         Some(session) => session.await.map(|s| (None, Some(s))),
         None => deps.providers.providers(assistant).await.map(|p| (Some(p), None)),
     };
-    let (providers, speech_to_speech) = match services {
+    let (mut providers, speech_to_speech) = match services {
         Ok(s) => s,
         Err(message) => {
             tracing::error!(%message, "no models for this assistant's call");
@@ -182,10 +212,20 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         pipeline = pipeline.stage(RecordTap::new(r.clone()));
     }
     pipeline = pipeline.stage(turn);
+    let mut llm_cfg = llm_config(assistant);
+    if let (Some(k), Some(kb)) = (&deps.knowledge, &assistant.spec.knowledge_base) {
+        llm_cfg.retriever = Some(k.retriever(kb));
+    }
+    if let Some(p) = providers.as_mut()
+        && p.tools.is_none()
+        && !assistant.spec.tools.is_empty()
+    {
+        p.tools = Some(Arc::new(tools::CallTools::new(deps.http.clone(), deps.signing_secret.clone(), &call.id, assistant, deps.knowledge.clone())));
+    }
     pipeline = match (providers, speech_to_speech) {
         (Some(providers), _) => pipeline
             .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
-            .stage(LlmStage::new(providers.llm, providers.tools, llm_config(assistant)))
+            .stage(LlmStage::new(providers.llm, providers.tools, llm_cfg))
             .stage(ClauseStage::default())
             .stage(TtsStage::new(providers.tts)),
         (None, Some((tx, events))) => pipeline.stage(realtime::RealtimeStage::new(tx, events, voxgate_transport::input::PIPELINE_RATE)),
@@ -201,6 +241,9 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         output: negotiated.output,
     };
     let _ = wtx.send(hello.to_wire()).await;
+    if let Some(n) = &deps.notifier {
+        n.in_progress();
+    }
     let _ = io.head.send(Frame::Start).await;
     if assistant.spec.first_message_mode == FirstMessageMode::AssistantSpeaksFirst
         && let Some(greeting) = assistant.spec.first_message.clone().filter(|m| !m.trim().is_empty())
@@ -231,6 +274,11 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
                 Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message), None),
                 Some((f @ (Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking), _)) => {
                     record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
+                }
+                Some((Frame::ToolCall(c), _)) => {
+                    if let Some(n) = &deps.notifier {
+                        n.tool_call(&c.id, &c.name, &c.arguments);
+                    }
                 }
                 Some(_) => {}
                 None => break (EndReason::PipelineError("the pipeline stopped".into()), None),
@@ -358,6 +406,7 @@ async fn record(
             llm_first_token_ms: ms(l.llm_first_token_ms),
             tts_first_audio_ms: ms(l.tts_first_audio_ms),
             queue_wait_ms: ms(l.queue_wait_ms),
+            retrieval_ms: ms(l.retrieval_ms),
             voice_to_voice_ms: ms(l.voice_to_voice_ms),
             response_ms: l.response_ms.map(|v| (v * 10.0).round() / 10.0),
         });
@@ -373,6 +422,7 @@ fn observe(l: &voxgate_domain::call::TurnLatency) {
         ("llm_first_token", l.llm_first_token_ms),
         ("tts_first_audio", l.tts_first_audio_ms),
         ("queue_wait", l.queue_wait_ms),
+        ("retrieval", l.retrieval_ms),
         ("voice_to_voice", l.voice_to_voice_ms),
         ("response", l.response_ms),
     ] {
@@ -384,6 +434,9 @@ fn observe(l: &voxgate_domain::call::TurnLatency) {
 
 async fn persist(deps: &SessionDeps, call: &Call, turn: &CallTurn) {
     deps.journal.turn(&call.id, turn.clone()).await;
+    if let Some(n) = &deps.notifier {
+        n.transcript(turn);
+    }
 }
 
 /// Tells the client the call is over and closes the socket.

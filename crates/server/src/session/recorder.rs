@@ -73,6 +73,7 @@ impl TurnRecorder {
                     Stage::LlmFirstToken => self.latency.llm_first_token_ms = v,
                     Stage::TtsFirstAudio => self.latency.tts_first_audio_ms = v,
                     Stage::QueueWait => self.latency.queue_wait_ms = Some(self.latency.queue_wait_ms.unwrap_or(0.0) + ms(*value)),
+                    Stage::Retrieval => self.latency.retrieval_ms = v,
                     Stage::VoiceToVoice => self.latency.voice_to_voice_ms = v,
                     Stage::Response => {
                         self.latency.response_ms = v;

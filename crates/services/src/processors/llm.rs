@@ -27,6 +27,12 @@ pub trait ToolRunner: Send + Sync + 'static {
     fn call(&self, name: &str, arguments: &str) -> BoxFuture<'static, Result<Value, String>>;
 }
 
+/// Finds what an assistant's knowledge base says about the caller's words.
+pub trait Retriever: Send + Sync + 'static {
+    /// The passages nearest to `query`, best first (an error message otherwise).
+    fn retrieve(&self, query: &str) -> BoxFuture<'static, Result<Vec<String>, String>>;
+}
+
 /// The stage's settings.
 #[derive(Clone)]
 pub struct LlmConfig {
@@ -34,11 +40,17 @@ pub struct LlmConfig {
     pub tools: Vec<ToolSpec>,
     /// The name of the tool that ends the call (not sent to a server).
     pub end_call_tool: Option<String>,
+    /// Tools that hand the call on: (name, destination).
+    pub transfer_tools: Vec<(String, String)>,
     pub temperature: f64,
     pub max_tokens: u32,
     /// Phrases that end the call once the assistant has said them (case-insensitive).
     pub end_call_phrases: Vec<String>,
     pub tool_timeout: Duration,
+    /// The knowledge base searched before each reply, if the assistant has one.
+    pub retriever: Option<Arc<dyn Retriever>>,
+    /// Longest a reply waits for the knowledge base before it goes on without it.
+    pub retrieval_budget: Duration,
 }
 
 impl Default for LlmConfig {
@@ -47,10 +59,13 @@ impl Default for LlmConfig {
             system_prompt: String::new(),
             tools: Vec::new(),
             end_call_tool: None,
+            transfer_tools: Vec::new(),
             temperature: 0.7,
             max_tokens: 250,
             end_call_phrases: Vec::new(),
             tool_timeout: Duration::from_secs(5),
+            retriever: None,
+            retrieval_budget: Duration::from_millis(300),
         }
     }
 }
@@ -146,8 +161,15 @@ async fn reply(
     out: Outlet,
 ) -> Result<(), PipelineError> {
     out.down(Frame::LlmResponseStart).await?;
+    let knowledge = retrieve(&cfg, &convo, &out).await?;
     for _round in 0..MAX_TOOL_ROUNDS {
-        let request = convo.lock().expect("conversation lock").request(&cfg.tools, cfg.temperature, cfg.max_tokens);
+        let mut request = convo.lock().expect("conversation lock").request(&cfg.tools, cfg.temperature, cfg.max_tokens);
+        if let Some(k) = &knowledge {
+            // Just before the caller's last words, for this reply only: the history
+            // (and the local model's cached prefix) stays as it was.
+            let at = request.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(request.messages.len());
+            request.messages.insert(at, ChatMessage::new(Role::System, k.clone()));
+        }
         let started = Instant::now();
         let mut first = true;
         let mut calls: Vec<ToolCallRequest> = Vec::new();
@@ -189,6 +211,11 @@ async fn reply(
                 out.down(Frame::LlmResponseEnd).await?;
                 return out.down(Frame::End(EndReason::EndCallTool)).await;
             }
+            if let Some((_, destination)) = cfg.transfer_tools.iter().find(|(name, _)| *name == c.name) {
+                out.down(Frame::LlmResponseEnd).await?;
+                out.down(Frame::Transfer(destination.clone())).await?;
+                return out.down(Frame::End(EndReason::Transferred)).await;
+            }
             let result = match &tools {
                 Some(runner) => match tokio::time::timeout(cfg.tool_timeout, runner.call(&c.name, &c.arguments)).await {
                     Ok(Ok(v)) => v,
@@ -204,4 +231,38 @@ async fn reply(
         }
     }
     out.down(Frame::LlmResponseEnd).await
+}
+
+/// Searches the knowledge base for the caller's last words, within the budget, and
+/// returns the context message to add (none without a knowledge base, a match, or
+/// time). The time taken is the turn's `Retrieval` metric.
+async fn retrieve(cfg: &LlmConfig, convo: &Mutex<Conversation>, out: &Outlet) -> Result<Option<String>, PipelineError> {
+    let Some(retriever) = &cfg.retriever else { return Ok(None) };
+    let query = convo.lock().expect("conversation lock").last_user_text();
+    let Some(query) = query.filter(|q| !q.trim().is_empty()) else { return Ok(None) };
+    let started = Instant::now();
+    let found = tokio::time::timeout(cfg.retrieval_budget, retriever.retrieve(&query)).await;
+    out.down(Frame::Metric { stage: Stage::Retrieval, value: started.elapsed() }).await?;
+    let passages = match found {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "knowledge search failed; the reply goes on without it");
+            return Ok(None);
+        }
+        Err(_) => {
+            metrics::counter!("voxgate_retrieval_timeouts_total").increment(1);
+            tracing::warn!(budget_ms = cfg.retrieval_budget.as_millis() as u64, "knowledge search passed its budget; the reply goes on without it");
+            return Ok(None);
+        }
+    };
+    if passages.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::from("Facts from the knowledge base that may help answer the caller (use them if relevant):\n");
+    for p in passages {
+        text.push_str("- ");
+        text.push_str(p.trim());
+        text.push('\n');
+    }
+    Ok(Some(text))
 }
