@@ -418,6 +418,16 @@ pub struct ServeArgs {
     /// Signs webhook events and tool calls (HMAC-SHA256). Webhooks are off without it.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Attempts to deliver one webhook event before it is given up on (state `failed`).
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    pub webhook_max_attempts: u32,
+    /// Wait after a webhook delivery's first failure, in milliseconds; doubled after
+    /// each further failure (with jitter), at most 10 minutes.
+    #[arg(long, env = "WEBHOOK_RETRY_BASE_MS", default_value_t = 1000)]
+    pub webhook_retry_base_ms: u64,
+    /// Longest one webhook delivery attempt may take, in seconds.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,

@@ -216,7 +216,16 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
     let webhook_secret = args.webhook_secret.clone().filter(|s| !s.is_empty());
     let webhooks = match (&store, &webhook_secret) {
         (Some(store), Some(secret)) => {
-            let w = voxgate_webhooks::Webhooks::new(store.clone(), secret, voxgate_webhooks::Options::default())
+            let w = voxgate_webhooks::Webhooks::new(
+                store.clone(),
+                secret,
+                voxgate_webhooks::Options {
+                    max_attempts: args.webhook_max_attempts.max(1),
+                    backoff_base: Duration::from_millis(args.webhook_retry_base_ms.max(10)),
+                    timeout: Duration::from_secs(args.webhook_timeout_secs.max(1)),
+                    ..voxgate_webhooks::Options::default()
+                },
+            )
                 .context("setting up webhooks")?;
             // Every instance delivers: the outbox is shared, and claims keep two
             // instances from sending the same event at once.
