@@ -116,6 +116,54 @@ async fn failing_receiver_restart_and_recovery_lose_nothing() {
     }
 }
 
+/// A worker that dies mid-attempt (no clean shutdown) leaves its claims leased; the
+/// next worker takes them once the lease runs out, not before, and delivers them.
+#[tokio::test]
+async fn a_crashed_worker_s_claims_are_taken_over_after_the_lease() {
+    for db in TestDb::all().await {
+        let rx = Receiver::start(Mode::Hang(Duration::from_secs(30))).await;
+        let store = db.store().await;
+        // The lease is raised to timeout + 1 s = 2 s; the timeout is long enough that
+        // the first worker is gone before its attempts could time out.
+        let opts = Options { timeout: Duration::from_secs(1), lease: Duration::ZERO, ..fast_options() };
+        let w1 = Webhooks::new(store.clone(), SECRET, opts.clone()).unwrap();
+        let ids = enqueue_n(&w1, &rx.url(), "c", 3).await;
+        let run1 = tokio::spawn(w1.clone().run(CancellationToken::new()));
+        eventually(10, "the first attempts are in flight", || leased(&store, &ids)).await;
+        run1.abort();
+        let _ = run1.await;
+        rx.set_mode(Mode::Ok);
+
+        let mut leases = HashMap::new();
+        for id in &ids {
+            leases.insert(id.clone(), store.get_webhook(id).await.unwrap().lease_until.unwrap());
+        }
+        let w2 = Webhooks::new(store.clone(), SECRET, opts).unwrap();
+        let stop = CancellationToken::new();
+        let run2 = tokio::spawn(w2.run(stop.clone()));
+        eventually(10, "taken over and delivered", || async { store.count_pending_webhooks().await.unwrap() == 0 }).await;
+        stop.cancel();
+        run2.await.unwrap();
+        for id in &ids {
+            let e = store.get_webhook(id).await.unwrap();
+            assert_eq!(e.state, OutboxState::Delivered, "{}", db.name);
+            assert_eq!(e.attempts, 1, "the cut attempt was never recorded");
+            assert!(e.delivered_at.unwrap() >= leases[id], "{}: taken before the lease ran out", db.name);
+        }
+        let ok: HashSet<_> = rx.seen().into_iter().filter(|s| s.status == 200).map(|s| s.id).collect();
+        assert_eq!(ok, ids.iter().cloned().collect());
+    }
+}
+
+async fn leased(store: &Store, ids: &[String]) -> bool {
+    for id in ids {
+        if store.get_webhook(id).await.unwrap().lease_until.is_none() {
+            return false;
+        }
+    }
+    true
+}
+
 /// A receiver that never answers: the per-attempt timeout fires, the attempt is
 /// counted as failed, and the next attempt delivers.
 #[tokio::test]
