@@ -8,7 +8,7 @@
 //! - [`ratelimit`]: per-caller and per-address limits by route group.
 //! - [`cors`]: `ALLOWED_ORIGINS`.
 //! - [`metrics`]: `/api/metrics` and the HTTP metrics middleware.
-//! - [`ops`], [`assistants`], [`calls`], [`keys`], [`files`]: one module per resource.
+//! - [`ops`], [`assistants`], [`calls`], [`keys`], [`files`], [`webhooks`]: one module per resource.
 //!
 //! Each request passes, outermost first: error normalization, CORS, HTTP metrics,
 //! the per-address limit, authentication, the per-caller limit, the timeout and
@@ -26,6 +26,7 @@ pub mod ops;
 pub mod providers;
 pub mod ratelimit;
 pub mod state;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -86,6 +87,9 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
         .routes(routes!(providers::providers))
         .routes(routes!(files::list, files::upload))
         .routes(routes!(files::get, files::delete))
+        .routes(routes!(webhooks::list))
+        .routes(routes!(webhooks::get))
+        .routes(routes!(webhooks::retry))
 }
 
 /// The OpenAPI document of every route, generated from the handlers.

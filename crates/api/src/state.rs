@@ -90,6 +90,8 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// Processes uploaded files; `None` where this instance has no processor.
     pub file_jobs: Option<crate::files::SharedFileJobs>,
+    /// This instance's webhook sender, woken when an event is retried by hand.
+    pub webhooks: Option<voxgate_webhooks::Webhooks>,
 }
 
 impl ApiState {
@@ -104,7 +106,14 @@ impl ApiState {
             lifecycle,
             metrics: crate::metrics::install(),
             file_jobs: None,
+            webhooks: None,
         }
+    }
+
+    /// Wakes `webhooks` when an event is retried through the API.
+    pub fn with_webhooks(mut self, webhooks: voxgate_webhooks::Webhooks) -> ApiState {
+        self.webhooks = Some(webhooks);
+        self
     }
 
     /// Hands uploaded files to `jobs` for processing.

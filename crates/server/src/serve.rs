@@ -264,6 +264,9 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
         if let (Some(k), true) = (&knowledge, role.serves_api()) {
             api = api.with_file_jobs(Arc::new(k.clone()));
         }
+        if let Some(w) = &webhooks {
+            api = api.with_webhooks(w.clone());
+        }
         let mount = if role.serves_api() { Mount::Full } else { Mount::OpsOnly };
         app = app.merge(voxgate_api::router(api.clone(), mount));
         if role.serves_agent() {
