@@ -37,6 +37,9 @@ pub struct AgentState {
     /// Every live call's task, so a drain can wait for them.
     pub calls: TaskTracker,
     pub max_message: usize,
+    /// Most live calls on this instance; more are refused with 503 and
+    /// `Retry-After` before the upgrade, so a proxy or client tries another.
+    pub max_calls: usize,
     /// What each call's session needs (store, providers, the drain's hard stop).
     pub session: crate::session::SessionDeps,
 }
@@ -89,7 +92,17 @@ async fn admit(
     // starts while this call is being admitted must wait for it.
     let guard = s.calls.token();
     if s.api.lifecycle.is_draining() {
+        metrics::counter!("voxgate_calls_refused_total", "reason" => "draining").increment(1);
         return Err(ApiError::new(ErrorCode::Unavailable, "this instance is draining; connect again").with_retry_after(1));
+    }
+    // The guard above counts this attempt: more than the limit means it is one too many.
+    if s.max_calls > 0 && s.calls.len() > s.max_calls {
+        metrics::counter!("voxgate_calls_refused_total", "reason" => "full").increment(1);
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("this instance holds its maximum of {} calls (MAX_CALLS); try again or another instance", s.max_calls),
+        )
+        .with_retry_after(1));
     }
     let ip = client_ip(headers, peer, s.api.config.trust_proxy);
     s.api.limiter.check_ip(Group::Calls, &ip)?;

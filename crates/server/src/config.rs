@@ -428,6 +428,10 @@ pub struct ServeArgs {
     /// Longest one webhook delivery attempt may take, in seconds.
     #[arg(long, env = "WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
     pub webhook_timeout_secs: u64,
+    /// Most live calls this instance holds; more are refused before the WebSocket
+    /// upgrade with 503 and `Retry-After: 1` (0: no limit).
+    #[arg(long, env = "MAX_CALLS", default_value_t = 1000)]
+    pub max_calls: usize,
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,

@@ -57,6 +57,9 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     /// Stops the background workers (webhook delivery) once the drain is over.
     background: CancellationToken,
+    /// The webhook delivery loop, awaited at the end of a drain so its attempts in
+    /// flight finish (or give their claims back).
+    webhook_worker: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -91,6 +94,9 @@ impl Running {
         }
         // Events not delivered by now stay in the outbox for the next start.
         self.background.cancel();
+        if let Some(worker) = self.webhook_worker {
+            let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+        }
         if let Some(store) = &self.store {
             // A safety net: no call of ours stays "in progress" after we are gone.
             match store.end_calls_of_instance(&self.instance, "server-shutdown").await {
@@ -214,6 +220,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
 
     let background = CancellationToken::new();
     let webhook_secret = args.webhook_secret.clone().filter(|s| !s.is_empty());
+    let mut webhook_worker = None;
     let webhooks = match (&store, &webhook_secret) {
         (Some(store), Some(secret)) => {
             let w = voxgate_webhooks::Webhooks::new(
@@ -229,7 +236,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
                 .context("setting up webhooks")?;
             // Every instance delivers: the outbox is shared, and claims keep two
             // instances from sending the same event at once.
-            tokio::spawn(w.clone().run(background.clone()));
+            webhook_worker = Some(tokio::spawn(w.clone().run(background.clone())));
             Some(w)
         }
         (Some(_), None) => {
@@ -276,6 +283,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
                 hard_stop: hard_stop.clone(),
                 calls: calls.clone(),
                 max_message: args.ws_max_message,
+                max_calls: args.max_calls,
                 session: crate::session::SessionDeps {
                     store: store.clone(),
                     journal: journal.clone().expect("an agent role has a journal"),
@@ -336,7 +344,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
         }
     };
     tracing::info!(%addr, ?role, tls, %instance, "listening");
-    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server, background })
+    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server, background, webhook_worker })
 }
 
 /// Layers every answer passes through, outermost last: request id, logging span,
