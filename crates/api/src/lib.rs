@@ -9,6 +9,7 @@
 //! - [`cors`]: `ALLOWED_ORIGINS`.
 //! - [`metrics`]: `/api/metrics` and the HTTP metrics middleware.
 //! - [`ops`], [`assistants`], [`calls`], [`keys`], [`files`], [`webhooks`]: one module per resource.
+//! - [`control`]: `POST /api/calls/{id}/control`, handed to live calls through [`control::CallControl`].
 //!
 //! Each request passes, outermost first: error normalization, CORS, HTTP metrics,
 //! the per-address limit, authentication, the per-caller limit, the timeout and
@@ -17,6 +18,7 @@
 pub mod assistants;
 pub mod auth;
 pub mod calls;
+pub mod control;
 pub mod cors;
 pub mod error;
 pub mod files;
@@ -80,6 +82,7 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
         .routes(routes!(calls::list, calls::create))
         .routes(routes!(calls::get))
         .routes(routes!(calls::recording))
+        .routes(routes!(control::control))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::login))

@@ -92,6 +92,8 @@ pub struct ApiState {
     pub file_jobs: Option<crate::files::SharedFileJobs>,
     /// This instance's webhook sender, woken when an event is retried by hand.
     pub webhooks: Option<voxgate_webhooks::Webhooks>,
+    /// Reaches live calls (`POST /api/calls/{id}/control`); `None` where nothing can.
+    pub call_control: Option<crate::control::SharedCallControl>,
 }
 
 impl ApiState {
@@ -107,12 +109,19 @@ impl ApiState {
             metrics: crate::metrics::install(),
             file_jobs: None,
             webhooks: None,
+            call_control: None,
         }
     }
 
     /// Wakes `webhooks` when an event is retried through the API.
     pub fn with_webhooks(mut self, webhooks: voxgate_webhooks::Webhooks) -> ApiState {
         self.webhooks = Some(webhooks);
+        self
+    }
+
+    /// Reaches live calls through `control`.
+    pub fn with_call_control(mut self, control: crate::control::SharedCallControl) -> ApiState {
+        self.call_control = Some(control);
         self
     }
 

@@ -2,6 +2,10 @@
 //! upgrade (draining, rate limits, `Origin`, key, assistant) and keeps the call's
 //! record from start to end; the call itself runs in [`crate::session`]. The wire
 //! protocol (`voxgate.v1`) is in `docs/agent-protocol.md`.
+//!
+//! `?call=<id>&resume=<token>` resumes a live call of this instance on a new
+//! socket instead ([`resume`]): the token is the credential, and the socket is
+//! handed to the call's session once its `start` is read.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +46,8 @@ pub struct AgentState {
     pub max_calls: usize,
     /// What each call's session needs (store, providers, the drain's hard stop).
     pub session: crate::session::SessionDeps,
+    /// The live calls of this process (to resume and control them).
+    pub registry: crate::session::registry::Registry,
 }
 
 /// The `/agent` route.
@@ -66,6 +72,10 @@ struct AgentQuery {
     key: Option<String>,
     /// A single-use call token from `POST /api/calls` (the assistant comes with it).
     token: Option<String>,
+    /// With `resume`: the live call to continue on this socket.
+    call: Option<String>,
+    /// The call's resume token (from `call-started` or the last `call-resumed`).
+    resume: Option<String>,
 }
 
 async fn upgrade(
@@ -88,6 +98,11 @@ async fn admit(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Ok(Query(q)) = &query
+        && (q.call.is_some() || q.resume.is_some())
+    {
+        return resume(s, ws, q, peer, headers);
+    }
     // Counted as a live call from here, before the draining check: a drain that
     // starts while this call is being admitted must wait for it.
     let guard = s.calls.token();
@@ -209,7 +224,11 @@ const CALL_END_WRITE: Duration = Duration::from_secs(10);
 async fn run_call(socket: WebSocket, call: Call, assistant: Assistant, s: AgentState) {
     let _live = LiveGauge::new();
     tracing::info!("call started");
-    let reason = crate::session::run(socket, &call, &assistant, &s.session).await;
+    let registration = s.registry.register(&call.id);
+    if registration.is_none() {
+        tracing::warn!("the registry of live calls is full; this call cannot be resumed or controlled");
+    }
+    let reason = crate::session::run(socket, &call, &assistant, &s.session, registration).await;
     // After its turns, in order; the journal retries while the database is away.
     if !s.session.journal.end(&call.id, reason.as_str(), CALL_END_WRITE).await {
         tracing::error!("the call's end is not written yet; it stays queued");
@@ -225,6 +244,119 @@ async fn run_call(socket: WebSocket, call: Call, assistant: Assistant, s: AgentS
         }
     }
     tracing::info!(reason = reason.as_str(), "call ended");
+}
+
+/// Admits a resume: the token must be the call's current one and its socket gone.
+/// Draining does not refuse it (the call is here until the drain's deadline), nor
+/// does the call limit (the call is counted already).
+fn resume(
+    s: &AgentState,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    q: &AgentQuery,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    use crate::session::registry::Refusal;
+    let refused = |outcome: &'static str| metrics::counter!("voxgate_call_resumes_total", "outcome" => outcome).increment(1);
+    let ip = client_ip(headers, peer, s.api.config.trust_proxy);
+    s.api.limiter.check_ip(Group::Calls, &ip)?;
+    if let Some(origin) = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("invalid")) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !(same_origin(origin, host) || s.api.config.allowed_origins.allows(origin)) {
+            return Err(ApiError::forbidden("this origin may not open calls (see ALLOWED_ORIGINS)"));
+        }
+    }
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {}", e.body_text())))?;
+    let call_id = q.call.as_deref().ok_or_else(|| ApiError::bad_request("`resume` needs `call`: the id of the call to resume"))?;
+    let token = q.resume.as_deref().ok_or_else(|| ApiError::unauthorized("`call` needs `resume`: the call's resume token"))?;
+    let not_here = || ApiError::new(ErrorCode::NotFound, format!("no live call {call_id} on this instance"));
+    if !is_id(call_id) {
+        refused("not-found");
+        return Err(not_here());
+    }
+    if token.len() > 100 {
+        refused("bad-token");
+        return Err(ApiError::unauthorized("the resume token is wrong or used"));
+    }
+    let claim = match s.registry.claim_resume(call_id, token) {
+        Ok(c) => c,
+        Err(Refusal::NotFound) => {
+            refused("not-found");
+            return Err(not_here());
+        }
+        Err(Refusal::BadToken) => {
+            refused("bad-token");
+            return Err(ApiError::unauthorized("the resume token is wrong or used"));
+        }
+        Err(Refusal::Attached) => {
+            refused("live-socket");
+            return Err(ApiError::new(ErrorCode::Conflict, "the call's socket is still open; resume once it has dropped"));
+        }
+    };
+    // The resumed socket's own task, counted so a drain waits for its hand-over.
+    let guard = s.calls.token();
+    let (hard_stop, max_message) = (s.hard_stop.clone(), s.max_message);
+    let span = tracing::info_span!("resume", call_id = %call_id);
+    Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(s.max_message)
+        .max_frame_size(s.max_message)
+        .on_upgrade(move |socket| {
+            async move {
+                let _guard = guard;
+                hand_over(socket, claim, hard_stop, max_message).await;
+            }
+            .instrument(span)
+        }))
+}
+
+/// Reads a resumed socket's `start`, then gives the socket to the call's session.
+async fn hand_over(socket: WebSocket, claim: crate::session::registry::ResumeClaim, hard_stop: CancellationToken, max_message: usize) {
+    use voxgate_transport::close::{Close, code};
+    use voxgate_transport::input::{InputDecoder, START_TIMEOUT, await_start};
+    use voxgate_transport::protocol::Limits;
+    use voxgate_transport::wire::{WireOut, pump_then_release, writer_channel};
+
+    let (sink, mut stream) = crate::session::socket::split(socket, max_message);
+    let (tx, rx) = writer_channel();
+    let pump = tokio::spawn(pump_then_release(rx, sink));
+    let d = Limits::default();
+    let mut decoder = InputDecoder::new(Limits { max_audio_bytes: max_message.min(d.max_audio_bytes), max_text_bytes: max_message.min(d.max_text_bytes) });
+    let started = tokio::select! {
+        _ = hard_stop.cancelled() => None,
+        r = await_start(&mut stream, &mut decoder, &tx, START_TIMEOUT) => Some(r),
+    };
+    let negotiated = match started {
+        Some(Ok(n)) => n,
+        other => {
+            let close = match other {
+                Some(Err(end)) => end.close(),
+                _ => Some(Close::new(code::RESTART, "server restarting; reconnect")),
+            };
+            if let Some(c) = close {
+                let _ = tx.send(WireOut::Close(c)).await;
+            }
+            drop(tx);
+            let _ = pump.await;
+            metrics::counter!("voxgate_call_resumes_total", "outcome" => "failed").increment(1);
+            tracing::info!("the resumed socket did not start; its token works again");
+            claim.restore();
+            return;
+        }
+    };
+    drop(tx);
+    let Ok(Some(sink)) = pump.await else {
+        metrics::counter!("voxgate_call_resumes_total", "outcome" => "failed").increment(1);
+        claim.restore();
+        return;
+    };
+    if let Err(r) = claim.hand_over(Box::pin(stream), Box::pin(sink), decoder, negotiated).await {
+        // The call ended while this socket was starting.
+        use futures_util::SinkExt;
+        let mut sink = r.sink;
+        let _ = sink.send(WireOut::Close(Close::new(code::NORMAL, "the call has ended"))).await;
+        metrics::counter!("voxgate_call_resumes_total", "outcome" => "ended").increment(1);
+    }
 }
 
 /// Counts live WebSocket calls while alive.

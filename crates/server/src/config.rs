@@ -432,6 +432,11 @@ pub struct ServeArgs {
     /// upgrade with 503 and `Retry-After: 1` (0: no limit).
     #[arg(long, env = "MAX_CALLS", default_value_t = 1000)]
     pub max_calls: usize,
+    /// Seconds a call whose connection dropped (no `end`, no close frame) waits for
+    /// the client to resume it with `?call=<id>&resume=<token>` (0: resume off; the
+    /// call ends at once as `connection-lost`).
+    #[arg(long, env = "RECONNECT_WINDOW_SECS", default_value_t = 30)]
+    pub reconnect_window_secs: u64,
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,
@@ -537,6 +542,9 @@ impl ServeArgs {
                 // Not in the working directory: recordings of test calls go to the temp folder.
                 s.recordings_dir = std::env::temp_dir().join(format!("voxgate-test-recordings-{}", std::process::id()));
                 s.files_dir = std::env::temp_dir().join(format!("voxgate-test-files-{}", std::process::id()));
+                // A dropped test call ends at once (as `connection-lost`), as it did
+                // before calls could be resumed; tests of resuming set a window.
+                s.reconnect_window_secs = 0;
                 *s
             }
             _ => unreachable!("parsed a serve command"),

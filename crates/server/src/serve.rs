@@ -262,6 +262,16 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
     let http = voxgate_webhooks::default_client().context("building the HTTP client for tools")?;
 
     let mut app = Router::new();
+    // The live calls of this process, and the way to them from the API.
+    let registry = role.serves_agent().then(|| crate::session::registry::Registry::new(args.max_calls));
+    let postgres = store.as_ref().is_some_and(|s| s.backend() == voxgate_store::Backend::Postgres);
+    if let (Some(registry), true) = (&registry, postgres) {
+        let ready = CancellationToken::new();
+        tokio::spawn(crate::session::control::listen(args.db.url(), registry.clone(), background.clone(), ready.clone()));
+        // Calls opened before the listener is up would miss messages from other
+        // instances: wait for it a little (not forever: the database may be slow).
+        let _ = tokio::time::timeout(Duration::from_secs(5), ready.cancelled()).await;
+    }
     let journal = match &store {
         Some(store) if role.serves_agent() => Some(crate::session::journal::Journal::start(store.clone()).0),
         _ => None,
@@ -273,6 +283,10 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
         }
         if let Some(w) = &webhooks {
             api = api.with_webhooks(w.clone());
+        }
+        if role.serves_api() {
+            let control = crate::session::control::Control::new(registry.clone(), &args.db.url(), postgres).context("setting up call control")?;
+            api = api.with_call_control(Arc::new(control));
         }
         let mount = if role.serves_api() { Mount::Full } else { Mount::OpsOnly };
         app = app.merge(voxgate_api::router(api.clone(), mount));
@@ -298,7 +312,9 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
                     http: http.clone(),
                     signing_secret: webhook_secret.as_deref().map(Arc::from),
                     notifier: None,
+                    reconnect_window: Duration::from_secs(args.reconnect_window_secs),
                 },
+                registry: registry.clone().expect("an agent role has a registry"),
             }));
         }
     } else {

@@ -22,6 +22,7 @@
 //! - [`framer`]: reply audio into exact 20 ms frames in the client's format.
 //! - [`output`]: [`OutputStage`], the real-time paced last stage.
 //! - [`recording`]: both sides of a call into a stereo WAV, and [`recording::RecordTap`].
+//! - [`relay`]: the writer of a call that outlives its socket (resumable calls).
 
 pub mod close;
 pub mod framer;
@@ -29,6 +30,7 @@ pub mod input;
 pub mod output;
 pub mod protocol;
 pub mod recording;
+pub mod relay;
 pub mod wire;
 
 pub use close::{Close, ProtocolError, close_for};

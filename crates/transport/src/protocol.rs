@@ -227,6 +227,14 @@ pub enum ServerEvent {
         input: AudioFormat,
         output: AudioFormat,
     },
+    /// A call continues on a new socket (after `start` on it): the formats of this
+    /// socket, and the token for the next resume.
+    CallResumed {
+        call_id: String,
+        resume_token: String,
+        input: AudioFormat,
+        output: AudioFormat,
+    },
     /// The caller started speaking (voice activity).
     SpeechStarted,
     /// The caller stopped speaking (before endpointing decides the turn is over).
@@ -271,6 +279,17 @@ impl ServerEvent {
     pub fn to_wire(&self) -> WireOut {
         // Serializing these types cannot fail: every map key is a string.
         WireOut::Text(serde_json::to_string(self).unwrap_or_default())
+    }
+
+    /// The event as a text message, with a `resumeToken` field added (for
+    /// `call-started` on a call that may be resumed).
+    pub fn to_wire_with_resume_token(&self, token: Option<&str>) -> WireOut {
+        let Some(token) = token else { return self.to_wire() };
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("resumeToken".into(), Value::String(token.into()));
+        }
+        WireOut::Text(v.to_string())
     }
 
     /// An `error` event for `e`.

@@ -102,3 +102,30 @@ where
     }
     sink.flush().await
 }
+
+/// Writes `rx` to `sink` until every sender is dropped, then hands the sink back
+/// for the next writer (a resumed call's socket is answered here until its
+/// `start`, then joins the call's [`crate::relay::relay`]). `None` when a write
+/// failed or a [`WireOut::Close`] was written: the socket is done.
+pub async fn pump_then_release<S>(mut rx: mpsc::Receiver<WireOut>, mut sink: S) -> Option<S>
+where
+    S: Sink<WireOut> + Unpin,
+{
+    while let Some(msg) = rx.recv().await {
+        let last = matches!(msg, WireOut::Close(_));
+        if sink.feed(msg).await.is_err() {
+            let _ = sink.flush().await;
+            let _ = sink.close().await;
+            return None;
+        }
+        if last {
+            let _ = sink.flush().await;
+            let _ = sink.close().await;
+            return None;
+        }
+        if rx.is_empty() && sink.flush().await.is_err() {
+            return None;
+        }
+    }
+    sink.flush().await.ok().map(|()| sink)
+}

@@ -12,12 +12,22 @@
 //! - [`socket`]: axum's WebSocket as the transport's stream and sink.
 //! - [`tools`]: the assistant's tools (HTTP functions, knowledge queries).
 //! - [`events`]: webhook events about the call.
+//! - [`registry`]: the live calls of this process, to resume or control them.
+//! - [`control`]: control messages from the API, here or through PostgreSQL.
+//!
+//! A call that may be resumed (`RECONNECT_WINDOW_SECS` > 0) outlives its socket:
+//! when the connection drops without the caller ending the call, the session
+//! detaches the socket from the call's writer (a [`voxgate_transport::relay`],
+//! which then drops what the pipeline writes) and waits for a resumed socket
+//! through the [`registry`], up to the window. The pipeline runs on meanwhile.
 
+pub mod control;
 pub mod events;
 pub mod journal;
 pub mod providers;
 pub mod realtime;
 pub mod recorder;
+pub mod registry;
 pub mod socket;
 pub mod tools;
 
@@ -25,13 +35,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::WebSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use voxgate_api::control::{ControlMessage, MessageRole};
 use voxgate_domain::assistant::{FirstMessageMode, ToolKind};
 use voxgate_domain::call::{Call, CallTurn, TurnRole};
 use voxgate_domain::Assistant;
 use voxgate_frames::{EndReason, Frame};
 use voxgate_pipeline::{Capacity, Pipeline};
-use voxgate_services::llm::ToolSpec;
+use voxgate_services::llm::{ChatMessage, Role as ChatRole, ToolSpec};
 use voxgate_services::processors::clauses::ClauseStage;
 use voxgate_services::processors::llm::{LlmConfig, LlmStage};
 use voxgate_services::processors::stt::SttStage;
@@ -43,10 +56,12 @@ use voxgate_transport::input::{InputDecoder, InputEnd, START_TIMEOUT, await_star
 use voxgate_transport::output::{OutputConfig, OutputStage};
 use voxgate_transport::protocol::{Limits, PROTOCOL, ServerEvent, TurnLatency};
 use voxgate_transport::recording::{CallRecording, RecordTap};
-use voxgate_transport::wire::{WireOut, pump_output, writer_channel};
+use voxgate_transport::relay::{BoxSink, Link, Reframe, relay};
+use voxgate_transport::wire::{WireOut, writer_channel};
 
 pub use providers::{Local, ProviderFactory, Providers};
 use recorder::TurnRecorder;
+use registry::{Command, Registration};
 
 /// How long the end of a call waits for the output stage to report what was
 /// played of a reply it cut.
@@ -76,6 +91,43 @@ pub struct SessionDeps {
     pub signing_secret: Option<Arc<str>>,
     /// This call's webhook events (set by [`run`] for the call).
     pub notifier: Option<events::Notifier>,
+    /// How long a call whose connection dropped waits to be resumed (zero: it
+    /// ends at once, `connection-lost`).
+    pub reconnect_window: Duration,
+}
+
+/// Why a call ended, as recorded and sent in `call-ended`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEnd {
+    /// The pipeline's (or the socket's) reason.
+    Reason(EndReason),
+    /// `POST /api/calls/{id}/control` with `{"type":"end"}`.
+    Api,
+}
+
+/// The `endedReason` of a call ended through the API.
+pub const API_ENDED: &str = "api-ended-call";
+
+impl CallEnd {
+    pub fn as_str(&self) -> &str {
+        match self {
+            CallEnd::Reason(r) => r.as_str(),
+            CallEnd::Api => API_ENDED,
+        }
+    }
+
+    fn close(&self) -> Option<Close> {
+        match self {
+            CallEnd::Reason(r) => close_for(r),
+            CallEnd::Api => Some(Close::new(code::NORMAL, API_ENDED)),
+        }
+    }
+}
+
+impl From<EndReason> for CallEnd {
+    fn from(r: EndReason) -> CallEnd {
+        CallEnd::Reason(r)
+    }
 }
 
 impl SessionDeps {
@@ -132,11 +184,18 @@ pub fn llm_config(a: &Assistant) -> LlmConfig {
 
 /// Runs one call on `socket` until it ends; returns why. The call's record exists
 /// already; its turns are written here as they finish; the caller ends the record.
-pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &SessionDeps) -> EndReason {
+/// With a `registration`, the call takes control messages, and resumed sockets
+/// when `deps.reconnect_window` is not zero.
+pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &SessionDeps, mut registration: Option<Registration>) -> CallEnd {
     let deps = &SessionDeps { notifier: deps.notifier_for(call, assistant), ..deps.clone() };
+    let resumable = !deps.reconnect_window.is_zero() && registration.is_some();
     let (sink, mut stream) = socket::split(socket, deps.max_message);
     let (wtx, wrx) = writer_channel();
-    let writer = tokio::spawn(pump_output(wrx, sink));
+    // The writer outlives a socket when the call may be resumed (see the module doc).
+    let (links, links_rx) = mpsc::channel::<Link<axum::Error>>(4);
+    let (lost_tx, mut lost) = mpsc::unbounded_channel();
+    let sink: BoxSink<axum::Error> = Box::pin(sink);
+    let writer = tokio::spawn(relay(wrx, links_rx, Some((0, sink)), lost_tx, resumable));
     let d = Limits::default();
     let limits = Limits { max_audio_bytes: deps.max_message.min(d.max_audio_bytes), max_text_bytes: deps.max_message.min(d.max_text_bytes) };
     let mut decoder = InputDecoder::new(limits);
@@ -150,10 +209,10 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         Err(end) => {
             let reason = if deps.hard_stop.is_cancelled() { EndReason::ServerShutdown } else { end.reason() };
             let close = if deps.hard_stop.is_cancelled() { close_for(&reason) } else { end.close() };
-            finish(&wtx, &reason, close).await;
+            finish(&wtx, reason.as_str(), close).await;
             drop(wtx);
             let _ = writer.await;
-            return reason;
+            return reason.into();
         }
     };
 
@@ -168,10 +227,10 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
             tracing::error!(%message, "no models for this assistant's call");
             let _ = wtx.send(ServerEvent::Error { code: "providers-unavailable".into(), message: message.clone() }.to_wire()).await;
             let reason = EndReason::PipelineError(message);
-            finish(&wtx, &reason, Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;
+            finish(&wtx, reason.as_str(), Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;
             drop(wtx);
             let _ = writer.await;
-            return reason;
+            return reason.into();
         }
     };
 
@@ -187,10 +246,10 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         Ok(t) => t,
         Err(e) => {
             let reason = EndReason::PipelineError(e.to_string());
-            finish(&wtx, &reason, Some(Close::new(code::INTERNAL, "bad turn-taking settings"))).await;
+            finish(&wtx, reason.as_str(), Some(Close::new(code::INTERNAL, "bad turn-taking settings"))).await;
             drop(wtx);
             let _ = writer.await;
-            return reason;
+            return reason.into();
         }
     };
     let recording = if assistant.spec.recording_enabled {
@@ -222,12 +281,18 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     {
         p.tools = Some(Arc::new(tools::CallTools::new(deps.http.clone(), deps.signing_secret.clone(), &call.id, assistant, deps.knowledge.clone())));
     }
+    // The conversation, for system messages added through the API.
+    let mut conversation = None;
     pipeline = match (providers, speech_to_speech) {
-        (Some(providers), _) => pipeline
-            .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
-            .stage(LlmStage::new(providers.llm, providers.tools, llm_cfg))
-            .stage(ClauseStage::default())
-            .stage(TtsStage::new(providers.tts)),
+        (Some(providers), _) => {
+            let llm = LlmStage::new(providers.llm, providers.tools, llm_cfg);
+            conversation = Some(llm.conversation());
+            pipeline
+                .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
+                .stage(llm)
+                .stage(ClauseStage::default())
+                .stage(TtsStage::new(providers.tts))
+        }
         (None, Some((tx, events))) => pipeline.stage(realtime::RealtimeStage::new(tx, events, voxgate_transport::input::PIPELINE_RATE)),
         (None, None) => unreachable!("a call has the cascade's services or a speech-to-speech session"),
     };
@@ -240,7 +305,8 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         input: negotiated.input,
         output: negotiated.output,
     };
-    let _ = wtx.send(hello.to_wire()).await;
+    let token = if resumable { registration.as_ref().map(|r| r.entry.issue_token()) } else { None };
+    let _ = wtx.send(hello.to_wire_with_resume_token(token.as_deref())).await;
     if let Some(n) = &deps.notifier {
         n.in_progress();
     }
@@ -250,7 +316,11 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     {
         let _ = io.head.send(Frame::Say(greeting)).await;
     }
-    let mut input = tokio::spawn(pump_input(stream, decoder, io.head.clone(), wtx.clone()));
+    let mut input = Some(tokio::spawn(pump_input(stream, decoder, io.head.clone(), wtx.clone())));
+    // The socket carrying the call (its writer reports losses by this id), and the
+    // deadline of a resume while none does.
+    let mut link = 0u64;
+    let mut window: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
 
     // The call's hard limit. The turn stage ends the call at its maximum too, but
     // behind the audio already queued; this cuts a reply that is still playing.
@@ -260,18 +330,73 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     tokio::pin!(key_check);
     let mut recorder = TurnRecorder::new(Instant::now());
     let mut latency_turn = 0u32;
-    let (reason, close) = loop {
+    let (reason, close): (CallEnd, Option<Close>) = loop {
         tokio::select! {
-            _ = deps.hard_stop.cancelled() => break (EndReason::ServerShutdown, None),
-            _ = &mut max_duration => break (EndReason::MaxDuration, None),
-            _ = &mut key_check => break (EndReason::KeyRevoked, None),
-            end = &mut input => {
-                let end = end.unwrap_or(InputEnd::ConnectionLost);
-                break (end.reason(), end.close());
+            _ = deps.hard_stop.cancelled() => break (EndReason::ServerShutdown.into(), None),
+            _ = &mut max_duration => break (EndReason::MaxDuration.into(), None),
+            _ = &mut key_check => break (EndReason::KeyRevoked.into(), None),
+            end = input_end(&mut input) => {
+                input = None;
+                if end == InputEnd::ConnectionLost && resumable {
+                    window = Some(detach(&links, registration.as_ref(), deps.reconnect_window));
+                    continue;
+                }
+                break (end.reason().into(), end.close());
             }
+            Some(id) = lost.recv() => {
+                // A write to the current socket failed (stale reports are ignored).
+                if id == link && window.is_none() {
+                    if let Some(h) = input.take() {
+                        h.abort();
+                    }
+                    window = Some(detach(&links, registration.as_ref(), deps.reconnect_window));
+                }
+            }
+            _ = expired(&mut window) => {
+                metrics::counter!("voxgate_call_resumes_total", "outcome" => "expired").increment(1);
+                tracing::info!("no resume within the reconnect window");
+                break (EndReason::ConnectionLost.into(), None);
+            }
+            cmd = next_command(&mut registration) => match cmd {
+                Command::Control(ControlMessage::End {}) => {
+                    tracing::info!("ended through the API");
+                    break (CallEnd::Api, None);
+                }
+                Command::Control(msg) => control(msg, &io.head, conversation.as_ref()).await,
+                Command::Resume(r) => {
+                    if window.is_none() {
+                        // A socket carries the call again already (admission checks
+                        // this; a race could still bring one): refuse this one.
+                        r.claim.restore();
+                        continue;
+                    }
+                    let Some(entry) = registration.as_ref().map(|r| r.entry.clone()) else { continue };
+                    link += 1;
+                    let resumed = ServerEvent::CallResumed {
+                        call_id: call.id.clone(),
+                        resume_token: entry.issue_token(),
+                        input: r.negotiated.input,
+                        output: r.negotiated.output,
+                    };
+                    let attach = Link::Attach {
+                        id: link,
+                        sink: r.sink,
+                        first: vec![resumed.to_wire()],
+                        convert: Reframe::new(negotiated.output, r.negotiated.output),
+                    };
+                    if links.send(attach).await.is_err() {
+                        break (EndReason::PipelineError("the call's writer stopped".into()).into(), None);
+                    }
+                    input = Some(tokio::spawn(pump_input(r.stream, r.decoder, io.head.clone(), wtx.clone())));
+                    window = None;
+                    entry.set_attached(true);
+                    metrics::counter!("voxgate_call_resumes_total", "outcome" => "resumed").increment(1);
+                    tracing::info!(link, "call resumed on a new socket");
+                }
+            },
             got = io.downstream.recv() => match got {
-                Some((Frame::End(r), _)) => break (r, None),
-                Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message), None),
+                Some((Frame::End(r), _)) => break (r.into(), None),
+                Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message).into(), None),
                 Some((f @ (Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking), _)) => {
                     record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
                 }
@@ -281,10 +406,10 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
                     }
                 }
                 Some(_) => {}
-                None => break (EndReason::PipelineError("the pipeline stopped".into()), None),
+                None => break (EndReason::PipelineError("the pipeline stopped".into()).into(), None),
             },
             got = io.upstream.recv() => match got {
-                Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message), None),
+                Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message).into(), None),
                 Some((Frame::Error { code, message, .. }, _)) => {
                     let _ = wtx.try_send(ServerEvent::Error { code: code.into(), message }.to_wire());
                 }
@@ -292,11 +417,13 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
                     record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
                 }
                 Some(_) => {}
-                None => break (EndReason::PipelineError("the pipeline stopped".into()), None),
+                None => break (EndReason::PipelineError("the pipeline stopped".into()).into(), None),
             },
         }
     };
-    input.abort();
+    if let Some(h) = input.take() {
+        h.abort();
+    }
     // Frames still on their way up (what was played, the end of a reply) or down
     // (a final transcript) when the call ended belong in the record, and a reply
     // cut by the end of the call (a dropped connection, a hang-up, a drain) is a
@@ -311,8 +438,8 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     if let Some(r) = recording {
         save_recording(r, deps, call).await;
     }
-    let close = close.or_else(|| close_for(&reason));
-    finish(&wtx, &reason, close).await;
+    let close = close.or_else(|| reason.close());
+    finish(&wtx, reason.as_str(), close).await;
     drop(wtx);
     // A client that stops reading would hold the writer (and the socket) forever.
     let mut writer = writer;
@@ -320,6 +447,66 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
         writer.abort();
     }
     reason
+}
+
+/// How the input pump ended; never while there is none (the socket is detached).
+async fn input_end(input: &mut Option<JoinHandle<InputEnd>>) -> InputEnd {
+    match input {
+        Some(h) => h.await.unwrap_or(InputEnd::ConnectionLost),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next command from outside; never for a call that is not registered.
+async fn next_command(registration: &mut Option<Registration>) -> Command {
+    match registration {
+        Some(r) => match r.commands.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the reconnect window passes; never while a socket is attached.
+async fn expired(window: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match window {
+        Some(w) => w.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The call's socket is gone: let the writer drop it, and open the window in which
+/// the client may resume.
+fn detach(links: &mpsc::Sender<Link<axum::Error>>, registration: Option<&Registration>, window: Duration) -> std::pin::Pin<Box<tokio::time::Sleep>> {
+    // Not awaited: the writer may be stuck on the dead socket, and the link queue
+    // only ever holds a message or two.
+    let _ = links.try_send(Link::Detach);
+    if let Some(r) = registration {
+        r.entry.set_attached(false);
+    }
+    tracing::info!(window_secs = window.as_secs_f64(), "connection lost; the call waits for a resume");
+    Box::pin(tokio::time::sleep(window))
+}
+
+/// Acts on a control message (other than `end`).
+async fn control(msg: ControlMessage, head: &voxgate_pipeline::runner::Feeder, conversation: Option<&Arc<std::sync::Mutex<voxgate_services::context::Conversation>>>) {
+    let frame = match msg {
+        ControlMessage::End {} => return,
+        ControlMessage::Say { text } => Frame::Say(text),
+        ControlMessage::AddMessage { role: MessageRole::User, content } => Frame::UserText(content),
+        ControlMessage::AddMessage { role: MessageRole::System, content } => {
+            match conversation {
+                Some(c) => c.lock().expect("conversation lock").push(ChatMessage::new(ChatRole::System, content)),
+                None => tracing::warn!("a system message for a speech-to-speech call is ignored"),
+            }
+            return;
+        }
+    };
+    tracing::info!(frame = frame.name(), "control message");
+    if tokio::time::timeout(Duration::from_secs(1), head.send(frame)).await.is_err() {
+        tracing::warn!("the pipeline did not take a control message within a second; dropped");
+    }
 }
 
 /// Returns once the key that opened the call is revoked (checked every
@@ -440,9 +627,9 @@ async fn persist(deps: &SessionDeps, call: &Call, turn: &CallTurn) {
 }
 
 /// Tells the client the call is over and closes the socket.
-async fn finish(wtx: &tokio::sync::mpsc::Sender<WireOut>, reason: &EndReason, close: Option<Close>) {
-    let ended = ServerEvent::CallEnded { reason: reason.as_str().into() }.to_wire();
+async fn finish(wtx: &tokio::sync::mpsc::Sender<WireOut>, reason: &str, close: Option<Close>) {
+    let ended = ServerEvent::CallEnded { reason: reason.into() }.to_wire();
     let _ = tokio::time::timeout(Duration::from_millis(500), wtx.send(ended)).await;
-    let close = close.unwrap_or_else(|| Close::new(code::NORMAL, reason.as_str()));
+    let close = close.unwrap_or_else(|| Close::new(code::NORMAL, reason));
     let _ = tokio::time::timeout(Duration::from_millis(500), wtx.send(WireOut::Close(close))).await;
 }
