@@ -381,11 +381,16 @@ impl Cluster {
 
     /// nginx running `template` (single- or multi-domain) in front of this cluster.
     async fn nginx(&self, name: &str, template: &str, tls: bool, ports: Option<(u16, u16)>) -> Nginx {
+        self.nginx_with_agents(name, template, tls, ports, [self.agents[0].addr, self.agents[1].addr]).await
+    }
+
+    /// As [`Cluster::nginx`], with the agent upstream's two servers at `agents`.
+    async fn nginx_with_agents(&self, name: &str, template: &str, tls: bool, ports: Option<(u16, u16)>, agents: [SocketAddr; 2]) -> Nginx {
         let (port, http_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let file = if template == SINGLE { "single-domain.conf" } else { "multi-domain.conf" };
-        let site = render(file, template, &self.site(tls, port, http_port, &dir));
+        let site = render(file, template, &Site { agents, ..self.site(tls, port, http_port, &dir) });
         Nginx::start(dir, &site, port, http_port).await
     }
 
@@ -663,42 +668,56 @@ async fn a_call_through_nginx_over_ws_and_wss() {
     assert!(status.is_client_error() && status != 413 && answer["error"]["code"].is_string(), "{status}: {answer}");
 }
 
-/// Two agents behind the hash upstream: calls spread over both, a call id always
-/// reaches the same agent, and `/api` reaches the api instance.
+/// Two agents behind the hash upstream: new calls spread over both; a call whose
+/// connection drops is resumed through nginx (`?call=&resume=`) on the agent that
+/// holds it, again and again, whichever agent its id hashes to; `/api` reaches
+/// the api instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_stick_to_their_agent_by_call_id() {
+async fn resumes_reach_the_agent_that_holds_the_call() {
     let c = Cluster::start(Opts::default()).await;
     let n = c.nginx("tls", SINGLE, true, None).await;
     let http = http(&c.cert);
     let base = format!("https://{SITE}:{}", n.port);
     let assistant = create_assistant(&http, &base, &c.admin, quiet("Sticky")).await;
-
-    // One short call; the instance that held it.
     let port = n.port;
-    let call = |query: String| {
-        let (http, base, url, admin, cert) = (http.clone(), base.clone(), format!("wss://{SITE}:{port}/agent?assistantId={assistant}{query}"), c.admin.clone(), &c.cert);
+
+    // One call: opened, dropped without a close frame and resumed twice, then ended.
+    // Returns the instance that held it.
+    let call = |_| {
+        let (http, base, admin, cert) = (http.clone(), base.clone(), c.admin.clone(), &c.cert);
+        let url = format!("wss://{SITE}:{port}/agent?assistantId={assistant}");
         async move {
             let (mut ws, _) = ws_open(&url, port, &[bearer(&admin)], cert).await.unwrap_or_else(|e| panic!("{url}: {e}"));
-            let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
+            let started = common::start_call(&mut ws).await;
+            let id = started["callId"].as_str().unwrap().to_string();
+            let mut token = started["resumeToken"].as_str().expect("call-started carries resumeToken").to_string();
+            let instance = instance_of(&http, &base, &admin, &id).await;
+            for round in 0..2 {
+                drop(ws);
+                ws = resume(port, &id, &token, cert).await;
+                ws.send(Message::Text(common::START.into())).await.unwrap();
+                let resumed = loop {
+                    let ev = common::next_event(&mut ws).await.unwrap_or_else(|| panic!("call {id}: closed before call-resumed (round {round})"));
+                    if ev["type"] == "call-resumed" {
+                        break ev;
+                    }
+                };
+                assert_eq!(resumed["callId"], id.as_str());
+                token = resumed["resumeToken"].as_str().expect("call-resumed carries the next token").to_string();
+            }
             hang_up(&mut ws).await;
-            instance_of(&http, &base, &admin, &id).await
+            let call = ended_call(&http, &base, &admin, &id).await;
+            assert_eq!((call["endedReason"].as_str(), call["instance"].as_str()), (Some("customer-ended-call"), Some(instance.as_str())), "{call}");
+            instance
         }
     };
+    let held: HashSet<String> = join_all((0..16).map(call)).await.into_iter().collect();
+    assert_eq!(held.len(), 2, "16 new calls all went to {held:?}");
 
-    let keys: Vec<String> = (0..24).map(|k| format!("01JRESUME{k:04}")).collect();
-    let first: Vec<String> = join_all(keys.iter().map(|k| call(format!("&call={k}")))).await;
-    let spread: HashSet<&String> = first.iter().collect();
-    assert_eq!(spread.len(), 2, "24 call ids all went to {spread:?}\n{}", n.error_log());
-    for round in 0..2 {
-        let again: Vec<String> = join_all(keys.iter().map(|k| call(format!("&call={k}")))).await;
-        for ((k, a), b) in keys.iter().zip(&first).zip(&again) {
-            assert_eq!(a, b, "round {round}: ?call={k} went to {a}, then to {b}");
-        }
-    }
-
-    // New calls (no ?call=) are placed at random: both agents get some.
-    let fresh: HashSet<String> = join_all((0..16).map(|_| call(String::new()))).await.into_iter().collect();
-    assert_eq!(fresh.len(), 2, "16 new calls all went to {fresh:?}");
+    // nginx walked the ring for some resumes: the agent the call id hashes to said
+    // 404 (not mine), the next one took it.
+    let log = std::fs::read_to_string(n.dir.join("voxgate.access.log")).unwrap();
+    assert!(log.lines().any(|l| l.contains("GET /agent ") && l.contains("upstream_status=404, 101")), "no resume passed from a 404 to its holder:\n{log}");
 
     // /api reaches the api instance (an agent answers 404 there).
     let res = http.get(format!("{base}/api/assistants")).bearer_auth(&c.admin).send().await.unwrap();
@@ -707,6 +726,20 @@ async fn calls_stick_to_their_agent_by_call_id() {
     assert!(list.to_string().contains(&assistant), "{list}");
     let direct = reqwest::Client::new().get(format!("http://{}/api/assistants", c.agents[0].addr)).bearer_auth(&c.admin).send().await.unwrap();
     assert_eq!(direct.status(), 404, "an agent alone does not serve the API");
+}
+
+/// Resumes call `id` through nginx on `port`; retries while the server has not yet
+/// seen the old socket drop (409).
+async fn resume(port: u16, id: &str, token: &str, cert: &Cert) -> Ws {
+    let url = format!("wss://{SITE}:{port}/agent?call={id}&resume={token}");
+    for _ in 0..100 {
+        match ws_open(&url, port, &[], cert).await {
+            Ok((ws, _)) => return ws,
+            Err(tungstenite::Error::Http(res)) if res.status() == 409 => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("resuming {id}: {e}"),
+        }
+    }
+    panic!("resuming {id}: the old socket still counts as open after 2 s");
 }
 
 /// The multi-domain layout: CORS from the ui's origin through nginx, nothing for
@@ -799,18 +832,17 @@ async fn drain_behind_nginx_finishes_every_call() {
     let http = http(&c.cert);
     let base = format!("https://{SITE}:{}", n.port);
     let assistant = create_assistant(&http, &base, &c.admin, quiet("Drained")).await;
-    let url = |key: &str| format!("wss://{SITE}:{}/agent?assistantId={assistant}&call={key}", n.port);
+    let url = format!("wss://{SITE}:{}/agent?assistantId={assistant}", n.port);
 
-    // 20 live calls on agent-1: call ids that hash there (the others hang up at once).
-    let mut live: Vec<(Ws, String, String)> = Vec::new();
+    // 20 live calls on agent-1 (calls placed on agent-2 hang up at once).
+    let mut live: Vec<(Ws, String)> = Vec::new();
     let mut elsewhere = 0;
     for k in 0.. {
         assert!(k < 400, "only {} of {k} calls reached agent-1", live.len());
-        let key = format!("01JDRAIN{k:04}");
-        let (mut ws, _) = ws_open(&url(&key), n.port, &[bearer(&c.admin)], &c.cert).await.unwrap();
+        let (mut ws, _) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await.unwrap();
         let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
         if instance_of(&http, &base, &c.admin, &id).await == "agent-1" {
-            live.push((ws, id, key));
+            live.push((ws, id));
             if live.len() == 20 {
                 break;
             }
@@ -819,7 +851,7 @@ async fn drain_behind_nginx_finishes_every_call() {
             hang_up(&mut ws).await;
         }
     }
-    assert!(elsewhere > 0, "every call id hashed to agent-1");
+    assert!(elsewhere > 0, "every new call went to agent-1");
 
     c.agents[0].sigterm();
     // Not ready any more: 503, or no listener at all (the drain closes it).
@@ -842,29 +874,32 @@ async fn drain_behind_nginx_finishes_every_call() {
     assert!(!ready, "agent-1 still ready 2 s after SIGTERM");
 
     // The live calls still answer, through nginx.
-    for (i, (ws, id, _)) in live.iter_mut().enumerate() {
+    for (i, (ws, id)) in live.iter_mut().enumerate() {
         ws.send(Message::Text(json!({"type": "ping", "id": i}).to_string().into())).await.unwrap();
         let pong = common::next_event(ws).await.unwrap_or_else(|| panic!("call {id} closed at SIGTERM"));
         assert_eq!(pong, json!({"type": "pong", "id": i}));
     }
 
-    // A call id that hashes to agent-1 now lands on agent-2 (nginx's next upstream).
-    let (mut ws, res) = ws_open(&url(&live[0].2), n.port, &[bearer(&c.admin)], &c.cert).await.unwrap_or_else(|e| panic!("{e}\n{}", n.error_log()));
-    assert_eq!(res.status(), 101);
-    let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
-    assert_eq!(instance_of(&http, &base, &c.admin, &id).await, "agent-2");
-    hang_up(&mut ws).await;
+    // New calls all land on agent-2: those whose random key hashes to agent-1
+    // find its listener closed and nginx passes them on.
+    for _ in 0..8 {
+        let (mut ws, res) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await.unwrap_or_else(|e| panic!("{e}\n{}", n.error_log()));
+        assert_eq!(res.status(), 101);
+        let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
+        assert_eq!(instance_of(&http, &base, &c.admin, &id).await, "agent-2");
+        hang_up(&mut ws).await;
+    }
 
     // Ten callers hang up on their own; the other ten are closed at the deadline.
     let (mut own, mut cut): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
     for (i, call) in live.into_iter().enumerate() {
         if i % 2 == 0 { own.push(call) } else { cut.push(call) }
     }
-    for (ws, _, _) in own.iter_mut() {
+    for (ws, _) in own.iter_mut() {
         hang_up(ws).await;
     }
-    let endings = join_all(cut.iter_mut().map(|(ws, _, _)| ending(ws, Duration::from_secs(DRAIN + 15)))).await;
-    for ((_, id, _), (reason, code)) in cut.iter().zip(endings) {
+    let endings = join_all(cut.iter_mut().map(|(ws, _)| ending(ws, Duration::from_secs(DRAIN + 15)))).await;
+    for ((_, id), (reason, code)) in cut.iter().zip(endings) {
         assert_eq!((reason.as_deref(), code), (Some("server-shutdown"), Some(1012)), "call {id}");
     }
     let status = c.agents[0].wait_exit(Duration::from_secs(30)).await;
@@ -872,13 +907,84 @@ async fn drain_behind_nginx_finishes_every_call() {
 
     // Every record is complete, read through nginx from the api instance.
     for (calls, reason) in [(&own, "customer-ended-call"), (&cut, "server-shutdown")] {
-        for (_, id, _) in calls.iter() {
+        for (_, id) in calls.iter() {
             let call = ended_call(&http, &base, &c.admin, id).await;
             assert_eq!(call["endedReason"], reason, "{call}");
             assert_eq!(call["instance"], "agent-1", "{call}");
             assert!(call["endedAt"].is_string() && call["durationMs"].is_number(), "{call}");
         }
     }
+}
+
+/// An agent that is full (or draining): every `/agent` request gets 503 with
+/// `Retry-After` before the upgrade, as admission control answers. Counts them.
+async fn full_agent() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = r#"{"error":{"code":"unavailable","message":"this instance is full; connect again"}}"#;
+                let res = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(res.as_bytes()).await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// An agent that answers 503 before the upgrade (full, or draining) passes each
+/// call on to the next agent; when every agent is full the caller gets the 503
+/// and its Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_agent_passes_calls_on() {
+    use std::sync::atomic::Ordering;
+    let c = Cluster::start(Opts::default()).await;
+    let (full, hits) = full_agent().await;
+    let n = c.nginx_with_agents("one-full", SINGLE, true, None, [c.agents[0].addr, full]).await;
+    let http = http(&c.cert);
+    let base = format!("https://{SITE}:{}", n.port);
+    let assistant = create_assistant(&http, &base, &c.admin, quiet("Busy")).await;
+    for _ in 0..16 {
+        let url = format!("wss://{SITE}:{}/agent?assistantId={assistant}", n.port);
+        let (mut ws, _) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await.unwrap_or_else(|e| panic!("{url}: {e}\n{}", n.error_log()));
+        let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
+        hang_up(&mut ws).await;
+        assert_eq!(instance_of(&http, &base, &c.admin, &id).await, "agent-1");
+    }
+    // Some new calls were placed on the full agent: it was asked, and said no.
+    assert!(hits.load(Ordering::SeqCst) >= 1, "16 new calls never reached the full agent:\n{}", n.error_log());
+
+    let (full_too, hits_too) = full_agent().await;
+    let n = c.nginx_with_agents("all-full", SINGLE, true, None, [full, full_too]).await;
+    let before = hits.load(Ordering::SeqCst);
+    let url = format!("wss://{SITE}:{}/agent?assistantId={assistant}", n.port);
+    match ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await {
+        Err(tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 503);
+            assert_eq!(res.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("2"), "{:?}", res.headers());
+        }
+        Err(e) => panic!("expected voxgate's 503, got {e}"),
+        Ok(_) => panic!("a call opened with every agent full"),
+    }
+    // Both were tried, once each.
+    assert_eq!((hits.load(Ordering::SeqCst) - before, hits_too.load(Ordering::SeqCst)), (1, 1));
 }
 
 /// docs/configuration.md names every environment variable the command line reads.
