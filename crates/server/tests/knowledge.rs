@@ -512,3 +512,42 @@ async fn knowledge_query_and_transfer_tools() {
     let ended = events.iter().find(|e| e["type"] == "call-ended").unwrap();
     assert_eq!(ended["reason"], "assistant-forwarded-call");
 }
+
+#[tokio::test]
+async fn a_file_left_processing_by_a_stopped_server_is_finished_at_the_next_start() {
+    let mut first = TestServer::start().await;
+    let files_dir = voxgate_server::config::ServeArgs::for_tests(&first.db.url).files_dir;
+    // As a crash would leave it: the bytes kept, the record still processing.
+    let id = voxgate_domain::clock::new_id();
+    std::fs::create_dir_all(&files_dir).unwrap();
+    std::fs::write(files_dir.join(&id), handbook()).unwrap();
+    let record = voxgate_domain::FileRecord {
+        id: id.clone(),
+        name: "handbook.md".into(),
+        content_type: "text/markdown".into(),
+        size_bytes: handbook().len() as i64,
+        sha256: "00".repeat(32),
+        purpose: "knowledge".into(),
+        assistant_id: None,
+        storage_path: id.clone(),
+        created_at: voxgate_domain::clock::now_ms(),
+        status: voxgate_domain::FileStatus::Processing,
+        error: None,
+        chunk_count: 0,
+        processed_at: None,
+    };
+    first.store.insert_file(&record).await.unwrap();
+    // And one whose bytes are gone: it fails with a reason instead of hanging.
+    let lost = voxgate_domain::FileRecord { id: voxgate_domain::clock::new_id(), ..record.clone() };
+    let lost = voxgate_domain::FileRecord { storage_path: lost.id.clone(), ..lost };
+    first.store.insert_file(&lost).await.unwrap();
+    first.stop().await;
+
+    let s = TestServer::start_with(first.db, |_| {}).await;
+    let done = wait_processed(&s, &id).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    assert!(done["chunkCount"].as_i64().unwrap() >= 5, "{done}");
+    let failed = wait_processed(&s, &lost.id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "file-missing");
+}
