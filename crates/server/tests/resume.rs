@@ -158,6 +158,39 @@ async fn a_dropped_call_resumes_on_a_new_socket_and_goes_on() {
     // An ended call is not live any more.
     let (status, body) = try_resume(&s, &call, &next).await.err().expect("refused");
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let metrics = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("voxgate_call_resumes_total{outcome=\"resumed\"}")), "{metrics}");
+    s.stop().await;
+}
+
+/// While no socket carries the call the pipeline runs on: a long greeting plays
+/// into the void (its audio dropped, not queued; no `slow-client` end after the
+/// writer's 2 s), and the call's maximum duration still ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_call_runs_on_until_its_maximum_duration() {
+    let mut s = TestServer::start_with_providers(
+        TestDb::chosen().await,
+        Providers {
+            stt: Arc::new(ScriptedStt::new(Vec::<String>::new(), Duration::ZERO)),
+            llm: Arc::new(ScriptedLlm::default()),
+            tts: Arc::new(ToneTts { rate: 24_000, ms_per_char: 50, chunk_ms: 20, first_delay: Duration::ZERO }),
+            tools: None,
+        },
+        |a| a.reconnect_window_secs = 30,
+    )
+    .await;
+    // About 20 s of greeting; the call may last 10 s.
+    let greeting = "Welcome to the library. ".repeat(16);
+    let assistant = s.create_assistant(json!({"name": "Long", "firstMessage": greeting, "maxDurationSecs": 10, "silenceTimeoutSecs": 0})).await;
+    let (mut ws, started) = open(&s, &assistant).await;
+    let call = started["callId"].as_str().unwrap().to_owned();
+    event(&mut ws, "bot-speech-started", |_| true).await;
+    drop(ws);
+    let record = ended_call(&s, &call).await;
+    assert_eq!(record["endedReason"], "exceeded-max-duration", "{record}");
+    let t = turns(&record);
+    assert_eq!(t.len(), 1, "{record}");
+    assert!(t[0].1.len() > 24 && t[0].1.len() < greeting.trim().len(), "more than the first sentence was played, not all: {:?}", t[0].1);
     s.stop().await;
 }
 
