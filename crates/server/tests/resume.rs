@@ -156,7 +156,7 @@ async fn a_dropped_call_resumes_on_a_new_socket_and_goes_on() {
     let expected = [("user", "hello one"), ("assistant", "First answer."), ("user", "hello two"), ("assistant", "Second answer.")];
     assert_eq!(t.iter().map(|(r, x)| (r.as_str(), x.as_str())).collect::<Vec<_>>(), expected, "turns from both sockets: {record}");
     // An ended call is not live any more.
-    let (status, body) = try_resume(&s, &call, &next).await.err().expect("refused");
+    let (status, body) = try_resume(&s, &call, &next).await.map(|_| ()).expect_err("refused");
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
     let metrics = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.starts_with("voxgate_call_resumes_total{outcome=\"resumed\"}")), "{metrics}");
@@ -202,18 +202,18 @@ async fn resumes_are_refused_with_a_wrong_or_used_token_an_unknown_call_or_a_liv
     let token = started["resumeToken"].as_str().unwrap().to_owned();
 
     // The socket is still open: 409, with the right token; a wrong one is 401.
-    let (status, body) = try_resume(&s, &call, &token).await.err().expect("refused");
+    let (status, body) = try_resume(&s, &call, &token).await.map(|_| ()).expect_err("refused");
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
-    let (status, body) = try_resume(&s, &call, "vg_rt_not-the-token").await.err().expect("refused");
+    let (status, body) = try_resume(&s, &call, "vg_rt_not-the-token").await.map(|_| ()).expect_err("refused");
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
     // An unknown call on this instance, a malformed id, an oversized token, no token.
     let unknown = voxgate_domain::clock::new_id();
-    let (status, body) = try_resume(&s, &unknown, &token).await.err().expect("refused");
+    let (status, body) = try_resume(&s, &unknown, &token).await.map(|_| ()).expect_err("refused");
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("on this instance"), "{body}");
-    let (status, _) = try_resume(&s, "../../etc", &token).await.err().expect("refused");
+    let (status, _) = try_resume(&s, "../../etc", &token).await.map(|_| ()).expect_err("refused");
     assert_eq!(status, 404);
-    let (status, _) = try_resume(&s, &call, &"x".repeat(5000)).await.err().expect("refused");
+    let (status, _) = try_resume(&s, &call, &"x".repeat(5000)).await.map(|_| ()).expect_err("refused");
     assert_eq!(status, 401);
     match tokio_tungstenite::connect_async(s.ws_url(&format!("call={call}"))).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 401),
@@ -227,11 +227,11 @@ async fn resumes_are_refused_with_a_wrong_or_used_token_an_unknown_call_or_a_liv
     let resumed = event(&mut ws, "call-resumed", |_| true).await;
     let next = resumed["resumeToken"].as_str().unwrap().to_owned();
     // The used token, with the new socket open or dropped: 401.
-    let (status, _) = try_resume(&s, &call, &token).await.err().expect("refused");
+    let (status, _) = try_resume(&s, &call, &token).await.map(|_| ()).expect_err("refused");
     assert_eq!(status, 401);
     drop(ws);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, _) = try_resume(&s, &call, &token).await.err().expect("refused");
+    let (status, _) = try_resume(&s, &call, &token).await.map(|_| ()).expect_err("refused");
     assert_eq!(status, 401, "a used token stays used");
 
     // A resumed socket that never sends `start` gives its token back: the call
@@ -266,7 +266,7 @@ async fn a_call_not_resumed_within_the_window_ends_as_connection_lost() {
     let record = ended_call(&s, &call).await;
     assert_eq!(record["endedReason"], "connection-lost");
     assert_eq!(turns(&record).len(), 2, "the turns before the drop are kept: {record}");
-    let (status, _) = try_resume(&s, &call, &token).await.err().expect("refused");
+    let (status, _) = try_resume(&s, &call, &token).await.map(|_| ()).expect_err("refused");
     assert_eq!(status, 404);
     s.stop().await;
 
@@ -296,7 +296,7 @@ async fn a_call_ended_by_the_caller_is_never_resumable() {
         // 409 while the session winds down, then 404; never resumed.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let (status, body) = try_resume(&s, &call, &token).await.err().unwrap_or_else(|| panic!("{how}: resumed an ended call"));
+            let (status, body) = try_resume(&s, &call, &token).await.map(|_| ()).expect_err("an ended call is not resumed");
             if status == 404 {
                 break;
             }

@@ -37,7 +37,7 @@ pub enum Link<E> {
         id: u64,
         sink: BoxSink<E>,
         first: Vec<WireOut>,
-        convert: Option<Reframe>,
+        convert: Option<Box<Reframe>>,
     },
     /// The socket is gone (its reader saw it drop): let go of it, and drop what is
     /// written until the next `Attach`.
@@ -86,7 +86,7 @@ impl Reframe {
 struct Current<E> {
     id: u64,
     sink: BoxSink<E>,
-    convert: Option<Reframe>,
+    convert: Option<Box<Reframe>>,
 }
 
 impl<E> Current<E> {

@@ -382,7 +382,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
                         id: link,
                         sink: r.sink,
                         first: vec![resumed.to_wire()],
-                        convert: Reframe::new(negotiated.output, r.negotiated.output),
+                        convert: Reframe::new(negotiated.output, r.negotiated.output).map(Box::new),
                     };
                     if links.send(attach).await.is_err() {
                         break (EndReason::PipelineError("the call's writer stopped".into()).into(), None);
