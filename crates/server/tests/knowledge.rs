@@ -551,3 +551,31 @@ async fn a_file_left_processing_by_a_stopped_server_is_finished_at_the_next_star
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["error"]["code"], "file-missing");
 }
+
+#[tokio::test]
+async fn uploads_are_rate_limited_per_address_whatever_the_key() {
+    let s = TestServer::start_with(TestDb::chosen().await, |a| {
+        a.rate_limit_uploads = Rate0(None);
+        a.rate_limit_uploads_ip = Rate0(Some(Rate { burst: 2, per: Duration::from_secs(3600) }));
+    })
+    .await;
+    let keys = [s.admin.clone(), s.key(voxgate_domain::key::KeyKind::Private, &[]).await, s.key(voxgate_domain::key::KeyKind::Private, &[]).await];
+    let mut statuses = Vec::new();
+    for key in &keys {
+        let res = TestServer::http()
+            .post(s.at("/api/files"))
+            .bearer_auth(key)
+            .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+            .body(multipart("file", Some("a.txt"), "text/plain", b"Short words for a small file."))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            assert!(res.headers().get("retry-after").is_some());
+            let (_, code, _) = error_code(res).await;
+            assert_eq!(code, "rate_limited");
+        }
+    }
+    assert_eq!(statuses, [202, 202, 429], "a new key does not reset the address's upload limit");
+}
