@@ -257,3 +257,63 @@ async fn a_streaming_transcriber_gives_partials_both_ways_and_its_final_at_the_e
     assert_eq!(reqs[0].messages.last().map(|m| m.content.as_str()), Some("stop the music please"));
     assert_eq!(*heard.lock().unwrap(), vec![9600]);
 }
+
+/// A knowledge base that answers after `delay`, counting its searches.
+struct SlowRetriever {
+    delay: Duration,
+    queries: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl voxgate_services::processors::llm::Retriever for SlowRetriever {
+    fn retrieve(&self, query: &str) -> BoxFuture<'static, Result<Vec<String>, String>> {
+        let delay = self.delay;
+        self.queries.lock().unwrap().push(query.to_string());
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(vec!["The pool opens at six.".to_string()])
+        })
+    }
+}
+
+/// Retrieval within its budget joins the context for that reply only; past it,
+/// the reply goes on without it, and the time is the budget (the Retrieval metric).
+#[tokio::test(start_paused = true)]
+async fn retrieval_joins_the_context_within_its_budget_and_is_skipped_past_it() {
+    for (delay, budget, found) in [(MS(40), MS(300), true), (MS(2000), MS(300), false)] {
+        let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cfg = LlmConfig {
+            system_prompt: "Be brief.".into(),
+            retriever: Some(Arc::new(SlowRetriever { delay, queries: queries.clone() })),
+            retrieval_budget: budget,
+            ..Default::default()
+        };
+        let stt = ScriptedStt::new(["when does the pool open"], MS(10));
+        let mut c = chain(stt, ScriptedLlm::new([ScriptedLlm::words("At six.", MS(5))]), cfg, None);
+        speak(&c.io, 200).await;
+        let frames = collect_until(&mut c.io, |f| matches!(f, Frame::LlmResponseEnd)).await;
+        let took = frames
+            .iter()
+            .find_map(|(f, _)| match f {
+                Frame::Metric { stage: Stage::Retrieval, value } => Some(*value),
+                _ => None,
+            })
+            .expect("a retrieval metric");
+        assert_eq!(queries.lock().unwrap().as_slice(), ["when does the pool open"]);
+        let req = c.llm.requests.lock().unwrap()[0].clone();
+        let context: Vec<&str> = req.messages.iter().filter(|m| m.role == Role::System).map(|m| m.content.as_str()).collect();
+        if found {
+            assert_eq!(took, delay, "{took:?}");
+            assert_eq!(context.len(), 2, "{context:?}");
+            assert!(context[1].contains("The pool opens at six."));
+            // Just before the caller's words, which stay last.
+            assert_eq!(req.messages[req.messages.len() - 2].role, Role::System);
+            assert_eq!(req.messages.last().unwrap().role, Role::User);
+        } else {
+            assert_eq!(took, budget, "{took:?}");
+            assert_eq!(context, ["Be brief."]);
+        }
+        // The history never holds the retrieved text.
+        assert!(c.convo.lock().unwrap().messages.iter().all(|m| !m.content.contains("pool opens")));
+        c.io.shutdown().await.unwrap();
+    }
+}

@@ -240,7 +240,8 @@ async fn retrieve(cfg: &LlmConfig, convo: &Mutex<Conversation>, out: &Outlet) ->
     let Some(retriever) = &cfg.retriever else { return Ok(None) };
     let query = convo.lock().expect("conversation lock").last_user_text();
     let Some(query) = query.filter(|q| !q.trim().is_empty()) else { return Ok(None) };
-    let started = Instant::now();
+    // Tokio's clock, so tests on paused time see the budget exactly.
+    let started = tokio::time::Instant::now();
     let found = tokio::time::timeout(cfg.retrieval_budget, retriever.retrieve(&query)).await;
     out.down(Frame::Metric { stage: Stage::Retrieval, value: started.elapsed() }).await?;
     let passages = match found {
