@@ -17,9 +17,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use voxgate_domain::clock::{new_id, now_ms};
 use voxgate_domain::key::{KeyKind, mint};
-use voxgate_domain::{FileRecord, FileStatus};
+use voxgate_domain::FileStatus;
 use voxgate_knowledge::{ChunkOptions, Embedder};
 use voxgate_providers::pool::{InferencePool, WaitMeter};
 use voxgate_server::config::ServeArgs;
@@ -133,21 +132,7 @@ async fn naive_turn(store: &Store, embedder: &Embedder, file_id: &str, question:
 
 async fn retrieval(db: TestDb, chunks: usize, embedder: &Embedder) {
     let store = db.store().await;
-    let file = FileRecord {
-        id: new_id(),
-        name: "big.txt".into(),
-        content_type: "text/plain".into(),
-        size_bytes: 0,
-        sha256: "00".repeat(32),
-        purpose: "knowledge".into(),
-        assistant_id: None,
-        storage_path: "unused".into(),
-        created_at: now_ms(),
-        status: FileStatus::Processing,
-        error: None,
-        chunk_count: 0,
-        processed_at: None,
-    };
+    let file = voxgate_testkit::file_record(FileStatus::Processing);
     store.insert_file(&file).await.unwrap();
     // Real vectors for a few distinct texts, repeated: storage and search do not
     // care whether the 10,000 are distinct, and embedding them all takes minutes.

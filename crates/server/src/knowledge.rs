@@ -182,9 +182,9 @@ impl Knowledge {
 
         let meter = WaitMeter::default();
         let mut rows = Vec::with_capacity(chunks.len());
-        for batch in chunks.chunks(EMBED_BATCH) {
-            // A file deleted meanwhile is not worth finishing.
-            if rows.len() % (EMBED_BATCH * 16) == 0 && !rows.is_empty() && matches!(store.get_file(id).await, Err(StoreError::NotFound)) {
+        for (n, batch) in chunks.chunks(EMBED_BATCH).enumerate() {
+            // A file deleted meanwhile is not worth finishing (checked every 16 batches).
+            if n > 0 && n % 16 == 0 && matches!(store.get_file(id).await, Err(StoreError::NotFound)) {
                 return Ok(None);
             }
             let texts: Vec<String> = batch.iter().map(|c| c.text.clone()).collect();

@@ -76,21 +76,7 @@ impl Ids {
             .unwrap();
         assert_eq!(res.status(), 201);
         let key = res.json::<Value>().await.unwrap()["key"]["id"].as_str().unwrap().to_string();
-        let file = voxgate_domain::FileRecord {
-            id: voxgate_domain::clock::new_id(),
-            name: "notes.txt".into(),
-            content_type: "text/plain".into(),
-            size_bytes: 5,
-            sha256: "00".repeat(32),
-            purpose: "knowledge".into(),
-            assistant_id: None,
-            storage_path: "unused".into(),
-            created_at: voxgate_domain::clock::now_ms(),
-            status: voxgate_domain::FileStatus::Ready,
-            error: None,
-            chunk_count: 0,
-            processed_at: None,
-        };
+        let file = voxgate_testkit::file_record(voxgate_domain::FileStatus::Ready);
         s.store.insert_file(&file).await.unwrap();
         let webhook = voxgate_domain::clock::new_id();
         s.store

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestServer, pcm_bytes, speech};
+use common::{TestServer, ended_call, pcm_bytes, speech};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -226,19 +226,6 @@ async fn open(s: &TestServer, assistant_id: &str) -> (Mic, Inbox, Value) {
     let mut inbox = Inbox::spawn(rx);
     let (_, _, started) = inbox.event("call-started").await;
     (Mic::start(tx), inbox, started)
-}
-
-/// The call's record once it has ended (polled: the record ends just after the socket).
-async fn ended_call(s: &TestServer, call_id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let call: Value = TestServer::http().get(s.at(&format!("/api/calls/{call_id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
-        if call["status"] == "ended" {
-            return call;
-        }
-        assert!(Instant::now() < deadline, "call {call_id} has not ended after {within:?}: {call}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn turns(call: &Value) -> Vec<(String, String, bool)> {

@@ -7,9 +7,9 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{TestServer, error_code, next_event};
+use common::{TestServer, ended_call, error_code, next_event};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use voxgate_domain::key::KeyKind;
@@ -19,6 +19,9 @@ use voxgate_server::session::providers::{Fixed, Providers};
 use voxgate_services::llm::{ChatRequest, Role as ChatRole};
 use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_testkit::TestDb;
+
+/// How long a call's record may take to show its end.
+const ENDS_WITHIN: Duration = Duration::from_secs(15);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -66,18 +69,6 @@ async fn event(ws: &mut Ws, kind: &str, pred: impl Fn(&Value) -> bool) -> (Value
             return (ev, seen);
         }
         seen.push(ev["type"].as_str().unwrap_or("").to_owned());
-    }
-}
-
-async fn ended_call(s: &TestServer, call: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v: Value = TestServer::http().get(s.at(&format!("/api/calls/{call}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
-        if v["status"] == "ended" {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "call {call} has not ended: {v}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -143,7 +134,7 @@ async fn say_add_message_and_end_reach_a_call_in_this_process() {
     accepted(&s, &call, json!({"type": "end"})).await;
     let (ended, _) = event(&mut ws, "call-ended", |_| true).await;
     assert_eq!(ended["reason"], "api-ended-call");
-    let record = ended_call(&s, &call).await;
+    let record = ended_call(&s, &call, ENDS_WITHIN).await;
     assert_eq!(record["endedReason"], "api-ended-call");
     let (got, code, _) = error_code(control(&s, &call, json!({"type": "say", "text": "too late"})).await).await;
     assert_eq!((got, code.as_str()), (409, "conflict"), "an ended call");
@@ -180,7 +171,7 @@ async fn postgres_only_control_reaches_a_call_on_another_instance() {
     accepted(&api, &call, json!({"type": "end"})).await;
     let (ended, _) = event(&mut ws, "call-ended", |_| true).await;
     assert_eq!(ended["reason"], "api-ended-call");
-    assert_eq!(ended_call(&api, &call).await["endedReason"], "api-ended-call");
+    assert_eq!(ended_call(&api, &call, ENDS_WITHIN).await["endedReason"], "api-ended-call");
     agent.drain().await.unwrap();
     api.stop().await;
 }

@@ -13,10 +13,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use common::*;
-use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use voxgate_api::ratelimit::Rate;
 use voxgate_server::config::Rate0;
 use voxgate_server::session::providers::Providers;
@@ -272,28 +269,6 @@ fn recording(llm: ScriptedLlm) -> Providers {
     Providers { stt: Arc::new(ScriptedStt::new(Vec::<String>::new(), Duration::ZERO)), llm: Arc::new(llm), tts: Arc::new(ToneTts::default()), tools: None }
 }
 
-/// Opens a call with the admin key, says `text`, and returns every event up to the
-/// end of the call (the client hangs up after `replies` replies have played).
-async fn typed_call(s: &TestServer, assistant: &str, text: &str, replies: usize) -> Vec<Value> {
-    let mut req = s.ws_url(&format!("assistantId={assistant}")).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    start_call(&mut ws).await;
-    ws.send(Message::Text(json!({ "type": "text", "text": text }).to_string().into())).await.unwrap();
-    let mut events = Vec::new();
-    let mut stopped = 0;
-    while let Some(e) = next_event(&mut ws).await {
-        if e["type"] == "bot-speech-stopped" {
-            stopped += 1;
-            if stopped == replies {
-                let _ = ws.send(Message::Text(r#"{"type":"end"}"#.into())).await;
-            }
-        }
-        events.push(e);
-    }
-    events
-}
-
 fn system_context(llm: &ScriptedLlm, request: usize) -> String {
     let requests = llm.requests.lock().unwrap();
     requests[request].messages.iter().filter(|m| m.role == Role::System).map(|m| m.content.clone()).collect::<Vec<_>>().join("\n")
@@ -528,17 +503,9 @@ async fn a_file_left_processing_by_a_stopped_server_is_finished_at_the_next_star
     let record = voxgate_domain::FileRecord {
         id: id.clone(),
         name: "handbook.md".into(),
-        content_type: "text/markdown".into(),
         size_bytes: handbook().len() as i64,
-        sha256: "00".repeat(32),
-        purpose: "knowledge".into(),
-        assistant_id: None,
         storage_path: id.clone(),
-        created_at: voxgate_domain::clock::now_ms(),
-        status: voxgate_domain::FileStatus::Processing,
-        error: None,
-        chunk_count: 0,
-        processed_at: None,
+        ..voxgate_testkit::file_record(voxgate_domain::FileStatus::Processing)
     };
     first.store.insert_file(&record).await.unwrap();
     // And one whose bytes are gone: it fails with a reason instead of hanging.

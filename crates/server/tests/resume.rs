@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{START, TestServer, next_event};
+use common::{START, TestServer, ended_call, next_event};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -16,6 +16,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use voxgate_server::session::providers::Providers;
 use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_testkit::TestDb;
+
+/// How long a call's record may take to show its end.
+const ENDS_WITHIN: Duration = Duration::from_secs(15);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -88,19 +91,6 @@ async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(json!({"type": "text", "text": text}).to_string().into())).await.unwrap();
 }
 
-/// The call's record once it has ended.
-async fn ended_call(s: &TestServer, call: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v: Value = TestServer::http().get(s.at(&format!("/api/calls/{call}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
-        if v["status"] == "ended" {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "call {call} has not ended: {v}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn turns(call: &Value) -> Vec<(String, String)> {
     call["turns"].as_array().unwrap().iter().map(|t| (t["role"].as_str().unwrap().to_owned(), t["text"].as_str().unwrap().to_owned())).collect()
 }
@@ -150,7 +140,7 @@ async fn a_dropped_call_resumes_on_a_new_socket_and_goes_on() {
     let ended = event(&mut ws, "call-ended", |_| true).await;
     assert_eq!(ended["reason"], "customer-ended-call");
 
-    let record = ended_call(&s, &call).await;
+    let record = ended_call(&s, &call, ENDS_WITHIN).await;
     assert_eq!(record["endedReason"], "customer-ended-call");
     let t = turns(&record);
     let expected = [("user", "hello one"), ("assistant", "First answer."), ("user", "hello two"), ("assistant", "Second answer.")];
@@ -186,7 +176,7 @@ async fn a_detached_call_runs_on_until_its_maximum_duration() {
     let call = started["callId"].as_str().unwrap().to_owned();
     event(&mut ws, "bot-speech-started", |_| true).await;
     drop(ws);
-    let record = ended_call(&s, &call).await;
+    let record = ended_call(&s, &call, ENDS_WITHIN).await;
     assert_eq!(record["endedReason"], "exceeded-max-duration", "{record}");
     let t = turns(&record);
     assert_eq!(t.len(), 1, "{record}");
@@ -250,7 +240,7 @@ async fn resumes_are_refused_with_a_wrong_or_used_token_an_unknown_call_or_a_liv
     event(&mut ws, "call-resumed", |_| true).await;
     ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     event(&mut ws, "call-ended", |_| true).await;
-    assert_eq!(ended_call(&s, &call).await["endedReason"], "customer-ended-call");
+    assert_eq!(ended_call(&s, &call, ENDS_WITHIN).await["endedReason"], "customer-ended-call");
     s.stop().await;
 }
 
@@ -263,7 +253,7 @@ async fn a_call_not_resumed_within_the_window_ends_as_connection_lost() {
     send_text(&mut ws, "remember this").await;
     assistant_says(&mut ws, "Noted.").await;
     drop(ws);
-    let record = ended_call(&s, &call).await;
+    let record = ended_call(&s, &call, ENDS_WITHIN).await;
     assert_eq!(record["endedReason"], "connection-lost");
     assert_eq!(turns(&record).len(), 2, "the turns before the drop are kept: {record}");
     let (status, _) = try_resume(&s, &call, &token).await.map(|_| ()).expect_err("refused");
@@ -276,7 +266,7 @@ async fn a_call_not_resumed_within_the_window_ends_as_connection_lost() {
     assert!(started.get("resumeToken").is_none(), "{started}");
     let call = started["callId"].as_str().unwrap().to_owned();
     drop(ws);
-    assert_eq!(ended_call(&s, &call).await["endedReason"], "connection-lost");
+    assert_eq!(ended_call(&s, &call, ENDS_WITHIN).await["endedReason"], "connection-lost");
     s.stop().await;
 }
 
@@ -304,7 +294,7 @@ async fn a_call_ended_by_the_caller_is_never_resumable() {
             assert!(Instant::now() < deadline, "{how}: still 409");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(ended_call(&s, &call).await["endedReason"], "customer-ended-call", "{how}");
+        assert_eq!(ended_call(&s, &call, ENDS_WITHIN).await["endedReason"], "customer-ended-call", "{how}");
     }
     s.stop().await;
 }

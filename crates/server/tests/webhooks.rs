@@ -14,10 +14,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
-use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use voxgate_server::config::ServeArgs;
 use voxgate_server::session::providers::Providers;
 use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
@@ -83,17 +80,8 @@ fn webhook_settings(a: &mut ServeArgs) {
 
 /// A call: one typed question, its reply played, then the caller hangs up.
 async fn call(s: &TestServer, assistant: &str, text: &str) -> String {
-    let mut req = s.ws_url(&format!("assistantId={assistant}")).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let started = start_call(&mut ws).await;
-    ws.send(Message::Text(json!({ "type": "text", "text": text }).to_string().into())).await.unwrap();
-    while let Some(e) = next_event(&mut ws).await {
-        if e["type"] == "bot-speech-stopped" {
-            ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
-        }
-    }
-    started["callId"].as_str().unwrap().to_string()
+    let events = typed_call(s, assistant, text, 1).await;
+    events[0]["callId"].as_str().unwrap().to_string()
 }
 
 async fn deliveries(s: &TestServer, query: &str) -> Vec<Value> {

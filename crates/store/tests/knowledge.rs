@@ -1,26 +1,12 @@
 //! Knowledge chunks and file processing states, on every backend.
 
-use voxgate_domain::clock::{new_id, now_ms};
+use voxgate_domain::clock::new_id;
 use voxgate_domain::{FileRecord, FileStatus};
 use voxgate_store::StoreError;
-use voxgate_testkit::TestDb;
+use voxgate_testkit::{TestDb, file_record};
 
 fn processing_file() -> FileRecord {
-    FileRecord {
-        id: new_id(),
-        name: "guide.md".into(),
-        content_type: "text/markdown".into(),
-        size_bytes: 42,
-        sha256: "ab".repeat(32),
-        purpose: "knowledge".into(),
-        assistant_id: None,
-        storage_path: "files/x".into(),
-        created_at: now_ms(),
-        status: FileStatus::Processing,
-        error: None,
-        chunk_count: 0,
-        processed_at: None,
-    }
+    file_record(FileStatus::Processing)
 }
 
 fn chunks(n: usize) -> Vec<(String, Vec<u8>)> {

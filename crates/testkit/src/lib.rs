@@ -67,3 +67,25 @@ impl TestDb {
         store
     }
 }
+
+/// A knowledge file's record in `status`, under a new id (its bytes nowhere:
+/// tests that need them set `storage_path` and write them).
+pub fn file_record(status: voxgate_domain::FileStatus) -> voxgate_domain::FileRecord {
+    use voxgate_domain::clock::{new_id, now_ms};
+    voxgate_domain::FileRecord {
+        id: new_id(),
+        name: "notes.txt".into(),
+        content_type: "text/plain".into(),
+        size_bytes: 0,
+        sha256: "00".repeat(32),
+        purpose: "knowledge".into(),
+        assistant_id: None,
+        storage_path: "unused".into(),
+        created_at: now_ms(),
+        status,
+        error: None,
+        chunk_count: 0,
+        processed_at: None,
+    }
+}
+

@@ -50,7 +50,7 @@ mod worker;
 
 pub use delivery::WebhookDelivery;
 pub use event::{Event, kinds};
-pub use sign::{VerifyError, sign, verify};
+pub use sign::{VerifyError, sign, signed, verify};
 pub use worker::{Options, Webhooks, default_client};
 
 /// The header names sent with every event.

@@ -38,6 +38,13 @@ pub fn sign(secret: &[u8], timestamp_secs: i64, body: &[u8]) -> String {
     format!("t={timestamp_secs},v1={}", hex::encode(tag))
 }
 
+/// `request` with `body` signed now: the `X-Voxgate-Timestamp` and
+/// `X-Voxgate-Signature` headers (webhook events and tool calls alike).
+pub fn signed(request: reqwest::RequestBuilder, secret: &[u8], body: &[u8]) -> reqwest::RequestBuilder {
+    let t = voxgate_domain::clock::now_ms().div_euclid(1000);
+    request.header(crate::headers::TIMESTAMP, t.to_string()).header(crate::headers::SIGNATURE, sign(secret, t, body))
+}
+
 /// Checks a signature header (`None` when the request had none) against the raw
 /// body, with the timestamp at most `tolerance_secs` away from `now_secs`.
 /// Several `v1=` entries are accepted (any one matching passes, for secret

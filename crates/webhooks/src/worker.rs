@@ -346,18 +346,14 @@ impl Webhooks {
     /// One signed POST under the per-attempt timeout.
     async fn attempt(&self, ev: &OutboxEvent) -> Outcome {
         let inner = &*self.inner;
-        let t = now_ms().div_euclid(1000);
-        let signature = sign::sign(&inner.secret, t, ev.body.as_bytes());
         let request = inner
             .client
             .post(&ev.url)
             .timeout(inner.opts.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(headers::EVENT_ID, &ev.id)
-            .header(headers::EVENT_TYPE, &ev.event_type)
-            .header(headers::TIMESTAMP, t.to_string())
-            .header(headers::SIGNATURE, signature)
-            .body(ev.body.clone());
+            .header(headers::EVENT_TYPE, &ev.event_type);
+        let request = sign::signed(request, &inner.secret, ev.body.as_bytes()).body(ev.body.clone());
         let exchange = async {
             let mut resp = request.send().await.map_err(describe)?;
             let status = resp.status().as_u16();

@@ -99,10 +99,7 @@ async fn post(http: &reqwest::Client, secret: Option<&str>, tool: &Tool, body: V
         .timeout(Duration::from_millis(tool.timeout_ms as u64))
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(secret) = secret {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        req = req
-            .header(voxgate_webhooks::headers::SIGNATURE, voxgate_webhooks::sign(secret.as_bytes(), now, &bytes))
-            .header(voxgate_webhooks::headers::TIMESTAMP, now.to_string());
+        req = voxgate_webhooks::signed(req, secret.as_bytes(), &bytes);
     }
     let started = std::time::Instant::now();
     let res = req.body(bytes).send().await;

@@ -220,3 +220,39 @@ pub async fn error_before_close(s: &TestServer, assistant: &str) -> Value {
     }
     error.expect("an error event before the close")
 }
+
+/// The call's record once it has ended (polled: the record ends just after the socket).
+pub async fn ended_call(s: &TestServer, call_id: &str, within: Duration) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let call: Value = TestServer::http().get(s.at(&format!("/api/calls/{call_id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
+        if call["status"] == "ended" {
+            return call;
+        }
+        assert!(std::time::Instant::now() < deadline, "call {call_id} has not ended after {within:?}: {call}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Opens a call with the admin key, types `text`, and returns every event from
+/// `call-started` to the end of the call; the client hangs up once `replies`
+/// replies have played (0: it waits for the server to end the call).
+pub async fn typed_call(s: &TestServer, assistant: &str, text: &str, replies: usize) -> Vec<Value> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s.ws_url(&format!("assistantId={assistant}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut events = vec![start_call(&mut ws).await];
+    ws.send(Message::Text(json!({ "type": "text", "text": text }).to_string().into())).await.unwrap();
+    let mut stopped = 0;
+    while let Some(e) = next_event(&mut ws).await {
+        if e["type"] == "bot-speech-stopped" {
+            stopped += 1;
+            if stopped == replies {
+                let _ = ws.send(Message::Text(r#"{"type":"end"}"#.into())).await;
+            }
+        }
+        events.push(e);
+    }
+    events
+}
