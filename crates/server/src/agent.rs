@@ -157,6 +157,11 @@ async fn admit(
             let assistant_id = q.assistant_id.ok_or_else(|| ApiError::bad_request("assistantId is required"))?;
             match &principal {
                 Principal::Metrics => return Err(ApiError::forbidden("the metrics token cannot open calls")),
+                // Anyone may sign up to a Supabase project: only the users listed in
+                // SUPABASE_ADMIN_EMAILS may use this server, calls included.
+                Principal::User { admin: false, .. } => {
+                    return Err(ApiError::forbidden("this user may not open calls (see SUPABASE_ADMIN_EMAILS)"));
+                }
                 Principal::Key(k) if k.kind == KeyKind::Public && !k.assistant_ids.contains(&assistant_id) => {
                     return Err(ApiError::forbidden("this public key does not list that assistant"));
                 }
