@@ -147,6 +147,16 @@ async fn admit(
             if q.assistant_id.as_ref().is_some_and(|a| *a != assistant_id) {
                 return Err(ApiError::forbidden("the call token is for another assistant"));
             }
+            // Revoking a key revokes the call tokens it minted and has not used yet.
+            if let Some(id) = &key_id {
+                match s.api.store.get_key(id).await {
+                    Ok(k) if k.revoked_at.is_none() => {}
+                    Ok(_) | Err(voxgate_store::StoreError::NotFound) => {
+                        return Err(ApiError::unauthorized("the key that minted this call token is revoked"));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             (key_id, assistant_id)
         }
         None => {
