@@ -87,7 +87,14 @@ async fn upgrade(
 ) -> Response {
     match admit(&s, ws, query, Some(peer), &headers).await {
         Ok(res) => res,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let mut res = e.into_response();
+            // As on /api: a 401 says how to authenticate.
+            if res.status() == axum::http::StatusCode::UNAUTHORIZED {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            }
+            res
+        }
     }
 }
 
