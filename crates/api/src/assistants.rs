@@ -20,8 +20,10 @@ use crate::state::ApiState;
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
 }
 

@@ -19,14 +19,22 @@ use crate::state::ApiState;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct CallQuery {
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub assistant_id: Option<String>,
     /// `in-progress` or `ended`.
+    #[param(value_type = Option<CallStatus>)]
     pub status: Option<String>,
     /// RFC 3339; calls started at or after.
+    #[param(format = DateTime)]
     pub started_after: Option<String>,
     /// RFC 3339; calls started before.
+    #[param(format = DateTime)]
     pub started_before: Option<String>,
+    /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
 }
 
@@ -82,6 +90,8 @@ pub async fn get(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<Strin
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewCall {
+    /// An existing assistant's id.
+    #[schema(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub assistant_id: String,
 }
 

@@ -35,10 +35,19 @@ pub enum ControlMessage {
     /// End the call now (`endedReason`: `api-ended-call`).
     End {},
     /// The assistant says `text`, verbatim, after what it is saying now.
-    Say { text: String },
+    Say {
+        /// Not blank, at most 4000 bytes, no NUL.
+        #[schema(min_length = 1, max_length = 4000)]
+        text: String,
+    },
     /// A message joins the conversation: a `system` message guides the next
     /// replies; a `user` message is answered as if the caller had typed it.
-    AddMessage { role: MessageRole, content: String },
+    AddMessage {
+        role: MessageRole,
+        /// Not blank, at most 4000 bytes, no NUL.
+        #[schema(min_length = 1, max_length = 4000)]
+        content: String,
+    },
 }
 
 /// Who an added message is from.

@@ -35,7 +35,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable, machine-readable code such as `validation_failed`.
-    #[schema(value_type = String)]
+    #[schema(value_type = ErrorCode)]
     pub code: &'static str,
     /// A sentence for people.
     pub message: String,

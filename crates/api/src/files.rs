@@ -72,6 +72,16 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
+/// The body of an upload: one multipart field, `file` (any other field is refused).
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct FileUpload {
+    /// Plain text, Markdown, CSV, HTML or PDF; the type is sniffed from the bytes.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 /// Where a file's bytes are kept. `storage_path` is the file's id (checked, so a
 /// corrupt record cannot point elsewhere).
 pub fn stored_at(dir: &Path, storage_path: &str) -> Option<PathBuf> {
@@ -81,7 +91,7 @@ pub fn stored_at(dir: &Path, storage_path: &str) -> Option<PathBuf> {
 /// Uploads a knowledge-base file (multipart, one field named `file`). Answers 202
 /// with the record, status `processing`; poll `GET /api/files/{id}` until `ready`.
 #[utoipa::path(post, path = "/api/files", tag = "files",
-    request_body(content_type = "multipart/form-data", description = "one field `file`: text, Markdown, CSV, HTML or PDF"),
+    request_body(content = FileUpload, content_type = "multipart/form-data", description = "one field `file`: text, Markdown, CSV, HTML or PDF"),
     responses((status = 202, body = FileRecord), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]

@@ -19,10 +19,14 @@ use crate::state::ApiState;
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewKey {
+    /// 1 to 100 printable characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     pub kind: KeyKind,
-    /// For public keys: the assistants it may open calls to (at least one).
+    /// For public keys: the assistants it may open calls to (1 to 100 ids of
+    /// existing assistants). Private keys list none.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub assistant_ids: Vec<String>,
 }
 
@@ -100,6 +104,7 @@ pub async fn revoke(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<St
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginCode {
+    #[schema(max_length = 200)]
     pub code: String,
 }
 

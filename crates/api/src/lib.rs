@@ -24,6 +24,7 @@ pub mod error;
 pub mod files;
 pub mod keys;
 pub mod metrics;
+pub mod openapi_doc;
 pub mod ops;
 pub mod providers;
 pub mod ratelimit;
@@ -99,6 +100,7 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = routes(Mount::Full).route("/api/openapi.json", axum::routing::get(|| async {})).split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
+    openapi_doc::add_layer_errors(&mut doc);
     doc
 }
 

@@ -22,17 +22,30 @@ use crate::state::ApiState;
 #[into_params(parameter_in = Query)]
 pub struct WebhookQuery {
     /// Only this call's events.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub call_id: Option<String>,
     /// `pending`, `delivered` or `failed`.
+    #[param(value_type = Option<WebhookState>, inline)]
     pub state: Option<String>,
     /// Only events of this type (`status-update`, `transcript`, `tool-calls`, `end-of-call-report`).
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", min_length = 1, max_length = 64)]
     pub kind: Option<String>,
     /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
+}
+
+/// Where a webhook event is in its delivery (the `state` filter; parsed by the store).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookState {
+    Pending,
+    Delivered,
+    Failed,
 }
 
 /// A page of deliveries.

@@ -52,6 +52,7 @@ pub struct TranscriberSettings {
     /// Model name; the provider's default when absent.
     pub model: Option<String>,
     /// BCP 47 language tag, e.g. `en`.
+    #[schema(pattern = "^[A-Za-z0-9-]{2,35}$")]
     pub language: Option<String>,
     /// OpenAI-compatible base URL overriding `OPENAI_BASE_URL` for this assistant.
     pub base_url: Option<String>,
@@ -64,8 +65,10 @@ pub struct ModelSettings {
     pub provider: Provider,
     pub model: Option<String>,
     /// Sampling temperature, 0 to 2.
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: f64,
-    /// Most tokens in one reply.
+    /// Most tokens in one reply, 1 to 16384.
+    #[schema(minimum = 1, maximum = 16384)]
     pub max_tokens: u32,
     pub base_url: Option<String>,
 }
@@ -85,6 +88,7 @@ pub struct VoiceSettings {
     pub voice: Option<String>,
     pub model: Option<String>,
     /// Speaking rate, 0.25 to 4.
+    #[schema(minimum = 0.25, maximum = 4.0)]
     pub speed: f64,
     pub base_url: Option<String>,
 }
@@ -109,13 +113,17 @@ pub struct RealtimeSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct EndpointingSettings {
-    /// Silence after speech that ends the caller's turn, in milliseconds.
+    /// Silence after speech that ends the caller's turn, in milliseconds (100 to 10000).
+    #[schema(minimum = 100, maximum = 10000)]
     pub silence_ms: u32,
     /// Voice activity confidence threshold, 0 to 1.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub vad_confidence: f64,
-    /// Voiced time before speech counts as started, in milliseconds.
+    /// Voiced time before speech counts as started, in milliseconds (at most 2000).
+    #[schema(maximum = 2000)]
     pub vad_start_ms: u32,
     /// Minimum volume (0 to 1) for a frame to count as speech.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_volume: f64,
 }
 
@@ -130,11 +138,14 @@ impl Default for EndpointingSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct InterruptionSettings {
     pub enabled: bool,
-    /// Voiced time the caller needs before the assistant yields, in milliseconds.
+    /// Voiced time the caller needs before the assistant yields, in milliseconds (at most 5000).
+    #[schema(maximum = 5000)]
     pub min_voiced_ms: u32,
-    /// Words the caller needs before the assistant yields (0: no word rule).
+    /// Words the caller needs before the assistant yields (0: no word rule; at most 20).
+    #[schema(maximum = 20)]
     pub min_words: u32,
-    /// After yielding, how long before the assistant may speak again, in milliseconds.
+    /// After yielding, how long before the assistant may speak again, in milliseconds (at most 10000).
+    #[schema(maximum = 10000)]
     pub backoff_ms: u32,
 }
 
@@ -176,8 +187,9 @@ pub struct Tool {
     /// Where a `function` tool's calls are sent (https, or http on loopback).
     #[serde(default)]
     pub url: Option<String>,
-    /// How long to wait for the tool's answer, in milliseconds.
+    /// How long to wait for the tool's answer, in milliseconds (100 to 60000).
     #[serde(default = "default_tool_timeout")]
+    #[schema(minimum = 100, maximum = 60000)]
     pub timeout_ms: u32,
     /// Where a `transfer-call` tool hands the call (a phone number, a SIP URI, a
     /// name the client understands).
@@ -190,13 +202,17 @@ pub struct Tool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KnowledgeBase {
-    /// Ids of uploaded files (`POST /api/files`).
+    /// Ids of uploaded files (`POST /api/files`), at most 100.
+    #[schema(max_items = 100)]
     pub file_ids: Vec<String>,
-    /// How many pieces to add to the context each turn.
+    /// How many pieces to add to the context each turn (1 to 10).
     #[serde(default = "default_top_k")]
+    #[schema(minimum = 1, maximum = 10)]
     pub top_k: u32,
-    /// Longest time a turn waits for retrieval before the reply goes on without it.
+    /// Longest time a turn waits for retrieval before the reply goes on without
+    /// it, in milliseconds (10 to 5000).
     #[serde(default = "default_retrieval_budget")]
+    #[schema(minimum = 10, maximum = 5000)]
     pub budget_ms: u32,
 }
 
@@ -220,9 +236,15 @@ fn default_tool_timeout() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AssistantSpec {
+    /// 1 to 120 characters, not blank, without control characters.
+    #[schema(required = true, min_length = 1, max_length = 120)]
     pub name: String,
+    /// At most 32 KiB (UTF-8).
+    #[schema(max_length = 32768)]
     pub system_prompt: String,
-    /// What the assistant says first (when it speaks first).
+    /// What the assistant says first (when it speaks first: then it must not be
+    /// blank); at most 2000 characters.
+    #[schema(max_length = 2000)]
     pub first_message: Option<String>,
     pub first_message_mode: FirstMessageMode,
     pub transcriber: TranscriberSettings,
@@ -230,12 +252,19 @@ pub struct AssistantSpec {
     pub voice: VoiceSettings,
     pub endpointing: EndpointingSettings,
     pub interruption: InterruptionSettings,
-    /// Seconds of silence from the caller before a prompt, then the end of the call.
+    /// Seconds of silence from the caller before a prompt, then the end of the
+    /// call (0 to 3600).
+    #[schema(maximum = 3600)]
     pub silence_timeout_secs: u32,
-    /// Longest a call may last, in seconds.
+    /// Longest a call may last, in seconds (10 to 14400).
+    #[schema(minimum = 10, maximum = 14400)]
     pub max_duration_secs: u32,
-    /// Phrases that end the call when the assistant says them.
+    /// Phrases that end the call when the assistant says them (at most 32, each
+    /// 1 to 200 characters).
+    #[schema(max_items = 32)]
     pub end_call_phrases: Vec<String>,
+    /// At most 64, with distinct names.
+    #[schema(max_items = 64)]
     pub tools: Vec<Tool>,
     /// Keeps a recording of each call (a stereo WAV: the caller left, the assistant
     /// right, 16 kHz), fetched at `/api/calls/{id}/recording`.

@@ -1,0 +1,139 @@
+//! Corrections to the generated OpenAPI document. First the error answers that
+//! come from the layers in front of the handlers, added to
+//! every operation of the OpenAPI document they can reach, so the document lists
+//! every status the server really answers with.
+//!
+//! The handlers document their own errors (404 for an unknown id, 409, the 422 of
+//! their own checks). What is added here depends only on the stack of layers in
+//! [`crate::router`] and on the operation's shape:
+//!
+//! - every operation: 408 (the request timeout) and 429 (the per-address limit,
+//!   which runs before authentication, so `/api/health` has it too);
+//! - operations with a `security` requirement: 401 (no or a bad token), 403 (a
+//!   key that may not do this, such as a public key), and 503 (the key is looked
+//!   up in the database, which may be unavailable);
+//! - every other operation that reads the database (all but `/api/health`): 503;
+//! - operations with parameters: 400 (a parameter that does not parse, an unknown
+//!   query parameter);
+//! - operations with a body: 413 (the body limit); with a JSON body also 400
+//!   (not JSON), 415 (no JSON content type) and 422 (the wrong fields or types).
+//!
+//! Each is a shared response in `components.responses` with the error schema.
+
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+
+/// Statuses, the shared response's name, and its description.
+const SHARED: &[(&str, &str, &str)] = &[
+    (
+        "400",
+        "BadRequest",
+        "The request is malformed: a parameter that does not parse, an unknown query parameter, or a body that is not JSON (`bad_request`, `invalid_json`)",
+    ),
+    (
+        "401",
+        "Unauthorized",
+        "No token, or one that is unknown, revoked or not valid (`unauthorized`); with `WWW-Authenticate: Bearer`",
+    ),
+    (
+        "403",
+        "Forbidden",
+        "The token may not do this, e.g. a public key (`forbidden`)",
+    ),
+    (
+        "408",
+        "RequestTimeout",
+        "The request took longer than `REQUEST_TIMEOUT` (`request_timeout`)",
+    ),
+    (
+        "413",
+        "PayloadTooLarge",
+        "The body is larger than `BODY_LIMIT` (`UPLOAD_MAX_BYTES` for uploads) (`payload_too_large`)",
+    ),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "The body is not sent as the content type this operation takes (`unsupported_media_type`)",
+    ),
+    (
+        "422",
+        "ValidationFailed",
+        "The body has unknown fields, missing fields or values of the wrong type or range (`validation_failed`, with `fields`)",
+    ),
+    (
+        "429",
+        "RateLimited",
+        "A rate limit was reached (`rate_limited`); `Retry-After` says when to try again",
+    ),
+    (
+        "503",
+        "Unavailable",
+        "The database is unavailable or the instance is draining (`unavailable`); `Retry-After` says when to try again",
+    ),
+];
+
+/// Adds the shared error responses to `doc` and to each operation they apply to.
+pub fn add_layer_errors(doc: &mut utoipa::openapi::OpenApi) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    for (_, name, description) in SHARED {
+        let response = ResponseBuilder::new()
+            .description(*description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build();
+        components
+            .responses
+            .insert((*name).to_string(), RefOr::T(response));
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for status in statuses(path, op) {
+                let name = SHARED
+                    .iter()
+                    .find(|(s, _, _)| *s == status)
+                    .map(|(_, n, _)| *n)
+                    .expect("a shared status");
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+            }
+        }
+    }
+}
+
+/// The shared statuses `op` (at `path`) can answer with.
+fn statuses(path: &str, op: &Operation) -> Vec<&'static str> {
+    let mut out = vec!["408", "429"];
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    if secured {
+        out.extend(["401", "403"]);
+    }
+    if path != "/api/health" {
+        out.push("503");
+    }
+    if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+        out.push("400");
+    }
+    if let Some(RefOr::T(body)) = &op.request_body {
+        out.push("413");
+        if body.content.contains_key("application/json") {
+            out.extend(["400", "415", "422"]);
+        }
+    }
+    out
+}

@@ -1,0 +1,183 @@
+//! The served OpenAPI document against the server's real answers (real server on
+//! port 0, real HTTP): the regressions of what `scripts/schemathesis.sh` found.
+//! Every error answer below must be in the error shape and documented, with the
+//! error schema, for the operation that gave it.
+
+mod common;
+
+use common::{TestServer, error_code};
+use reqwest::Method;
+use serde_json::{Value, json};
+use voxgate_domain::clock::new_id;
+use voxgate_domain::key::KeyKind;
+
+async fn openapi(s: &TestServer) -> Value {
+    let res = TestServer::http()
+        .get(s.at("/api/openapi.json"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Follows a `$ref` inside the document.
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.strip_prefix('#').expect("a local reference");
+            resolve(
+                doc,
+                doc.pointer(pointer)
+                    .unwrap_or_else(|| panic!("dangling reference {r}")),
+            )
+        }
+        None => v,
+    }
+}
+
+/// Every operation: (path, method, operation).
+fn operations(doc: &Value) -> Vec<(String, Method, Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Ok(m) = Method::from_bytes(method.to_uppercase().as_bytes()) else {
+                continue;
+            };
+            out.push((path.clone(), m, op.clone()));
+        }
+    }
+    assert!(
+        out.len() >= 20,
+        "the document lists {} operations",
+        out.len()
+    );
+    out
+}
+
+/// Asserts that `status` is documented for `op` with the error schema, and that
+/// the answer has the error shape.
+async fn documented_error(doc: &Value, what: &str, op: &Value, res: reqwest::Response) -> u16 {
+    let (status, code, body) = error_code(res).await;
+    assert!((400..500).contains(&status), "{what}: {status} {body}");
+    let Some(response) = op["responses"].get(status.to_string()) else {
+        panic!(
+            "{what}: answered {status} ({code}), which the document does not list: {}",
+            op["responses"]
+        );
+    };
+    let schema = &resolve(doc, response)["content"]["application/json"]["schema"];
+    assert_eq!(
+        resolve(doc, schema),
+        &doc["components"]["schemas"]["ErrorBody"],
+        "{what}: {status} is documented without the error schema"
+    );
+    status
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{id}", &new_id())
+}
+
+/// No token, a public key, a JSON body without its content type, a body that is
+/// not JSON, an unknown field, a bad query parameter: each answer is a 4xx in the
+/// error shape that the operation documents (the document listed none of 401,
+/// 403, 400, 415 for most operations).
+#[tokio::test]
+async fn every_error_the_layers_answer_is_documented() {
+    let s = TestServer::start().await;
+    let doc = openapi(&s).await;
+    let http = TestServer::http();
+    let assistant = s.assistant("contract").await;
+    let public = s.key(KeyKind::Public, &[&assistant]).await;
+
+    for (path, method, op) in operations(&doc) {
+        let url = s.at(&concrete(&path));
+        let secured = op
+            .get("security")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if secured {
+            let what = format!("{method} {path} without a token");
+            let res = http.request(method.clone(), &url).send().await.unwrap();
+            assert_eq!(documented_error(&doc, &what, &op, res).await, 401, "{what}");
+
+            let what = format!("{method} {path} with a public key");
+            let res = http
+                .request(method.clone(), &url)
+                .bearer_auth(&public)
+                .send()
+                .await
+                .unwrap();
+            if res.status().is_client_error() {
+                documented_error(&doc, &what, &op, res).await;
+            }
+        }
+        let json_body = op
+            .pointer("/requestBody/content/application~1json")
+            .is_some();
+        if json_body {
+            let what = format!("{method} {path} without a content type");
+            let res = http
+                .request(method.clone(), &url)
+                .bearer_auth(&s.admin)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(documented_error(&doc, &what, &op, res).await, 415, "{what}");
+
+            let what = format!("{method} {path} with a body that is not JSON");
+            let res = http
+                .request(method.clone(), &url)
+                .bearer_auth(&s.admin)
+                .header("content-type", "application/json")
+                .body("{\"a\":")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(documented_error(&doc, &what, &op, res).await, 400, "{what}");
+
+            let what = format!("{method} {path} with an unknown field");
+            let res = http
+                .request(method.clone(), &url)
+                .bearer_auth(&s.admin)
+                .json(&json!({"x-unknown": 1}))
+                .send()
+                .await
+                .unwrap();
+            documented_error(&doc, &what, &op, res).await;
+        }
+        let has_query = op["parameters"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+        if has_query && method == Method::GET {
+            for query in ["limit=0", "limit=101", "x-unknown=1", "cursor=not-a-cursor"] {
+                let what = format!("{method} {path}?{query}");
+                let res = http
+                    .get(format!("{url}?{query}"))
+                    .bearer_auth(&s.admin)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(documented_error(&doc, &what, &op, res).await, 400, "{what}");
+            }
+            // The document says which limits are good.
+            let limit = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "limit")
+                .unwrap();
+            assert_eq!(
+                (
+                    limit["schema"]["minimum"].as_f64(),
+                    limit["schema"]["maximum"].as_f64()
+                ),
+                (Some(1.0), Some(100.0)),
+                "{path}"
+            );
+        }
+    }
+}
