@@ -101,6 +101,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = routes(Mount::Full).route("/api/openapi.json", axum::routing::get(|| async {})).split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     openapi_doc::add_layer_errors(&mut doc);
+    openapi_doc::merge_flattened_objects(&mut doc);
+    openapi_doc::close_tagged_variants(&mut doc, &["ControlMessage"]);
     doc
 }
 

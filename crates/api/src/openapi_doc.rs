@@ -137,3 +137,93 @@ fn statuses(path: &str, op: &Operation) -> Vec<&'static str> {
     }
     out
 }
+
+/// Makes the `allOf` that `#[serde(flatten)]` produces describe the real object.
+///
+/// `Assistant` flattens `AssistantSpec`, which refuses unknown fields
+/// (`additionalProperties: false`), so `allOf: [AssistantSpec, {id, createdAt,
+/// updatedAt}]` matched no assistant at all: the first part forbids the fields
+/// the second requires. Each component that is such an `allOf` of objects (a
+/// reference to a component object, or an inline object) becomes one object
+/// with the properties and required fields of all its parts, closed when any
+/// part was closed.
+pub fn merge_flattened_objects(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, Object, Schema};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let resolve = |r: &RefOr<Schema>,
+                   schemas: &std::collections::BTreeMap<String, RefOr<Schema>>|
+     -> Option<Object> {
+        match r {
+            RefOr::T(Schema::Object(o)) => Some(o.clone()),
+            RefOr::Ref(r) => {
+                let name = r.ref_location.strip_prefix("#/components/schemas/")?;
+                match schemas.get(name)? {
+                    RefOr::T(Schema::Object(o)) => Some(o.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    };
+    let mut merged = Vec::new();
+    for (name, schema) in &components.schemas {
+        let RefOr::T(Schema::AllOf(all)) = schema else {
+            continue;
+        };
+        let Some(parts) = all
+            .items
+            .iter()
+            .map(|p| resolve(p, &components.schemas))
+            .collect::<Option<Vec<Object>>>()
+        else {
+            continue;
+        };
+        let mut object = Object::new();
+        object.description = all.description.clone();
+        let mut closed = false;
+        for part in parts {
+            closed |= matches!(
+                part.additional_properties.as_deref(),
+                Some(AdditionalProperties::FreeForm(false))
+            );
+            for (key, value) in part.properties {
+                object.properties.insert(key, value);
+            }
+            for key in part.required {
+                if !object.required.contains(&key) {
+                    object.required.push(key);
+                }
+            }
+        }
+        if closed {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+        merged.push((name.clone(), object));
+    }
+    for (name, object) in merged {
+        components
+            .schemas
+            .insert(name, RefOr::T(Schema::Object(object)));
+    }
+}
+
+/// Closes each variant of the internally tagged enums whose Rust type refuses
+/// unknown fields (utoipa leaves their variant objects open), so the document
+/// says what the server does: an unknown field is a 422.
+pub fn close_tagged_variants(doc: &mut utoipa::openapi::OpenApi, names: &[&str]) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for name in names {
+        if let Some(RefOr::T(Schema::OneOf(one))) = components.schemas.get_mut(*name) {
+            for item in &mut one.items {
+                if let RefOr::T(Schema::Object(o)) = item {
+                    o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}

@@ -181,3 +181,44 @@ async fn every_error_the_layers_answer_is_documented() {
         }
     }
 }
+
+/// An assistant as answered matches the documented `Assistant` schema. It was an
+/// `allOf` of `AssistantSpec` (closed: `additionalProperties: false`) and the id
+/// and timestamps, so no answer could match it.
+#[tokio::test]
+async fn assistants_match_their_documented_schema() {
+    let s = TestServer::start().await;
+    let doc = openapi(&s).await;
+    let id = s.assistant("schema").await;
+    let res = TestServer::http()
+        .get(s.at(&format!("/api/assistants/{id}")))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+
+    let op = &doc["paths"]["/api/assistants/{id}"]["get"];
+    let schema = resolve(
+        &doc,
+        &op["responses"]["200"]["content"]["application/json"]["schema"],
+    );
+    assert!(schema.get("allOf").is_none(), "{schema}");
+    let properties = schema["properties"].as_object().expect("an object schema");
+    for key in body.as_object().unwrap().keys() {
+        assert!(
+            properties.contains_key(key) || schema["additionalProperties"] != false,
+            "`{key}` is answered but not documented"
+        );
+    }
+    for key in schema["required"].as_array().unwrap() {
+        assert!(
+            body.get(key.as_str().unwrap()).is_some(),
+            "`{key}` is required but not answered"
+        );
+    }
+    for key in ["id", "name", "createdAt", "updatedAt", "model"] {
+        assert!(properties.contains_key(key), "`{key}` is not documented");
+    }
+}
