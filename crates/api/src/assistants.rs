@@ -73,8 +73,29 @@ async fn files_exist(s: &ApiState, spec: &AssistantSpec) -> Result<(), ApiError>
 /// Parses a whole body as a spec with field paths in errors.
 fn spec_from(value: Value) -> Result<AssistantSpec, ApiError> {
     let mut track = serde_path_to_error::Track::new();
-    AssistantSpec::deserialize(serde_path_to_error::Deserializer::new(value, &mut track))
-        .map_err(|e| ApiError::validation(vec![voxgate_domain::FieldError::new(track.path().to_string(), e.to_string())]))
+    let spec = AssistantSpec::deserialize(serde_path_to_error::Deserializer::new(&value, &mut track))
+        .map_err(|e| ApiError::validation(vec![voxgate_domain::FieldError::new(track.path().to_string(), e.to_string())]))?;
+    let parsed = serde_json::to_value(&spec).expect("a spec serializes");
+    if let Some(field) = array_for_object(&value, &parsed, String::new()) {
+        return Err(ApiError::validation(vec![voxgate_domain::FieldError::new(field, "must be an object")]));
+    }
+    Ok(spec)
+}
+
+/// serde also reads a struct from an array of its fields in order (so
+/// `"realtime": [null, null]` was taken as a `realtime` object); the API takes
+/// objects only. Returns the path of the first place where `input` has an array
+/// and the parsed spec (`parsed`, serialized back) has an object.
+fn array_for_object(input: &Value, parsed: &Value, path: String) -> Option<String> {
+    match (input, parsed) {
+        (Value::Array(_), Value::Object(_)) => Some(path),
+        (Value::Object(i), Value::Object(p)) => i.iter().find_map(|(k, iv)| {
+            let pv = p.get(k)?;
+            array_for_object(iv, pv, if path.is_empty() { k.clone() } else { format!("{path}.{k}") })
+        }),
+        (Value::Array(i), Value::Array(p)) => i.iter().zip(p).enumerate().find_map(|(n, (iv, pv))| array_for_object(iv, pv, format!("{path}[{n}]"))),
+        _ => None,
+    }
 }
 
 /// Lists assistants, newest first.

@@ -222,3 +222,67 @@ async fn assistants_match_their_documented_schema() {
         assert!(properties.contains_key(key), "`{key}` is not documented");
     }
 }
+
+/// serde reads a struct from an array of its fields, so `"realtime": [null, null]`
+/// was accepted as a speech-to-speech setting (201). Objects only: 422 naming the field.
+#[tokio::test]
+async fn objects_sent_as_arrays_are_refused() {
+    let s = TestServer::start().await;
+    let http = TestServer::http();
+    for (body, field) in [
+        (json!({"name": "a", "realtime": [null, null]}), "realtime"),
+        (
+            json!({"name": "a", "model": ["local", null, 0.7, 250, null]}),
+            "model",
+        ),
+        (
+            json!({"name": "a", "endpointing": [500, 0.7, 200, 0.0]}),
+            "endpointing",
+        ),
+        (
+            json!({"name": "a", "tools": [["end-call", "bye", "", {}, null, 5000, null]]}),
+            "tools[0]",
+        ),
+        (
+            json!({"name": "a", "knowledgeBase": [[], 3, 300]}),
+            "knowledgeBase",
+        ),
+    ] {
+        let res = http
+            .post(s.at("/api/assistants"))
+            .bearer_auth(&s.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = error_code(res).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "validation_failed"),
+            "{body}: {err}"
+        );
+        assert_eq!(err["error"]["fields"][0]["field"], field, "{body}: {err}");
+    }
+
+    let id = s.assistant("patched").await;
+    let res = http
+        .patch(s.at(&format!("/api/assistants/{id}")))
+        .bearer_auth(&s.admin)
+        .json(&json!({"voice": ["local", null, null, 1.0, null]}))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, err) = error_code(res).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["fields"][0]["field"], "voice");
+
+    // The same settings as objects are fine.
+    let res = http
+        .post(s.at("/api/assistants"))
+        .bearer_auth(&s.admin)
+        .json(&json!({"name": "a", "realtime": {}, "model": {"temperature": 0.5}, "tools": [{"type": "end-call", "name": "bye"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+}
