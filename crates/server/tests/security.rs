@@ -832,7 +832,8 @@ async fn cors_and_agent_origin_in_the_single_and_multi_domain_settings() {
 struct Cert {
     dir: tempfile::TempDir,
     pem: String,
-    der: rustls::pki_types::CertificateDer<'static>,
+    /// For rustls clients (the ECDSA certificate only).
+    der: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Cert {
@@ -841,7 +842,28 @@ impl Cert {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-        Cert { pem: ck.cert.pem(), der: ck.cert.der().clone(), dir }
+        Cert { pem: ck.cert.pem(), der: Some(ck.cert.der().clone()), dir }
+    }
+
+    /// An RSA certificate (rcgen makes ECDSA ones), so that RSA key exchange and
+    /// ECDHE-RSA suites can be offered at all.
+    async fn rsa() -> Cert {
+        let dir = tempfile::tempdir().unwrap();
+        let status = tokio::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("openssl is installed (apt-get install openssl)");
+        assert!(status.success());
+        let pem = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap();
+        Cert { pem, der: None, dir }
     }
 
     async fn server(&self, tweak: impl FnOnce(&mut voxgate_server::config::ServeArgs)) -> TestServer {
@@ -862,7 +884,7 @@ impl Cert {
     fn rustls(&self) -> Arc<rustls::ClientConfig> {
         voxgate_server::init_crypto();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
+        roots.add(self.der.clone().expect("an rcgen certificate")).unwrap();
         Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
     }
 }
@@ -969,38 +991,56 @@ async fn s_client(port: u16, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_accepts_only_1_2_and_1_3_with_modern_suites() {
-    let cert = Cert::new();
-    let mut s = cert.server(|_| {}).await;
-    let port = s.addr.port();
+    // With an ECDSA and with an RSA certificate: each suite below can only be
+    // negotiated with a key of its kind, so each weak suite is offered where a
+    // permissive server would take it.
+    let weak_ecdsa = ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384"];
+    let weak_rsa = [
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-RSA-AES256-SHA384",
+        "DHE-RSA-AES128-SHA",
+        "AES128-GCM-SHA256",
+        "AES256-GCM-SHA384",
+        "AES128-SHA",
+        "AES256-SHA256",
+        "DES-CBC3-SHA",
+    ];
+    for (cert, weak) in [(Cert::new(), &weak_ecdsa[..]), (Cert::rsa().await, &weak_rsa[..])] {
+        let mut s = cert.server(|_| {}).await;
+        let port = s.addr.port();
+        let key = if weak.len() == weak_rsa.len() { "RSA" } else { "ECDSA" };
 
-    // TLS 1.3, with each of its suites.
-    for suite in ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"] {
-        let (ok, text) = s_client(port, &["-tls1_3", "-ciphersuites", suite]).await;
-        assert!(ok && text.contains("Protocol version: TLSv1.3") && text.contains(suite), "TLS 1.3 with {suite}:\n{text}");
+        // TLS 1.3, with each of its suites.
+        for suite in ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"] {
+            let (ok, text) = s_client(port, &["-tls1_3", "-ciphersuites", suite]).await;
+            assert!(ok && text.contains("Protocol version: TLSv1.3") && text.contains(suite), "{key}: TLS 1.3 with {suite}:\n{text}");
+        }
+        // TLS 1.2: a forward-secret AEAD suite, even when the client offers weak
+        // ones too (at security level 0, every suite it has).
+        for offer in ["DEFAULT", "ALL:@SECLEVEL=0"] {
+            let (ok, text) = s_client(port, &["-tls1_2", "-cipher", offer]).await;
+            assert!(ok && text.contains("Protocol version: TLSv1.2"), "{key}: TLS 1.2 offering {offer}:\n{text}");
+            let suite = text.lines().find_map(|l| l.strip_prefix("Ciphersuite: ")).expect("the suite").trim().to_string();
+            assert!(suite.starts_with("ECDHE-") && (suite.contains("GCM") || suite.contains("CHACHA20")), "{key}: TLS 1.2 negotiated {suite}");
+        }
+        // Weak TLS 1.2 suites alone: CBC, no forward secrecy, 3DES.
+        for w in weak {
+            let (ok, text) = s_client(port, &["-tls1_2", "-cipher", &format!("{w}:@SECLEVEL=0")]).await;
+            assert!(!ok, "{key}: TLS 1.2 with {w} was accepted:\n{text}");
+            assert!(!text.contains("no ciphers available"), "{key}: the client could not offer {w}, so this proves nothing:\n{text}");
+        }
+        // TLS 1.0 and 1.1: refused by the server ("no protocols available" would
+        // mean the client refused, proving nothing).
+        for (flag, name) in [("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")] {
+            let (ok, text) = s_client(port, &[flag, "-cipher", "ALL:@SECLEVEL=0"]).await;
+            assert!(!ok && !text.contains(&format!("Protocol version: {name}\n")), "{key}: {name} was accepted:\n{text}");
+            assert!(!text.contains("no protocols available"), "{key}: the client did not offer {name}:\n{text}");
+            assert!(text.to_lowercase().contains("alert") || text.contains("wrong version"), "{key}: {name}: no refusal from the server?\n{text}");
+        }
+        // The server is fine after all that.
+        assert!(s_client(port, &["-tls1_3"]).await.0, "{key}: the server stopped answering");
+        s.stop().await;
     }
-    // TLS 1.2: only forward-secret AEAD suites, whatever the client offers first.
-    let (ok, text) = s_client(port, &["-tls1_2"]).await;
-    assert!(ok && text.contains("Protocol version: TLSv1.2"), "TLS 1.2:\n{text}");
-    let suite = text.lines().find_map(|l| l.strip_prefix("Ciphersuite: ")).expect("the suite").trim().to_string();
-    assert!(suite.starts_with("ECDHE-") && (suite.contains("GCM") || suite.contains("CHACHA20")), "TLS 1.2 negotiated {suite}");
-    // Weak TLS 1.2 suites alone: CBC, no forward secrecy, 3DES, RC4. The client is
-    // at security level 0 so that it really offers them.
-    for weak in ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-GCM-SHA256", "AES256-SHA", "DES-CBC3-SHA"] {
-        let (ok, text) = s_client(port, &["-tls1_2", "-cipher", &format!("{weak}:@SECLEVEL=0")]).await;
-        assert!(!ok, "TLS 1.2 with {weak} was accepted:\n{text}");
-        assert!(!text.contains("no ciphers available"), "the client could not offer {weak}, so this proves nothing:\n{text}");
-    }
-    // TLS 1.0 and 1.1: refused by the server (the client offers them at level 0;
-    // "no protocols available" would mean the client refused, proving nothing).
-    for (flag, name) in [("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")] {
-        let (ok, text) = s_client(port, &[flag, "-cipher", "DEFAULT:@SECLEVEL=0"]).await;
-        assert!(!ok && !text.contains(&format!("Protocol version: {name}\n")), "{name} was accepted:\n{text}");
-        assert!(!text.contains("no protocols available"), "the client did not offer {name}:\n{text}");
-        assert!(text.to_lowercase().contains("alert") || text.contains("wrong version"), "{name}: no refusal from the server?\n{text}");
-    }
-    // The server is fine after all that.
-    assert_eq!(cert.http().get(s.at("/api/health")).send().await.unwrap().status(), 200);
-    s.stop().await;
 }
 
 // ---------------------------------------------------------------------------
