@@ -10,7 +10,8 @@
 #
 # Settings (environment):
 #   VOXGATE_BIN                 the binary (default target/debug/voxgate, built if missing)
-#   SCHEMATHESIS_MAX_EXAMPLES   test cases per operation and phase (default 30)
+#   SCHEMATHESIS_MAX_EXAMPLES   test cases per operation and phase (default 200: about 70 s
+#                               per database on 2 cores)
 #   SCHEMATHESIS_SEED           a seed, to replay a run
 #   SCHEMATHESIS_PHASES         default examples,coverage,fuzzing,stateful
 #   VOXGATE_TEST_POSTGRES_URL   also run against a fresh database on this server
@@ -53,7 +54,7 @@ if [ -z "$BIN" ]; then
 fi
 [ -x "$BIN" ] || die "no binary at $BIN"
 
-MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-30}
+MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-200}
 PHASES=${SCHEMATHESIS_PHASES:-examples,coverage,fuzzing,stateful}
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/voxgate-schemathesis.XXXXXX")
