@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # and clang for its bindings), then what the tests need. `--build-only`: just
 # the first list (scripts/run.sh).
 BUILD_PACKAGES=(build-essential pkg-config cmake clang libclang-dev ca-certificates python3 python3-pip)
-TEST_PACKAGES=(postgresql wrk espeak-ng sox nginx curl chromium fonts-dejavu-core openssl)
+TEST_PACKAGES=(postgresql wrk espeak-ng sox nginx curl chromium fonts-dejavu-core openssl python3-venv)
 # Node and npm build the web app (ui/), which the binary embeds. A Node from
 # elsewhere (e.g. NodeSource's nodejs, which bundles npm) is kept: Debian's npm
 # would conflict with it.

@@ -53,6 +53,12 @@ echo "test: server suite on PostgreSQL" >&2
 # and compile again): select the package with a filter instead.
 VOXGATE_TEST_BACKEND=postgres cargo nextest run --workspace -E "package(voxgate)" --no-fail-fast "$@" || status=$?
 
+# The API contract: schemathesis against the served OpenAPI document of the real
+# server (no 5xx, every answer documented and matching its schema), on SQLite and
+# on a fresh PostgreSQL database.
+echo "test: API contract (schemathesis, SQLite and PostgreSQL)" >&2
+VOXGATE_BIN="$bin" bash scripts/schemathesis.sh || status=$?
+
 # The browser test: Debian's Chromium (headless) against the debug binary built
 # above, with its embedded app and the local models, and a spoken question.
 if [ -f ui/package.json ]; then
