@@ -437,6 +437,11 @@ pub struct ServeArgs {
     /// call ends at once as `connection-lost`).
     #[arg(long, env = "RECONNECT_WINDOW_SECS", default_value_t = 30)]
     pub reconnect_window_secs: u64,
+    /// Call-record writes (a call's start, each finished turn, its end) that may wait
+    /// in memory while the database is slow or away; past that they are dropped,
+    /// counted in `voxgate_call_writes_dropped_total` and logged.
+    #[arg(long, env = "CALL_WRITE_QUEUE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub call_write_queue: u32,
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,

@@ -273,7 +273,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
         let _ = tokio::time::timeout(Duration::from_secs(5), ready.cancelled()).await;
     }
     let journal = match &store {
-        Some(store) if role.serves_agent() => Some(crate::session::journal::Journal::start(store.clone()).0),
+        Some(store) if role.serves_agent() => Some(crate::session::journal::Journal::start_with(store.clone(), args.call_write_queue as usize).0),
         _ => None,
     };
     if let Some(store) = &store {

@@ -5,7 +5,8 @@
 //! turn).
 //!
 //! When the database fails, the batch is retried with back-off (and kept, in
-//! order) while the queue holds up to [`CAPACITY`] more writes; what does not fit
+//! order) while the queue holds up to its capacity ([`CAPACITY`] unless
+//! `CALL_WRITE_QUEUE` says otherwise) of more writes; what does not fit
 //! is counted in `voxgate_call_writes_dropped_total` and logged, never silently
 //! lost. The queue's length is `voxgate_call_write_queue`.
 
@@ -16,7 +17,7 @@ use voxgate_domain::call::{Call, CallTurn};
 use voxgate_store::Store;
 use voxgate_store::calls::CallWrite;
 
-/// Writes waiting, at most: about ten turns for each of a thousand calls.
+/// Writes waiting, at most, by default: about ten turns for each of a thousand calls.
 pub const CAPACITY: usize = 10_000;
 /// Writes in one transaction, at most.
 const BATCH: usize = 256;
@@ -34,14 +35,21 @@ struct Item {
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Item>,
+    capacity: usize,
 }
 
 impl Journal {
     /// Starts the writer task on `store`. It ends when every [`Journal`] is dropped
     /// and the queue is written out.
     pub fn start(store: Store) -> (Journal, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(CAPACITY);
-        (Journal { tx }, tokio::spawn(write_all(store, rx)))
+        Journal::start_with(store, CAPACITY)
+    }
+
+    /// [`Journal::start`] with a queue of `capacity` writes (at least 1).
+    pub fn start_with(store: Store, capacity: usize) -> (Journal, tokio::task::JoinHandle<()>) {
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        (Journal { tx, capacity }, tokio::spawn(write_all(store, rx)))
     }
 
     /// Writes a new call's record (ahead of its turns), waiting up to `within`;
@@ -92,7 +100,7 @@ impl Journal {
             }
             Err(mpsc::error::TrySendError::Closed(item)) => Err(item),
         };
-        metrics::gauge!("voxgate_call_write_queue").set((CAPACITY - self.tx.capacity()) as f64);
+        metrics::gauge!("voxgate_call_write_queue").set(self.capacity.saturating_sub(self.tx.capacity()) as f64);
         if res.is_err() {
             lost("the call-record writer has stopped");
         }
