@@ -19,7 +19,8 @@ mod decode;
 mod decoder;
 mod error;
 pub mod mel;
-mod vocab;
+/// Public for the fuzz targets (`fuzz/`); the loader is its only user here.
+pub mod vocab;
 
 pub use decode::{Window, MAX_AUDIO_SECONDS};
 pub use error::Error;

@@ -48,7 +48,8 @@ impl Vocab {
         Self::parse(&text).map_err(bad)
     }
 
-    fn parse(text: &str) -> Result<Self, String> {
+    /// Parses the text of a `vocabulary.txt`; the error says which line is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
         let map = char_to_byte();
         let mut tokens = Vec::new();
         let mut special = HashMap::new();
