@@ -71,11 +71,16 @@ impl OpenAiLlm {
                     }
                 };
                 let json_reply = opened.content_type.starts_with("application/json");
+                // A captive portal, a login page or a web server on the base URL.
+                let html_reply = opened.content_type.starts_with("text/html");
                 let mut events = opened.into_stream(self.limits.chat_bytes, "chat reply").eventsource();
                 let mut reply = Reply::new(self.limits.tool_calls);
                 let outcome: Result<(), Fail> = loop {
                     if json_reply {
                         break Err(Fail::Malformed("the server answered JSON, not an event stream: does it support \"stream\": true?".into()));
+                    }
+                    if html_reply {
+                        break Err(Fail::Malformed("the server answered an HTML page, not an event stream: check the base URL".into()));
                     }
                     match events.next().await {
                         None if reply.finished => break Ok(()),

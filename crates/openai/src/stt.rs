@@ -57,6 +57,10 @@ impl OpenAiStt {
     async fn attempts(&self, call: &mut Call, wav: Bytes) -> Result<String, ServiceError> {
         loop {
             let mut opened = call.open(|call| call.request().multipart(self.form(wav.clone()))).await?;
+            if opened.content_type.starts_with("text/html") {
+                // A captive portal, a login page or a web server on the base URL.
+                return Err(call.error(Fail::Malformed("the server answered an HTML page, not a transcription: check the base URL".into())));
+            }
             let fail = match opened.read_all(self.limits.json_bytes, "transcription reply").await {
                 Ok(body) => match serde_json::from_slice::<Transcription>(&body) {
                     Ok(t) => return Ok(t.text.trim().to_string()),
