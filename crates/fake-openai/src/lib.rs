@@ -72,6 +72,24 @@ impl Reply {
         }
     }
 
+    /// A reply that never comes: the headers wait an hour (the connection stays open).
+    pub fn hang() -> Reply {
+        Reply::Raw {
+            status: 200,
+            content_type: "application/json".into(),
+            before: Duration::from_secs(3600),
+            between: Duration::ZERO,
+            pieces: vec![],
+            cut: false,
+        }
+    }
+
+    /// A 200 whose body is `body`, under `content_type`: what a broken proxy, a
+    /// captive portal or another service on the port answers.
+    pub fn garbage(content_type: &str, body: &[u8]) -> Reply {
+        Reply::Raw { status: 200, content_type: content_type.into(), before: Duration::ZERO, between: Duration::ZERO, pieces: vec![body.to_vec()], cut: false }
+    }
+
     /// The normal reply of a route, late by `before`.
     pub fn slow(route: Route, fake: &Fake, before: Duration) -> Reply {
         match fake.normal(route) {
@@ -149,6 +167,17 @@ impl Drop for Fake {
 
 impl Fake {
     pub async fn start() -> Fake {
+        Fake::start_inner(false).await
+    }
+
+    /// A fake whose connections close abortively (`SO_LINGER` 0): a reply that is
+    /// cut (`cut: true`) ends with a TCP reset, as a crashing server or a proxy
+    /// dropping the connection sends, not with an orderly close.
+    pub async fn start_resetting() -> Fake {
+        Fake::start_inner(true).await
+    }
+
+    async fn start_inner(reset: bool) -> Fake {
         let shared = Arc::new(Shared {
             scripts: Mutex::default(),
             seen: Mutex::default(),
@@ -170,6 +199,9 @@ impl Fake {
         let task = tokio::spawn(async move {
             let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
                 let _ = tcp.set_nodelay(nodelay);
+                if reset {
+                    let _ = tcp.set_zero_linger();
+                }
             });
             let _ = axum::serve(listener, app).await;
         });
@@ -179,6 +211,11 @@ impl Fake {
     /// Answers the next requests of `route` with these replies, in order.
     pub fn script(&self, route: Route, replies: impl IntoIterator<Item = Reply>) {
         self.shared.scripts.lock().unwrap().entry(route).or_default().extend(replies);
+    }
+
+    /// Drops the replies still scripted for `route` (its next requests get the normal reply).
+    pub fn clear(&self, route: Route) {
+        self.shared.scripts.lock().unwrap().remove(&route);
     }
 
     pub fn set_normal(&self, f: impl FnOnce(&mut Normal)) {

@@ -19,12 +19,15 @@ mod common;
 #[path = "common/procs.rs"]
 mod procs;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use procs::{Caller, PrivatePg, Served, metric, store_with_key};
 use sqlx::Connection;
 use voxgate_domain::call::{Call, CallStatus, TurnRole};
-use voxgate_server::session::providers::Scripted;
+use voxgate_fake_openai::{Fake, Reply, Route, chat_events};
+use voxgate_openai::{Deadlines, OpenAi, OpenAiConfig, StageDeadlines};
+use voxgate_server::session::providers::{PerAssistant, Scripted};
 use voxgate_store::Store;
 
 /// The database of one test, and the way to take it away and bring it back.
@@ -327,4 +330,191 @@ async fn kill_9_mid_call_and_the_next_start_ends_the_calls_and_keeps_every_writt
     let events = talk(vec![c], 1, "new").await;
     events.into_iter().next().unwrap().end().await;
     srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Provider faults: an OpenAI-compatible server (the fake, real HTTP, real wire
+// format) that hangs, resets the connection mid-reply, or answers garbage, on each
+// stage. No local fallback (`--providers cloud`), so the fault reaches the caller:
+// the turn ends with an `error` event within the stage's deadline, and the next
+// turn, the fault gone, is answered on the same call.
+
+const ANSWER: &str = "It is sunny in Paris today.";
+const HEARD: &str = "What is the weather in Paris?";
+/// Each stage's deadlines in these tests: a hang ends the turn after two attempts.
+const FIRST_BYTE: Duration = Duration::from_millis(1500);
+
+fn cloud(fake: &Fake) -> OpenAi {
+    let mut config = OpenAiConfig { api_key: Some("sk-test-faults-0123".into()), base_url: fake.base.clone(), ..OpenAiConfig::default() };
+    config.retry.transient_pause = Duration::from_millis(5);
+    let d = Deadlines { first_byte: FIRST_BYTE, idle: FIRST_BYTE, total: Duration::from_secs(5) };
+    config.deadlines = StageDeadlines { stt: d, llm: d, tts: d, warm: Duration::from_secs(2) };
+    OpenAi::with_own_client(config).unwrap()
+}
+
+async fn cloud_server(fake: &Fake) -> (common::TestServer, String) {
+    let factory = Arc::new(PerAssistant::cloud_only(Ok(cloud(fake))));
+    let s = common::TestServer::start_with_factory(voxgate_testkit::TestDb::chosen().await, factory, |_| {}).await;
+    let id = s
+        .create_assistant(serde_json::json!({
+            "name": "Cloud only",
+            "firstMessageMode": "user-speaks-first",
+            "firstMessage": null,
+            "transcriber": {"provider": "openai", "model": "gpt-4o-transcribe", "language": "en"},
+            "model": {"provider": "openai", "model": "gpt-4.1-mini", "temperature": 0.2, "maxTokens": 80},
+            "voice": {"provider": "openai", "model": "gpt-4o-mini-tts", "voice": "coral"},
+        }))
+        .await;
+    (s, id)
+}
+
+/// The faults of one stage: a name, the reply (scripted for every attempt of the
+/// turn), and what the error message must say.
+fn faults(route: Route) -> Vec<(&'static str, Reply, &'static str)> {
+    let html = Reply::garbage("text/html; charset=utf-8", b"<!doctype html><html><body><h1>Sign in to the Wi-Fi</h1></body></html>");
+    let mut v = vec![("hang", Reply::hang(), "deadline")];
+    match route {
+        Route::Chat => {
+            let events = chat_events(ANSWER);
+            v.extend([
+                ("reset mid-stream", Reply::sse(&events[..3], Duration::from_millis(1), true), "broke off"),
+                ("not an event stream", Reply::garbage("text/event-stream", b"Hello! I am not an event stream.\nNor am I JSON.\n"), "before [DONE]"),
+                ("a chunk that is not JSON", Reply::garbage("text/event-stream", b"data: {\"choices\": [{\"delta\": {\"content\": oops\n\n"), "not JSON"),
+                ("JSON instead of a stream", Reply::garbage("application/json", br#"{"object":"chat.completion","choices":[]}"#), "not an event stream"),
+                ("an HTML page", html, "an HTML page, not an event stream"),
+            ]);
+        }
+        Route::Speech => v.extend([
+            (
+                "reset mid-stream",
+                Reply::Raw {
+                    status: 200,
+                    content_type: "audio/pcm".into(),
+                    before: Duration::ZERO,
+                    between: Duration::from_millis(1),
+                    pieces: vec![vec![1; 4800], vec![2; 4800]],
+                    cut: true,
+                },
+                "broke off",
+            ),
+            ("JSON instead of audio", Reply::garbage("application/json", br#"{"audio": null}"#), "expected PCM audio"),
+            ("an HTML page", html, "expected PCM audio"),
+        ]),
+        Route::Transcriptions => v.extend([
+            (
+                "reset mid-reply",
+                Reply::Raw {
+                    status: 200,
+                    content_type: "application/json".into(),
+                    before: Duration::ZERO,
+                    between: Duration::ZERO,
+                    pieces: vec![br#"{"text": "What is"#.to_vec()],
+                    cut: true,
+                },
+                "broke off",
+            ),
+            ("invalid JSON", Reply::garbage("application/json", br#"{"text": What is the weather"#), "malformed"),
+            ("plain text", Reply::garbage("text/plain", HEARD.as_bytes()), "malformed"),
+            ("an HTML page", html, "an HTML page, not a transcription"),
+        ]),
+        Route::Models => {}
+    }
+    v
+}
+
+/// One call through every fault of `route`'s stage, each followed by a normal turn.
+async fn provider_faults(route: Route) {
+    let fake = Fake::start_resetting().await;
+    fake.set_normal(|n| {
+        n.transcript = HEARD.into();
+        n.reply = ANSWER.into();
+    });
+    let (mut s, assistant) = cloud_server(&fake).await;
+    let mut call = Caller::open(&s.url, &s.admin, &assistant).await;
+    let spoken = if route == Route::Transcriptions {
+        let mut audio = vec![0i16; 16_000 * 3 / 10];
+        audio.extend(common::speech("what is the weather in paris"));
+        audio.extend(vec![0i16; 16_000 * 2]);
+        Some(audio)
+    } else {
+        None
+    };
+    let mut turn = 0;
+    let mut expected_users = Vec::new();
+    let mut expected_assistants = Vec::new();
+    // Fault turns whose reply had begun to play (kept in the record as said).
+    let mut partial = 0;
+    for (name, reply, says) in faults(route) {
+        // Enough for every attempt of the turn; what is left is cleared after it.
+        fake.script(route, [reply.clone(), reply.clone(), reply]);
+        let before = fake.seen(route).len();
+        let from = call.events.len();
+        let began = std::time::Instant::now();
+        let text = format!("question {turn}");
+        let end = match &spoken {
+            Some(audio) => call.speak(audio).await,
+            None => call.say(&text).await,
+        };
+        let took = began.elapsed();
+        fake.clear(route);
+        assert_eq!(end["type"], "error", "{name}: the turn ends with an error: {end}");
+        assert_eq!(end["code"], "provider-failed", "{name}: {end}");
+        let message = end["message"].as_str().unwrap();
+        assert!(message.contains(says), "{name}: the message names the fault ({says}): {message}");
+        assert!(!message.contains("sk-test-faults"), "{name}: the key leaked: {message}");
+        assert!(fake.seen(route).len() > before, "{name}: the request reached the provider");
+        eprintln!("{route:?} {name}: error after {took:?}: {message}");
+        // A reply cut after its first words still speaks them: that turn ends (its
+        // latency event) before the next begins.
+        if call.events[from..].iter().any(|e| e["type"] == "bot-speech-started") {
+            call.until(|e| e["type"] == "latency", Duration::from_secs(30)).await.expect("the partial reply ends");
+            partial += 1;
+        }
+        if route != Route::Transcriptions {
+            expected_users.push(text.clone());
+        }
+        turn += 1;
+
+        // The fault is gone: the next turn on the same call is answered.
+        let text = format!("question {turn}");
+        let end = match &spoken {
+            Some(audio) => call.speak(audio).await,
+            None => call.say(&text).await,
+        };
+        assert_eq!(end["type"], "latency", "{name}: the call goes on: {end} after {:?}", call.events);
+        expected_users.push(if spoken.is_some() { HEARD.to_string() } else { text });
+        expected_assistants.push(ANSWER.to_string());
+        turn += 1;
+    }
+    let id = call.id.clone();
+    let events = call.end().await;
+    assert_eq!(events.last().unwrap()["reason"], "customer-ended-call");
+    let record = ended(&s.store, &id, Duration::from_secs(30)).await;
+    assert_eq!(said(&record, TurnRole::User), expected_users, "{route:?}: the record has every turn the caller took");
+    let replies = said(&record, TurnRole::Assistant);
+    assert_eq!(replies.len(), expected_assistants.len() + partial, "{route:?}: every answered turn is in the record: {replies:?}");
+    assert!(replies.iter().filter(|t| *t == ANSWER).count() >= expected_assistants.len(), "{route:?}: {replies:?}");
+    if route != Route::Transcriptions {
+        assert!(partial >= 1, "{route:?}: the reset mid-reply came after the reply began");
+    }
+    if route == Route::Chat {
+        // The words said before the reset are kept as that turn's reply.
+        assert!(said(&record, TurnRole::Assistant).iter().any(|t| t.trim() == "It is"), "{route:?}: {:?}", record.turns);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_faults_on_the_language_model_end_the_turn_and_the_call_goes_on() {
+    provider_faults(Route::Chat).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_faults_on_speech_end_the_turn_and_the_call_goes_on() {
+    provider_faults(Route::Speech).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_faults_on_transcription_end_the_turn_and_the_call_goes_on() {
+    provider_faults(Route::Transcriptions).await;
 }

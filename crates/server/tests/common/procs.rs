@@ -257,3 +257,33 @@ impl Drop for PrivatePg {
             .status();
     }
 }
+
+impl Caller {
+    /// Streams `samples` (16 kHz) in 20 ms messages in real time, reading events
+    /// meanwhile, then waits for the turn's `latency` or an `error`; returns it.
+    pub async fn speak(&mut self, samples: &[i16]) -> Value {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let is_end = |e: &Value| e["type"] == "latency" || e["type"] == "error";
+        let mut chunks = samples.chunks(320);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match chunks.next() {
+                    Some(chunk) => self.tx.send(Message::Binary(crate::common::pcm_bytes(chunk).into())).await.unwrap(),
+                    None => break,
+                },
+                m = self.rx.next() => match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let e: Value = serde_json::from_str(&t).unwrap();
+                        self.events.push(e.clone());
+                        if is_end(&e) {
+                            return e;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("the socket closed: {other:?} after {:?}", self.events),
+                },
+            }
+        }
+        self.until(is_end, Duration::from_secs(30)).await.unwrap_or_else(|| panic!("the call ended during a turn: {:?}", self.events))
+    }
+}
