@@ -101,7 +101,10 @@ pub struct Variable {
 impl Variable {
     /// Number of elements (1 for a scalar).
     pub fn len(&self) -> usize {
-        self.dims.iter().product()
+        // A zero dim first: the product of the others may overflow (the byte count
+        // check lets `[u32::MAX, u32::MAX, u32::MAX, 0]` through, rightly: it is empty).
+        // Without a zero dim the parser has checked that the product fits.
+        if self.dims.contains(&0) { 0 } else { self.dims.iter().product() }
     }
 
     /// True when a dim is zero.

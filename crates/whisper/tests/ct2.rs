@@ -155,6 +155,20 @@ fn absurd_headers_allocate_nothing() {
     assert!(matches!(parse_err(&f.0), Ct2Error::Truncated { .. }));
 }
 
+/// Found by fuzzing (fuzz target `ct2`): a variable with a zero dim after dims
+/// whose product overflows passes the byte-count check (0 bytes, rightly), and its
+/// element count then overflowed (a panic in debug builds).
+#[test]
+fn an_empty_variable_with_huge_dims_has_no_elements() {
+    let mut f = File::header(6, "WhisperSpec", 3, 1);
+    f.var("x", &[u32::MAX, u32::MAX, u32::MAX, 0], 0, 0, &[]).u32(0);
+    let model = Model::parse(f.0).unwrap();
+    let x = model.get("x").unwrap();
+    assert_eq!((x.len(), x.is_empty()), (0, true));
+    assert_eq!(model.to_f32(x).unwrap(), Vec::<f32>::new());
+    assert_eq!(model.scalar_int("x"), None);
+}
+
 #[test]
 fn bad_names_and_aliases_are_refused() {
     let mut f = File::header(6, "WhisperSpec", 3, 2);
