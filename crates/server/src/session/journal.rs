@@ -60,9 +60,12 @@ impl Journal {
         matches!(tokio::time::timeout(within, written).await, Ok(Ok(true)))
     }
 
-    /// Queues a finished turn.
-    pub async fn turn(&self, call_id: &str, turn: CallTurn) {
-        self.push(Some(CallWrite::Turn { call_id: call_id.to_string(), turn }), None).await;
+    /// Queues a finished turn; the receiver hears `true` once it is in the database
+    /// (`false`, or a closed channel, if it was given up or could not be queued).
+    pub async fn turn(&self, call_id: &str, turn: CallTurn) -> oneshot::Receiver<bool> {
+        let (done, written) = oneshot::channel();
+        self.push(Some(CallWrite::Turn { call_id: call_id.to_string(), turn }), Some(done)).await;
+        written
     }
 
     /// Queues the end of a call and waits (up to `within`) until it and everything

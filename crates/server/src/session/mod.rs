@@ -329,6 +329,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     let key_check = key_revoked(deps, call.key_id.as_deref());
     tokio::pin!(key_check);
     let mut recorder = TurnRecorder::new(Instant::now());
+    let acks = Acks::start(wtx.clone());
     let mut latency_turn = 0u32;
     let (reason, close): (CallEnd, Option<Close>) = loop {
         tokio::select! {
@@ -398,7 +399,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
                 Some((Frame::End(r), _)) => break (r.into(), None),
                 Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message).into(), None),
                 Some((f @ (Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking), _)) => {
-                    record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
+                    record(&mut recorder, &f, deps, call, &acks, &mut latency_turn).await;
                 }
                 Some((Frame::ToolCall(c), _)) => {
                     if let Some(n) = &deps.notifier {
@@ -414,7 +415,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
                     let _ = wtx.try_send(ServerEvent::Error { code: code.into(), message }.to_wire());
                 }
                 Some((f @ (Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking | Frame::Spoken(_) | Frame::Interruption), _)) => {
-                    record(&mut recorder, &f, deps, call, &wtx, &mut latency_turn).await;
+                    record(&mut recorder, &f, deps, call, &acks, &mut latency_turn).await;
                 }
                 Some(_) => {}
                 None => break (EndReason::PipelineError("the pipeline stopped".into()).into(), None),
@@ -430,10 +431,12 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     // turn with what was played of it. An interruption fed to the output stage from
     // below makes it report how far into its clause the audio got, then travels up
     // behind everything it and the stages above had sent: a barrier.
-    wind_down(&mut io, &mut recorder, deps, call, &wtx, &mut latency_turn).await;
+    wind_down(&mut io, &mut recorder, deps, call, &acks, &mut latency_turn).await;
     if let Some(t) = recorder.finish_reply() {
-        persist(deps, call, &t).await;
+        // The journal's `end` below waits for this write; nobody else does.
+        let _ = persist(deps, call, &t).await;
     }
+    acks.finish().await;
     let _ = io.shutdown().await;
     if let Some(r) = recording {
         save_recording(r, deps, call).await;
@@ -549,7 +552,7 @@ async fn wind_down(
     recorder: &mut TurnRecorder,
     deps: &SessionDeps,
     call: &Call,
-    wtx: &tokio::sync::mpsc::Sender<WireOut>,
+    acks: &Acks,
     latency_turn: &mut u32,
 ) {
     let deadline = tokio::time::Instant::now() + WIND_DOWN;
@@ -558,7 +561,7 @@ async fn wind_down(
             match tokio::time::timeout_at(deadline, io.upstream.recv()).await {
                 Ok(Some((Frame::Interruption, _))) | Ok(None) | Err(_) => break,
                 Ok(Some((f @ (Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking | Frame::Spoken(_)), _))) => {
-                    record(recorder, &f, deps, call, wtx, latency_turn).await;
+                    record(recorder, &f, deps, call, acks, latency_turn).await;
                 }
                 Ok(Some(_)) => {}
             }
@@ -566,22 +569,15 @@ async fn wind_down(
     }
     while let Ok((f, _)) = io.downstream.try_recv() {
         if matches!(f, Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking) {
-            record(recorder, &f, deps, call, wtx, latency_turn).await;
+            record(recorder, &f, deps, call, acks, latency_turn).await;
         }
     }
 }
 
 /// Feeds the recorder; writes a finished turn and tells the client its latency.
-async fn record(
-    recorder: &mut TurnRecorder,
-    frame: &Frame,
-    deps: &SessionDeps,
-    call: &Call,
-    wtx: &tokio::sync::mpsc::Sender<WireOut>,
-    latency_turn: &mut u32,
-) {
+async fn record(recorder: &mut TurnRecorder, frame: &Frame, deps: &SessionDeps, call: &Call, acks: &Acks, latency_turn: &mut u32) {
     let Some(turn) = recorder.on_frame(frame, Instant::now()) else { return };
-    persist(deps, call, &turn).await;
+    let written = persist(deps, call, &turn).await;
     if turn.role == TurnRole::Assistant {
         let l = &turn.latency;
         observe(l);
@@ -598,7 +594,47 @@ async fn record(
             response_ms: l.response_ms.map(|v| (v * 10.0).round() / 10.0),
         });
         *latency_turn += 1;
-        let _ = wtx.try_send(ev.to_wire());
+        acks.send_when_written(written, ev.to_wire());
+    }
+}
+
+/// How long a `latency` event waits for its turn to reach the database.
+const WRITE_ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Sends each turn's `latency` event once the turn is in the database, in order: the
+/// event tells the caller the exchange is over, so a crash after it must not lose
+/// the turn. A database that is away holds an event back [`WRITE_ACK_WAIT`] at
+/// most (the turn waits in the journal's queue meanwhile). The call's loop never
+/// waits for a write: a task per call does.
+struct Acks {
+    tx: mpsc::UnboundedSender<(tokio::sync::oneshot::Receiver<bool>, WireOut)>,
+    task: JoinHandle<()>,
+}
+
+impl Acks {
+    fn start(wtx: mpsc::Sender<WireOut>) -> Acks {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::sync::oneshot::Receiver<bool>, WireOut)>();
+        let task = tokio::spawn(async move {
+            while let Some((written, event)) = rx.recv().await {
+                let _ = tokio::time::timeout(WRITE_ACK_WAIT, written).await;
+                let _ = wtx.try_send(event);
+            }
+        });
+        Acks { tx, task }
+    }
+
+    fn send_when_written(&self, written: tokio::sync::oneshot::Receiver<bool>, event: WireOut) {
+        let _ = self.tx.send((written, event));
+    }
+
+    /// Sends what is still waiting (each up to [`WRITE_ACK_WAIT`]), before the call's
+    /// last events.
+    async fn finish(self) {
+        drop(self.tx);
+        let mut task = self.task;
+        if tokio::time::timeout(WRITE_ACK_WAIT * 2, &mut task).await.is_err() {
+            task.abort();
+        }
     }
 }
 
@@ -619,11 +655,12 @@ fn observe(l: &voxgate_domain::call::TurnLatency) {
     }
 }
 
-async fn persist(deps: &SessionDeps, call: &Call, turn: &CallTurn) {
-    deps.journal.turn(&call.id, turn.clone()).await;
+async fn persist(deps: &SessionDeps, call: &Call, turn: &CallTurn) -> tokio::sync::oneshot::Receiver<bool> {
+    let written = deps.journal.turn(&call.id, turn.clone()).await;
     if let Some(n) = &deps.notifier {
         n.transcript(turn);
     }
+    written
 }
 
 /// Tells the client the call is over and closes the socket.
