@@ -30,6 +30,19 @@ impl CallStatus {
     }
 }
 
+/// `endedReason`s the server writes on a call's record when the call could not end
+/// itself, because the process that held it is gone: no `call-ended` event ever
+/// carries them (the caller's socket went with that process). Every other reason is
+/// an `EndReason` of the call's pipeline (`voxgate-frames`), sent in `call-ended`.
+pub mod ended_by_server {
+    /// The next start of the same `INSTANCE_ID` found the call left in progress by
+    /// its earlier run (a crash, `kill -9`).
+    pub const SERVER_RESTARTED: &str = "server-restarted";
+    /// Another agent instance found the call's instance gone: its heartbeat had
+    /// stopped for longer than the lease (`INSTANCE_LEASE_SECS`).
+    pub const INSTANCE_LOST: &str = "instance-lost";
+}
+
 /// A call: who it was with, when, and how it ended.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

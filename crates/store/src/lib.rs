@@ -15,10 +15,13 @@
 //! - [`pool`]: connecting, pool options, pool statistics.
 //! - [`migrate`]: the embedded migrations for each backend.
 //! - [`assistants`], [`keys`], [`calls`], [`files`]: one repository each.
+//! - [`instances`]: the agent instances' heartbeats, and the sweep that ends the
+//!   calls of one that died.
 
 pub mod assistants;
 pub mod calls;
 pub mod files;
+pub mod instances;
 pub mod keys;
 pub mod knowledge;
 pub mod migrate;

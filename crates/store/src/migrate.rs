@@ -34,6 +34,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0005_webhooks.sql"),
         include_str!("../migrations/postgres/0005_webhooks.sql"),
     ),
+    (
+        6,
+        "instances",
+        include_str!("../migrations/sqlite/0006_instances.sql"),
+        include_str!("../migrations/postgres/0006_instances.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
