@@ -91,6 +91,10 @@ impl Stt for FallbackStt {
         self.primary.streams()
     }
 
+    fn speculative(&self) -> bool {
+        self.primary.speculative()
+    }
+
     fn take_queue_wait(&self) -> Option<Duration> {
         sum(self.primary.take_queue_wait(), fallback_wait(&self.fallback, |f| f.take_queue_wait()))
     }

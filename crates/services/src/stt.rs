@@ -23,6 +23,16 @@ pub trait Stt: Send + Sync + 'static {
         false
     }
 
+    /// Whether the stage may transcribe an utterance ahead of time, when the caller
+    /// stops speaking but before the end of the turn is decided, and throw the
+    /// result away if the caller goes on. Only for providers whose answer depends on
+    /// the audio alone (the same audio, the same words), and whose unused requests
+    /// cost nothing but compute. `false` (the default): transcribe at the end of the
+    /// turn.
+    fn speculative(&self) -> bool {
+        false
+    }
+
     /// The time this provider's requests waited for an inference worker since
     /// the last call of this method (local models share a bounded worker pool);
     /// `None` for providers with no such queue. The stage reports it as the turn's

@@ -317,3 +317,93 @@ async fn retrieval_joins_the_context_within_its_budget_and_is_skipped_past_it() 
         c.io.shutdown().await.unwrap();
     }
 }
+
+/// Transcribes any audio as its length, after `delay`; may transcribe early.
+struct Measuring {
+    delay: Duration,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl voxgate_services::stt::Stt for Measuring {
+    fn transcribe(&self, audio: Vec<i16>, _rate: u32) -> BoxFuture<'static, Result<String, voxgate_services::ServiceError>> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(format!("{} samples", audio.len()))
+        })
+    }
+
+    fn speculative(&self) -> bool {
+        true
+    }
+}
+
+async fn voiced(io: &voxgate_pipeline::PipelineIo, ms: u32) {
+    io.head.send(Frame::UserStartedSpeaking).await.unwrap();
+    for _ in 0..ms / 20 {
+        io.head.send(Frame::InputAudio(AudioFrame::new(vec![1000i16; 320], 16_000))).await.unwrap();
+    }
+    io.head.send(Frame::UserStoppedSpeaking).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_speculative_transcriber_starts_when_the_caller_stops_and_the_turn_waits_only_for_the_rest() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stt = Measuring { delay: MS(300), calls: calls.clone() };
+    let mut io = Pipeline::default().stage(SttStage::new(Arc::new(stt), 16_000)).spawn(CancellationToken::new());
+
+    voiced(&io, 400).await;
+    // The turn detector waits out its endpointing silence (200 ms here): silence frames.
+    for _ in 0..10 {
+        io.head.send(Frame::InputAudio(AudioFrame::new(vec![0i16; 320], 16_000))).await.unwrap();
+        tokio::time::sleep(MS(20)).await;
+    }
+    let end = tokio::time::Instant::now();
+    io.head.send(Frame::EndOfTurn).await.unwrap();
+    let frames = collect_until(&mut io, |f| matches!(f, Frame::EndOfTurn)).await;
+    let (text, at) = frames
+        .iter()
+        .find_map(|(f, at)| match f {
+            Frame::Transcript(t) => Some((t.text.clone(), *at)),
+            _ => None,
+        })
+        .unwrap();
+    // The words up to the stop (400 ms), transcribed from the stop: ready 100 ms
+    // after the end of the turn instead of 300.
+    assert_eq!(text, "6400 samples");
+    assert_eq!(at - end, MS(100));
+    let stt_ms = frames.iter().find_map(|(f, _)| match f {
+        Frame::Metric { stage: Stage::Stt, value } => Some(*value),
+        _ => None,
+    });
+    assert!(stt_ms.is_some_and(|v| v < MS(300)), "{stt_ms:?}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    io.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn speech_that_resumes_throws_the_early_transcript_away_and_the_whole_turn_is_transcribed() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stt = Measuring { delay: MS(300), calls: calls.clone() };
+    let mut io = Pipeline::default().stage(SttStage::new(Arc::new(stt), 16_000)).spawn(CancellationToken::new());
+
+    voiced(&io, 400).await;
+    tokio::time::sleep(MS(100)).await;
+    // The caller goes on before the end of the turn.
+    voiced(&io, 200).await;
+    tokio::time::sleep(MS(200)).await;
+    io.head.send(Frame::EndOfTurn).await.unwrap();
+    let frames = collect_until(&mut io, |f| matches!(f, Frame::EndOfTurn)).await;
+    let texts: Vec<_> = frames
+        .iter()
+        .filter_map(|(f, _)| match f {
+            Frame::Transcript(t) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect();
+    // One transcript, of both parts (from the second stop), not of the first alone.
+    assert_eq!(texts, ["9600 samples"]);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    io.shutdown().await.unwrap();
+}

@@ -37,6 +37,12 @@ impl Stt for LocalStt {
         .boxed()
     }
 
+    /// The same audio gives the same words, and an unused transcription costs only
+    /// compute; the naive baseline waits for the end of the turn.
+    fn speculative(&self) -> bool {
+        !self.baseline
+    }
+
     fn take_queue_wait(&self) -> Option<Duration> {
         Some(self.waits.take())
     }

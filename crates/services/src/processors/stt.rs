@@ -7,6 +7,14 @@
 //! the client) and upstream (to the turn stage, whose interruption rule counts
 //! words), and at `EndOfTurn` the session is finished and its final transcript
 //! used. A session that fails falls back to transcribing the captured utterance.
+//!
+//! With a batch provider that allows it ([`Stt::speculative`]), the utterance is
+//! transcribed as soon as the caller stops speaking (`UserStoppedSpeaking`), while
+//! the turn detector still waits out its endpointing silence: at `EndOfTurn` the
+//! transcript is ready or nearly so, and the caller waits only for what is left of
+//! it. Speech that resumes before the end of the turn throws that transcription
+//! away (the turn goes on, and is transcribed whole later). The audio captured
+//! after the stop is silence to the VAD, so the early transcript is the turn's.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,6 +45,16 @@ const PREROLL: Duration = Duration::from_millis(300);
 /// The longest utterance kept; beyond it audio is dropped (bounded memory per call).
 const MAX_UTTERANCE: Duration = Duration::from_secs(60);
 
+/// A transcription started when the caller stopped speaking (see the module doc);
+/// aborted when dropped.
+struct Early(tokio::task::JoinHandle<Result<String, ServiceError>>);
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct SttStage {
     stt: Arc<dyn Stt>,
     rate: u32,
@@ -44,12 +62,19 @@ pub struct SttStage {
     utterance: Vec<i16>,
     capturing: bool,
     streaming: Option<Streaming>,
+    early: Option<Early>,
 }
 
 impl SttStage {
     /// `rate` is the pipeline's input rate (16 kHz).
     pub fn new(stt: Arc<dyn Stt>, rate: u32) -> SttStage {
-        SttStage { stt, rate, preroll: VecDeque::new(), utterance: Vec::new(), capturing: false, streaming: None }
+        SttStage { stt, rate, preroll: VecDeque::new(), utterance: Vec::new(), capturing: false, streaming: None, early: None }
+    }
+
+    /// The transcript of an early transcription, or `None` if it failed to run (a
+    /// panic, an abort): the caller then transcribes the utterance itself.
+    async fn early_transcript(early: &mut Early) -> Option<Result<String, ServiceError>> {
+        (&mut early.0).await.ok()
     }
 
     /// Opens a streaming session, if the provider streams, primed with `preroll`.
@@ -155,6 +180,8 @@ impl Processor for SttStage {
                 Ok(())
             }
             (Frame::UserStartedSpeaking, Direction::Downstream) => {
+                // The caller goes on: an early transcript would miss these words.
+                self.early = None;
                 if !self.capturing {
                     self.capturing = true;
                     self.utterance.clear();
@@ -165,12 +192,28 @@ impl Processor for SttStage {
                 }
                 out.down(Frame::UserStartedSpeaking).await
             }
+            (Frame::UserStoppedSpeaking, Direction::Downstream) => {
+                if self.capturing && self.streaming.is_none() && self.stt.speculative() && !self.utterance.is_empty() {
+                    self.early = Some(Early(tokio::spawn(self.stt.transcribe(self.utterance.clone(), self.rate))));
+                }
+                out.down(Frame::UserStoppedSpeaking).await
+            }
             (Frame::EndOfTurn, Direction::Downstream) => {
                 self.capturing = false;
                 let audio = std::mem::take(&mut self.utterance);
-                if !audio.is_empty() || self.streaming.is_some() {
+                let early = self.early.take();
+                if !audio.is_empty() || self.streaming.is_some() || early.is_some() {
+                    // Timed from the end of the turn: what the caller waits for.
                     let started = Instant::now();
-                    match self.transcript(audio).await {
+                    let ready = match early {
+                        Some(mut e) => Self::early_transcript(&mut e).await,
+                        None => None,
+                    };
+                    let result = match ready {
+                        Some(r) => r,
+                        None => self.transcript(audio).await,
+                    };
+                    match result {
                         Ok(text) => {
                             out.down(Frame::Metric { stage: Stage::Stt, value: started.elapsed() }).await?;
                             if let Some(wait) = self.stt.take_queue_wait().filter(|w| !w.is_zero()) {
