@@ -318,6 +318,7 @@ fn resume(
     // The resumed socket's own task, counted so a drain waits for its hand-over.
     let guard = s.calls.token();
     let (hard_stop, max_message) = (s.hard_stop.clone(), s.max_message);
+    let (start_timeout, ping) = (s.session.start_timeout, s.session.ws_ping);
     let span = tracing::info_span!("resume", call_id = %call_id);
     Ok(ws
         .read_buffer_size(READ_BUFFER)
@@ -326,27 +327,34 @@ fn resume(
         .on_upgrade(move |socket| {
             async move {
                 let _guard = guard;
-                hand_over(socket, claim, hard_stop, max_message).await;
+                hand_over(socket, claim, hard_stop, max_message, start_timeout, ping).await;
             }
             .instrument(span)
         }))
 }
 
 /// Reads a resumed socket's `start`, then gives the socket to the call's session.
-async fn hand_over(socket: WebSocket, claim: crate::session::registry::ResumeClaim, hard_stop: CancellationToken, max_message: usize) {
+async fn hand_over(
+    socket: WebSocket,
+    claim: crate::session::registry::ResumeClaim,
+    hard_stop: CancellationToken,
+    max_message: usize,
+    start_timeout: Duration,
+    ping: Option<Duration>,
+) {
     use voxgate_transport::close::{Close, code};
-    use voxgate_transport::input::{InputDecoder, START_TIMEOUT, await_start};
+    use voxgate_transport::input::{InputDecoder, await_start};
     use voxgate_transport::protocol::Limits;
     use voxgate_transport::wire::{WireOut, pump_then_release, writer_channel};
 
-    let (sink, mut stream) = crate::session::socket::split(socket, max_message);
+    let (sink, mut stream) = crate::session::socket::split(socket, max_message, ping);
     let (tx, rx) = writer_channel();
     let pump = tokio::spawn(pump_then_release(rx, sink));
     let d = Limits::default();
     let mut decoder = InputDecoder::new(Limits { max_audio_bytes: max_message.min(d.max_audio_bytes), max_text_bytes: max_message.min(d.max_text_bytes) });
     let started = tokio::select! {
         _ = hard_stop.cancelled() => None,
-        r = await_start(&mut stream, &mut decoder, &tx, START_TIMEOUT) => Some(r),
+        r = await_start(&mut stream, &mut decoder, &tx, start_timeout) => Some(r),
     };
     let negotiated = match started {
         Some(Ok(n)) => n,

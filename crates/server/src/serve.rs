@@ -32,9 +32,6 @@ use crate::agent::{self, AgentState};
 use crate::config::{ProvidersChoice, Role, ServeArgs};
 use crate::ui::{self, UiConfig};
 
-/// Longest a client may take to send a request's headers (slow-header attacks).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a first-start login code works.
 const LOGIN_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
 
@@ -327,6 +324,8 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
             supabase_url: std::env::var("VITE_SUPABASE_URL").ok().filter(|s| !s.is_empty()),
             supabase_anon_key: std::env::var("VITE_SUPABASE_ANON_KEY").ok().filter(|s| !s.is_empty()),
             dir: args.ui_dir.clone(),
+                    start_timeout: Duration::from_secs(args.agent_start_timeout_secs.max(1)),
+                    ws_ping: (args.ws_ping_secs > 0).then(|| Duration::from_secs(args.ws_ping_secs)),
         };
         app = app.merge(ui::router(ui_config));
     } else {
@@ -345,17 +344,21 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
                 .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
             let mut server = axum_server::from_tcp(listener)?
                 .acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new()))
-                .first_request_timeout(HEADER_TIMEOUT)
+                .first_request_timeout(header_timeout)
                 .handle(handle.clone());
-            server.http_builder().http1().header_read_timeout(Some(HEADER_TIMEOUT));
+            server.http_builder().http1().header_read_timeout(Some(header_timeout));
             tokio::spawn(server.serve(make))
         }
         _ => {
+    // Slow-header clients (slowloris), connections that send nothing, and idle
+    // keep-alive connections (hyper times the next request's headers from the end
+    // of the last answer) are closed after this long.
+    let header_timeout = Duration::from_secs(args.http_header_timeout_secs.max(1));
             let mut server = axum_server::from_tcp(listener)?
                 .acceptor(NoDelayAcceptor::new())
-                .first_request_timeout(HEADER_TIMEOUT)
+                .first_request_timeout(header_timeout)
                 .handle(handle.clone());
-            server.http_builder().http1().header_read_timeout(Some(HEADER_TIMEOUT));
+            server.http_builder().http1().header_read_timeout(Some(header_timeout));
             tokio::spawn(server.serve(make))
         }
     };

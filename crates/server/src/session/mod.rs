@@ -52,7 +52,7 @@ use voxgate_services::processors::tts::TtsStage;
 use voxgate_services::turn::{TurnConfig, TurnProcessor};
 use voxgate_store::Store;
 use voxgate_transport::close::{Close, close_for, code};
-use voxgate_transport::input::{InputDecoder, InputEnd, START_TIMEOUT, await_start, pump_input};
+use voxgate_transport::input::{InputDecoder, InputEnd, await_start, pump_input};
 use voxgate_transport::output::{OutputConfig, OutputStage};
 use voxgate_transport::protocol::{Limits, PROTOCOL, ServerEvent, TurnLatency};
 use voxgate_transport::recording::{CallRecording, RecordTap};
@@ -94,6 +94,10 @@ pub struct SessionDeps {
     /// How long a call whose connection dropped waits to be resumed (zero: it
     /// ends at once, `connection-lost`).
     pub reconnect_window: Duration,
+    /// How long a new socket has to send `start` (`AGENT_START_TIMEOUT_SECS`).
+    pub start_timeout: Duration,
+    /// How often sockets are pinged (`WS_PING_SECS`; see [`socket`]); `None`: never.
+    pub ws_ping: Option<Duration>,
 }
 
 /// Why a call ended, as recorded and sent in `call-ended`.
@@ -189,7 +193,7 @@ pub fn llm_config(a: &Assistant) -> LlmConfig {
 pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &SessionDeps, mut registration: Option<Registration>) -> CallEnd {
     let deps = &SessionDeps { notifier: deps.notifier_for(call, assistant), ..deps.clone() };
     let resumable = !deps.reconnect_window.is_zero() && registration.is_some();
-    let (sink, mut stream) = socket::split(socket, deps.max_message);
+    let (sink, mut stream) = socket::split(socket, deps.max_message, deps.ws_ping);
     let (wtx, wrx) = writer_channel();
     // The writer outlives a socket when the call may be resumed (see the module doc).
     let (links, links_rx) = mpsc::channel::<Link<axum::Error>>(4);
@@ -202,7 +206,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
 
     let started = tokio::select! {
         _ = deps.hard_stop.cancelled() => Err(InputEnd::Protocol(voxgate_transport::close::ProtocolError::Frame("server restarting".into()))),
-        r = await_start(&mut stream, &mut decoder, &wtx, START_TIMEOUT) => r,
+        r = await_start(&mut stream, &mut decoder, &wtx, deps.start_timeout) => r,
     };
     let negotiated = match started {
         Ok(n) => n,

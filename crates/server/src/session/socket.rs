@@ -1,38 +1,254 @@
 //! axum's WebSocket as the transport crate sees a socket: a stream of `WireIn`
 //! (read errors classified) and a sink of `WireOut`.
+//!
+//! Keepalive (`WS_PING_SECS`): a client that vanishes without closing its
+//! connection (a phone that lost its network, a laptop put to sleep, a NAT that
+//! forgot the flow) leaves a socket that reads nothing and, while little is written
+//! to it, fails on nothing: without a check its call would last until the
+//! assistant's own limits. With a ping interval, one task per socket owns the
+//! socket's writing half and sends a WebSocket ping every interval between what the
+//! call writes, and the stream ends with [`WireError::Lost`] once nothing at all (a
+//! message, a ping, a pong) has arrived for twice the interval. Every WebSocket
+//! client (browsers included) answers pings by itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::future::Either;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard, PollSender};
 use voxgate_transport::wire::{WireError, WireIn, WireOut};
 
-/// Splits a socket into the transport's stream and sink.
+/// How long a socket's writer may go on with what it holds once the call has let go
+/// of the socket (a write stuck on a client that stopped reading is given up then).
+const WRITER_GRACE: Duration = Duration::from_secs(2);
+
+/// Splits a socket into the transport's stream and sink; with `ping`, the socket is
+/// pinged every `ping` and the stream ends as lost after `2 * ping` of silence.
 pub fn split(
     socket: WebSocket,
     max_message: usize,
+    ping: Option<Duration>,
 ) -> (
     impl Sink<WireOut, Error = axum::Error> + Unpin + Send + 'static,
     impl Stream<Item = Result<WireIn, WireError>> + Unpin + Send + 'static,
 ) {
     let (sink, stream): (SplitSink<WebSocket, Message>, SplitStream<WebSocket>) = socket.split();
-    let sink = sink.with(|w: WireOut| async move { Ok::<_, axum::Error>(to_message(w)) });
-    let stream = stream.filter_map(move |r| async move {
-        match r {
-            Ok(Message::Text(t)) => Some(Ok(WireIn::Text(t.to_string()))),
-            Ok(Message::Binary(b)) => Some(Ok(WireIn::Binary(b.to_vec()))),
-            Ok(Message::Close(_)) => Some(Ok(WireIn::Close)),
-            Ok(Message::Ping(_) | Message::Pong(_)) => None,
-            Err(e) => Some(Err(classify(&e, max_message))),
+    let ping = ping.filter(|p| !p.is_zero());
+    let stream = Reader {
+        inner: stream,
+        max_message,
+        idle: ping.map(|p| Idle::new(p * 2)),
+        ended: false,
+    };
+    let sink = match ping {
+        None => {
+            Either::Left(Box::pin(sink.with(|w: WireOut| async move {
+                Ok::<_, axum::Error>(to_message(w))
+            })))
         }
-    });
-    (Box::pin(sink), Box::pin(stream))
+        Some(every) => {
+            // Room for one message: the call's own writer channel is the buffer.
+            let (tx, rx) = mpsc::channel(1);
+            let stop = CancellationToken::new();
+            tokio::spawn(write_with_pings(rx, sink, every, stop.clone()));
+            Either::Right(Pinging {
+                tx: PollSender::new(tx),
+                _stop: stop.drop_guard(),
+            })
+        }
+    };
+    (sink, stream)
 }
 
 fn to_message(w: WireOut) -> Message {
     match w {
         WireOut::Text(t) => Message::Text(t.into()),
         WireOut::Binary(b) => Message::Binary(b.into()),
-        WireOut::Close(c) => Message::Close(Some(CloseFrame { code: c.code, reason: c.reason.into() })),
+        WireOut::Close(c) => Message::Close(Some(CloseFrame {
+            code: c.code,
+            reason: c.reason.into(),
+        })),
+    }
+}
+
+/// The read half: messages become [`WireIn`] (pings and pongs are answered by the
+/// WebSocket and dropped here), and with a keepalive, a silence past its limit
+/// becomes [`WireError::Lost`].
+struct Reader {
+    inner: SplitStream<WebSocket>,
+    max_message: usize,
+    idle: Option<Idle>,
+    ended: bool,
+}
+
+/// When the client was last heard from, and a timer that checks it lazily: the
+/// timer is only moved when it fires, not on each of the 50 messages a second.
+struct Idle {
+    limit: Duration,
+    last: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Idle {
+        let now = Instant::now();
+        Idle {
+            limit,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + limit)),
+        }
+    }
+
+    /// `true` once nothing has arrived for the limit (registers the waker otherwise).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let due = self.last + self.limit;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+        false
+    }
+}
+
+impl Stream for Reader {
+    type Item = Result<WireIn, WireError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(r)) => {
+                    if let Some(idle) = &mut this.idle {
+                        idle.last = Instant::now();
+                    }
+                    match r {
+                        Ok(Message::Text(t)) => {
+                            return Poll::Ready(Some(Ok(WireIn::Text(t.to_string()))));
+                        }
+                        Ok(Message::Binary(b)) => {
+                            return Poll::Ready(Some(Ok(WireIn::Binary(b.to_vec()))));
+                        }
+                        Ok(Message::Close(_)) => return Poll::Ready(Some(Ok(WireIn::Close))),
+                        Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                        Err(e) => return Poll::Ready(Some(Err(classify(&e, this.max_message)))),
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if let Some(idle) = &mut this.idle
+                        && idle.expired(cx)
+                    {
+                        tracing::info!(
+                            secs = idle.limit.as_secs_f64(),
+                            "nothing from the client, not even a pong: the connection is lost"
+                        );
+                        metrics::counter!("voxgate_ws_keepalive_timeouts_total").increment(1);
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(WireError::Lost)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// The write half with a keepalive: a channel into [`write_with_pings`]. Dropping
+/// it lets that task finish what it holds, then let go of the socket.
+struct Pinging {
+    tx: PollSender<WireOut>,
+    _stop: DropGuard,
+}
+
+fn writer_gone() -> axum::Error {
+    axum::Error::new(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "the socket's writer stopped",
+    ))
+}
+
+impl Sink<WireOut> for Pinging {
+    type Error = axum::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut()
+            .tx
+            .poll_reserve(cx)
+            .map_err(|_| writer_gone())
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: WireOut) -> Result<(), Self::Error> {
+        self.get_mut().tx.send_item(item).map_err(|_| writer_gone())
+    }
+
+    /// The writer flushes whenever it has nothing more to write; a failed write shows
+    /// on the next send.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().tx.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes what the call sends and a ping every `every`, until a close frame is
+/// written, the call lets go of the socket (then for at most [`WRITER_GRACE`]), or a
+/// write fails. As [`voxgate_transport::wire::pump_output`], a failed write still
+/// flushes and closes: the answer to a client's close frame may be waiting.
+async fn write_with_pings(
+    mut rx: mpsc::Receiver<WireOut>,
+    mut sink: SplitSink<WebSocket, Message>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let run = async {
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let written: Result<(), axum::Error> = async {
+            loop {
+                let msg = tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => to_message(m),
+                        None => return sink.flush().await,
+                    },
+                    _ = tick.tick() => Message::Ping(Default::default()),
+                };
+                let last = matches!(msg, Message::Close(_));
+                sink.feed(msg).await?;
+                if last {
+                    sink.flush().await?;
+                    return sink.close().await;
+                }
+                if rx.is_empty() {
+                    sink.flush().await?;
+                }
+            }
+        }
+        .await;
+        if written.is_err() {
+            let _ = sink.flush().await;
+            let _ = sink.close().await;
+        }
+    };
+    tokio::pin!(run);
+    tokio::select! {
+        _ = &mut run => {}
+        _ = stop.cancelled() => {
+            let _ = tokio::time::timeout(WRITER_GRACE, run).await;
+        }
     }
 }
 
@@ -47,7 +263,14 @@ fn classify(e: &axum::Error, max_message: usize) -> WireError {
         cause = c.source();
     }
     let text = e.to_string();
-    if ["without closing handshake", "Connection closed normally", "closed connection"].iter().any(|t| text.contains(t)) {
+    if [
+        "without closing handshake",
+        "Connection closed normally",
+        "closed connection",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
+    {
         WireError::Lost
     } else if text.contains("Space limit exceeded") || text.contains("too long") {
         WireError::TooBig { max: max_message }

@@ -83,6 +83,11 @@ impl Served {
         assert!(status.success(), "exit {status}");
     }
 
+    /// The server's process id (to read its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
