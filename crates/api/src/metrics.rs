@@ -95,6 +95,14 @@ pub async fn metrics(State(state): State<ApiState>, Caller(p): Caller) -> Result
     if let Some(rss) = resident_memory_bytes() {
         metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
     }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(fds.count() as f64);
+    }
+    // Every task of the runtime (calls, connections, workers): one that only grows
+    // under a steady load is a leak.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!("voxgate_runtime_alive_tasks").set(rt.metrics().num_alive_tasks() as f64);
+    }
     metrics::gauge!("voxgate_draining").set(if state.lifecycle.is_draining() { 1.0 } else { 0.0 });
     let body = state.metrics.render();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())

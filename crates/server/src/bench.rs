@@ -118,7 +118,7 @@ pub struct ServerUsage {
     /// The process's own high-water mark (VmHWM) at the end: the peak over its whole
     /// life, so only comparable on a server started for this run.
     pub rss_hwm_kib: u64,
-    /// (peak − baseline) / calls.
+    /// (peak − baseline) / calls live at once.
     pub memory_per_call_kib: f64,
     /// cpu_percent_live (or cpu_percent) / max_live.
     pub cpu_percent_per_call: f64,
@@ -128,7 +128,10 @@ pub struct ServerUsage {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BenchReport {
+    /// Calls run (opened, or tried), in all.
     pub calls: usize,
+    /// Calls live at once (`--calls`).
+    pub concurrency: usize,
     pub turns_per_call: u32,
     pub ramp_secs: f64,
     /// The phrase after trimming its silences, and the endpointing silence used.
@@ -198,6 +201,14 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
     if args.turns == 0 {
         bail!("--turns must be at least 1");
     }
+    if args.total == Some(0) {
+        bail!("--total must be at least 1");
+    }
+    if let Some(d) = args.duration
+        && !(d.is_finite() && (0.0..=7.0 * 86400.0).contains(&d))
+    {
+        bail!("--duration must be a number of seconds from 0 to a week, not {d}");
+    }
     if !args.ramp.is_finite() || !(0.0..=3600.0).contains(&args.ramp) {
         bail!("--ramp must be a number of seconds from 0 to 3600, not {}", args.ramp);
     }
@@ -240,20 +251,37 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
     let sampler = Sampler::start(args.server_pid, live.clone())?;
     let started = Instant::now();
     let step = Duration::from_secs_f64(args.ramp / args.calls as f64);
+    // Each place runs calls one after another until the total is opened or the
+    // duration is over; by default, one call.
+    let total = match (args.total, args.duration) {
+        (Some(n), _) => n,
+        (None, Some(_)) => usize::MAX,
+        (None, None) => args.calls,
+    };
+    let until = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let opened = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..args.calls)
         .map(|i| {
             let plan = plan.clone();
             let live = live.clone();
+            let opened = opened.clone();
             let at = started + step * i as u32;
             tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;
-                run_call(&plan, &live).await
+                let mut results = Vec::new();
+                while until.is_none_or(|u| Instant::now() < u) && opened.fetch_add(1, Ordering::Relaxed) < total {
+                    results.push(run_call(&plan, &live).await);
+                }
+                results
             })
         })
         .collect();
-    let mut results = Vec::with_capacity(tasks.len());
+    let mut results = Vec::new();
     for t in tasks {
-        results.push(t.await.unwrap_or_else(|e| CallResult::failed_to_connect(format!("the call's task failed: {e}"), args.turns)));
+        match t.await {
+            Ok(r) => results.extend(r),
+            Err(e) => results.push(CallResult::failed_to_connect(format!("the call's task failed: {e}"), args.turns)),
+        }
     }
     let wall = started.elapsed();
     let usage = sampler.finish(args.calls).await;
@@ -862,7 +890,8 @@ fn summarize(
     let mut server: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut r = BenchReport {
-        calls: args.calls,
+        calls: results.len(),
+        concurrency: args.calls,
         turns_per_call: args.turns,
         ramp_secs: args.ramp,
         phrase_ms: phrase.ms,
@@ -908,8 +937,9 @@ fn table(r: &BenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "voxgate bench: {} call(s) x {} turn(s), opened over {:.1} s; phrase {:.2} s, endpointing silence {} ms; {:.1} s in all",
+        "voxgate bench: {} call(s){} x {} turn(s), opened over {:.1} s; phrase {:.2} s, endpointing silence {} ms; {:.1} s in all",
         r.calls,
+        if r.concurrency != r.calls { format!(", {} at a time", r.concurrency) } else { String::new() },
         r.turns_per_call,
         r.ramp_secs,
         r.phrase_ms as f64 / 1000.0,

@@ -183,9 +183,18 @@ phrase's last voiced sample + the assistant's endpointing silence): the time the
 pub struct BenchArgs {
     #[command(flatten)]
     pub target: Target,
-    /// Concurrent calls.
-    #[arg(long, default_value_t = 1)]
+    /// Concurrent calls: how many are live at once.
+    #[arg(long, visible_alias = "concurrency", default_value_t = 1)]
     pub calls: usize,
+    /// Calls to run in all: each of the --calls places opens its next call when its
+    /// last one has ended, until this many have been opened (soak tests). Default:
+    /// --calls, one call per place; with --duration, no limit.
+    #[arg(long)]
+    pub total: Option<usize>,
+    /// Keep the --calls places busy this many seconds: no new call opens after it
+    /// (with --total too, whichever comes first).
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// Turns per call: the phrase, the endpointing silence, the reply, a short gap.
     #[arg(long, default_value_t = 3)]
     pub turns: u32,
