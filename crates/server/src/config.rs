@@ -410,6 +410,15 @@ pub struct ServeArgs {
     /// This instance's name, kept on each call it holds; defaults to host name and port.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// How often an agent instance refreshes its row in the `instances` table, in
+    /// seconds (its heartbeat).
+    #[arg(long, env = "INSTANCE_HEARTBEAT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub instance_heartbeat_secs: u64,
+    /// An agent instance whose heartbeat has stopped for this long, in seconds, is
+    /// taken for dead: another agent instance ends the calls it left in progress as
+    /// `instance-lost`. At least 3 times `INSTANCE_HEARTBEAT_SECS`.
+    #[arg(long, env = "INSTANCE_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub instance_lease_secs: u64,
     /// Where call recordings (for assistants with `recordingEnabled`) are written;
     /// API instances read them from the same path (share the volume when split).
     #[arg(long, env = "RECORDINGS_DIR", default_value = "recordings")]
@@ -454,6 +463,20 @@ pub struct ServeArgs {
     /// Largest WebSocket message on /agent, in bytes.
     #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 256 * 1024)]
     pub ws_max_message: usize,
+    /// Seconds a new /agent socket has to send `start`; then it is closed with 4002
+    /// `start-timeout`.
+    #[arg(long, env = "AGENT_START_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub agent_start_timeout_secs: u64,
+    /// The server pings each /agent socket this often, in seconds; a call whose client
+    /// sends nothing (no audio, no message, no pong) for twice as long has lost its
+    /// connection (a peer gone without closing it). 0: no pings, no such check.
+    #[arg(long, env = "WS_PING_SECS", default_value_t = 15)]
+    pub ws_ping_secs: u64,
+    /// Longest a client may take to send an HTTP request's headers, in seconds: the
+    /// first request of a connection (a client that connects and sends nothing) and
+    /// each next one (an idle keep-alive connection closes after this long).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout_secs: u64,
     /// The speech and language models calls use: `auto` (each assistant's choice
     /// per stage: the local offline models, or an OpenAI-compatible server with the
     /// local models as its fallback), `local` (the local models only, whatever the
@@ -472,20 +495,6 @@ pub struct ServeArgs {
     pub fetch_models: bool,
     /// Local model jobs (transcriptions, replies, speech) that run at once; more
     /// wait in a fair queue. 1 gives each job every core (lowest latency).
-    /// Seconds a new /agent socket has to send `start`; then it is closed with 4002
-    /// `start-timeout`.
-    #[arg(long, env = "AGENT_START_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub agent_start_timeout_secs: u64,
-    /// The server pings each /agent socket this often, in seconds; a call whose client
-    /// sends nothing (no audio, no message, no pong) for twice as long has lost its
-    /// connection (a peer gone without closing it). 0: no pings, no such check.
-    #[arg(long, env = "WS_PING_SECS", default_value_t = 15)]
-    pub ws_ping_secs: u64,
-    /// Longest a client may take to send an HTTP request's headers, in seconds: the
-    /// first request of a connection (a client that connects and sends nothing) and
-    /// each next one (an idle keep-alive connection closes after this long).
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub http_header_timeout_secs: u64,
     #[arg(long, env = "VOXGATE_INFERENCE_WORKERS", default_value_t = 1)]
     pub inference_workers: usize,
     /// Threads each local model job uses; defaults to the machine's cores (at most 4).

@@ -8,6 +8,8 @@
 //! - [`session`]: a call's pipeline and record.
 //! - [`ui`]: the embedded web app and `/config.json`.
 //! - [`headers`]: security headers.
+//! - [`instances`]: this agent instance's heartbeat, and the sweep that ends the
+//!   calls of an instance that died.
 //! - [`telemetry`]: logs and Sentry.
 //! - [`commands`]: `migrate` and `keys`.
 //! - [`call`]: `voxgate call`, a WebSocket client that calls an assistant from a WAV file.
@@ -19,6 +21,7 @@ pub mod call;
 pub mod commands;
 pub mod config;
 pub mod headers;
+pub mod instances;
 pub mod knowledge;
 pub mod models;
 pub mod serve;

@@ -57,6 +57,8 @@ pub struct Running {
     /// The webhook delivery loop, awaited at the end of a drain so its attempts in
     /// flight finish (or give their claims back).
     webhook_worker: Option<JoinHandle<()>>,
+    /// This agent instance's heartbeat (and sweep of lost instances' calls).
+    heartbeat: Option<crate::instances::Heartbeat>,
 }
 
 impl Running {
@@ -100,6 +102,10 @@ impl Running {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(n, "ended call records left in progress"),
                 Err(e) => tracing::error!(error = %e, "could not end call records"),
+            }
+            // Our calls have ended: our row goes, and nobody needs to sweep them.
+            if let Some(heartbeat) = self.heartbeat {
+                heartbeat.stop().await;
             }
             store.close().await;
         }
@@ -196,6 +202,14 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
             tracing::warn!(stale, "ended calls left in progress by an earlier run");
         }
         Some(store)
+    };
+    // Registers this agent instance; its heartbeat lets the others end its calls if it dies.
+    let heartbeat = match &store {
+        Some(store) if role.serves_agent() => {
+            let settings = crate::instances::Settings::from_args(&args)?;
+            Some(crate::instances::Heartbeat::start(store.clone(), instance.clone(), settings).await.context("registering this instance")?)
+        }
+        _ => None,
     };
 
     let login_code = match &store {
@@ -310,6 +324,8 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
                     signing_secret: webhook_secret.as_deref().map(Arc::from),
                     notifier: None,
                     reconnect_window: Duration::from_secs(args.reconnect_window_secs),
+                    start_timeout: Duration::from_secs(args.agent_start_timeout_secs.max(1)),
+                    ws_ping: (args.ws_ping_secs > 0).then(|| Duration::from_secs(args.ws_ping_secs)),
                 },
                 registry: registry.clone().expect("an agent role has a registry"),
             }));
@@ -324,8 +340,6 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
             supabase_url: std::env::var("VITE_SUPABASE_URL").ok().filter(|s| !s.is_empty()),
             supabase_anon_key: std::env::var("VITE_SUPABASE_ANON_KEY").ok().filter(|s| !s.is_empty()),
             dir: args.ui_dir.clone(),
-                    start_timeout: Duration::from_secs(args.agent_start_timeout_secs.max(1)),
-                    ws_ping: (args.ws_ping_secs > 0).then(|| Duration::from_secs(args.ws_ping_secs)),
         };
         app = app.merge(ui::router(ui_config));
     } else {
@@ -336,6 +350,10 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
     let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     let handle: Handle<SocketAddr> = Handle::new();
+    // Slow-header clients (slowloris), connections that send nothing, and idle
+    // keep-alive connections (hyper times the next request's headers from the end
+    // of the last answer) are closed after this long.
+    let header_timeout = Duration::from_secs(args.http_header_timeout_secs.max(1));
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -350,10 +368,6 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
             tokio::spawn(server.serve(make))
         }
         _ => {
-    // Slow-header clients (slowloris), connections that send nothing, and idle
-    // keep-alive connections (hyper times the next request's headers from the end
-    // of the last answer) are closed after this long.
-    let header_timeout = Duration::from_secs(args.http_header_timeout_secs.max(1));
             let mut server = axum_server::from_tcp(listener)?
                 .acceptor(NoDelayAcceptor::new())
                 .first_request_timeout(header_timeout)
@@ -363,7 +377,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
         }
     };
     tracing::info!(%addr, ?role, tls, %instance, "listening");
-    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server, background, webhook_worker })
+    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server, background, webhook_worker, heartbeat })
 }
 
 /// Layers every answer passes through, outermost last: request id, logging span,
