@@ -59,6 +59,12 @@ VOXGATE_TEST_BACKEND=postgres cargo nextest run --workspace -E "package(voxgate)
 echo "test: API contract (schemathesis, SQLite and PostgreSQL)" >&2
 VOXGATE_BIN="$bin" bash scripts/schemathesis.sh || status=$?
 
+# Fuzzing, briefly: every parser of outside input (fuzz/, cargo fuzz on the nightly
+# toolchain; fuzz.sh installs cargo-fuzz when missing) for 15 s a target, from the
+# committed seed corpus. Longer runs by hand: scripts/fuzz.sh 300.
+echo "test: fuzz (scripts/fuzz.sh 15, dev build)" >&2
+FUZZ_DEV=1 bash scripts/fuzz.sh 15 || status=$?
+
 # The browser test: Debian's Chromium (headless) against the debug binary built
 # above, with its embedded app and the local models, and a spoken question.
 if [ -f ui/package.json ]; then
