@@ -492,7 +492,14 @@ async fn provider_faults(route: Route) {
     let record = ended(&s.store, &id, Duration::from_secs(30)).await;
     assert_eq!(said(&record, TurnRole::User), expected_users, "{route:?}: the record has every turn the caller took");
     let replies = said(&record, TurnRole::Assistant);
-    assert_eq!(replies.len(), expected_assistants.len() + partial, "{route:?}: every answered turn is in the record: {replies:?}");
+    // A reply cut by a fault may also begin to play just after the turn's error event
+    // (only those seen beginning before it are counted as partial): at most one
+    // more reply per fault turn, each kept as said.
+    let most = expected_assistants.len() + faults(route).len();
+    assert!(
+        (expected_assistants.len() + partial..=most).contains(&replies.len()),
+        "{route:?}: every answered turn is in the record: {replies:?}"
+    );
     assert!(replies.iter().filter(|t| *t == ANSWER).count() >= expected_assistants.len(), "{route:?}: {replies:?}");
     if route != Route::Transcriptions {
         assert!(partial >= 1, "{route:?}: the reset mid-reply came after the reply began");
