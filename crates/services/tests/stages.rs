@@ -37,12 +37,9 @@ fn chain(stt: ScriptedStt, llm: ScriptedLlm, cfg: LlmConfig, tools: Option<Arc<d
     Chain { io, llm, convo }
 }
 
+/// A caller's turn: `ms` of speech, then the end of the turn at once.
 async fn speak(io: &voxgate_pipeline::PipelineIo, ms: u32) {
-    io.head.send(Frame::UserStartedSpeaking).await.unwrap();
-    for _ in 0..ms / 20 {
-        io.head.send(Frame::InputAudio(AudioFrame::new(vec![1000i16; 320], 16_000))).await.unwrap();
-    }
-    io.head.send(Frame::UserStoppedSpeaking).await.unwrap();
+    voiced(io, ms).await;
     io.head.send(Frame::EndOfTurn).await.unwrap();
 }
 
@@ -339,6 +336,7 @@ impl voxgate_services::stt::Stt for Measuring {
     }
 }
 
+/// `ms` of speech between the VAD's start and stop, with no end of turn yet.
 async fn voiced(io: &voxgate_pipeline::PipelineIo, ms: u32) {
     io.head.send(Frame::UserStartedSpeaking).await.unwrap();
     for _ in 0..ms / 20 {
