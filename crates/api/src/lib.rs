@@ -110,11 +110,21 @@ async fn no_such_route() -> axum::response::Response {
     ApiError::new(voxgate_domain::ErrorCode::NotFound, "no such route").into_response()
 }
 
+/// How much of a refused body is read and thrown away after its 413, and for how long.
+const REFUSED_DRAIN_MAX: u64 = 64 * 1024 * 1024;
+const REFUSED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Sets the body limit of each request (uploads to `POST /api/files` get
 /// `upload_limit`, everything else `body_limit`), and refuses a body whose declared
 /// `Content-Length` is over it at once. The body limit alone reads up to the limit
 /// and then waits for bytes it would refuse anyway, so a lying length held the
 /// request open until the timeout.
+///
+/// The refused body is then read and dropped behind the answer (up to
+/// [`REFUSED_DRAIN_MAX`] bytes, for [`REFUSED_DRAIN_TIME`] at most): a client still
+/// sending it (a browser uploading a file that is too big) reads its 413. Without
+/// this the connection closed with the body unread, the client's next write met a
+/// reset, and it saw a broken pipe instead of the answer.
 async fn body_limits(body_limit: usize, upload_limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use tower::{Layer, ServiceExt};
     let limit = if ratelimit::is_upload(req.method(), req.uri().path()) { upload_limit } else { body_limit };
@@ -123,13 +133,32 @@ async fn body_limits(body_limit: usize, upload_limit: usize, req: axum::extract:
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        if n <= REFUSED_DRAIN_MAX {
+            tokio::spawn(drain(req.into_body(), n));
+        }
         return ApiError::new(voxgate_domain::ErrorCode::PayloadTooLarge, "the body is larger than this endpoint accepts").into_response();
     }
     match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {
         Ok(res) => res.into_response(),
         Err(never) => match never {},
     }
+}
+
+/// Reads and drops a refused body of `declared` bytes, for [`REFUSED_DRAIN_TIME`] at most.
+async fn drain(body: axum::body::Body, declared: u64) {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let _ = tokio::time::timeout(REFUSED_DRAIN_TIME, async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            read += chunk.len() as u64;
+            if read >= declared {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The `/api` router, with its state and every layer applied.

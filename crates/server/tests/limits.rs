@@ -302,3 +302,40 @@ async fn a_declared_length_over_the_limit_gets_413_without_waiting_for_the_body(
     let list: Value = TestServer::http().get(s.at("/api/assistants")).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
 }
+
+/// A client that goes on sending a body the server has refused (as a browser
+/// uploading a file that is too big does) still reads its 413: the refused body is
+/// read and dropped behind the answer, not left unread under a closed connection
+/// (which reset the client's writes: a broken pipe instead of the answer).
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_reads_its_413() {
+    let s = TestServer::start_with(TestDb::chosen().await, |a| a.body_limit = 1024).await;
+    let body = vec![b'x'; 4 * 1024 * 1024];
+    let head = format!(
+        "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        s.admin,
+        body.len()
+    );
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(head.as_bytes()).await.unwrap();
+    // The answer is written by now; the body follows it, as from a slow uploader.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.write_all(&body).await.expect("the server reads the refused body instead of resetting the connection");
+    let (status, headers, answer) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut c)).await.expect("an answer");
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(error_of(status, &headers, &answer), "payload_too_large");
+
+    // The same through reqwest, a few times: never a broken pipe.
+    let http = TestServer::http();
+    for _ in 0..5 {
+        let res = http
+            .post(s.at("/api/assistants"))
+            .bearer_auth(&s.admin)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("the 413, not a broken pipe");
+        assert_eq!(res.status(), 413);
+    }
+}
