@@ -119,34 +119,69 @@ impl<E> Current<E> {
     }
 }
 
+/// What the relay does next.
+enum Next<E> {
+    Link(Option<Link<E>>),
+    Write(WireOut),
+}
+
+/// Ticks of the keepalive, or never.
+async fn ping_due(pings: &mut Option<tokio::time::Interval>) {
+    match pings {
+        Some(p) => {
+            p.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Writes `rx` to the attached socket (first `initial`, then whatever
 /// [`Link::Attach`] names) until a [`WireOut::Close`] is written or every sender is
 /// dropped. A failed write of socket `id` is reported on `lost` when `resumable`
 /// (then the relay goes on, detached); otherwise it ends the relay with the error.
+///
+/// With `ping`, a [`WireOut::Ping`] goes to the attached socket every `ping`,
+/// between what the call writes: the client's answers keep its socket's reader
+/// from judging it gone while the caller is silent. The pings are the relay's (not
+/// a task per socket), so each frame for the client is one hop from the output
+/// stage to the socket.
 pub async fn relay<E>(
     mut rx: mpsc::Receiver<WireOut>,
     mut links: mpsc::Receiver<Link<E>>,
     initial: Option<(u64, BoxSink<E>)>,
     lost: mpsc::UnboundedSender<u64>,
     resumable: bool,
+    ping: Option<std::time::Duration>,
 ) -> Result<(), E> {
     let mut current = initial.map(|(id, sink)| Current {
         id,
         sink,
         convert: None,
     });
+    let mut pings = ping.filter(|p| !p.is_zero()).map(|every| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     let mut links_open = true;
     loop {
-        let link = tokio::select! {
+        let next = tokio::select! {
             biased;
-            link = links.recv(), if links_open => link,
-            msg = rx.recv() => {
-                let Some(msg) = msg else {
+            link = links.recv(), if links_open => Next::Link(link),
+            msg = rx.recv() => match msg {
+                Some(msg) => Next::Write(msg),
+                None => {
                     return match &mut current {
                         Some(c) => c.sink.flush().await,
                         None => Ok(()),
                     };
-                };
+                }
+            },
+            () = ping_due(&mut pings), if current.is_some() => Next::Write(WireOut::Ping),
+        };
+        let link = match next {
+            Next::Link(link) => link,
+            Next::Write(msg) => {
                 let last = matches!(msg, WireOut::Close(_));
                 let Some(c) = &mut current else {
                     if last {
@@ -238,7 +273,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let (_links_tx, links) = mpsc::channel::<Link<std::convert::Infallible>>(1);
         let (lost, _) = mpsc::unbounded_channel();
-        let task = tokio::spawn(relay(rx, links, None, lost, true));
+        let task = tokio::spawn(relay(rx, links, None, lost, true, None));
         // Far more than the channel holds: nothing blocks.
         for _ in 0..100 {
             tx.send(WireOut::Binary(vec![0; 640])).await.unwrap();
@@ -253,7 +288,7 @@ mod tests {
         let (links_tx, links) = mpsc::channel::<Link<std::convert::Infallible>>(1);
         let (lost, _) = mpsc::unbounded_channel();
         let (sink_tx, mut sink_rx) = futures_channel_like();
-        let task = tokio::spawn(relay(rx, links, None, lost, true));
+        let task = tokio::spawn(relay(rx, links, None, lost, true, None));
         tx.send(WireOut::Text("stale".into())).await.unwrap();
         links_tx
             .send(Link::Attach {
@@ -276,6 +311,28 @@ mod tests {
         assert!(!got.contains(&WireOut::Text("stale".into())), "{got:?}");
         assert_eq!(got.get(1), Some(&WireOut::Text("next".into())));
         assert!(matches!(got.last(), Some(WireOut::Close(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attached_socket_is_pinged_between_what_the_call_writes() {
+        let (tx, rx) = mpsc::channel(4);
+        let (links_tx, links) = mpsc::channel::<Link<std::convert::Infallible>>(1);
+        let (lost, _) = mpsc::unbounded_channel();
+        let (sink_tx, mut sink_rx) = futures_channel_like();
+        let every = std::time::Duration::from_secs(15);
+        let task = tokio::spawn(relay(rx, links, Some((1, Box::pin(sink_tx) as BoxSink<_>)), lost, false, Some(every)));
+        tx.send(WireOut::Text("hello".into())).await.unwrap();
+        tokio::time::sleep(every * 2 + std::time::Duration::from_millis(10)).await;
+        // Detached: no socket, no pings.
+        links_tx.send(Link::Detach).await.unwrap();
+        tokio::time::sleep(every * 3).await;
+        drop(tx);
+        task.await.unwrap().unwrap();
+        let mut got = Vec::new();
+        while let Ok(m) = sink_rx.try_recv() {
+            got.push(m);
+        }
+        assert_eq!(got, [WireOut::Text("hello".into()), WireOut::Ping, WireOut::Ping]);
     }
 
     /// A sink that never fails, into an unbounded channel.

@@ -25,6 +25,9 @@ pub enum WireOut {
     Binary(Vec<u8>),
     /// The last message: the writer sends it and stops.
     Close(Close),
+    /// A keepalive: the adapter sends a WebSocket ping, which every client's
+    /// WebSocket answers by itself (see [`crate::relay::relay`]'s `ping`).
+    Ping,
 }
 
 /// Why reading the socket failed, as the adapter classifies it.

@@ -51,7 +51,7 @@ fn call(cfg: OutputConfig) -> Call {
             let g = match m {
                 WireOut::Binary(b) => Got::Audio(now, b.len()),
                 WireOut::Text(s) => Got::Event(now, serde_json::from_str(&s).unwrap()),
-                WireOut::Close(_) => continue,
+                WireOut::Close(_) | WireOut::Ping => continue,
             };
             if gtx.send(g).is_err() {
                 return;

@@ -199,7 +199,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     let (links, links_rx) = mpsc::channel::<Link<axum::Error>>(4);
     let (lost_tx, mut lost) = mpsc::unbounded_channel();
     let sink: BoxSink<axum::Error> = Box::pin(sink);
-    let writer = tokio::spawn(relay(wrx, links_rx, Some((0, sink)), lost_tx, resumable));
+    let writer = tokio::spawn(relay(wrx, links_rx, Some((0, sink)), lost_tx, resumable, deps.ws_ping));
     let d = Limits::default();
     let limits = Limits { max_audio_bytes: deps.max_message.min(d.max_audio_bytes), max_text_bytes: deps.max_message.min(d.max_text_bytes) };
     let mut decoder = InputDecoder::new(limits);
@@ -215,7 +215,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
             let close = if deps.hard_stop.is_cancelled() { close_for(&reason) } else { end.close() };
             finish(&wtx, reason.as_str(), close).await;
             drop(wtx);
-            let _ = writer.await;
+            writer_done(writer).await;
             return reason.into();
         }
     };
@@ -233,7 +233,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
             let reason = EndReason::PipelineError(message);
             finish(&wtx, reason.as_str(), Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;
             drop(wtx);
-            let _ = writer.await;
+            writer_done(writer).await;
             return reason.into();
         }
     };
@@ -252,7 +252,7 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
             let reason = EndReason::PipelineError(e.to_string());
             finish(&wtx, reason.as_str(), Some(Close::new(code::INTERNAL, "bad turn-taking settings"))).await;
             drop(wtx);
-            let _ = writer.await;
+            writer_done(writer).await;
             return reason.into();
         }
     };
@@ -448,12 +448,21 @@ pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &S
     let close = close.or_else(|| reason.close());
     finish(&wtx, reason.as_str(), close).await;
     drop(wtx);
-    // A client that stops reading would hold the writer (and the socket) forever.
-    let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+    writer_done(writer).await;
+    reason
+}
+
+/// How long the call's writer may go on with what it holds once the call has let
+/// go of it: a write stuck on a client that stopped reading is given up then.
+const WRITER_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the call's writer (its senders dropped) to write what it holds, for
+/// [`WRITER_GRACE`] at most: a client that stops reading would hold it (and the
+/// socket) forever.
+async fn writer_done<T>(mut writer: JoinHandle<T>) {
+    if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
         writer.abort();
     }
-    reason
 }
 
 /// How the input pump ended; never while there is none (the socket is detached).

@@ -5,31 +5,24 @@
 //! connection (a phone that lost its network, a laptop put to sleep, a NAT that
 //! forgot the flow) leaves a socket that reads nothing and, while little is written
 //! to it, fails on nothing: without a check its call would last until the
-//! assistant's own limits. With a ping interval, one task per socket owns the
-//! socket's writing half and sends a WebSocket ping every interval between what the
-//! call writes, and the stream ends with [`WireError::Lost`] once nothing at all (a
-//! message, a ping, a pong) has arrived for twice the interval. Every WebSocket
-//! client (browsers included) answers pings by itself.
+//! assistant's own limits. With a ping interval, the call's writer (the transport's
+//! relay) sends a WebSocket ping ([`WireOut::Ping`]) every interval between what the
+//! call writes, and the stream here ends with [`WireError::Lost`] once nothing at
+//! all (a message, a ping, a pong) has arrived for twice the interval. Every
+//! WebSocket client (browsers included) answers pings by itself.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::future::Either;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard, PollSender};
 use voxgate_transport::wire::{WireError, WireIn, WireOut};
 
-/// How long a socket's writer may go on with what it holds once the call has let go
-/// of the socket (a write stuck on a client that stopped reading is given up then).
-const WRITER_GRACE: Duration = Duration::from_secs(2);
-
-/// Splits a socket into the transport's stream and sink; with `ping`, the socket is
-/// pinged every `ping` and the stream ends as lost after `2 * ping` of silence.
+/// Splits a socket into the transport's stream and sink; with `ping`, the stream
+/// ends as lost after `2 * ping` of silence (the writer sends the pings).
 pub fn split(
     socket: WebSocket,
     max_message: usize,
@@ -39,31 +32,14 @@ pub fn split(
     impl Stream<Item = Result<WireIn, WireError>> + Unpin + Send + 'static,
 ) {
     let (sink, stream): (SplitSink<WebSocket, Message>, SplitStream<WebSocket>) = socket.split();
-    let ping = ping.filter(|p| !p.is_zero());
     let stream = Reader {
         inner: stream,
         max_message,
-        idle: ping.map(|p| Idle::new(p * 2)),
+        idle: ping.filter(|p| !p.is_zero()).map(|p| Idle::new(p * 2)),
         ended: false,
     };
-    let sink = match ping {
-        None => {
-            Either::Left(Box::pin(sink.with(|w: WireOut| async move {
-                Ok::<_, axum::Error>(to_message(w))
-            })))
-        }
-        Some(every) => {
-            // Room for one message: the call's own writer channel is the buffer.
-            let (tx, rx) = mpsc::channel(1);
-            let stop = CancellationToken::new();
-            tokio::spawn(write_with_pings(rx, sink, every, stop.clone()));
-            Either::Right(Pinging {
-                tx: PollSender::new(tx),
-                _stop: stop.drop_guard(),
-            })
-        }
-    };
-    (sink, stream)
+    let sink = sink.with(|w: WireOut| async move { Ok::<_, axum::Error>(to_message(w)) });
+    (Box::pin(sink), stream)
 }
 
 fn to_message(w: WireOut) -> Message {
@@ -74,6 +50,7 @@ fn to_message(w: WireOut) -> Message {
             code: c.code,
             reason: c.reason.into(),
         })),
+        WireOut::Ping => Message::Ping(Default::default()),
     }
 }
 
@@ -160,94 +137,6 @@ impl Stream for Reader {
                     return Poll::Pending;
                 }
             }
-        }
-    }
-}
-
-/// The write half with a keepalive: a channel into [`write_with_pings`]. Dropping
-/// it lets that task finish what it holds, then let go of the socket.
-struct Pinging {
-    tx: PollSender<WireOut>,
-    _stop: DropGuard,
-}
-
-fn writer_gone() -> axum::Error {
-    axum::Error::new(std::io::Error::new(
-        std::io::ErrorKind::BrokenPipe,
-        "the socket's writer stopped",
-    ))
-}
-
-impl Sink<WireOut> for Pinging {
-    type Error = axum::Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut()
-            .tx
-            .poll_reserve(cx)
-            .map_err(|_| writer_gone())
-    }
-
-    fn start_send(self: Pin<&mut Self>, item: WireOut) -> Result<(), Self::Error> {
-        self.get_mut().tx.send_item(item).map_err(|_| writer_gone())
-    }
-
-    /// The writer flushes whenever it has nothing more to write; a failed write shows
-    /// on the next send.
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().tx.close();
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Writes what the call sends and a ping every `every`, until a close frame is
-/// written, the call lets go of the socket (then for at most [`WRITER_GRACE`]), or a
-/// write fails. As [`voxgate_transport::wire::pump_output`], a failed write still
-/// flushes and closes: the answer to a client's close frame may be waiting.
-async fn write_with_pings(
-    mut rx: mpsc::Receiver<WireOut>,
-    mut sink: SplitSink<WebSocket, Message>,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    let run = async {
-        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let written: Result<(), axum::Error> = async {
-            loop {
-                let msg = tokio::select! {
-                    m = rx.recv() => match m {
-                        Some(m) => to_message(m),
-                        None => return sink.flush().await,
-                    },
-                    _ = tick.tick() => Message::Ping(Default::default()),
-                };
-                let last = matches!(msg, Message::Close(_));
-                sink.feed(msg).await?;
-                if last {
-                    sink.flush().await?;
-                    return sink.close().await;
-                }
-                if rx.is_empty() {
-                    sink.flush().await?;
-                }
-            }
-        }
-        .await;
-        if written.is_err() {
-            let _ = sink.flush().await;
-            let _ = sink.close().await;
-        }
-    };
-    tokio::pin!(run);
-    tokio::select! {
-        _ = &mut run => {}
-        _ = stop.cancelled() => {
-            let _ = tokio::time::timeout(WRITER_GRACE, run).await;
         }
     }
 }
