@@ -10,7 +10,8 @@
 #       shared  no pinning: server and client share the machine
 #       nginx   shared, through nginx (bench/capacity-nginx.conf.tmpl: the /agent
 #               directives of deploy/nginx, one upstream; nginx from Debian)
-# Environment: VOXGATE_BIN [target/release/voxgate], TURNS [3], RAMP [10].
+# Environment: VOXGATE_BIN [target/release/voxgate], VOXGATE_CLIENT_BIN [the same; set
+# it to compare two servers under one load client], TURNS [3], RAMP [10].
 # The run's folder (server log, full bench output) is printed and kept under
 # ${TMPDIR:-/tmp}.
 set -euo pipefail
@@ -19,6 +20,7 @@ ROOT=$PWD
 MODE=${1:?usage: bench/capacity.sh pinned|shared|nginx CALLS}
 N=${2:?usage: bench/capacity.sh pinned|shared|nginx CALLS}
 BIN=${VOXGATE_BIN:-$ROOT/target/release/voxgate}
+CBIN=${VOXGATE_CLIENT_BIN:-$BIN}
 PORT=${BENCH_PORT:-18095}
 NPORT=$((PORT + 1))
 [ -x "$BIN" ] || { echo "capacity.sh: no binary at $BIN (cargo build --release -p voxgate)" >&2; exit 1; }
@@ -55,7 +57,7 @@ KEY=$("$BIN" keys create --name capacity </dev/null | tail -n1 | tr -d '\r\t ')
 A=$(curl -fsS -X POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
     -d '{"name":"capacity","firstMessageMode":"user-speaks-first","endpointing":{"silenceMs":500}}' \
     "$URL/api/assistants" | grep -oE '"id":"[^"]*"' | head -n1 | cut -d'"' -f4)
-"${CP[@]}" "$BIN" bench --url "$URL" --key "$KEY" --assistant "$A" --calls "$N" --turns "${TURNS:-3}" \
+"${CP[@]}" "$CBIN" bench --url "$URL" --key "$KEY" --assistant "$A" --calls "$N" --turns "${TURNS:-3}" \
     --ramp "${RAMP:-10}" --server-pid "$SPID" >"$T/bench.txt" 2>"$T/bench.err" || true
 echo "== $MODE $N ($T)"
 grep -E "^calls|^turns|overhead|responseMs|jitter|client send lag|server   CPU|server   RSS|client   CPU|errors" "$T/bench.txt"

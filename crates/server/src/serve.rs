@@ -184,10 +184,15 @@ pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::Prov
 async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::ProviderFactory>, pool: InferencePool) -> anyhow::Result<Running> {
     crate::init_crypto();
     let role = args.role;
-    let addr = args.bind_addr();
     let mut api_config = args.api_config()?;
     api_config.providers = providers.describe();
     let lifecycle = Arc::new(Lifecycle::default());
+    // Bound first: the default instance id names the port actually bound (with port
+    // 0, two instances on one host would share `host:0`, and the second to start
+    // would end the first one's calls as its own, restarted).
+    let bind = args.bind_addr();
+    let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+    let addr = listener.local_addr()?;
     let instance = args.instance_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
 
     let store = if role == Role::Ui {
@@ -347,8 +352,6 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
     }
     let app = with_common_layers(app, tls);
 
-    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    let addr = listener.local_addr()?;
     let handle: Handle<SocketAddr> = Handle::new();
     // Slow-header clients (slowloris), connections that send nothing, and idle
     // keep-alive connections (hyper times the next request's headers from the end

@@ -215,3 +215,52 @@ async fn the_survivor_ends_a_killed_peers_calls_and_never_a_live_peers() {
     b.stop().await;
     assert!(instance_ids(&store).await.is_empty(), "{name}");
 }
+
+/// Two instances on one host and one database, both on port 0 with no
+/// `INSTANCE_ID`: each is named by the port it bound, so neither takes the other's
+/// calls for its own. (Named by the configured port, both were `host:0`, and the
+/// second to start ended the first one's live calls as `server-restarted`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_port_0_are_named_by_the_port_they_bound() {
+    use std::sync::Arc;
+    use voxgate_server::config::ServeArgs;
+    use voxgate_server::serve;
+    use voxgate_server::session::providers::Fixed;
+
+    let db = TestDb::chosen().await;
+    let first = serve::start_with(ServeArgs::for_tests(&db.url), Arc::new(Fixed(common::scripted()))).await.expect("the first starts");
+    let (store, key) = store_with_key(&db.url).await;
+    let assistant: serde_json::Value = common::TestServer::http()
+        .post(format!("{}/api/assistants", first.url()))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "Port 0", "firstMessageMode": "user-speaks-first", "firstMessage": null}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let assistant = assistant["id"].as_str().expect("the assistant is created").to_string();
+    let mut call = Caller::open(&first.url(), &key, &assistant).await;
+    let second = serve::start_with(ServeArgs::for_tests(&db.url), Arc::new(Fixed(common::scripted()))).await.expect("the second starts");
+
+    let mut ids = instance_ids(&store).await;
+    ids.sort();
+    let mut expected: Vec<String> = [first.addr.port(), second.addr.port()].iter().map(|p| format!(":{p}")).collect();
+    expected.sort();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for (id, port) in ids.iter().zip(&expected) {
+        assert!(id.ends_with(port.as_str()), "{id} is named by its port ({ids:?})");
+    }
+    // The first instance's call was not taken for a restarted one's.
+    let record = store.get_call(&call.id).await.unwrap();
+    assert_eq!(record.status, CallStatus::InProgress, "{record:?}");
+    call.send_text("still there?").await;
+    let id = call.id.clone();
+    let events = call.end().await;
+    assert_eq!(events.last().unwrap()["reason"], "customer-ended-call");
+    let record = ended(&store, &id, Duration::from_secs(15)).await;
+    assert_eq!(record.ended_reason.as_deref(), Some("customer-ended-call"));
+    second.drain().await.unwrap();
+    first.drain().await.unwrap();
+}
