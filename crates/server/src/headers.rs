@@ -7,9 +7,15 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 /// Adds the headers; `hsts` only under TLS (browsers ignore it on plain HTTP).
+/// API answers are never stored by a cache (`Cache-Control: no-store`): some carry
+/// secrets (a new key, a login's key, recordings and transcripts of calls).
 pub async fn security_headers(hsts: bool, req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
     let mut res = next.run(req).await;
     let h = res.headers_mut();
+    if api && !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

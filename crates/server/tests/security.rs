@@ -929,6 +929,7 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
         ("a 422", Method::POST, "/api/assistants".into(), Some(&s.admin), Some("{\"nope\":1}".into()), 422),
         ("/agent without an upgrade", Method::GET, "/agent".into(), None, None, 400),
         ("metrics text", Method::GET, "/api/metrics".into(), Some(&s.admin), None, 200),
+        ("a new key", Method::POST, "/api/keys".into(), Some(&s.admin), Some("{\"name\":\"fresh\",\"kind\":\"private\"}".into()), 201),
     ];
     for (what, method, path, key, body, status) in &cases {
         let mut rb = http.request(method.clone(), s.at(path));
@@ -940,7 +941,12 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
         }
         let res = rb.send().await.unwrap();
         assert_eq!(res.status().as_u16(), *status, "{what}: {path}");
-        assert_security_headers(&pairs(res.headers()), true, what);
+        let h = pairs(res.headers());
+        assert_security_headers(&h, true, what);
+        if path.starts_with("/api/") {
+            // Keys, transcripts, recordings: never kept by a cache.
+            assert_eq!(header(&h, "cache-control"), Some("no-store"), "{what}: {h:?}");
+        }
     }
     // A 429 (the per-address limit above), once the budget is spent.
     let mut limited = None;
