@@ -167,10 +167,20 @@ async fn admit(
             (key_id, assistant_id)
         }
         None => {
-            let token = bearer(headers).map(str::to_owned).or(q.key).ok_or_else(|| {
+            let header_key = bearer(headers).map(str::to_owned);
+            let in_url = header_key.is_none();
+            let token = header_key.or(q.key).ok_or_else(|| {
                 ApiError::unauthorized("send a key (`Authorization: Bearer <key>`, or `?key=` with a public key) or `?token=`")
             })?;
             let principal = s.api.auth.authenticate(&token).await?;
+            // A URL reaches proxy logs and browser history: only a public key (made to
+            // be seen) may ride in it. A private key or a user's token goes in the
+            // header, or mints a one-call `?token=` (`POST /api/calls`).
+            if in_url && !matches!(&principal, Principal::Key(k) if k.kind == KeyKind::Public) {
+                return Err(ApiError::forbidden(
+                    "only a public key may be sent as `?key=`: send this one as `Authorization: Bearer`, or open the call with a `?token=` from POST /api/calls",
+                ));
+            }
             let assistant_id = q.assistant_id.ok_or_else(|| ApiError::bad_request("assistantId is required"))?;
             match &principal {
                 Principal::Metrics => return Err(ApiError::forbidden("the metrics token cannot open calls")),

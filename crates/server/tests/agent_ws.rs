@@ -192,6 +192,18 @@ async fn refusals_before_the_upgrade_are_json() {
     }
     let (status, _, _) = refused(&s, &format!("assistantId={id}&key={near_miss}"), &[]).await;
     assert_eq!(status, 401);
+    // A private key in the URL (which reaches proxy logs): refused, even a valid one,
+    // with a message that says where it goes instead; nothing of it is recorded.
+    let calls_before = all_calls(&s).await.len();
+    let Err(tungstenite::Error::Http(res)) = connect(&s, &format!("assistantId={id}&key={}", s.admin), &[]).await else {
+        panic!("a private key in the URL opened a call");
+    };
+    let body: Value = serde_json::from_slice(res.body().as_deref().unwrap_or_default()).unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert_eq!((res.status().as_u16(), body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert!(message.contains("Authorization") && message.contains("token"), "{message}");
+    assert!(!message.contains(&s.admin), "{message}");
+    assert_eq!(all_calls(&s).await.len(), calls_before, "no call is opened");
 
     // A public key may only call the assistants it lists.
     let (status, code, _) = refused(&s, &format!("assistantId={id}&key={public}"), &[]).await;

@@ -219,7 +219,7 @@ async fn live_calls_are_counted_while_open() {
     let s = TestServer::start_with(TestDb::chosen().await, |_| {}).await;
     let assistant = s.assistant("Gauge").await;
     let open = || async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url(&format!("assistantId={assistant}&key={}", s.admin))).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_with_key(&format!("assistantId={assistant}"), &s.admin)).await.unwrap();
         let hello = common::start_call(&mut ws).await;
         assert_eq!(hello["type"], "call-started");
         ws

@@ -223,7 +223,7 @@ async fn readiness_is_503_while_draining_and_new_calls_are_refused() {
 
     // And no new calls are admitted while draining.
     let id = s.assistant("Draining").await;
-    let err = tokio_tungstenite::connect_async(s.ws_url(&format!("assistantId={id}&key={}", s.admin))).await.expect_err("a call opened while draining");
+    let err = tokio_tungstenite::connect_async(s.ws_with_key(&format!("assistantId={id}"), &s.admin)).await.expect_err("a call opened while draining");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 503),
         other => panic!("expected an HTTP 503 refusal, got {other}"),
@@ -252,7 +252,7 @@ async fn readiness_is_503_when_the_database_is_unreachable() {
 }
 
 async fn open_call(s: &TestServer, assistant: &str) -> (tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, String) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url(&format!("assistantId={assistant}&key={}", s.admin))).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_with_key(&format!("assistantId={assistant}"), &s.admin)).await.unwrap();
     let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started");
     (ws, hello["callId"].as_str().unwrap().to_string())

@@ -28,7 +28,7 @@ async fn first_start_login_assistant_call_and_record() {
         assert_eq!(res.status(), 201);
         let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
-        let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url(&format!("assistantId={id}&key={key}"))).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_with_key(&format!("assistantId={id}"), &key)).await.unwrap();
         ws.send(Message::Text(r#"{"type":"ping","id":7}"#.into())).await.unwrap();
         assert_eq!(common::next_event(&mut ws).await.unwrap(), json!({"type": "pong", "id": 7}), "ping works before start");
         let hello = common::start_call(&mut ws).await;

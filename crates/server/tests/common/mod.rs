@@ -71,6 +71,14 @@ impl TestServer {
         format!("{}/agent?{}", self.url.replacen("http", "ws", 1), query)
     }
 
+    /// An `/agent` upgrade request with `key` in the `Authorization` header.
+    pub fn ws_with_key(&self, query: &str, key: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = self.ws_url(query).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        req
+    }
+
     /// Mints a key straight into the store and returns its secret.
     pub async fn key(&self, kind: KeyKind, assistants: &[&str]) -> String {
         let m = mint("test", kind, assistants.iter().map(|s| s.to_string()).collect());
