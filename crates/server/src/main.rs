@@ -18,6 +18,9 @@ fn main() -> std::process::ExitCode {
         },
         _ => None,
     };
+    if matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+        raise_open_files_limit();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let result = rt.block_on(run(cli.command));
     drop(sentry);
@@ -58,5 +61,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Models { command } => {
             tokio::task::spawn_blocking(move || models::run(command, &mut std::io::stdout())).await?
         }
+    }
+}
+
+/// Every call is a socket (and a proxied one two): the usual soft limit of 1,024
+/// open files would stop a server near a thousand calls while the hard limit
+/// allows far more. The soft limit is raised to the hard one, as nginx's
+/// `worker_rlimit_nofile` or Go's runtime do; the operator's hard limit stands.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
     }
 }

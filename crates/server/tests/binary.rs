@@ -127,3 +127,36 @@ async fn json_logs_carry_the_request_id_of_each_request() {
     assert!(!tagged.is_empty(), "no log line carries the request id: {rest:#?}");
     assert!(tagged.iter().all(|v| v["span"]["path"] == "/api/assistants" && v["timestamp"].is_string() && v["level"].is_string()), "{tagged:#?}");
 }
+
+/// The open files (soft) limit of process `pid`, from `/proc/<pid>/limits`.
+fn open_files_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("an open files line");
+    let n: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (n[0], n[1])
+}
+
+/// Started under a soft limit of 256 open files (a thousand calls need a thousand
+/// sockets), the server raises its soft limit to the hard one.
+#[tokio::test]
+async fn serve_raises_its_open_files_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --bind 127.0.0.1:0", env!("CARGO_BIN_EXE_voxgate")])
+        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("v.db").display()))
+        .env("RECORDINGS_DIR", dir.path().join("rec"))
+        .env("LOG_LEVEL", "warn")
+        .env_remove("BIND")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    assert!(listening(&first).is_some(), "{first}");
+    let (soft, hard) = open_files_limits(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(hard > 256, "the hard limit here is {hard}: nothing to raise");
+    assert_eq!(soft, hard, "the soft limit was raised from 256");
+}
