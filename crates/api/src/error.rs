@@ -195,6 +195,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // No parameter of this API holds a NUL byte, and PostgreSQL refuses one in
+        // text (it would come back as a 500 from the filter it reached).
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            return Err(ApiError::bad_request("a query parameter holds a NUL byte (%00)"));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiQuery(p.0))

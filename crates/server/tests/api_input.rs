@@ -817,6 +817,17 @@ async fn list_parameters_are_checked() {
     ] {
         api.err(api.get(&format!("/api/calls?{q}")), 400, "bad_request").await;
     }
+    // A NUL byte in any filter (PostgreSQL refuses it in text: it was a 500 there).
+    for path in [
+        "/api/webhooks?type=%00",
+        "/api/webhooks?state=failed%00",
+        "/api/webhooks?callId=%00",
+        "/api/calls?assistantId=a%00b",
+        "/api/calls?status=ended%00",
+        "/api/files?cursor=%00",
+    ] {
+        api.err(api.get(path), 400, "bad_request").await;
+    }
 }
 
 async fn insert_call(api: &Api, assistant: &str, started_at: i64, ended: bool) -> String {
