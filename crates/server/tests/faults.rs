@@ -277,7 +277,10 @@ async fn kill_9_mid_call_and_the_next_start_ends_the_calls_and_keeps_every_writt
     let name = db.name();
     let dir = tempfile::tempdir().unwrap();
     let (store, key) = store_with_key(&db.url()).await;
-    let srv = Served::start(&db.url(), dir.path(), &[]).await;
+    // The same instance restarted: on port 0 the default id (host and bound port)
+    // would change with the port, so it is named, as a deployment names it.
+    let same = [("INSTANCE_ID", "kill-9-test".to_string())];
+    let srv = Served::start(&db.url(), dir.path(), &same).await;
     let assistant = srv.assistant(&key).await;
 
     let mut callers = Vec::new();
@@ -308,7 +311,7 @@ async fn kill_9_mid_call_and_the_next_start_ends_the_calls_and_keeps_every_writt
     drop(callers);
 
     // The next start on the same database.
-    let srv = Served::start(&db.url(), dir.path(), &[]).await;
+    let srv = Served::start(&db.url(), dir.path(), &same).await;
     assert!(srv.logs().contains("ended calls left in progress by an earlier run"), "{name}");
     let mut lost_fresh = 0;
     for (id, durable_turns) in &durable {
