@@ -38,8 +38,9 @@ pub fn split(
         idle: ping.filter(|p| !p.is_zero()).map(|p| Idle::new(p * 2)),
         ended: false,
     };
-    let sink = sink.with(|w: WireOut| async move { Ok::<_, axum::Error>(to_message(w)) });
-    (Box::pin(sink), stream)
+    // `ready` is `Unpin`: no box here (the session boxes the sink once, as its relay's).
+    let sink = sink.with(|w: WireOut| futures_util::future::ready(Ok::<_, axum::Error>(to_message(w))));
+    (sink, stream)
 }
 
 fn to_message(w: WireOut) -> Message {
