@@ -34,8 +34,9 @@ pub const METRICS_ROUTE: &str = "/api/metrics";
 #[derive(Debug, Clone)]
 pub enum Principal {
     Key(ApiKey),
-    /// A dashboard user signed in through Supabase Auth; `admin` when their email is
-    /// listed in `SUPABASE_ADMIN_EMAILS` (anyone may sign up to a Supabase project).
+    /// A dashboard user signed in through Supabase Auth; `admin` when their id is
+    /// listed in `SUPABASE_ADMIN_USER_IDS` or their email in `SUPABASE_ADMIN_EMAILS`
+    /// (anyone may sign up to a Supabase project).
     User { sub: String, email: Option<String>, admin: bool },
     /// The bearer of `METRICS_TOKEN`.
     Metrics,
@@ -72,6 +73,9 @@ impl Principal {
 struct SupabaseClaims {
     sub: String,
     email: Option<String>,
+    /// An anonymous sign-in: never an administrator by its email.
+    #[serde(default)]
+    is_anonymous: bool,
 }
 
 /// Checks tokens, with a short cache so a hot key costs no database round trip.
@@ -83,6 +87,8 @@ pub struct Auth {
     metrics_token: Option<String>,
     /// Lowercased emails of the users who may administer this server.
     admin_emails: Vec<String>,
+    /// Ids of the users who may administer this server.
+    admin_ids: Vec<String>,
 }
 
 const CACHE_MAX: usize = 10_000;
@@ -103,6 +109,7 @@ impl Auth {
             supabase,
             metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
             admin_emails: config.supabase_admin_emails.iter().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()).collect(),
+            admin_ids: config.supabase_admin_user_ids.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         }
     }
 
@@ -122,8 +129,10 @@ impl Auth {
             };
             return match jsonwebtoken::decode::<SupabaseClaims>(token, key, validation) {
                 Ok(data) => {
-                    let admin = data.claims.email.as_ref().is_some_and(|e| self.admin_emails.contains(&e.to_lowercase()));
-                    Ok(Principal::User { sub: data.claims.sub, email: data.claims.email, admin })
+                    let c = data.claims;
+                    let by_email = !c.is_anonymous && c.email.as_ref().is_some_and(|e| !e.trim().is_empty() && self.admin_emails.contains(&e.trim().to_lowercase()));
+                    let admin = by_email || self.admin_ids.contains(&c.sub);
+                    Ok(Principal::User { sub: c.sub, email: c.email, admin })
                 }
                 Err(e) => Err(ApiError::unauthorized(format!("the user token is not valid: {}", jwt_reason(&e)))),
             };
@@ -231,7 +240,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
         if p.is_admin() {
             Ok(Admin(p))
         } else {
-            Err(ApiError::forbidden("this needs a private key (or a user listed in SUPABASE_ADMIN_EMAILS)"))
+            Err(ApiError::forbidden("this needs a private key (or a user listed in SUPABASE_ADMIN_USER_IDS or SUPABASE_ADMIN_EMAILS)"))
         }
     }
 }

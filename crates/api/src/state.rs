@@ -24,7 +24,11 @@ pub struct ApiConfig {
     /// The audience a Supabase token must carry.
     pub supabase_jwt_audience: String,
     /// Emails of the Supabase users who administer this server (others get 403).
+    /// Only as safe as the project's email confirmation: the token does not say
+    /// whether its email was confirmed.
     pub supabase_admin_emails: Vec<String>,
+    /// Ids (`sub`) of the Supabase users who administer this server.
+    pub supabase_admin_user_ids: Vec<String>,
     /// How long a verified key stays cached (revocation through this instance is immediate).
     pub auth_cache_ttl: Duration,
     pub rate_limits: Limits,
@@ -50,6 +54,7 @@ impl Default for ApiConfig {
             supabase_jwt_secret: None,
             supabase_jwt_audience: "authenticated".into(),
             supabase_admin_emails: Vec::new(),
+            supabase_admin_user_ids: Vec::new(),
             auth_cache_ttl: Duration::from_secs(10),
             rate_limits: Limits::default(),
             trust_proxy: false,

@@ -185,9 +185,10 @@ async fn admit(
             match &principal {
                 Principal::Metrics => return Err(ApiError::forbidden("the metrics token cannot open calls")),
                 // Anyone may sign up to a Supabase project: only the users listed in
-                // SUPABASE_ADMIN_EMAILS may use this server, calls included.
+                // SUPABASE_ADMIN_USER_IDS or SUPABASE_ADMIN_EMAILS may use this server,
+                // calls included.
                 Principal::User { admin: false, .. } => {
-                    return Err(ApiError::forbidden("this user may not open calls (see SUPABASE_ADMIN_EMAILS)"));
+                    return Err(ApiError::forbidden("this user may not open calls (see SUPABASE_ADMIN_USER_IDS and SUPABASE_ADMIN_EMAILS)"));
                 }
                 Principal::Key(k) if k.kind == KeyKind::Public && !k.assistant_ids.contains(&assistant_id) => {
                     return Err(ApiError::forbidden("this public key does not list that assistant"));
@@ -377,7 +378,7 @@ async fn hand_over(
                 let _ = tx.send(WireOut::Close(c)).await;
             }
             drop(tx);
-            let _ = pump.await;
+            crate::session::writer_done(pump).await;
             metrics::counter!("voxgate_call_resumes_total", "outcome" => "failed").increment(1);
             tracing::info!("the resumed socket did not start; its token works again");
             claim.restore();
@@ -385,7 +386,9 @@ async fn hand_over(
         }
     };
     drop(tx);
-    let Ok(Some(sink)) = pump.await else {
+    // What went out before `start` (pongs, errors) is written within a grace: a
+    // client that stops reading must not hold the socket, or its token, forever.
+    let Some(Some(sink)) = crate::session::writer_done(pump).await else {
         metrics::counter!("voxgate_call_resumes_total", "outcome" => "failed").increment(1);
         claim.restore();
         return;

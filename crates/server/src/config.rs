@@ -363,8 +363,15 @@ pub struct ServeArgs {
     pub supabase_jwt_audience: String,
     /// Emails of the Supabase users who administer this server, comma-separated;
     /// other signed-in users get 403 (anyone can sign up to a Supabase project).
+    /// A token does not say whether its email was confirmed, so a list of emails is
+    /// only as safe as the project's "Confirm email" setting (on by default);
+    /// SUPABASE_ADMIN_USER_IDS does not depend on it.
     #[arg(long, env = "SUPABASE_ADMIN_EMAILS", value_delimiter = ',')]
     pub supabase_admin_emails: Vec<String>,
+    /// Ids (the token's `sub`) of the Supabase users who administer this server,
+    /// comma-separated.
+    #[arg(long, env = "SUPABASE_ADMIN_USER_IDS", value_delimiter = ',')]
+    pub supabase_admin_user_ids: Vec<String>,
     /// Sentry DSN: panics and 5xx answers are reported there.
     #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
     pub sentry_dsn: Option<String>,
@@ -552,6 +559,7 @@ impl ServeArgs {
             supabase_jwt_secret: self.supabase_jwt_secret.clone().filter(|t| !t.is_empty()),
             supabase_jwt_audience: self.supabase_jwt_audience.clone(),
             supabase_admin_emails: self.supabase_admin_emails.clone(),
+            supabase_admin_user_ids: self.supabase_admin_user_ids.clone(),
             auth_cache_ttl: Duration::from_secs(self.auth_cache_ttl),
             rate_limits: Limits {
                 api: self.rate_limit_api.0,

@@ -577,6 +577,56 @@ async fn supabase_user_tokens_are_verified() {
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
 
+/// A Supabase token does not say whether its email was confirmed: administrators
+/// can be named by id, which cannot be claimed by signing up, and an anonymous
+/// sign-in is never an administrator by its email.
+#[tokio::test]
+async fn supabase_administrators_are_named_by_id_or_by_email() {
+    let s = TestServer::start_with(TestDb::chosen().await, |a| {
+        a.supabase_jwt_secret = Some(JWT_SECRET.into());
+        a.supabase_admin_emails = vec!["ada@example.com".into()];
+        a.supabase_admin_user_ids = vec![" 7d1e-admin-id ".into()];
+    })
+    .await;
+    let http = TestServer::http();
+    let status = |c: Value| {
+        let req = http.get(s.at("/api/assistants")).bearer_auth(sign(&c, JWT_SECRET));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims();
+        f(&mut c);
+        c
+    };
+
+    // By id, whatever the email (or none).
+    assert_eq!(status(with(&|c| {
+        c["sub"] = json!("7d1e-admin-id");
+        c["email"] = json!("someone@example.com");
+    }))
+    .await, 200);
+    assert_eq!(status(with(&|c| {
+        c["sub"] = json!("7d1e-admin-id");
+        c.as_object_mut().unwrap().remove("email");
+    }))
+    .await, 200);
+    // Not by an id that only starts or ends like it, nor by one of another case.
+    for sub in ["7d1e-admin-id-2", "x7d1e-admin-id", "7D1E-ADMIN-ID", ""] {
+        assert_eq!(status(with(&|c| {
+            c["sub"] = json!(sub);
+            c["email"] = json!("mallory@example.com");
+        }))
+        .await, 403, "sub {sub:?}");
+    }
+    // By email, as before; but never for an anonymous sign-in, nor for an empty email.
+    assert_eq!(status(claims()).await, 200);
+    assert_eq!(status(with(&|c| c["is_anonymous"] = json!(false))).await, 200);
+    assert_eq!(status(with(&|c| c["is_anonymous"] = json!(true))).await, 403);
+    assert_eq!(status(with(&|c| c["email"] = json!(""))).await, 403);
+    // A malformed is_anonymous is a bad token, not an administrator.
+    assert_eq!(status(with(&|c| c["is_anonymous"] = json!("no"))).await, 401);
+}
+
 #[tokio::test]
 async fn user_tokens_are_refused_without_a_secret_configured() {
     let s = TestServer::start().await;

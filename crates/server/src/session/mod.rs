@@ -458,10 +458,14 @@ const WRITER_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits for the call's writer (its senders dropped) to write what it holds, for
 /// [`WRITER_GRACE`] at most: a client that stops reading would hold it (and the
-/// socket) forever.
-async fn writer_done<T>(mut writer: JoinHandle<T>) {
-    if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
-        writer.abort();
+/// socket) forever. The writer's result, or `None` when it was given up.
+pub(crate) async fn writer_done<T>(mut writer: JoinHandle<T>) -> Option<T> {
+    match tokio::time::timeout(WRITER_GRACE, &mut writer).await {
+        Ok(done) => done.ok(),
+        Err(_) => {
+            writer.abort();
+            None
+        }
     }
 }
 
