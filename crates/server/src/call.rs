@@ -220,13 +220,18 @@ pub(crate) fn encode_query(s: &str) -> String {
 
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// TCP_NODELAY on the call's socket. With Nagle's algorithm a 20 ms audio message
+/// waits for the ACK of the one before, which the server delays (up to 40 ms) while
+/// it has nothing to send back: the caller's audio reached the server in bursts.
+const NO_NAGLE: bool = true;
+
 pub(crate) async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Ws> {
     let mut req = url.into_client_request().with_context(|| format!("--url: {url} is not a valid WebSocket URL"))?;
     if let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) {
         let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| anyhow!("--key holds characters an HTTP header cannot carry"))?;
         req.headers_mut().insert(header::AUTHORIZATION, value);
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(req, None, NO_NAGLE)).await {
         Err(_) => bail!("no answer from {url} within {} s", CONNECT_TIMEOUT.as_secs()),
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(res))) => Err(anyhow!(refused(&res))),
@@ -639,6 +644,23 @@ fn latency_line(l: &TurnLatency) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nagle's algorithm off on the caller's socket (see [`NO_NAGLE`]).
+    #[tokio::test]
+    async fn the_call_socket_sends_without_nagle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/agent", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async(tcp).await.unwrap()
+        });
+        let ws = connect(&url, None).await.unwrap();
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+            panic!("a ws:// URL opens a plain TCP stream");
+        };
+        assert!(tcp.nodelay().unwrap());
+        drop(server.await.unwrap());
+    }
 
     #[test]
     fn urls_become_agent_urls() {
