@@ -235,6 +235,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
     };
 
     let background = CancellationToken::new();
+    tokio::spawn(crate::telemetry::runtime_lag_probe(background.clone()));
     let webhook_secret = args.webhook_secret.clone().filter(|s| !s.is_empty());
     let mut webhook_worker = None;
     let webhooks = match (&store, &webhook_secret) {

@@ -70,3 +70,24 @@ pub async fn report_server_errors(req: Request, next: Next) -> Response {
     }
     res
 }
+
+/// How often the runtime probe wakes.
+pub const LAG_PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The runtime's scheduling delay, as `voxgate_runtime_lag_seconds`: a task sleeps
+/// [`LAG_PROBE_EVERY`] over and over and records how late it woke. Every call's
+/// paced audio waits on this runtime the same way, so this is the delay each reply
+/// frame meets before it is written, measured on the server: it rises before the
+/// frame jitter a caller hears does, and it tells an overloaded instance from a
+/// slow network or client. Ends with `stop`.
+pub async fn runtime_lag_probe(stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let due = tokio::time::Instant::now() + LAG_PROBE_EVERY;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = tokio::time::sleep_until(due) => {}
+        }
+        let late = tokio::time::Instant::now().saturating_duration_since(due);
+        metrics::histogram!("voxgate_runtime_lag_seconds").record(late.as_secs_f64());
+    }
+}

@@ -214,6 +214,23 @@ async fn database_pools_memory_and_acquire_waits_are_reported() {
     assert_eq!(m.value("voxgate_draining", &[]), Some(0.0));
 }
 
+/// The runtime's scheduling delay is measured all the time, calls or not.
+#[tokio::test]
+async fn the_runtime_lag_is_measured_continuously() {
+    let s = TestServer::start().await;
+    let first = scrape(&s).await;
+    assert_eq!(first.kind("voxgate_runtime_lag_seconds"), Some("histogram"));
+    let count = |m: &Scrape| m.value("voxgate_runtime_lag_seconds_count", &[]).expect("the lag count");
+    let before = count(&first);
+    tokio::time::sleep(voxgate_server::telemetry::LAG_PROBE_EVERY * 10).await;
+    let after = scrape(&s).await;
+    assert!(count(&after) >= before + 3.0, "{before} -> {}", count(&after));
+    // Buckets in seconds, and a mean well under a second on an idle server.
+    assert!(after.all("voxgate_runtime_lag_seconds_bucket", &[]).iter().any(|b| b.label("le") == Some("0.005")));
+    let mean = after.value("voxgate_runtime_lag_seconds_sum", &[]).unwrap() / count(&after);
+    assert!((0.0..1.0).contains(&mean), "{mean}");
+}
+
 #[tokio::test]
 async fn live_calls_are_counted_while_open() {
     let s = TestServer::start_with(TestDb::chosen().await, |_| {}).await;
