@@ -60,4 +60,4 @@ A=$(curl -fsS -X POST -H "Authorization: Bearer $KEY" -H 'Content-Type: applicat
 "${CP[@]}" "$CBIN" bench --url "$URL" --key "$KEY" --assistant "$A" --calls "$N" --turns "${TURNS:-3}" \
     --ramp "${RAMP:-10}" --server-pid "$SPID" >"$T/bench.txt" 2>"$T/bench.err" || true
 echo "== $MODE $N ($T)"
-grep -E "^calls|^turns|overhead|responseMs|jitter|client send lag|server   CPU|server   RSS|client   CPU|errors" "$T/bench.txt"
+grep -E "^calls|^turns|overhead|responseMs|jitter|client send lag|server   CPU|server   RSS|server   runtime|client   CPU|errors" "$T/bench.txt"

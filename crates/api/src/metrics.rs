@@ -15,9 +15,10 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::ApiState;
 
-/// Latency buckets in seconds: fine below 100 ms, where HTTP and voice stages live.
+/// Latency buckets in seconds: fine below 100 ms, where HTTP and voice stages live,
+/// with one at 20 ms, the frame and the platform's own latency budget.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

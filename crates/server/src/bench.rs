@@ -124,6 +124,95 @@ pub struct ServerUsage {
     pub cpu_percent_per_call: f64,
 }
 
+/// How late the server's runtime probe woke (`voxgate_runtime_lag_seconds`) between
+/// a scrape before the first call and one after the last: the delay every paced
+/// reply frame met on the server. With it, reply jitter splits into the server's
+/// part and the network's and client's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeLag {
+    /// Wakes of the probe over the run.
+    pub wakes: u64,
+    pub mean_ms: f64,
+    /// The upper bound of the histogram bucket holding the percentile (`None`
+    /// past the last bucket).
+    pub p50_ms_at_most: Option<f64>,
+    pub p99_ms_at_most: Option<f64>,
+    /// Share of the wakes later than 20 ms, in % (`None` when the server's
+    /// histogram has no 20 ms bucket).
+    pub over_20ms_percent: Option<f64>,
+}
+
+/// One scrape of `voxgate_runtime_lag_seconds`: cumulative buckets (upper bound in
+/// seconds, count), the sum in seconds and the count.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LagScrape {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+const LAG_METRIC: &str = "voxgate_runtime_lag_seconds";
+
+impl LagScrape {
+    /// From the Prometheus text; `None` when the histogram is not there.
+    fn parse(text: &str) -> Option<LagScrape> {
+        let mut s = LagScrape::default();
+        let mut seen = false;
+        for line in text.lines().filter(|l| l.starts_with(LAG_METRIC)) {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value: f64 = value.trim().parse().ok()?;
+            let rest = &series[LAG_METRIC.len()..];
+            if rest == "_sum" {
+                s.sum = value;
+            } else if rest == "_count" {
+                s.count = value;
+                seen = true;
+            } else if let Some(le) = rest.strip_prefix("_bucket{le=\"").and_then(|r| r.strip_suffix("\"}")) {
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                s.buckets.push((le, value));
+            }
+        }
+        s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        seen.then_some(s)
+    }
+
+    /// What happened between `before` and `self`.
+    fn since(&self, before: &LagScrape) -> RuntimeLag {
+        let wakes = (self.count - before.count).max(0.0);
+        let earlier = |le: f64| before.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+        let buckets: Vec<(f64, f64)> = self.buckets.iter().map(|&(le, n)| (le, (n - earlier(le)).max(0.0))).collect();
+        let at_most = |q: f64| -> Option<f64> {
+            let rank = (q * wakes).ceil().max(1.0);
+            buckets.iter().find(|b| b.1 >= rank).map(|b| b.0 * 1000.0).filter(|ms| ms.is_finite())
+        };
+        let within_20ms = buckets.iter().find(|b| (b.0 - 0.02).abs() < 1e-12).map(|b| b.1);
+        RuntimeLag {
+            wakes: wakes as u64,
+            mean_ms: if wakes > 0.0 { (self.sum - before.sum) / wakes * 1000.0 } else { 0.0 },
+            p50_ms_at_most: if wakes > 0.0 { at_most(0.50) } else { None },
+            p99_ms_at_most: if wakes > 0.0 { at_most(0.99) } else { None },
+            over_20ms_percent: within_20ms.map(|n| if wakes > 0.0 { (wakes - n).max(0.0) / wakes * 100.0 } else { 0.0 }),
+        }
+    }
+}
+
+/// `GET /api/metrics`, reduced to the runtime lag; `None` when the key may not read
+/// it (a public key, or none) or the server does not report it.
+async fn scrape_lag(base: &str, key: Option<&str>) -> Option<LagScrape> {
+    let url = format!("{}/api/metrics", http_base(base).ok()?);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok()?;
+    let mut req = client.get(&url);
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    let res = req.send().await.ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    LagScrape::parse(&res.text().await.ok()?)
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -159,6 +248,8 @@ pub struct BenchReport {
     /// Problems, most frequent first: (message, count).
     pub errors: Vec<(String, usize)>,
     pub server: Option<ServerUsage>,
+    /// The server's runtime lag over the run, when `--key` may read `/api/metrics`.
+    pub server_runtime_lag: Option<RuntimeLag>,
     /// This process's CPU over the run, in % of one core.
     pub client_cpu_percent: f64,
     pub wall_secs: f64,
@@ -247,6 +338,7 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
         silence_frame: Bytes::from(vec![0u8; FRAME_SAMPLES * 2]),
     });
 
+    let lag_before = scrape_lag(&args.target.url, key).await;
     let live = Arc::new(AtomicUsize::new(0));
     let sampler = Sampler::start(args.server_pid, live.clone())?;
     let started = Instant::now();
@@ -285,8 +377,13 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
     }
     let wall = started.elapsed();
     let usage = sampler.finish(args.calls).await;
+    let lag = match lag_before {
+        Some(before) => scrape_lag(&args.target.url, key).await.map(|after| after.since(&before)),
+        None => None,
+    };
 
-    let report = summarize(&args, &phrase, silence_ms, results, usage, wall);
+    let mut report = summarize(&args, &phrase, silence_ms, results, usage, wall);
+    report.server_runtime_lag = lag;
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
@@ -985,6 +1082,18 @@ fn table(r: &BenchReport) -> String {
             let _ = writeln!(s, "server   (pass --server-pid for its CPU and memory)");
         }
     }
+    if let Some(l) = &r.server_runtime_lag {
+        let bound = |v: Option<f64>| v.map_or_else(|| "> the last bucket".to_string(), |ms| format!("<= {ms} ms"));
+        let _ = writeln!(
+            s,
+            "server   runtime lag over {} wakes: p50 {}, p99 {}, mean {:.2} ms{}",
+            l.wakes,
+            bound(l.p50_ms_at_most),
+            bound(l.p99_ms_at_most),
+            l.mean_ms,
+            l.over_20ms_percent.map(|p| format!(", {p:.2} % over 20 ms")).unwrap_or_default()
+        );
+    }
     let _ = writeln!(s, "client   CPU {:.1} % of a core", r.client_cpu_percent);
     if r.errors.is_empty() {
         let _ = writeln!(s, "errors   none");
@@ -1003,6 +1112,39 @@ fn table(r: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runtime_lag_is_the_difference_of_two_scrapes() {
+        let text = |b: [u64; 4], sum: f64| {
+            format!(
+                "# TYPE voxgate_runtime_lag_seconds histogram\n\
+                 voxgate_runtime_lag_seconds_bucket{{le=\"0.001\"}} {}\n\
+                 voxgate_runtime_lag_seconds_bucket{{le=\"0.005\"}} {}\n\
+                 voxgate_runtime_lag_seconds_bucket{{le=\"0.02\"}} {}\n\
+                 voxgate_runtime_lag_seconds_bucket{{le=\"+Inf\"}} {}\n\
+                 voxgate_runtime_lag_seconds_sum {sum}\n\
+                 voxgate_runtime_lag_seconds_count {}\n\
+                 voxgate_runtime_lag_secondsx_count 99\n",
+                b[0], b[1], b[2], b[3], b[3]
+            )
+        };
+        let before = LagScrape::parse(&text([10, 10, 10, 10], 0.005)).unwrap();
+        // 100 more wakes: 60 within 1 ms, 30 more within 5 ms, 8 more within 20 ms, 2 later.
+        let after = LagScrape::parse(&text([70, 100, 108, 110], 1.005)).unwrap();
+        let lag = after.since(&before);
+        assert_eq!(lag.wakes, 100);
+        assert!((lag.mean_ms - 10.0).abs() < 1e-9, "{}", lag.mean_ms);
+        assert_eq!(lag.p50_ms_at_most, Some(1.0));
+        assert_eq!(lag.p99_ms_at_most, None, "the 99th wake is past the last finite bucket");
+        assert!((lag.over_20ms_percent.unwrap() - 2.0).abs() < 1e-9, "{:?}", lag.over_20ms_percent);
+        // No wakes in between: nothing to say, and no division by zero.
+        let idle = before.since(&before);
+        assert_eq!((idle.wakes, idle.p50_ms_at_most, idle.mean_ms, idle.over_20ms_percent), (0, None, 0.0, Some(0.0)));
+        // Not there, or garbled: None, never a panic.
+        assert_eq!(LagScrape::parse("voxgate_other_seconds_count 3\n"), None);
+        assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count three\n"), None);
+        assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count\n"), None);
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

@@ -226,7 +226,7 @@ async fn the_runtime_lag_is_measured_continuously() {
     let after = scrape(&s).await;
     assert!(count(&after) >= before + 3.0, "{before} -> {}", count(&after));
     // Buckets in seconds, and a mean well under a second on an idle server.
-    assert!(after.all("voxgate_runtime_lag_seconds_bucket", &[]).iter().any(|b| b.label("le") == Some("0.005")));
+    assert!(after.all("voxgate_runtime_lag_seconds_bucket", &[]).iter().any(|b| b.label("le") == Some("0.02")));
     let mean = after.value("voxgate_runtime_lag_seconds_sum", &[]).unwrap() / count(&after);
     assert!((0.0..1.0).contains(&mean), "{mean}");
 }
