@@ -103,6 +103,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi_doc::add_layer_errors(&mut doc);
     openapi_doc::merge_flattened_objects(&mut doc);
     openapi_doc::close_tagged_variants(&mut doc, &["ControlMessage"]);
+    openapi_doc::forbid_nul_in_queries(&mut doc);
     doc
 }
 

@@ -227,3 +227,49 @@ pub fn close_tagged_variants(doc: &mut utoipa::openapi::OpenApi, names: &[&str])
         }
     }
 }
+
+/// The pattern every free-form string query parameter carries: no NUL byte.
+pub const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Says in the document what [`crate::error::ApiQuery`] enforces: no query
+/// parameter holds a NUL byte (a 400). Every string query parameter without an
+/// enum or a pattern of its own gets [`NO_NUL`], so a client (or a schema-driven
+/// test) knows such a value is refused rather than meeting an undocumented 400.
+pub fn forbid_nul_in_queries(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    let is_string = |t: &SchemaType| match t {
+        SchemaType::Type(t) => *t == Type::String,
+        SchemaType::Array(ts) => ts.contains(&Type::String),
+        SchemaType::AnyValue => false,
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for p in op.parameters.iter_mut().flatten() {
+                let RefOr::T(p) = p else { continue };
+                if p.parameter_in != ParameterIn::Query {
+                    continue;
+                }
+                if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut()
+                    && is_string(&o.schema_type)
+                    && o.enum_values.is_none()
+                    && o.pattern.is_none()
+                {
+                    o.pattern = Some(NO_NUL.to_string());
+                }
+            }
+        }
+    }
+}
