@@ -36,7 +36,7 @@ pub enum ControlMessage {
     End {},
     /// The assistant says `text`, verbatim, after what it is saying now.
     Say {
-        /// Not blank, at most 4000 bytes, no NUL.
+        /// Not blank, at most 4000 characters, no NUL.
         #[schema(min_length = 1, max_length = 4000)]
         text: String,
     },
@@ -44,7 +44,7 @@ pub enum ControlMessage {
     /// replies; a `user` message is answered as if the caller had typed it.
     AddMessage {
         role: MessageRole,
-        /// Not blank, at most 4000 bytes, no NUL.
+        /// Not blank, at most 4000 characters, no NUL.
         #[schema(min_length = 1, max_length = 4000)]
         content: String,
     },
@@ -79,8 +79,9 @@ impl ControlMessage {
         if text.trim().is_empty() {
             return Err(FieldError::new(field, "must not be empty"));
         }
-        if text.len() > MAX_CONTROL_TEXT {
-            return Err(FieldError::new(field, format!("must be at most {MAX_CONTROL_TEXT} bytes")));
+        // Characters, as the document's maxLength counts them.
+        if text.chars().count() > MAX_CONTROL_TEXT {
+            return Err(FieldError::new(field, format!("must be at most {MAX_CONTROL_TEXT} characters")));
         }
         if text.contains('\0') {
             return Err(FieldError::new(field, "must not contain NUL characters"));
@@ -197,5 +198,8 @@ mod tests {
         assert!(ControlMessage::Say { text: "a".repeat(MAX_CONTROL_TEXT + 1) }.validate().is_err());
         assert!(ControlMessage::Say { text: "a\0b".into() }.validate().is_err());
         assert!(ControlMessage::Say { text: "a".repeat(MAX_CONTROL_TEXT) }.validate().is_ok());
+        // Characters, as the document's maxLength counts them, not bytes.
+        assert!(ControlMessage::Say { text: "é".repeat(MAX_CONTROL_TEXT) }.validate().is_ok());
+        assert!(ControlMessage::Say { text: "é".repeat(MAX_CONTROL_TEXT + 1) }.validate().is_err());
     }
 }

@@ -69,7 +69,8 @@ pub async fn list(State(s): State<ApiState>, _: Admin, ApiQuery(q): ApiQuery<Web
     if q.call_id.as_deref().is_some_and(|c| !is_id(c)) {
         return Err(ApiError::bad_request("callId is not a call id"));
     }
-    if q.kind.as_deref().is_some_and(|k| k.is_empty() || k.len() > 64) {
+    // Characters, as the document's maxLength counts them (not bytes).
+    if q.kind.as_deref().is_some_and(|k| k.is_empty() || k.chars().count() > 64) {
         return Err(ApiError::bad_request("type must be 1 to 64 characters"));
     }
     let page = s

@@ -351,7 +351,8 @@ impl AssistantSpec {
                 }
             }
         }
-        check(self.system_prompt.len() <= PROMPT_MAX, "systemPrompt", format!("must be at most {PROMPT_MAX} bytes"));
+        // Characters, as the document's maxLength counts them.
+        check(self.system_prompt.chars().count() <= PROMPT_MAX, "systemPrompt", format!("must be at most {PROMPT_MAX} characters"));
         if let Some(m) = &self.first_message {
             check(m.chars().count() <= FIRST_MESSAGE_MAX, "firstMessage", format!("must be at most {FIRST_MESSAGE_MAX} characters"));
         }

@@ -319,4 +319,8 @@ async fn query_strings_that_refuse_nul_say_so() {
     let res = TestServer::http().get(s.at("/api/webhooks?type=%00a")).bearer_auth(&s.admin).send().await.unwrap();
     let (status, code, _) = error_code(res).await;
     assert_eq!((status, code.as_str()), (400, "bad_request"));
+    // maxLength counts characters: 64 two-byte characters are a valid filter.
+    let get = |t: String| TestServer::http().get(s.at(&format!("/api/webhooks?type={t}"))).bearer_auth(&s.admin).send();
+    assert_eq!(get("%C3%A9".repeat(64)).await.unwrap().status(), 200);
+    assert_eq!(get("%C3%A9".repeat(65)).await.unwrap().status(), 400);
 }
