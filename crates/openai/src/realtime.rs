@@ -565,7 +565,12 @@ async fn open(ep: &Endpoint, key: Option<&str>, config: &RealtimeConfig) -> Resu
     } else {
         Connector::Plain
     };
-    let ws_config = WebSocketConfig::default().max_message_size(Some(config.max_message_bytes)).max_frame_size(Some(config.max_message_bytes));
+    // A 16 KiB read buffer (tungstenite's default is 128 KiB, zero-filled before
+    // every read, for events of a few KiB); larger events span several reads.
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
+        .read_buffer_size(16 * 1024);
     let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, Some(connector)).await {
         Ok(connected) => connected,
         Err(WsError::Http(response)) => return Err(refused(ep, &at, &response)),
