@@ -321,7 +321,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
                     providers: providers.clone(),
                     hard_stop: hard_stop.clone(),
                     max_message: args.ws_max_message,
-                    key_check: Duration::from_secs(args.auth_cache_ttl.max(1)),
+                    key_checks: Arc::new(crate::session::keys::KeyChecks::new(Duration::from_secs(args.auth_cache_ttl.max(1)) / 2)),
                     recordings: std::path::absolute(&args.recordings_dir).unwrap_or_else(|_| args.recordings_dir.clone()),
                     knowledge: knowledge.clone(),
                     webhooks: webhooks.clone(),

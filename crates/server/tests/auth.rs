@@ -636,3 +636,28 @@ async fn user_tokens_are_refused_without_a_secret_configured() {
         assert_challenged(res, "a user token with no SUPABASE_JWT_SECRET").await;
     }
 }
+
+/// Live calls' revocation checks share one answer per key for half `key_check`:
+/// the database sees one read per key then, not one per call. The answer is
+/// reused while fresh, read again after; an unknown key counts as revoked.
+#[tokio::test]
+async fn revocation_checks_share_one_answer_per_key_while_it_is_fresh() {
+    use std::time::Duration;
+    use voxgate_server::session::keys::KeyChecks;
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let m = voxgate_domain::key::mint("shared by many calls", KeyKind::Public, vec![new_id()]);
+        store.insert_key(&m.key).await.unwrap();
+        let id = m.key.id.clone();
+
+        let cached = KeyChecks::new(Duration::from_secs(3600));
+        assert!(!cached.revoked(&store, &id).await);
+        store.revoke_key(&id).await.unwrap();
+        // Within the freshness: the earlier answer, without a read.
+        assert!(!cached.revoked(&store, &id).await, "{}", db.url);
+        // A check whose answers are never fresh reads the revocation.
+        let reads = KeyChecks::new(Duration::ZERO);
+        assert!(reads.revoked(&store, &id).await);
+        assert!(reads.revoked(&store, &new_id()).await, "an unknown key");
+    }
+}

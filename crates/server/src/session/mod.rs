@@ -24,6 +24,7 @@
 pub mod control;
 pub mod events;
 pub mod journal;
+pub mod keys;
 pub mod providers;
 pub mod realtime;
 pub mod recorder;
@@ -79,8 +80,9 @@ pub struct SessionDeps {
     pub max_message: usize,
     /// Where recordings go (absolute).
     pub recordings: std::path::PathBuf,
-    /// How often a live call checks that the key which opened it still stands.
-    pub key_check: Duration,
+    /// How often a live call checks that the key which opened it still stands:
+    /// the answers, shared by the calls, are reused for half of it.
+    pub key_checks: Arc<keys::KeyChecks>,
     /// Knowledge-base search, for assistants that have one.
     pub knowledge: Option<crate::knowledge::Knowledge>,
     /// The webhook outbox (`WEBHOOK_SECRET` set), and where events go by default.
@@ -529,20 +531,16 @@ async fn control(msg: ControlMessage, head: &voxgate_pipeline::runner::Feeder, c
     }
 }
 
-/// Returns once the key that opened the call is revoked (checked every
-/// `key_check`); never for a call opened without a key. A database that does not
-/// answer is not a revocation: the call goes on.
+/// Returns once the key that opened the call is revoked or gone (see
+/// [`keys::KeyChecks`]: within `key_check`); never for a call opened without a
+/// key. A database that does not answer is not a revocation: the call goes on.
 async fn key_revoked(deps: &SessionDeps, key_id: Option<&str>) {
     let Some(id) = key_id else { return std::future::pending().await };
     loop {
-        tokio::time::sleep(deps.key_check).await;
-        match deps.store.get_key(id).await {
-            Ok(k) if k.revoked_at.is_some() => {
-                tracing::warn!(key = id, "the call's key was revoked; ending the call");
-                return;
-            }
-            Err(voxgate_store::StoreError::NotFound) => return,
-            Ok(_) | Err(_) => {}
+        tokio::time::sleep(deps.key_checks.fresh()).await;
+        if deps.key_checks.revoked(&deps.store, id).await {
+            tracing::warn!(key = id, "the call's key was revoked; ending the call");
+            return;
         }
     }
 }
