@@ -157,7 +157,8 @@ impl Store {
         Ok(())
     }
 
-    /// Statistics per pool: `("read", ..)` and, on SQLite, `("write", ..)`.
+    /// Statistics per pool: on SQLite `("read", ..)` and `("write", ..)`; on PostgreSQL
+    /// one pool serves both, as `("main", ..)`.
     pub fn pool_stats(&self) -> Vec<(&'static str, PoolStats)> {
         let stats = |p: &AnyPool| PoolStats {
             size: p.size(),
