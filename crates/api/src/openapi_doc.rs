@@ -88,19 +88,7 @@ pub fn add_layer_errors(doc: &mut utoipa::openapi::OpenApi) {
             .insert((*name).to_string(), RefOr::T(response));
     }
     for (path, item) in doc.paths.paths.iter_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for op in operations_mut(item) {
             for status in statuses(path, op) {
                 let name = SHARED
                     .iter()
@@ -114,6 +102,22 @@ pub fn add_layer_errors(doc: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// Every operation of a path item.
+fn operations_mut(item: &mut utoipa::openapi::path::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The shared statuses `op` (at `path`) can answer with.
@@ -244,19 +248,7 @@ pub fn forbid_nul_in_queries(doc: &mut utoipa::openapi::OpenApi) {
         SchemaType::AnyValue => false,
     };
     for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for op in operations_mut(item) {
             for p in op.parameters.iter_mut().flatten() {
                 let RefOr::T(p) = p else { continue };
                 if p.parameter_in != ParameterIn::Query {
