@@ -202,3 +202,23 @@ async fn a_panicking_stage_cancels_the_pipeline_and_reports() {
     // Every stage is gone: the ends see their channels close.
     assert!(tokio::time::timeout(Duration::from_secs(5), io.downstream.recv()).await.expect("closed").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_or_dropped_pipeline_leaves_no_task_behind() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let mut io = Pipeline::default().stage(slow(0).0).stage(slow(0).0).spawn(CancellationToken::new());
+    assert!(metrics.num_alive_tasks() > before, "the stages and the watcher run");
+    io.shutdown().await.unwrap();
+    let io2 = Pipeline::default().stage(slow(3_600_000).0).spawn(CancellationToken::new());
+    io2.head.send(text("takes an hour")).await.unwrap();
+    drop(io2);
+    drop(io);
+    for _ in 0..100 {
+        if metrics.num_alive_tasks() == before {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{} tasks left of {}", metrics.num_alive_tasks(), before);
+}
