@@ -20,6 +20,15 @@
 //! The silence timeout and the maximum duration are wall-clock timers in the same
 //! task, since they must fire while no frames arrive.
 //!
+//! # Quiet audio travels in batches
+//! While nothing is pending on the audio clock (the VAD is quiet and no end of turn
+//! is due), the audio only feeds the transcriber's pre-roll, so it goes on down in
+//! pieces of [`HOLD_MS`] instead of 20 ms frames: a tenth of the hand-offs between
+//! tasks for most of a call. Anything else this stage sends downstream (a speech
+//! start, an end of turn, a typed message) first sends what is held, so the order
+//! downstream is the caller's. Only the timer task's prompts and call ends, which
+//! have no order with quiet audio, can overtake it.
+//!
 //! The decisions live in one synchronous state machine (`Core`) behind a mutex,
 //! shared by [`TurnProcessor::process`] and the timer task; neither holds the lock
 //! across an await. The timer task sleeps until the next deadline (there is no
@@ -32,13 +41,17 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use voxgate_audio::{AudioError, EarshotDetector, VadEvent, VadMachine, VadParams, VadState, VoiceDetector};
-use voxgate_frames::{Direction, EndReason, Frame, Stage};
+use voxgate_frames::{AudioFrame, Direction, EndReason, Frame, Stage};
 use voxgate_pipeline::{Outlet, PipelineError, Processor};
 
 /// How long input audio may stop arriving before the gap counts as silence. Longer
 /// than the jitter of a client sending 20 ms frames, short enough that a client that
 /// stops sending mid-turn still gets a timely answer.
 pub const STALL_GRACE: Duration = Duration::from_millis(200);
+
+/// Longest run of quiet input audio held before it is sent on as one frame (see the
+/// module doc). Shorter than the transcriber's 300 ms pre-roll, which it fills.
+pub const HOLD_MS: u32 = 200;
 
 /// Silence fed to the VAD when audio stalls, a slice at a time.
 static ZEROS: [i16; 1024] = [0; 1024];
@@ -106,6 +119,8 @@ pub struct TurnProcessor<D: VoiceDetector + 'static = EarshotDetector> {
     /// The rate of the current run of rejected audio frames: one error per run, not
     /// one per frame (50 a second).
     bad_rate: Option<u32>,
+    /// Quiet input audio not yet sent on (see the module doc).
+    held: Vec<i16>,
 }
 
 impl TurnProcessor<EarshotDetector> {
@@ -127,7 +142,23 @@ impl<D: VoiceDetector + 'static> TurnProcessor<D> {
             spawned: false,
             timers: None,
             bad_rate: None,
+            held: Vec::new(),
         })
+    }
+
+    /// Samples of quiet audio held before they are sent on.
+    fn hold_len(&self) -> usize {
+        (self.rate * HOLD_MS / 1000) as usize
+    }
+
+    /// Sends the held quiet audio on, as one frame.
+    async fn release(&mut self, out: &Outlet) -> Result<(), PipelineError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let room = self.hold_len();
+        let samples = std::mem::replace(&mut self.held, Vec::with_capacity(room));
+        out.down(Frame::InputAudio(AudioFrame::new(samples, self.rate))).await
     }
 
     /// Runs `f` on the state machine; returns the frames it produced, and wakes the
@@ -178,7 +209,19 @@ impl<D: VoiceDetector + 'static> Processor for TurnProcessor<D> {
                     return Ok(());
                 }
                 self.bad_rate = None;
-                self.step(|c, now| c.audio(&audio.samples, now))
+                let mut idle = false;
+                let actions = self.step(|c, now| {
+                    c.audio(&audio.samples, now);
+                    idle = c.idle();
+                });
+                if idle && actions.is_empty() {
+                    self.held.extend_from_slice(&audio.samples);
+                    if self.held.len() >= self.hold_len() {
+                        self.release(out).await?;
+                    }
+                    return Ok(());
+                }
+                actions
             }
             Frame::Start => self.step(|c, now| c.start(now)),
             Frame::BotStartedSpeaking => self.step(|c, _| c.bot_started()),
@@ -192,6 +235,9 @@ impl<D: VoiceDetector + 'static> Processor for TurnProcessor<D> {
             }
             _ => Vec::new(),
         };
+        if down {
+            self.release(out).await?;
+        }
         out.push(frame, dir).await?;
         apply(actions, out).await
     }
@@ -518,6 +564,11 @@ impl<D: VoiceDetector> Core<D> {
     fn ended(&mut self) {
         self.done = true;
         self.endpoint = None;
+    }
+
+    /// Nothing is pending on the audio clock: the audio only fills the pre-roll.
+    fn idle(&self) -> bool {
+        self.vad.state() == VadState::Quiet && self.endpoint.is_none()
     }
 
     /// How far the audio clock must run before nothing is pending on it: until the

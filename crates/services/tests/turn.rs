@@ -134,6 +134,17 @@ async fn run_in_order(pipeline: Pipeline, frames: Vec<(Frame, Direction)>) -> Co
     out
 }
 
+/// Samples in each `InputAudio` frame forwarded downstream, in order.
+fn audio_sizes(out: &Collected) -> Vec<usize> {
+    out.down
+        .iter()
+        .filter_map(|f| match f {
+            Frame::InputAudio(a) => Some(a.samples.len()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn endpointing_metrics(out: &Collected) -> Vec<Duration> {
     out.down
         .iter()
@@ -156,9 +167,36 @@ async fn endpointing_fires_after_the_configured_silence() {
     let names = out.down_names();
     let eot = names.iter().position(|n| *n == "end-of-turn").unwrap();
     assert_eq!(names[eot - 2..eot], ["metric", "turn-ended"], "the metric and the decision's instant come just before the end of turn");
-    assert_eq!(count(&out.down, "input-audio"), 85, "every audio frame is forwarded");
+    assert_eq!(audio_sizes(&out).iter().sum::<usize>(), 85 * 320, "every audio sample is forwarded");
     assert_eq!(out.down[0], Frame::Start);
     assert!(out.up.is_empty(), "{:?}", out.up_names());
+}
+
+#[tokio::test(start_paused = true)]
+async fn quiet_audio_goes_on_in_batches_and_the_rest_at_once() {
+    let out = run(stage(config()), script(vec![silence(200), speech(500), silence(1000)])).await;
+    // 0-200 ms: quiet, held and sent as one 200 ms piece. 200-1100 ms: the VAD is
+    // busy or the end of turn is due, so every 20 ms frame goes on at once. After the
+    // end of turn at 1100 ms: quiet again, three 200 ms pieces.
+    let mut want = vec![3200];
+    want.extend([320; 45]);
+    want.extend([3200; 3]);
+    assert_eq!(audio_sizes(&out), want);
+    // The decisions still fall where the audio says (nothing held passes a frame).
+    assert_eq!(audio_ms_at(&out, "user-started-speaking"), [260]);
+    assert_eq!(audio_ms_at(&out, "end-of-turn"), [1100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_quiet_audio_goes_on_before_any_other_frame() {
+    let mut frames = script(vec![silence(100)]);
+    frames.push((Frame::UserText("hello".into()), DOWN));
+    frames.extend(silence(60));
+    let out = run_in_order(stage(config()), frames).await;
+    assert_eq!(out.down_names()[..3], ["start", "input-audio", "user-text"]);
+    // The 100 ms before the typed message went on with it; the last 60 ms are still
+    // held when the pipeline stops (quiet audio of a call that is over).
+    assert_eq!(audio_sizes(&out), [1600]);
 }
 
 #[tokio::test(start_paused = true)]
