@@ -408,7 +408,7 @@ async fn a_tool_call_goes_to_its_server_signed_and_its_answer_back_to_the_model(
     let llm = ScriptedLlm::new([
         vec![tool("lookup_order", r#"{"order":"A17"}"#)],
         ScriptedLlm::words("Your order ships tomorrow.", Duration::ZERO),
-        vec![tool("slow_lookup", "{}"), tool("broken_lookup", "{}"), tool("no_such_tool", "{}"), tool("lookup_order", "not json")],
+        vec![tool("slow_lookup", "{}"), tool("broken_lookup", "{}"), tool("no_such_tool", "{}"), tool("lookup_order", "not json"), tool("metadata", "{}")],
         ScriptedLlm::words("Sorry, that did not work.", Duration::ZERO),
     ]);
     let secret = "whsec-test-tools-0123456789";
@@ -421,6 +421,7 @@ async fn a_tool_call_goes_to_its_server_signed_and_its_answer_back_to_the_model(
                 { "name": "lookup_order", "url": format!("{url}/orders"), "parameters": { "type": "object", "properties": { "order": { "type": "string" } } } },
                 { "name": "slow_lookup", "url": format!("{url}/slow"), "timeoutMs": 300 },
                 { "name": "broken_lookup", "url": format!("{url}/broken") },
+                { "name": "metadata", "url": "http://169.254.169.254/latest/meta-data/" },
             ],
         }))
         .await;
@@ -445,7 +446,8 @@ async fn a_tool_call_goes_to_its_server_signed_and_its_answer_back_to_the_model(
     assert!(events.iter().any(|e| e["type"] == "bot-speech-started"), "no reply after the tool: {events:?}");
 
     // A slow tool times out, a failing one and an unknown one are errors the model
-    // sees, bad arguments too; the call goes on and the reply comes.
+    // sees, bad arguments and a cloud metadata address too; the call goes on and the
+    // reply comes.
     let started = std::time::Instant::now();
     let events = typed_call(&s, &assistant, "And order B2?", 1).await;
     // The slow tool would answer after 10 s; its 300 ms timeout lets the reply
@@ -453,6 +455,7 @@ async fn a_tool_call_goes_to_its_server_signed_and_its_answer_back_to_the_model(
     assert!(started.elapsed() < Duration::from_secs(7), "the slow tool held the reply for {:?}", started.elapsed());
     let results = tool_results(&llm, 3).join("\n");
     assert!(results.contains("did not answer within 300 ms"), "{results}");
+    assert!(results.contains("is not called: the host is a link-local, metadata"), "{results}");
     assert!(results.contains("answered 502"), "{results}");
     assert!(results.contains("no tool named"), "{results}");
     assert!(results.contains("not valid JSON"), "{results}");

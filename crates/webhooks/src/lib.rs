@@ -45,6 +45,7 @@
 
 mod delivery;
 mod event;
+pub mod outbound;
 pub mod sign;
 mod worker;
 

@@ -112,8 +112,10 @@ impl std::fmt::Debug for Webhooks {
     }
 }
 
-/// The HTTP client webhooks need: no redirects followed (a receiver's redirect could
-/// send the signed body to another host), connect timeout 5 s, a voxgate user agent.
+/// The HTTP client webhooks and tool calls need: no redirects followed (a receiver's
+/// redirect could send the signed body to another host), no connection to
+/// link-local or metadata addresses ([`crate::outbound`]), connect timeout 5 s, a
+/// voxgate user agent.
 pub fn default_client() -> Result<reqwest::Client, WebhookError> {
     // reqwest is built without a crypto provider of its own; the binary installs
     // ring, and so does this when nobody has yet.
@@ -123,6 +125,7 @@ pub fn default_client() -> Result<reqwest::Client, WebhookError> {
     reqwest::Client::builder()
         .user_agent(concat!("voxgate-webhooks/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(crate::outbound::GuardedResolver)
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
@@ -432,5 +435,5 @@ fn check_url(url: &str) -> Result<(), WebhookError> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(WebhookError::BadUrl("no host"));
     }
-    Ok(())
+    crate::outbound::check_host(&parsed).map_err(WebhookError::BadUrl)
 }

@@ -297,7 +297,7 @@ async fn bad_input_is_refused_before_the_outbox() {
     assert!(matches!(Webhooks::new(store.clone(), "", Options::default()), Err(WebhookError::NoSecret)));
     let w = Webhooks::new(store.clone(), SECRET, Options { max_body_bytes: 1000, ..Options::default() }).unwrap();
     assert!(!format!("{w:?}").contains(SECRET), "Debug hides the secret");
-    for url in ["", "not a url", "/relative/path", "ftp://example.test/x", "file:///etc/passwd", "http://", "javascript:alert(1)", "http:// spaced.test/"] {
+    for url in ["", "not a url", "/relative/path", "ftp://example.test/x", "file:///etc/passwd", "http://", "javascript:alert(1)", "http:// spaced.test/", "http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/", "http://[::ffff:169.254.169.254]/"] {
         let r = w.enqueue(Event::new("x", None, None, url, json!({}))).await;
         assert!(matches!(r, Err(WebhookError::BadUrl(_))), "{url:?}: {r:?}");
     }

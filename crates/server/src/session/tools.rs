@@ -93,6 +93,11 @@ impl ToolRunner for CallTools {
 
 async fn post(http: &reqwest::Client, secret: Option<&str>, tool: &Tool, body: Value) -> Result<Value, String> {
     let url = tool.url.as_deref().ok_or("the tool has no url")?;
+    let parsed = reqwest::Url::parse(url).map_err(|_| "the tool's url is not an absolute URL")?;
+    if let Err(why) = voxgate_webhooks::outbound::check_host(&parsed) {
+        metrics::counter!("voxgate_tool_calls_total", "outcome" => "unreachable").increment(1);
+        return Err(format!("the tool's server is not called: {why}"));
+    }
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let mut req = http
         .post(url)
