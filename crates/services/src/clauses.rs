@@ -103,7 +103,7 @@ impl ClauseAggregator {
 
     /// True when the period at byte `i` ends an abbreviation or an initial.
     fn abbreviation_before(&self, i: usize) -> bool {
-        if self.buf[i..].chars().next() != Some('.') {
+        if !self.buf[i..].starts_with('.') {
             return false;
         }
         let word = self.buf[..i].rsplit(|c: char| c.is_whitespace() || c == '(' || c == '"').next().unwrap_or("");

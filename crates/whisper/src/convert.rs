@@ -106,7 +106,7 @@ impl Builder<'_> {
 
     fn dims(&self, name: &str, rank: usize) -> Result<Vec<usize>, Error> {
         let var = self.model.get(name).ok_or_else(|| self.err(format!("variable `{name}` is missing")))?;
-        if var.dims.len() != rank || var.dims.iter().any(|&d| d == 0) {
+        if var.dims.len() != rank || var.dims.contains(&0) {
             return Err(self.err(format!("variable `{name}` has dims {:?}, expected rank {rank}", var.dims)));
         }
         Ok(var.dims.clone())
@@ -118,7 +118,7 @@ impl Builder<'_> {
 
     fn heads(&self, name: &str, d: usize) -> Result<usize, Error> {
         match self.model.scalar_int(name) {
-            Some(h) if h > 0 && d % h as usize == 0 => Ok(h as usize),
+            Some(h) if h > 0 && d.is_multiple_of(h as usize) => Ok(h as usize),
             other => Err(self.err(format!("`{name}` is {other:?}, expected a positive divisor of {d}"))),
         }
     }

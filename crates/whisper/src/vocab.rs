@@ -76,6 +76,10 @@ impl Vocab {
         self.tokens.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
     /// The id of a special token such as `<|endoftext|>`.
     pub fn special(&self, name: &str) -> Option<u32> {
         self.special.get(name).copied()
