@@ -100,4 +100,20 @@ mod tests {
         let ok: Vec<SocketAddr> = r.resolve(Name::from_str("localhost").unwrap()).await.unwrap().collect();
         assert!(!ok.is_empty() && ok.iter().all(|a| a.ip().is_loopback()), "{ok:?}");
     }
+
+    #[tokio::test]
+    async fn the_client_reaches_a_named_host_on_its_port() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            socket.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").await.unwrap();
+        });
+        let client = crate::default_client().unwrap();
+        let res = client.get(format!("http://localhost:{port}/hook")).send().await.expect("resolved and connected");
+        assert_eq!(res.status(), 204, "the resolver's addresses get the URL's port");
+    }
 }
