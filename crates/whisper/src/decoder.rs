@@ -13,8 +13,8 @@
 //! of f32's bytes. On this 2-core machine that took a step from 4.6 to 1.8 ms and
 //! the vocabulary projection from 8.5 ms (f16 through the f32 matrix library) to 3.6;
 //! the transcripts of the test sentences are unchanged. Quantizing costs about 200 ms
-//! once, at load. The encoder and the
-//! cross-attention projections of the audio, which multiply whole matrices, stay f32.
+//! once, at load. The encoder and the cross-attention projections of the audio,
+//! which multiply whole matrices, stay f32.
 
 use std::collections::HashMap;
 
