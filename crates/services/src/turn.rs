@@ -22,8 +22,9 @@
 //!
 //! # Quiet audio travels in batches
 //! While nothing is pending on the audio clock (the VAD is quiet and no end of turn
-//! is due), the audio only feeds the transcriber's pre-roll, so it goes on down in
-//! pieces of [`HOLD_MS`] instead of 20 ms frames: a tenth of the hand-offs between
+//! is due), the audio is silence for the transcriber's pre-roll (or the quiet tail of
+//! speech that did not make a turn), so it goes on down in pieces of [`HOLD_MS`]
+//! instead of 20 ms frames: a tenth of the hand-offs between
 //! tasks for most of a call. Anything else this stage sends downstream (a speech
 //! start, an end of turn, a typed message) first sends what is held, so the order
 //! downstream is the caller's. Only the timer task's prompts and call ends, which
@@ -566,7 +567,7 @@ impl<D: VoiceDetector> Core<D> {
         self.endpoint = None;
     }
 
-    /// Nothing is pending on the audio clock: the audio only fills the pre-roll.
+    /// Nothing is pending on the audio clock: the audio is quiet and decides nothing.
     fn idle(&self) -> bool {
         self.vad.state() == VadState::Quiet && self.endpoint.is_none()
     }
