@@ -53,9 +53,10 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| !forbidden(a.ip())).collect();
-            if allowed.is_empty() && !found.is_empty() {
+            let mut allowed: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found = allowed.len();
+            allowed.retain(|a| !forbidden(a.ip()));
+            if allowed.is_empty() && found > 0 {
                 tracing::warn!(host, "a webhook or tool host resolves only to forbidden addresses; not connecting");
                 return Err(format!("{host} resolves only to link-local, metadata, multicast or unspecified addresses").into());
             }

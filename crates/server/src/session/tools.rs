@@ -100,7 +100,7 @@ async fn post(http: &reqwest::Client, secret: Option<&str>, tool: &Tool, body: V
     }
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let mut req = http
-        .post(url)
+        .post(parsed)
         .timeout(Duration::from_millis(tool.timeout_ms as u64))
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(secret) = secret {
