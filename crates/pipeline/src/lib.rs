@@ -37,7 +37,10 @@ pub enum PipelineError {
     Closed,
     /// A stage failed.
     #[error("{stage}: {message}")]
-    Stage { stage: &'static str, message: String },
+    Stage {
+        stage: &'static str,
+        message: String,
+    },
 }
 
 /// Inbox sizes. Data inboxes are short so that queued audio (and so barge-in
@@ -50,7 +53,10 @@ pub struct Capacity {
 
 impl Default for Capacity {
     fn default() -> Self {
-        Capacity { system: 128, data: 16 }
+        Capacity {
+            system: 128,
+            data: 16,
+        }
     }
 }
 

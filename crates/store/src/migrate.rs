@@ -9,7 +9,12 @@ use crate::{Backend, Result, Store};
 
 /// (version, description, SQLite SQL, PostgreSQL SQL), in order.
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/sqlite/0001_init.sql"), include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
     (
         2,
         "call tokens",
@@ -50,10 +55,19 @@ fn migrator(backend: Backend) -> Migrator {
                 Backend::Sqlite => *sqlite,
                 Backend::Postgres => *pg,
             };
-            Migration::new(*version, Cow::Borrowed(*desc), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(sql), false)
+            Migration::new(
+                *version,
+                Cow::Borrowed(*desc),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(sql),
+                false,
+            )
         })
         .collect::<Vec<_>>();
-    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
 }
 
 impl Store {
@@ -67,7 +81,10 @@ impl Store {
     /// The versions applied so far.
     pub async fn applied_migrations(&self) -> Result<Vec<i64>> {
         let mut c = self.reader().await?;
-        let rows: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut *c).await?;
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&mut *c)
+                .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }
