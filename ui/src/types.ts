@@ -52,6 +52,8 @@ export interface CallTurn {
   startedMs: number;
   interrupted: boolean;
   latency: TurnLatency;
+  /** A caller's turn that could not be transcribed: no text, and why. */
+  error?: { code: string; message: string };
 }
 
 export interface Call {

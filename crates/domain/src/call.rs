@@ -167,4 +167,16 @@ pub struct CallTurn {
     /// True when the caller cut the reply short; `text` then holds only what was played.
     pub interrupted: bool,
     pub latency: TurnLatency,
+    /// A caller's turn whose speech could not be transcribed (the speech-to-text
+    /// provider failed): `text` is empty, and this says why. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TurnError>,
+}
+
+/// Why a turn has no words: the code and message of the `error` event the caller
+/// was sent (docs/agent-protocol.md), e.g. `provider-failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TurnError {
+    pub code: String,
+    pub message: String,
 }

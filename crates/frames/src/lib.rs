@@ -177,6 +177,14 @@ pub enum Frame {
     /// the context keeps only what the caller heard. A system frame: a fact about
     /// the past must survive the interruption that follows it.
     Spoken(String),
+    /// The caller's turn could not be transcribed (`code` and `message` as in
+    /// [`Frame::Error`]): sent down by speech to text in place of the transcript,
+    /// ahead of the `EndOfTurn`, so the call's record keeps the turn. A system
+    /// frame, as `Spoken`: a fact about the past.
+    TranscriptionFailed {
+        code: &'static str,
+        message: String,
+    },
 
     // ---- data ----
     /// Audio for the caller.
@@ -233,7 +241,8 @@ impl Frame {
             | InputAudio(_)
             | Metric { .. }
             | Error { .. }
-            | Spoken(_) => Category::System,
+            | Spoken(_)
+            | TranscriptionFailed { .. } => Category::System,
             OutputAudio(_) | Transcript(_) | UserText(_) | LlmText(_) | TtsText(_)
             | ToolCall(_) | ToolResult(_) | Say(_) | SpeechClause(_) => Category::Data,
             EndOfTurn | LlmResponseStart | LlmResponseEnd | TtsStarted | TtsStopped
@@ -266,6 +275,7 @@ impl Frame {
             LlmText(_) => "llm-text",
             TtsText(_) => "tts-text",
             Spoken(_) => "spoken",
+            TranscriptionFailed { .. } => "transcription-failed",
             ToolCall(_) => "tool-call",
             ToolResult(_) => "tool-result",
             Say(_) => "say",

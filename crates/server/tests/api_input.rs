@@ -1348,6 +1348,7 @@ async fn calls_list_filters_and_pages() {
                 started_ms: 10,
                 interrupted: false,
                 latency: TurnLatency::default(),
+                error: None,
             },
         )
         .await

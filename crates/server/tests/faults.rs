@@ -616,6 +616,7 @@ async fn provider_faults(route: Route) {
     };
     let mut turn = 0;
     let mut expected_users = Vec::new();
+    let mut expected_errors = Vec::new();
     let mut expected_assistants = Vec::new();
     // Fault turns whose reply had begun (kept in the record as said).
     let mut partial = 0;
@@ -669,6 +670,10 @@ async fn provider_faults(route: Route) {
         }
         if route != Route::Transcriptions {
             expected_users.push(text.clone());
+        } else {
+            // The turn is kept without words, with the error the caller was sent.
+            expected_users.push(String::new());
+            expected_errors.push(message.to_string());
         }
         turn += 1;
 
@@ -699,6 +704,21 @@ async fn provider_faults(route: Route) {
         said(&record, TurnRole::User),
         expected_users,
         "{route:?}: the record has every turn the caller took"
+    );
+    let errors: Vec<String> = record
+        .turns
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t.error.as_ref())
+        .map(|e| {
+            assert_eq!(e.code, "provider-failed", "{route:?}: {e:?}");
+            e.message.clone()
+        })
+        .collect();
+    assert_eq!(
+        errors, expected_errors,
+        "{route:?}: the untranscribed turns say why"
     );
     let replies = said(&record, TurnRole::Assistant);
     // Every answered turn, and each fault turn whose reply had begun, kept as said.

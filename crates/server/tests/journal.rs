@@ -33,6 +33,7 @@ fn turn(idx: i64) -> CallTurn {
                 ..Default::default()
             }
         },
+        error: None,
     }
 }
 

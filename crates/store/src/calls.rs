@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use voxgate_domain::call::{Call, CallStatus, CallTurn, TurnLatency, TurnRole};
+use voxgate_domain::call::{Call, CallStatus, CallTurn, TurnError, TurnLatency, TurnRole};
 use voxgate_domain::clock::now_ms;
 
 use crate::assistants::page;
@@ -67,6 +67,16 @@ fn turn_from_row(r: &AnyRow) -> Result<CallTurn> {
             voice_to_voice_ms: r.try_get("voice_to_voice_ms")?,
             response_ms: r.try_get("response_ms")?,
             retrieval_ms: r.try_get("retrieval_ms")?,
+        },
+        error: match (
+            r.try_get::<Option<String>, _>("error_code")?,
+            r.try_get::<Option<String>, _>("error_message")?,
+        ) {
+            (Some(code), message) => Some(TurnError {
+                code,
+                message: message.unwrap_or_default(),
+            }),
+            (None, _) => None,
         },
     })
 }
@@ -237,8 +247,9 @@ async fn insert_turn(c: &mut sqlx::AnyConnection, call_id: &str, turn: &CallTurn
     let l = &turn.latency;
     sqlx::query(
         "INSERT INTO call_turns (call_id, idx, role, text, started_ms, interrupted, endpointing_ms, stt_ms, \
-         llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms, response_ms, retrieval_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         llm_first_token_ms, tts_first_audio_ms, queue_wait_ms, voice_to_voice_ms, response_ms, retrieval_ms, \
+         error_code, error_message) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     // Not a cached prepared statement: through the Any driver, a NULL binds with
     // another type than a number, and PostgreSQL would keep the types of the
@@ -259,6 +270,8 @@ async fn insert_turn(c: &mut sqlx::AnyConnection, call_id: &str, turn: &CallTurn
     .bind(l.voice_to_voice_ms)
     .bind(l.response_ms)
     .bind(l.retrieval_ms)
+    .bind(turn.error.as_ref().map(|e| e.code.as_str()))
+    .bind(turn.error.as_ref().map(|e| e.message.as_str()))
     .execute(&mut *c)
     .await?;
     Ok(())

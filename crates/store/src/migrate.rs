@@ -45,6 +45,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0006_instances.sql"),
         include_str!("../migrations/postgres/0006_instances.sql"),
     ),
+    (
+        7,
+        "turn errors",
+        include_str!("../migrations/sqlite/0007_turn_errors.sql"),
+        include_str!("../migrations/postgres/0007_turn_errors.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use voxgate_domain::call::{Call, CallStatus, CallTurn, TurnLatency, TurnRole};
+use voxgate_domain::call::{Call, CallStatus, CallTurn, TurnError, TurnLatency, TurnRole};
 use voxgate_domain::clock::{new_id, now_ms};
 use voxgate_domain::key::{KeyKind, mint};
 use voxgate_domain::{AssistantSpec, FileRecord, FileStatus};
@@ -198,6 +198,11 @@ async fn turns_with_and_without_latency_follow_each_other() {
                 started_ms: idx as i64,
                 interrupted: false,
                 latency: latency.clone(),
+                // Errors with and without, too: the same statement binds both.
+                error: (idx % 3 == 1).then(|| TurnError {
+                    code: "provider-failed".into(),
+                    message: format!("turn {idx}: the provider said 'no' ; --"),
+                }),
             };
             store
                 .add_turn(&c.id, &turn)
@@ -205,6 +210,21 @@ async fn turns_with_and_without_latency_follow_each_other() {
                 .unwrap_or_else(|e| panic!("{}: turn {idx}: {e}", db.name));
         }
         let got = store.get_call(&c.id).await.unwrap().turns.unwrap();
+        let errors: Vec<Option<String>> = got
+            .iter()
+            .map(|t| t.error.as_ref().map(|e| e.message.clone()))
+            .collect();
+        let want: Vec<Option<String>> = (0..latencies.len())
+            .map(|idx| (idx % 3 == 1).then(|| format!("turn {idx}: the provider said 'no' ; --")))
+            .collect();
+        assert_eq!(errors, want, "{}", db.name);
+        assert!(
+            got.iter()
+                .flat_map(|t| &t.error)
+                .all(|e| e.code == "provider-failed"),
+            "{}",
+            db.name
+        );
         let back: Vec<TurnLatency> = got.into_iter().map(|t| t.latency).collect();
         assert_eq!(back, latencies.to_vec(), "{}", db.name);
     }
@@ -229,6 +249,7 @@ async fn calls_turns_and_filters() {
                 voice_to_voice_ms: Some(420.0),
                 ..Default::default()
             },
+            error: None,
         };
         store.add_turn(&c1.id, &turn).await.unwrap();
         store.end_call(&c1.id, "customer-ended-call").await.unwrap();

@@ -227,6 +227,7 @@ export function CallDetail({ id }: { id: string }) {
             <li key={t.idx} class={`line ${t.role}`}>
               <span class="who">{t.role === 'user' ? 'Caller' : t.role === 'assistant' ? 'Assistant' : t.role}</span> {t.text}
               {t.interrupted && <em class="muted"> (interrupted)</em>}
+              {t.error && <em class="muted" data-testid="turn-error"> (not transcribed: {t.error.message})</em>}
               <span class="muted small"> · {fmtDuration(t.startedMs)}</span>
             </li>
           ))}

@@ -520,7 +520,7 @@ pub async fn run(
             got = io.downstream.recv() => match got {
                 Some((Frame::End(r), _)) => break (r.into(), None),
                 Some((Frame::Error { message, fatal: true, .. }, _)) => break (EndReason::PipelineError(message).into(), None),
-                Some((f @ (Frame::Metric { .. } | Frame::Transcript(_) | Frame::UserText(_) | Frame::UserStoppedSpeaking), _)) => {
+                Some((f @ (Frame::Metric { .. } | Frame::Transcript(_) | Frame::TranscriptionFailed { .. } | Frame::UserText(_) | Frame::UserStoppedSpeaking), _)) => {
                     record(&mut recorder, &f, deps, call, &acks, &mut latency_turn).await;
                 }
                 Some((Frame::ToolCall(c), _)) => {
@@ -556,7 +556,7 @@ pub async fn run(
     wind_down(&mut io, &mut recorder, deps, call, &acks, &mut latency_turn).await;
     if let Some(t) = recorder.finish_reply() {
         // The journal's `end` below waits for this write; nobody else does.
-        let _ = persist(deps, call, &t).await;
+        drop(persist(deps, call, &t).await);
     }
     acks.finish().await;
     let _ = io.shutdown().await;
@@ -738,6 +738,7 @@ async fn wind_down(
             f,
             Frame::Metric { .. }
                 | Frame::Transcript(_)
+                | Frame::TranscriptionFailed { .. }
                 | Frame::UserText(_)
                 | Frame::UserStoppedSpeaking
         ) {

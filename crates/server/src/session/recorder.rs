@@ -2,7 +2,8 @@
 //! completes (so a crash loses at most the turn in progress), with the assistant's
 //! words as played and the reply's latency breakdown.
 //!
-//! A user turn completes with its final transcript (or typed text). An assistant
+//! A user turn completes with its final transcript (or typed text), or with the
+//! failure of its transcription (a turn without words, saying why). An assistant
 //! turn starts when its first audio plays and completes when the bot stops
 //! speaking, interrupted or not; its text is what the output reported as `Spoken`.
 //! Its latency: endpointing, STT, LLM first token and TTS first audio from the
@@ -14,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use voxgate_domain::call::{CallTurn, TurnLatency, TurnRole};
+use voxgate_domain::call::{CallTurn, TurnError, TurnLatency, TurnRole};
 use voxgate_frames::{Frame, Stage};
 
 /// Builds turn records from frames. Pure: no I/O, no clock of its own.
@@ -73,6 +74,7 @@ impl TurnRecorder {
             started_ms,
             interrupted,
             latency,
+            error: None,
         }
     }
 
@@ -122,6 +124,24 @@ impl TurnRecorder {
                     false,
                     TurnLatency::default(),
                 ))
+            }
+            Frame::TranscriptionFailed { code, message } => {
+                let started = self
+                    .user_stopped
+                    .map(|t| self.offset(t))
+                    .unwrap_or_else(|| self.offset(now));
+                let mut turn = self.turn(
+                    TurnRole::User,
+                    String::new(),
+                    started,
+                    false,
+                    TurnLatency::default(),
+                );
+                turn.error = Some(TurnError {
+                    code: (*code).to_string(),
+                    message: message.clone(),
+                });
+                Some(turn)
             }
             Frame::UserText(text) if !text.trim().is_empty() => {
                 self.user_stopped = Some(now);
@@ -304,6 +324,34 @@ mod tests {
         let bot = r.on_frame(&Frame::BotStoppedSpeaking, at(2500)).unwrap();
         assert_eq!(bot.latency.response_ms, Some(42.5));
         assert_eq!(bot.latency.voice_to_voice_ms, Some(842.5));
+    }
+
+    /// A turn the provider could not transcribe is kept, from where the caller
+    /// stopped, without words and saying why; the next turn is numbered after it.
+    #[test]
+    fn an_untranscribed_turn_is_kept_with_its_error() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut r = TurnRecorder::new(t0);
+        r.on_frame(&Frame::UserStoppedSpeaking, at(1200));
+        let failed = Frame::TranscriptionFailed {
+            code: "provider-failed",
+            message: "speech to text: HTTP 503".into(),
+        };
+        let t = r.on_frame(&failed, at(1800)).expect("a turn");
+        assert_eq!(
+            (t.idx, t.role, t.text.as_str(), t.started_ms),
+            (0, TurnRole::User, "", 1200)
+        );
+        let e = t.error.expect("the failure is on the turn");
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("provider-failed", "speech to text: HTTP 503")
+        );
+        let next = r
+            .on_frame(&Frame::UserText("hello".into()), at(3000))
+            .expect("a turn");
+        assert_eq!((next.idx, next.error), (1, None));
     }
 
     #[test]

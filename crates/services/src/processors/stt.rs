@@ -277,6 +277,12 @@ impl Processor for SttStage {
                                 fatal: false,
                             })
                             .await?;
+                            // The turn happened: its record keeps it, without words.
+                            out.down(Frame::TranscriptionFailed {
+                                code: e.code(),
+                                message: e.to_string(),
+                            })
+                            .await?;
                         }
                     }
                 }
