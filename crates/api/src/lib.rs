@@ -6,7 +6,7 @@
 //! - [`error`]: the one error shape, and extractors whose rejections use it.
 //! - [`auth`]: keys, Supabase user tokens, the auth middleware.
 //! - [`ratelimit`]: per-caller and per-address limits by route group.
-//! - [`cors`]: `ALLOWED_ORIGINS`.
+//! - [`cors`][]: `ALLOWED_ORIGINS`.
 //! - [`metrics`]: `/api/metrics` and the HTTP metrics middleware.
 //! - [`ops`], [`assistants`], [`calls`], [`keys`], [`files`], [`webhooks`]: one module per resource.
 //! - [`control`]: `POST /api/calls/{id}/control`, handed to live calls through [`control::CallControl`].

@@ -65,7 +65,7 @@ fn megabyte_of_text() -> String {
             tails[(i / 5) % 6]
         ));
         i += 1;
-        if i % 9 == 0 {
+        if i.is_multiple_of(9) {
             text.push_str("\n\n");
         }
     }

@@ -120,8 +120,7 @@ fn words(text: &str, max_word: usize) -> Vec<Word> {
     let mut current: Option<Word> = None;
     let mut gap_newlines = 0;
     let mut chars_in_word = 0;
-    let mut char_index = 0;
-    for (byte, c) in text.char_indices() {
+    for (char_index, (byte, c)) in text.char_indices().enumerate() {
         if c.is_whitespace() {
             if let Some(w) = current.take() {
                 words.push(w);
@@ -165,7 +164,6 @@ fn words(text: &str, max_word: usize) -> Vec<Word> {
                 }
             }
         }
-        char_index += 1;
     }
     words.extend(current);
     words

@@ -86,16 +86,17 @@ async fn a_reply_that_fails_before_its_first_word_is_answered_by_the_fallback() 
         2,
         "one try and one retry before the fallback"
     );
-    let seen = local.requests.lock().unwrap();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(
-        seen[0].messages,
-        request("Where is Paris?").messages,
-        "the fallback gets the same conversation"
-    );
+    {
+        let seen = local.requests.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].messages,
+            request("Where is Paris?").messages,
+            "the fallback gets the same conversation"
+        );
+    }
 
     // The next turn goes to OpenAI again.
-    drop(seen);
     let (text, error) = run(&llm, request("And Rome?")).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, fake.normal_values().reply);

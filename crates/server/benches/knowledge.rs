@@ -219,7 +219,7 @@ async fn retrieval(db: TestDb, chunks: usize, embedder: &Embedder) {
 
     let ids = vec![file.id.clone()];
     let mut cold = Vec::new();
-    for round in 0..3 {
+    for question in QUESTIONS.iter().take(3) {
         let k = Knowledge::start(
             store.clone(),
             "unused".into(),
@@ -229,7 +229,7 @@ async fn retrieval(db: TestDb, chunks: usize, embedder: &Embedder) {
         );
         let t = Instant::now();
         let hits = k
-            .search(&ids, QUESTIONS[round], 3, &WaitMeter::default())
+            .search(&ids, question, 3, &WaitMeter::default())
             .await
             .unwrap();
         cold.push(ms(t.elapsed()));

@@ -203,7 +203,7 @@ impl Inbox {
                         self.types()
                     )
                 });
-            let Some((at, m)) = got else { return None };
+            let (at, m) = got?;
             self.log.push((at, m.clone()));
             if let In::Closed(c) = m {
                 return c;

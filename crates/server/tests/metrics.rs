@@ -376,7 +376,16 @@ async fn database_pools_memory_and_acquire_waits_are_reported() {
 #[tokio::test]
 async fn the_runtime_lag_is_measured_continuously() {
     let s = TestServer::start().await;
-    let first = scrape(&s).await;
+    // The probe's first wake comes one period after the start: a scrape right
+    // after it may find no histogram yet (seen in CI on a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let m = scrape(&s).await;
+        if m.kind("voxgate_runtime_lag_seconds").is_some() || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(voxgate_server::telemetry::LAG_PROBE_EVERY).await;
+    };
     assert_eq!(first.kind("voxgate_runtime_lag_seconds"), Some("histogram"));
     let count = |m: &Scrape| {
         m.value("voxgate_runtime_lag_seconds_count", &[])

@@ -797,9 +797,9 @@ fn check_refusal(
         other => return Err(format!("{other} is not a refusal")),
     };
     if body["error"]["code"] != expected_code
-        || !body["error"]["message"]
+        || body["error"]["message"]
             .as_str()
-            .is_some_and(|m| !m.is_empty())
+            .is_none_or(|m| m.is_empty())
     {
         return Err(format!(
             "not the error shape with code {expected_code}: {body}"
@@ -1338,8 +1338,16 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
         .to_string();
 
     // (what, method, path, key, body, expected status)
+    type Case<'a> = (
+        &'a str,
+        Method,
+        String,
+        Option<&'a str>,
+        Option<String>,
+        u16,
+    );
     let big = "x".repeat(4096);
-    let cases: Vec<(&str, Method, String, Option<&str>, Option<String>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("the UI", Method::GET, "/".into(), None, None, 200),
         ("a UI route", Method::GET, "/calls".into(), None, None, 200),
         ("a hashed asset", Method::GET, asset, None, None, 200),

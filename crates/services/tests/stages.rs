@@ -160,8 +160,10 @@ async fn speech_starts_on_the_first_clause_and_history_holds_what_was_played() {
         (convo.messages[1].role, convo.messages[1].content.as_str()),
         (Role::Assistant, "It is noon.")
     );
-    let req = &c.llm.requests.lock().unwrap()[0];
-    assert_eq!(req.messages[0].content, "Be brief.");
+    {
+        let req = &c.llm.requests.lock().unwrap()[0];
+        assert_eq!(req.messages[0].content, "Be brief.");
+    }
     c.io.shutdown().await.unwrap();
 }
 
@@ -259,13 +261,14 @@ async fn a_tool_call_round_trip() {
             .any(|(f, _)| *f == Frame::SpeechClause("It is sunny in Paris.".into()))
     );
     // The second round saw the call and its result.
-    let reqs = c.llm.requests.lock().unwrap();
-    assert_eq!(reqs.len(), 2);
-    let msgs = &reqs[1].messages;
-    assert_eq!(msgs[msgs.len() - 2].tool_calls[0].name, "weather");
-    assert_eq!(msgs[msgs.len() - 1].role, Role::Tool);
-    assert!(msgs[msgs.len() - 1].content.contains("sunny"));
-    drop(reqs);
+    {
+        let reqs = c.llm.requests.lock().unwrap();
+        assert_eq!(reqs.len(), 2);
+        let msgs = &reqs[1].messages;
+        assert_eq!(msgs[msgs.len() - 2].tool_calls[0].name, "weather");
+        assert_eq!(msgs[msgs.len() - 1].role, Role::Tool);
+        assert!(msgs[msgs.len() - 1].content.contains("sunny"));
+    }
     c.io.shutdown().await.unwrap();
 }
 

@@ -212,7 +212,7 @@ fn utf16(bytes: &[u8], name: &str, unit: fn([u8; 2]) -> u16) -> Result<String, E
         kind: "UTF-16 text",
         detail: detail.into(),
     };
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(malformed("an odd number of bytes"));
     }
     let units = bytes.chunks_exact(2).map(|b| unit([b[0], b[1]]));

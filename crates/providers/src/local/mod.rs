@@ -110,7 +110,6 @@ impl LocalModels {
             voxgate_piper::PiperOptions {
                 intra_threads: options.threads,
                 sessions: options.workers.max(1),
-                ..voxgate_piper::PiperOptions::default()
             },
         )?);
         let load_time = started.elapsed();

@@ -123,7 +123,8 @@ fn latency_summary(turns: &[CallTurn]) -> Value {
         .iter()
         .filter(|t| t.role == TurnRole::Assistant)
         .collect();
-    let fields: [(&str, fn(&CallTurn) -> Option<f64>); 6] = [
+    type Get = fn(&CallTurn) -> Option<f64>;
+    let fields: [(&str, Get); 6] = [
         ("voiceToVoiceMs", |t| t.latency.voice_to_voice_ms),
         ("endpointingMs", |t| t.latency.endpointing_ms),
         ("sttMs", |t| t.latency.stt_ms),
