@@ -4,15 +4,8 @@
 fn main() {
     let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let dist = manifest.join("../../ui/dist");
-    let dir = if dist.join("index.html").exists() {
-        dist
-    } else {
-        manifest.join("fallback-ui")
-    };
-    println!(
-        "cargo:rustc-env=VOXGATE_UI_DIR={}",
-        dir.canonicalize().unwrap().display()
-    );
+    let dir = if dist.join("index.html").exists() { dist } else { manifest.join("fallback-ui") };
+    println!("cargo:rustc-env=VOXGATE_UI_DIR={}", dir.canonicalize().unwrap().display());
     println!("cargo:rerun-if-changed=../../ui/dist");
     println!("cargo:rerun-if-changed=fallback-ui");
 }

@@ -37,11 +37,7 @@ pub enum Principal {
     /// A dashboard user signed in through Supabase Auth; `admin` when their id is
     /// listed in `SUPABASE_ADMIN_USER_IDS` or their email in `SUPABASE_ADMIN_EMAILS`
     /// (anyone may sign up to a Supabase project).
-    User {
-        sub: String,
-        email: Option<String>,
-        admin: bool,
-    },
+    User { sub: String, email: Option<String>, admin: bool },
     /// The bearer of `METRICS_TOKEN`.
     Metrics,
 }
@@ -112,18 +108,8 @@ impl Auth {
             cache: Mutex::new(HashMap::new()),
             supabase,
             metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
-            admin_emails: config
-                .supabase_admin_emails
-                .iter()
-                .map(|e| e.trim().to_lowercase())
-                .filter(|e| !e.is_empty())
-                .collect(),
-            admin_ids: config
-                .supabase_admin_user_ids
-                .iter()
-                .map(|e| e.trim().to_string())
-                .filter(|e| !e.is_empty())
-                .collect(),
+            admin_emails: config.supabase_admin_emails.iter().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()).collect(),
+            admin_ids: config.supabase_admin_user_ids.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
         }
     }
 
@@ -139,34 +125,19 @@ impl Auth {
         }
         if token.split('.').count() == 3 {
             let Some((key, validation)) = &self.supabase else {
-                return Err(ApiError::unauthorized(
-                    "user tokens are not accepted here (SUPABASE_JWT_SECRET is not set)",
-                ));
+                return Err(ApiError::unauthorized("user tokens are not accepted here (SUPABASE_JWT_SECRET is not set)"));
             };
             return match jsonwebtoken::decode::<SupabaseClaims>(token, key, validation) {
                 Ok(data) => {
                     let c = data.claims;
-                    let by_email = !c.is_anonymous
-                        && c.email.as_ref().is_some_and(|e| {
-                            !e.trim().is_empty()
-                                && self.admin_emails.contains(&e.trim().to_lowercase())
-                        });
+                    let by_email = !c.is_anonymous && c.email.as_ref().is_some_and(|e| !e.trim().is_empty() && self.admin_emails.contains(&e.trim().to_lowercase()));
                     let admin = by_email || self.admin_ids.contains(&c.sub);
-                    Ok(Principal::User {
-                        sub: c.sub,
-                        email: c.email,
-                        admin,
-                    })
+                    Ok(Principal::User { sub: c.sub, email: c.email, admin })
                 }
-                Err(e) => Err(ApiError::unauthorized(format!(
-                    "the user token is not valid: {}",
-                    jwt_reason(&e)
-                ))),
+                Err(e) => Err(ApiError::unauthorized(format!("the user token is not valid: {}", jwt_reason(&e)))),
             };
         }
-        Err(ApiError::unauthorized(
-            "the bearer token is not a voxgate key",
-        ))
+        Err(ApiError::unauthorized("the bearer token is not a voxgate key"))
     }
 
     async fn key(&self, secret: &str) -> Result<ApiKey, ApiError> {
@@ -176,11 +147,7 @@ impl Auth {
         {
             return Ok(key.clone());
         }
-        let key = self
-            .store
-            .key_by_hash(&hash)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("the key is unknown or revoked"))?;
+        let key = self.store.key_by_hash(&hash).await?.ok_or_else(|| ApiError::unauthorized("the key is unknown or revoked"))?;
         let mut cache = self.cache.lock().expect("auth cache lock");
         if cache.len() >= CACHE_MAX {
             cache.clear();
@@ -191,10 +158,7 @@ impl Auth {
 
     /// Drops a key from the cache (after it is revoked).
     pub fn forget(&self, key_id: &str) {
-        self.cache
-            .lock()
-            .expect("auth cache lock")
-            .retain(|_, (k, _)| k.id != key_id);
+        self.cache.lock().expect("auth cache lock").retain(|_, (k, _)| k.id != key_id);
     }
 }
 
@@ -218,10 +182,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
 }
 
 /// The middleware: authenticates every `/api` request but the public routes, and
@@ -240,9 +201,7 @@ pub async fn require_auth(State(state): State<ApiState>, mut req: Request, next:
         Err(e) => return challenge(e),
     };
     if matches!(principal, Principal::Metrics) && !is_metrics {
-        return challenge(ApiError::unauthorized(
-            "the metrics token only reads /api/metrics",
-        ));
+        return challenge(ApiError::unauthorized("the metrics token only reads /api/metrics"));
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -250,8 +209,7 @@ pub async fn require_auth(State(state): State<ApiState>, mut req: Request, next:
 
 fn challenge(e: ApiError) -> Response {
     let mut res = e.into_response();
-    res.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     res
 }
 
@@ -282,9 +240,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
         if p.is_admin() {
             Ok(Admin(p))
         } else {
-            Err(ApiError::forbidden(
-                "this needs a private key (or a user listed in SUPABASE_ADMIN_USER_IDS or SUPABASE_ADMIN_EMAILS)",
-            ))
+            Err(ApiError::forbidden("this needs a private key (or a user listed in SUPABASE_ADMIN_USER_IDS or SUPABASE_ADMIN_EMAILS)"))
         }
     }
 }
@@ -297,15 +253,9 @@ mod tests {
     fn bearer_parsing() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer(&h), None);
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
         assert_eq!(bearer(&h), Some("abc"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer   abc "),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer   abc "));
         assert_eq!(bearer(&h), Some("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);

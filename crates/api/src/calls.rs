@@ -19,9 +19,7 @@ use crate::state::ApiState;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct CallQuery {
-    #[param(
-        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    )]
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub assistant_id: Option<String>,
     /// `in-progress` or `ended`.
     #[param(value_type = Option<CallStatus>)]
@@ -36,9 +34,7 @@ pub struct CallQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
-    #[param(
-        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    )]
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
 }
 
@@ -51,29 +47,19 @@ pub struct CallPage {
 }
 
 fn time_param(v: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
-    v.map(|s| {
-        rfc3339_to_ms(s)
-            .ok_or_else(|| ApiError::bad_request(format!("{name} must be an RFC 3339 timestamp")))
-    })
-    .transpose()
+    v.map(|s| rfc3339_to_ms(s).ok_or_else(|| ApiError::bad_request(format!("{name} must be an RFC 3339 timestamp"))))
+        .transpose()
 }
 
 /// Lists calls, newest first.
 #[utoipa::path(get, path = "/api/calls", tag = "calls", params(CallQuery),
     responses((status = 200, body = CallPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list(
-    State(s): State<ApiState>,
-    _: Admin,
-    ApiQuery(q): ApiQuery<CallQuery>,
-) -> Result<Json<CallPage>, ApiError> {
+pub async fn list(State(s): State<ApiState>, _: Admin, ApiQuery(q): ApiQuery<CallQuery>) -> Result<Json<CallPage>, ApiError> {
     check_cursor(q.cursor.as_deref())?;
     let status = q
         .status
         .as_deref()
-        .map(|v| {
-            CallStatus::parse(v)
-                .ok_or_else(|| ApiError::bad_request("status must be `in-progress` or `ended`"))
-        })
+        .map(|v| CallStatus::parse(v).ok_or_else(|| ApiError::bad_request("status must be `in-progress` or `ended`")))
         .transpose()?;
     if q.assistant_id.as_deref().is_some_and(|a| !is_id(a)) {
         return Err(ApiError::bad_request("assistantId is not an id"));
@@ -87,28 +73,17 @@ pub async fn list(
         limit: check_limit(q.limit)?,
     };
     let page = s.store.list_calls(&filter).await?;
-    Ok(Json(CallPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(CallPage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// One call with its transcript and per-turn latency.
 #[utoipa::path(get, path = "/api/calls/{id}", tag = "calls", params(("id" = String, Path)),
     responses((status = 200, body = Call), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get(
-    State(s): State<ApiState>,
-    _: Admin,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<Call>, ApiError> {
+pub async fn get(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<String>) -> Result<Json<Call>, ApiError> {
     if !is_id(&id) {
         return Err(ApiError::not_found("call"));
     }
-    s.store
-        .get_call(&id)
-        .await
-        .map(Json)
-        .map_err(|e| not_found_as(e, "call"))
+    s.store.get_call(&id).await.map(Json).map_err(|e| not_found_as(e, "call"))
 }
 
 /// What a call token is for.
@@ -116,9 +91,7 @@ pub async fn get(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewCall {
     /// An existing assistant's id.
-    #[schema(
-        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    )]
+    #[schema(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub assistant_id: String,
 }
 
@@ -147,29 +120,17 @@ pub async fn create(
     ApiJson(body): ApiJson<NewCall>,
 ) -> Result<(axum::http::StatusCode, Json<CallToken>), ApiError> {
     if !is_id(&body.assistant_id) {
-        return Err(ApiError::validation(vec![voxgate_domain::FieldError::new(
-            "assistantId",
-            "is not an id",
-        )]));
+        return Err(ApiError::validation(vec![voxgate_domain::FieldError::new("assistantId", "is not an id")]));
     }
-    s.store
-        .get_assistant(&body.assistant_id)
-        .await
-        .map_err(|e| match e {
-            voxgate_store::StoreError::NotFound => {
-                ApiError::validation(vec![voxgate_domain::FieldError::new(
-                    "assistantId",
-                    "no such assistant",
-                )])
-            }
-            other => other.into(),
-        })?;
+    s.store.get_assistant(&body.assistant_id).await.map_err(|e| match e {
+        voxgate_store::StoreError::NotFound => {
+            ApiError::validation(vec![voxgate_domain::FieldError::new("assistantId", "no such assistant")])
+        }
+        other => other.into(),
+    })?;
     let token = format!("vg_ct_{}", voxgate_domain::key::random_token());
     let hash = voxgate_domain::key::hash_secret(&token);
-    let expires = s
-        .store
-        .create_call_token(&hash, &body.assistant_id, p.key_id(), CALL_TOKEN_TTL_MS)
-        .await?;
+    let expires = s.store.create_call_token(&hash, &body.assistant_id, p.key_id(), CALL_TOKEN_TTL_MS).await?;
     Ok((
         axum::http::StatusCode::CREATED,
         Json(CallToken {
@@ -186,21 +147,12 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/calls/{id}/recording", tag = "calls", params(("id" = String, Path)),
     responses((status = 200, content_type = "audio/wav", description = "the recording"), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn recording(
-    State(s): State<ApiState>,
-    _: Admin,
-    ApiPath(id): ApiPath<String>,
-) -> Result<axum::response::Response, ApiError> {
+pub async fn recording(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<String>) -> Result<axum::response::Response, ApiError> {
     use axum::http::header;
     if !is_id(&id) {
         return Err(ApiError::not_found("call"));
     }
-    let path = s
-        .store
-        .recording_path(&id)
-        .await
-        .map_err(|e| not_found_as(e, "call"))?
-        .ok_or_else(|| ApiError::not_found("recording"))?;
+    let path = s.store.recording_path(&id).await.map_err(|e| not_found_as(e, "call"))?.ok_or_else(|| ApiError::not_found("recording"))?;
     // The path was written by the agent that held the call, never by a client.
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
@@ -208,31 +160,14 @@ pub async fn recording(
             tracing::warn!(call = %id, "the call's recording file is gone");
             return Err(ApiError::not_found("recording"));
         }
-        Err(e) => {
-            return Err(ApiError::new(
-                voxgate_domain::ErrorCode::Internal,
-                format!("opening a recording: {e}"),
-            ));
-        }
+        Err(e) => return Err(ApiError::new(voxgate_domain::ErrorCode::Internal, format!("opening a recording: {e}"))),
     };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                voxgate_domain::ErrorCode::Internal,
-                format!("reading a recording: {e}"),
-            )
-        })?
-        .len();
+    let len = file.metadata().await.map_err(|e| ApiError::new(voxgate_domain::ErrorCode::Internal, format!("reading a recording: {e}")))?.len();
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
     axum::response::Response::builder()
         .header(header::CONTENT_TYPE, "audio/wav")
         .header(header::CONTENT_LENGTH, len)
-        .header(
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{id}.wav\""),
-        )
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.wav\""))
         .body(body)
         .map_err(|e| ApiError::new(voxgate_domain::ErrorCode::Internal, e.to_string()))
 }

@@ -81,10 +81,7 @@ impl ControlMessage {
         }
         // Characters, as the document's maxLength counts them.
         if text.chars().count() > MAX_CONTROL_TEXT {
-            return Err(FieldError::new(
-                field,
-                format!("must be at most {MAX_CONTROL_TEXT} characters"),
-            ));
+            return Err(FieldError::new(field, format!("must be at most {MAX_CONTROL_TEXT} characters")));
         }
         if text.contains('\0') {
             return Err(FieldError::new(field, "must not contain NUL characters"));
@@ -122,11 +119,7 @@ impl Delivery {
 pub trait CallControl: Send + Sync + 'static {
     /// Delivers `msg` to the call `call_id` (checked to be an id). An `Err` is an
     /// outage (the database did not take the notification), logged by the caller.
-    fn deliver(
-        &self,
-        call_id: &str,
-        msg: ControlMessage,
-    ) -> BoxFuture<'_, Result<Delivery, String>>;
+    fn deliver(&self, call_id: &str, msg: ControlMessage) -> BoxFuture<'_, Result<Delivery, String>>;
 }
 
 pub type SharedCallControl = Arc<dyn CallControl>;
@@ -158,51 +151,28 @@ pub async fn control(
         return Err(ApiError::not_found("call"));
     }
     msg.validate().map_err(|f| ApiError::validation(vec![f]))?;
-    let call = s
-        .store
-        .get_call(&id)
-        .await
-        .map_err(|e| not_found_as(e, "call"))?;
+    let call = s.store.get_call(&id).await.map_err(|e| not_found_as(e, "call"))?;
     if call.status != CallStatus::InProgress {
         return Err(ApiError::new(ErrorCode::Conflict, "the call has ended"));
     }
     let Some(control) = &s.call_control else {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "this instance cannot reach live calls",
-        )
-        .with_retry_after(1));
+        return Err(ApiError::new(ErrorCode::Unavailable, "this instance cannot reach live calls").with_retry_after(1));
     };
     let kind = msg.kind();
     let delivery = control.deliver(&id, msg).await.map_err(|e| {
         tracing::error!(error = %e, call = %id, "a control message could not be sent");
-        ApiError::new(
-            ErrorCode::Unavailable,
-            "the message could not be sent to the agents; try again",
-        )
-        .with_retry_after(1)
+        ApiError::new(ErrorCode::Unavailable, "the message could not be sent to the agents; try again").with_retry_after(1)
     })?;
     metrics::counter!("voxgate_call_control_total", "type" => kind, "delivery" => delivery.as_str()).increment(1);
     match delivery {
         Delivery::Local | Delivery::Notified => Ok((
             StatusCode::ACCEPTED,
-            Json(ControlAccepted {
-                call_id: id,
-                kind: kind.into(),
-                delivery: delivery.as_str().into(),
-            }),
+            Json(ControlAccepted { call_id: id, kind: kind.into(), delivery: delivery.as_str().into() }),
         )),
         // The record still says in progress, but no session holds the call: it is
         // ending (its record is written behind it) or was left by a crashed process.
-        Delivery::NotLive => Err(ApiError::new(
-            ErrorCode::Conflict,
-            "the call is not live on any instance this one can reach (it has ended)",
-        )),
-        Delivery::Busy => Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many control messages for this call at once; try again",
-        )
-        .with_retry_after(1)),
+        Delivery::NotLive => Err(ApiError::new(ErrorCode::Conflict, "the call is not live on any instance this one can reach (it has ended)")),
+        Delivery::Busy => Err(ApiError::new(ErrorCode::RateLimited, "too many control messages for this call at once; try again").with_retry_after(1)),
     }
 }
 
@@ -212,15 +182,8 @@ mod tests {
 
     #[test]
     fn messages_parse_strictly() {
-        let ok: ControlMessage =
-            serde_json::from_str(r#"{"type":"add-message","role":"user","content":"hi"}"#).unwrap();
-        assert_eq!(
-            ok,
-            ControlMessage::AddMessage {
-                role: MessageRole::User,
-                content: "hi".into()
-            }
-        );
+        let ok: ControlMessage = serde_json::from_str(r#"{"type":"add-message","role":"user","content":"hi"}"#).unwrap();
+        assert_eq!(ok, ControlMessage::AddMessage { role: MessageRole::User, content: "hi".into() });
         for bad in [
             r#"{"type":"end","extra":1}"#,
             r#"{"type":"hangup"}"#,
@@ -229,47 +192,14 @@ mod tests {
             r#"{"type":"add-message","role":"assistant","content":"x"}"#,
             r#"{"text":"no type"}"#,
         ] {
-            assert!(
-                serde_json::from_str::<ControlMessage>(bad).is_err(),
-                "{bad}"
-            );
+            assert!(serde_json::from_str::<ControlMessage>(bad).is_err(), "{bad}");
         }
         assert!(ControlMessage::Say { text: " ".into() }.validate().is_err());
-        assert!(
-            ControlMessage::Say {
-                text: "a".repeat(MAX_CONTROL_TEXT + 1)
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            ControlMessage::Say {
-                text: "a\0b".into()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            ControlMessage::Say {
-                text: "a".repeat(MAX_CONTROL_TEXT)
-            }
-            .validate()
-            .is_ok()
-        );
+        assert!(ControlMessage::Say { text: "a".repeat(MAX_CONTROL_TEXT + 1) }.validate().is_err());
+        assert!(ControlMessage::Say { text: "a\0b".into() }.validate().is_err());
+        assert!(ControlMessage::Say { text: "a".repeat(MAX_CONTROL_TEXT) }.validate().is_ok());
         // Characters, as the document's maxLength counts them, not bytes.
-        assert!(
-            ControlMessage::Say {
-                text: "é".repeat(MAX_CONTROL_TEXT)
-            }
-            .validate()
-            .is_ok()
-        );
-        assert!(
-            ControlMessage::Say {
-                text: "é".repeat(MAX_CONTROL_TEXT + 1)
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(ControlMessage::Say { text: "é".repeat(MAX_CONTROL_TEXT) }.validate().is_ok());
+        assert!(ControlMessage::Say { text: "é".repeat(MAX_CONTROL_TEXT + 1) }.validate().is_err());
     }
 }

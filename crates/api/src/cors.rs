@@ -30,14 +30,9 @@ impl Origins {
             }
             let lower = raw.trim_end_matches('/').to_ascii_lowercase();
             let ok = (lower.starts_with("http://") || lower.starts_with("https://"))
-                && lower
-                    .split("://")
-                    .nth(1)
-                    .is_some_and(|h| !h.is_empty() && !h.contains('/') && !h.contains('@'));
+                && lower.split("://").nth(1).is_some_and(|h| !h.is_empty() && !h.contains('/') && !h.contains('@'));
             if !ok {
-                return Err(format!(
-                    "{raw:?} is not an origin such as https://app.example.com"
-                ));
+                return Err(format!("{raw:?} is not an origin such as https://app.example.com"));
             }
             o.list.push(lower);
         }
@@ -54,41 +49,21 @@ impl Origins {
     /// whatever the origin; the outer step strips them when the origin is not allowed,
     /// so a stranger learns nothing.
     pub fn layer(&self) -> OriginsLayer {
-        Stack::new(
-            self.cors_layer(),
-            MapResponseLayer::new(strip_unless_allowed as fn(Response) -> Response),
-        )
+        Stack::new(self.cors_layer(), MapResponseLayer::new(strip_unless_allowed as fn(Response) -> Response))
     }
 
     fn cors_layer(&self) -> CorsLayer {
         let allow = if self.any {
             AllowOrigin::any()
         } else {
-            let list: Vec<HeaderValue> = self
-                .list
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect();
+            let list: Vec<HeaderValue> = self.list.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
             AllowOrigin::list(list)
         };
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([
-                Method::GET,
-                Method::POST,
-                Method::PATCH,
-                Method::PUT,
-                Method::DELETE,
-            ])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::HeaderName::from_static("x-request-id"),
-            ])
-            .expose_headers([
-                header::RETRY_AFTER,
-                header::HeaderName::from_static("x-request-id"),
-            ])
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-request-id")])
+            .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static("x-request-id")])
             .max_age(std::time::Duration::from_secs(600))
     }
 }
@@ -98,11 +73,7 @@ impl Origins {
 fn strip_unless_allowed(mut res: Response) -> Response {
     let h = res.headers_mut();
     if !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        let names: Vec<_> = h
-            .keys()
-            .filter(|k| k.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
+        let names: Vec<_> = h.keys().filter(|k| k.as_str().starts_with("access-control-")).cloned().collect();
         for name in names {
             h.remove(name);
         }
@@ -113,9 +84,9 @@ fn strip_unless_allowed(mut res: Response) -> Response {
 /// True when the `Origin` header names the same site as the request's `Host`.
 pub fn same_origin(origin: &str, host: Option<&str>) -> bool {
     let Some(host) = host else { return false };
-    origin.split_once("://").is_some_and(|(scheme, h)| {
-        (scheme == "http" || scheme == "https") && h.eq_ignore_ascii_case(host)
-    })
+    origin
+        .split_once("://")
+        .is_some_and(|(scheme, h)| (scheme == "http" || scheme == "https") && h.eq_ignore_ascii_case(host))
 }
 
 #[cfg(test)]
@@ -133,10 +104,7 @@ mod tests {
         assert!(Origins::parse("javascript:alert(1)").is_err());
         assert!(Origins::parse("*").unwrap().allows("https://x.y"));
         assert!(same_origin("http://127.0.0.1:3010", Some("127.0.0.1:3010")));
-        assert!(!same_origin(
-            "http://127.0.0.1:3011",
-            Some("127.0.0.1:3010")
-        ));
+        assert!(!same_origin("http://127.0.0.1:3011", Some("127.0.0.1:3010")));
         assert!(!same_origin("null", Some("127.0.0.1:3010")));
     }
 }

@@ -46,12 +46,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            message: message.into(),
-            fields: Vec::new(),
-            retry_after: None,
-        }
+        ApiError { code, message: message.into(), fields: Vec::new(), retry_after: None }
     }
 
     pub fn not_found(what: &str) -> ApiError {
@@ -75,12 +70,7 @@ impl ApiError {
             [one] => format!("{}: {}", one.field, one.message),
             many => format!("{} fields are invalid", many.len()),
         };
-        ApiError {
-            code: ErrorCode::ValidationFailed,
-            message,
-            fields,
-            retry_after: None,
-        }
+        ApiError { code: ErrorCode::ValidationFailed, message, fields, retry_after: None }
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> ApiError {
@@ -89,10 +79,7 @@ impl ApiError {
     }
 
     fn internal() -> ApiError {
-        ApiError::new(
-            ErrorCode::Internal,
-            "internal error; the request id in the x-request-id header identifies it in the logs",
-        )
+        ApiError::new(ErrorCode::Internal, "internal error; the request id in the x-request-id header identifies it in the logs")
     }
 }
 
@@ -100,16 +87,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::not_found("resource"),
-            StoreError::Conflict(_) => {
-                ApiError::new(ErrorCode::Conflict, "the resource already exists")
-            }
+            StoreError::Conflict(_) => ApiError::new(ErrorCode::Conflict, "the resource already exists"),
             StoreError::Unavailable(msg) => {
                 tracing::error!(error = %msg, "database unavailable");
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the database is unavailable; try again",
-                )
-                .with_retry_after(1)
+                ApiError::new(ErrorCode::Unavailable, "the database is unavailable; try again").with_retry_after(1)
             }
             other => {
                 // Logged here, with the request's span (and so its id); never echoed.
@@ -122,19 +103,11 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.as_str(),
-                message: self.message,
-                fields: self.fields,
-            },
-        };
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody { error: ErrorDetail { code: self.code.as_str(), message: self.message, fields: self.fields } };
         let mut res = (status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         res.extensions_mut().insert(Normalized);
         res
@@ -161,10 +134,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Err(rej) => return Err(json_rejection(rej)),
         };
         if !value.is_object() {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "",
-                "the body must be a JSON object",
-            )]));
+            return Err(ApiError::validation(vec![FieldError::new("", "the body must be a JSON object")]));
         }
         let mut track = serde_path_to_error::Track::new();
         let de = serde_path_to_error::Deserializer::new(value, &mut track);
@@ -182,21 +152,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(rej: JsonRejection) -> ApiError {
     match rej {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "expected a body with `Content-Type: application/json`",
-        ),
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("the body is not valid JSON: {}", source_text(&e)),
-        ),
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(ErrorCode::ValidationFailed, source_text(&e))
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::new(ErrorCode::UnsupportedMediaType, "expected a body with `Content-Type: application/json`")
         }
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            "the body is larger than this endpoint accepts",
-        ),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {}", source_text(&e))),
+        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::ValidationFailed, source_text(&e)),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than this endpoint accepts")
+        }
         other => ApiError::bad_request(other.body_text()),
     }
 }
@@ -217,10 +180,7 @@ pub struct ApiPath<T>(pub T);
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
@@ -234,16 +194,11 @@ pub struct ApiQuery<T>(pub T);
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
         // No parameter of this API holds a NUL byte, and PostgreSQL refuses one in
         // text (it would come back as a 500 from the filter it reached).
         if parts.uri.query().is_some_and(|q| q.contains("%00")) {
-            return Err(ApiError::bad_request(
-                "a query parameter holds a NUL byte (%00)",
-            ));
+            return Err(ApiError::bad_request("a query parameter holds a NUL byte (%00)"));
         }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
@@ -258,9 +213,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
 pub async fn normalize_errors(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || res.extensions().get::<Normalized>().is_some()
-    {
+    if !(status.is_client_error() || status.is_server_error()) || res.extensions().get::<Normalized>().is_some() {
         return res;
     }
     let code = ErrorCode::from_status(status.as_u16());
@@ -273,19 +226,10 @@ pub async fn normalize_errors(req: Request, next: Next) -> Response {
         _ => status.canonical_reason().unwrap_or("error").to_string(),
     };
     let (mut parts, _) = res.into_parts();
-    let fresh = ApiError {
-        code,
-        message,
-        fields: Vec::new(),
-        retry_after: None,
-    }
-    .into_response();
+    let fresh = ApiError { code, message, fields: Vec::new(), retry_after: None }.into_response();
     let (fresh_parts, body): (_, Body) = fresh.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        fresh_parts.headers[header::CONTENT_TYPE].clone(),
-    );
+    parts.headers.insert(header::CONTENT_TYPE, fresh_parts.headers[header::CONTENT_TYPE].clone());
     parts.extensions.insert(Normalized);
     Response::from_parts(parts, body)
 }

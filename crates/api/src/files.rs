@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -66,10 +66,7 @@ fn extract_error(e: &ExtractError) -> ApiError {
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            "the upload is larger than UPLOAD_MAX_BYTES allows",
-        )
+        ApiError::new(ErrorCode::PayloadTooLarge, "the upload is larger than UPLOAD_MAX_BYTES allows")
     } else {
         ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
     }
@@ -104,20 +101,12 @@ pub async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<FileRecord>), ApiError> {
     let mut multipart = multipart.map_err(|e| {
-        ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            format!(
-                "send the file as multipart/form-data in a field named `file` ({})",
-                e.body_text()
-            ),
-        )
+        ApiError::new(ErrorCode::UnsupportedMediaType, format!("send the file as multipart/form-data in a field named `file` ({})", e.body_text()))
     })?;
     let mut upload: Option<(String, Vec<u8>)> = None;
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         if field.name() != Some("file") {
-            return Err(ApiError::bad_request(
-                "unexpected multipart field; send exactly one field named `file`",
-            ));
+            return Err(ApiError::bad_request("unexpected multipart field; send exactly one field named `file`"));
         }
         if upload.is_some() {
             return Err(ApiError::bad_request("send one file per request"));
@@ -126,35 +115,22 @@ pub async fn upload(
         let mut bytes = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
             if bytes.len() + chunk.len() > s.config.upload_limit {
-                return Err(ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "the upload is larger than UPLOAD_MAX_BYTES allows",
-                ));
+                return Err(ApiError::new(ErrorCode::PayloadTooLarge, "the upload is larger than UPLOAD_MAX_BYTES allows"));
             }
             bytes.extend_from_slice(&chunk);
         }
         upload = Some((name, bytes));
     }
     let Some((declared_name, bytes)) = upload else {
-        return Err(ApiError::bad_request(
-            "no file: send it in a multipart field named `file`",
-        ));
+        return Err(ApiError::bad_request("no file: send it in a multipart field named `file`"));
     };
 
     // Extract now (bounded by the limits; a PDF can take a while, so off the
     // runtime's threads): a file that cannot be read is refused before it is kept.
-    let limits = Limits {
-        max_input_bytes: s.config.upload_limit,
-        ..Limits::default()
-    };
-    let (document, bytes) = tokio::task::spawn_blocking(move || {
-        (
-            voxgate_knowledge::extract(&bytes, &declared_name, &limits),
-            bytes,
-        )
-    })
-    .await
-    .map_err(|_| ApiError::new(ErrorCode::Internal, "reading the file failed"))?;
+    let limits = Limits { max_input_bytes: s.config.upload_limit, ..Limits::default() };
+    let (document, bytes) = tokio::task::spawn_blocking(move || (voxgate_knowledge::extract(&bytes, &declared_name, &limits), bytes))
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "reading the file failed"))?;
     let document = document.map_err(|e| extract_error(&e))?;
 
     let id = new_id();
@@ -164,11 +140,7 @@ pub async fn upload(
     let size = bytes.len() as i64;
     write_atomically(&dir, &path, bytes).await.map_err(|e| {
         tracing::error!(error = %e, dir = %dir.display(), "cannot keep an uploaded file");
-        ApiError::new(
-            ErrorCode::Unavailable,
-            "the server cannot store files right now",
-        )
-        .with_retry_after(5)
+        ApiError::new(ErrorCode::Unavailable, "the server cannot store files right now").with_retry_after(5)
     })?;
     let record = FileRecord {
         id: id.clone(),
@@ -192,9 +164,7 @@ pub async fn upload(
     metrics::counter!("voxgate_files_uploaded_total").increment(1);
     match &s.file_jobs {
         Some(jobs) => jobs.submit(&id),
-        None => {
-            tracing::warn!(file = %id, "no file processor on this instance; the file stays processing until one starts")
-        }
+        None => tracing::warn!(file = %id, "no file processor on this instance; the file stays processing until one starts"),
     }
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
@@ -209,62 +179,37 @@ async fn write_atomically(dir: &Path, path: &Path, bytes: Vec<u8>) -> std::io::R
 /// Lists files, newest first.
 #[utoipa::path(get, path = "/api/files", tag = "files", params(PageQuery),
     responses((status = 200, body = FilePage), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list(
-    State(s): State<ApiState>,
-    _: Admin,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<FilePage>, ApiError> {
+pub async fn list(State(s): State<ApiState>, _: Admin, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Json<FilePage>, ApiError> {
     let limit = check_limit(q.limit)?;
     check_cursor(q.cursor.as_deref())?;
     let page = s.store.list_files(limit, q.cursor.as_deref()).await?;
-    Ok(Json(FilePage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(FilePage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// Reads one file's record: its processing status, chunk count, or why it failed.
 #[utoipa::path(get, path = "/api/files/{id}", tag = "files", params(("id" = String, Path)),
     responses((status = 200, body = FileRecord), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get(
-    State(s): State<ApiState>,
-    _: Admin,
-    ApiPath(id): ApiPath<String>,
-) -> Result<Json<FileRecord>, ApiError> {
+pub async fn get(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<String>) -> Result<Json<FileRecord>, ApiError> {
     if !is_id(&id) {
         return Err(ApiError::not_found("file"));
     }
-    s.store
-        .get_file(&id)
-        .await
-        .map(Json)
-        .map_err(|e| not_found_as(e, "file"))
+    s.store.get_file(&id).await.map(Json).map_err(|e| not_found_as(e, "file"))
 }
 
 /// Deletes a file, its chunks and its bytes. Assistants that list it stop
 /// retrieving from it at their next call.
 #[utoipa::path(delete, path = "/api/files/{id}", tag = "files", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn delete(
-    State(s): State<ApiState>,
-    _: Admin,
-    ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete(State(s): State<ApiState>, _: Admin, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
     if !is_id(&id) {
         return Err(ApiError::not_found("file"));
     }
-    let record = s
-        .store
-        .delete_file(&id)
-        .await
-        .map_err(|e| not_found_as(e, "file"))?;
+    let record = s.store.delete_file(&id).await.map_err(|e| not_found_as(e, "file"))?;
     if let Some(path) = stored_at(&s.config.files_dir, &record.storage_path) {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(error = %e, file = %id, "the file's record is gone but its bytes could not be removed")
-            }
+            Err(e) => tracing::warn!(error = %e, file = %id, "the file's record is gone but its bytes could not be removed"),
         }
     }
     Ok(StatusCode::NO_CONTENT)

@@ -57,10 +57,7 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
     }
 }
 
@@ -82,11 +79,7 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
         return ops;
     }
     ops.routes(routes!(assistants::list, assistants::create))
-        .routes(routes!(
-            assistants::get,
-            assistants::update,
-            assistants::delete
-        ))
+        .routes(routes!(assistants::get, assistants::update, assistants::delete))
         .routes(routes!(calls::list, calls::create))
         .routes(routes!(calls::get))
         .routes(routes!(calls::recording))
@@ -105,9 +98,7 @@ fn routes(mount: Mount) -> OpenApiRouter<ApiState> {
 
 /// The OpenAPI document of every route, generated from the handlers.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut doc) = routes(Mount::Full)
-        .route("/api/openapi.json", axum::routing::get(|| async {}))
-        .split_for_parts();
+    let (_, mut doc) = routes(Mount::Full).route("/api/openapi.json", axum::routing::get(|| async {})).split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     openapi_doc::add_layer_errors(&mut doc);
     openapi_doc::merge_flattened_objects(&mut doc);
@@ -135,18 +126,9 @@ const REFUSED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5
 /// sending it (a browser uploading a file that is too big) reads its 413. Without
 /// this the connection closed with the body unread, the client's next write met a
 /// reset, and it saw a broken pipe instead of the answer.
-async fn body_limits(
-    body_limit: usize,
-    upload_limit: usize,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+async fn body_limits(body_limit: usize, upload_limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use tower::{Layer, ServiceExt};
-    let limit = if ratelimit::is_upload(req.method(), req.uri().path()) {
-        upload_limit
-    } else {
-        body_limit
-    };
+    let limit = if ratelimit::is_upload(req.method(), req.uri().path()) { upload_limit } else { body_limit };
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -156,11 +138,7 @@ async fn body_limits(
         if n <= REFUSED_DRAIN_MAX {
             tokio::spawn(drain(req.into_body(), n));
         }
-        return ApiError::new(
-            voxgate_domain::ErrorCode::PayloadTooLarge,
-            "the body is larger than this endpoint accepts",
-        )
-        .into_response();
+        return ApiError::new(voxgate_domain::ErrorCode::PayloadTooLarge, "the body is larger than this endpoint accepts").into_response();
     }
     match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {
         Ok(res) => res.into_response(),
@@ -193,12 +171,7 @@ pub fn router(state: ApiState, mount: Mount) -> Router {
             "/api/openapi.json",
             axum::routing::get(move || {
                 let doc = doc.clone();
-                async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        doc,
-                    )
-                }
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
     } else {
@@ -212,25 +185,11 @@ pub fn router(state: ApiState, mount: Mount) -> Router {
         // `{*rest}` needs a segment: `/api` and `/api/` are ours too (JSON 404s).
         .route("/api", axum::routing::any(no_such_route))
         .route("/api/", axum::routing::any(no_such_route))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            body_limits(body_limit, upload_limit, req, next)
-        }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            cfg.request_timeout,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::limit_by_caller,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_auth,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::limit_by_ip,
-        ))
+        .layer(axum::middleware::from_fn(move |req, next| body_limits(body_limit, upload_limit, req, next)))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.request_timeout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_by_caller))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_by_ip))
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(cfg.allowed_origins.layer())
         .layer(axum::middleware::from_fn(error::normalize_errors))

@@ -18,8 +18,7 @@ use crate::state::ApiState;
 /// Latency buckets in seconds: fine below 100 ms, where HTTP and voice stages live,
 /// with one at 20 ms, the frame and the platform's own latency budget.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    30.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -37,9 +36,7 @@ pub fn install() -> PrometheusHandle {
             // handle renders only what we record through it, which is still correct
             // for the scrape but empty. Say so rather than panic.
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed; /api/metrics will be empty"
-                );
+                tracing::warn!("a metrics recorder was already installed; /api/metrics will be empty");
             }
             handle
         })
@@ -61,21 +58,12 @@ pub async fn track_http(req: Request, next: Next) -> Response {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route),
-        ("status", status),
-    ];
+    let labels = [("method", method.to_owned()), ("route", route), ("status", status)];
     metrics::counter!("voxgate_http_requests_total", &labels).increment(1);
-    metrics::histogram!("voxgate_http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
+    metrics::histogram!("voxgate_http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
     res
 }
 
@@ -95,22 +83,14 @@ pub fn resident_memory_bytes() -> Option<u64> {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")),
     security(("bearer" = []))
 )]
-pub async fn metrics(
-    State(state): State<ApiState>,
-    Caller(p): Caller,
-) -> Result<Response, ApiError> {
+pub async fn metrics(State(state): State<ApiState>, Caller(p): Caller) -> Result<Response, ApiError> {
     if !(p.is_admin() || matches!(p, crate::auth::Principal::Metrics)) {
-        return Err(ApiError::forbidden(
-            "metrics need a private key or METRICS_TOKEN",
-        ));
+        return Err(ApiError::forbidden("metrics need a private key or METRICS_TOKEN"));
     }
     for (pool, s) in state.store.pool_stats() {
-        metrics::gauge!("voxgate_db_pool_connections", "pool" => pool, "state" => "open")
-            .set(s.size as f64);
-        metrics::gauge!("voxgate_db_pool_connections", "pool" => pool, "state" => "idle")
-            .set(s.idle as f64);
-        metrics::gauge!("voxgate_db_pool_connections", "pool" => pool, "state" => "in_use")
-            .set(s.size.saturating_sub(s.idle) as f64);
+        metrics::gauge!("voxgate_db_pool_connections", "pool" => pool, "state" => "open").set(s.size as f64);
+        metrics::gauge!("voxgate_db_pool_connections", "pool" => pool, "state" => "idle").set(s.idle as f64);
+        metrics::gauge!("voxgate_db_pool_connections", "pool" => pool, "state" => "in_use").set(s.size.saturating_sub(s.idle) as f64);
         metrics::gauge!("voxgate_db_pool_max_connections", "pool" => pool).set(s.max as f64);
     }
     if let Some(rss) = resident_memory_bytes() {
@@ -124,18 +104,7 @@ pub async fn metrics(
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         metrics::gauge!("voxgate_runtime_alive_tasks").set(rt.metrics().num_alive_tasks() as f64);
     }
-    metrics::gauge!("voxgate_draining").set(if state.lifecycle.is_draining() {
-        1.0
-    } else {
-        0.0
-    });
+    metrics::gauge!("voxgate_draining").set(if state.lifecycle.is_draining() { 1.0 } else { 0.0 });
     let body = state.metrics.render();
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }

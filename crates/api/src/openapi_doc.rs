@@ -105,9 +105,7 @@ pub fn add_layer_errors(doc: &mut utoipa::openapi::OpenApi) {
 }
 
 /// Every operation of a path item.
-fn operations_mut(
-    item: &mut utoipa::openapi::path::PathItem,
-) -> impl Iterator<Item = &mut Operation> {
+fn operations_mut(item: &mut utoipa::openapi::path::PathItem) -> impl Iterator<Item = &mut Operation> {
     [
         &mut item.get,
         &mut item.put,

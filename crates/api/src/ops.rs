@@ -21,10 +21,7 @@ pub struct Status {
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/api/health", tag = "operations", responses((status = 200, body = Status)))]
 pub async fn health() -> Json<Status> {
-    Json(Status {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-    })
+    Json(Status { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
 /// Readiness: the database answers and the process is not draining.
@@ -36,26 +33,14 @@ pub async fn health() -> Json<Status> {
 )]
 pub async fn ready(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
     if state.lifecycle.is_draining() {
-        return Err(
-            ApiError::new(ErrorCode::Unavailable, "this instance is draining").with_retry_after(5),
-        );
+        return Err(ApiError::new(ErrorCode::Unavailable, "this instance is draining").with_retry_after(5));
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(Status {
-            status: "ready",
-            version: env!("CARGO_PKG_VERSION"),
-        })),
+        Ok(Ok(())) => Ok(Json(Status { status: "ready", version: env!("CARGO_PKG_VERSION") })),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
-            Err(
-                ApiError::new(ErrorCode::Unavailable, "the database is unreachable")
-                    .with_retry_after(5),
-            )
+            Err(ApiError::new(ErrorCode::Unavailable, "the database is unreachable").with_retry_after(5))
         }
-        Err(_) => Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "the database did not answer in time",
-        )
-        .with_retry_after(5)),
+        Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "the database did not answer in time").with_retry_after(5)),
     }
 }

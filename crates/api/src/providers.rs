@@ -37,9 +37,6 @@ pub struct OpenAiInfo {
 
 /// Describes the providers calls run on (private keys and administrators).
 #[utoipa::path(get, path = "/api/providers", tag = "operations", responses((status = 200, body = ProviderInfo)), security(("bearer" = [])))]
-pub async fn providers(
-    _: Admin,
-    State(state): State<ApiState>,
-) -> Result<Json<ProviderInfo>, ApiError> {
+pub async fn providers(_: Admin, State(state): State<ApiState>) -> Result<Json<ProviderInfo>, ApiError> {
     Ok(Json(state.config.providers.clone()))
 }

@@ -70,13 +70,8 @@ impl Rate {
         if s.eq_ignore_ascii_case("off") || s == "0" {
             return Ok(None);
         }
-        let (n, unit) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?}: expected N/s, N/min, N/h or off"))?;
-        let burst: u32 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?}: {n:?} is not a count"))?;
+        let (n, unit) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected N/s, N/min, N/h or off"))?;
+        let burst: u32 = n.trim().parse().map_err(|_| format!("{s:?}: {n:?} is not a count"))?;
         let per = match unit.trim() {
             "s" | "sec" | "second" => Duration::from_secs(1),
             "m" | "min" | "minute" => Duration::from_secs(60),
@@ -103,12 +98,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        let r = |burst, secs| {
-            Some(Rate {
-                burst,
-                per: Duration::from_secs(secs),
-            })
-        };
+        let r = |burst, secs| Some(Rate { burst, per: Duration::from_secs(secs) });
         Limits {
             api: r(1200, 60),
             api_ip: r(2400, 60),
@@ -141,11 +131,7 @@ impl RateLimiter {
     pub fn new(l: &Limits) -> RateLimiter {
         RateLimiter {
             by_caller: [limiter(l.api), limiter(l.uploads), limiter(l.calls)],
-            by_ip: [
-                limiter(l.api_ip),
-                limiter(l.uploads_ip),
-                limiter(l.calls_ip),
-            ],
+            by_ip: [limiter(l.api_ip), limiter(l.uploads_ip), limiter(l.calls_ip)],
             checks: AtomicU64::new(0),
         }
     }
@@ -162,9 +148,7 @@ impl RateLimiter {
     /// `Err(seconds)` when it is over the limit.
     fn check(&self, group: Group, by_ip: bool, who: &str) -> Result<(), u64> {
         let set = if by_ip { &self.by_ip } else { &self.by_caller };
-        let Some(l) = &set[Self::idx(group)] else {
-            return Ok(());
-        };
+        let Some(l) = &set[Self::idx(group)] else { return Ok(()) };
         // Forget idle buckets now and then, so the maps do not grow without bound.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 8192 == 8191 {
             for l in self.by_ip.iter().chain(&self.by_caller).flatten() {
@@ -182,23 +166,17 @@ impl RateLimiter {
 
     /// The address check for `group`, as an API error.
     pub fn check_ip(&self, group: Group, ip: &str) -> Result<(), ApiError> {
-        self.check(group, true, ip)
-            .map_err(|s| limited(s, "this address"))
+        self.check(group, true, ip).map_err(|s| limited(s, "this address"))
     }
 
     /// The caller check for `group`, as an API error.
     pub fn check_caller(&self, group: Group, principal: &Principal) -> Result<(), ApiError> {
-        self.check(group, false, &principal.bucket())
-            .map_err(|s| limited(s, "this key"))
+        self.check(group, false, &principal.bucket()).map_err(|s| limited(s, "this key"))
     }
 }
 
 fn limited(secs: u64, whom: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::RateLimited,
-        format!("too many requests from {whom}; retry after {secs} s"),
-    )
-    .with_retry_after(secs)
+    ApiError::new(ErrorCode::RateLimited, format!("too many requests from {whom}; retry after {secs} s")).with_retry_after(secs)
 }
 
 /// The client's address: the socket peer, or with `trust_proxy` the last address
@@ -217,16 +195,12 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_proxy: boo
     {
         return ip.to_string();
     }
-    peer.map(|p| p.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "unknown".into())
 }
 
 /// Middleware: the per-address limit, before authentication.
 pub async fn limit_by_ip(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let ip = client_ip(req.headers(), peer, state.config.trust_proxy);
     let group = Group::of(req.method(), req.uri().path());
     if let Err(e) = state.limiter.check_ip(group, &ip) {
@@ -252,13 +226,7 @@ mod tests {
 
     #[test]
     fn rates_parse() {
-        assert_eq!(
-            Rate::parse("10/min").unwrap(),
-            Some(Rate {
-                burst: 10,
-                per: Duration::from_secs(60)
-            })
-        );
+        assert_eq!(Rate::parse("10/min").unwrap(), Some(Rate { burst: 10, per: Duration::from_secs(60) }));
         assert_eq!(Rate::parse("off").unwrap(), None);
         assert_eq!(Rate::parse("0").unwrap(), None);
         assert!(Rate::parse("ten/min").is_err());
@@ -268,13 +236,7 @@ mod tests {
 
     #[test]
     fn over_the_limit_is_refused_with_a_wait_and_others_are_not() {
-        let l = RateLimiter::new(&Limits {
-            api: Some(Rate {
-                burst: 2,
-                per: Duration::from_secs(60),
-            }),
-            ..Default::default()
-        });
+        let l = RateLimiter::new(&Limits { api: Some(Rate { burst: 2, per: Duration::from_secs(60) }), ..Default::default() });
         assert!(l.check(Group::Api, false, "a").is_ok());
         assert!(l.check(Group::Api, false, "a").is_ok());
         let wait = l.check(Group::Api, false, "a").unwrap_err();

@@ -159,14 +159,8 @@ pub fn rms(frame: &[i16]) -> f32 {
     // shorter than 2^34 samples. Half the time of squaring each sample into an i64.
     let square = |s: i16| (i32::from(s) * i32::from(s)) as u32;
     let mut pairs = frame.chunks_exact(2);
-    let mut sum: u64 = (&mut pairs)
-        .map(|p| u64::from(square(p[0]) + square(p[1])))
-        .sum();
-    sum += pairs
-        .remainder()
-        .iter()
-        .map(|&s| u64::from(square(s)))
-        .sum::<u64>();
+    let mut sum: u64 = (&mut pairs).map(|p| u64::from(square(p[0]) + square(p[1]))).sum();
+    sum += pairs.remainder().iter().map(|&s| u64::from(square(s))).sum::<u64>();
     let mean = sum as f64 / frame.len() as f64;
     ((mean.sqrt() / 32768.0) as f32).min(1.0)
 }

@@ -325,19 +325,13 @@ fn silence_under_the_volume_floor_is_not_scored_past_a_short_dip() {
     // 50 quiet frames, then 10 loud voiced ones: the detector scores the first 8
     // quiet frames (a dip inside speech keeps its context), is reset once, skipped
     // for the other 42, and scores the loud frames from a fresh state.
-    let scores: VecDeque<f32> = std::iter::repeat_n(0.1, 8)
-        .chain(std::iter::repeat_n(0.9, 10))
-        .collect();
+    let scores: VecDeque<f32> = std::iter::repeat_n(0.1, 8).chain(std::iter::repeat_n(0.9, 10)).collect();
     let mut vad = VadMachine::new(Scripted { scores, resets: 0 }, PARAMS).unwrap();
     let mut audio = vec![100i16; 50 * 160];
     audio.extend(std::iter::repeat_n(LOUD, 10 * 160));
     let mut events = Vec::new();
     vad.push(&audio, &mut events);
-    assert_eq!(
-        vad.detector().scores.len(),
-        0,
-        "every scripted score was used: 8 quiet + 10 loud frames scored"
-    );
+    assert_eq!(vad.detector().scores.len(), 0, "every scripted score was used: 8 quiet + 10 loud frames scored");
     assert_eq!(vad.detector().resets, 1);
     // Voiced from frame 50 (500 ms); start_ms 50 → speech at the end of frame 54.
     assert_eq!(events, vec![VadEvent::SpeechStarted { at_ms: 550 }]);

@@ -75,13 +75,7 @@ pub struct ModelSettings {
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        ModelSettings {
-            provider: Provider::Local,
-            model: None,
-            temperature: 0.7,
-            max_tokens: 250,
-            base_url: None,
-        }
+        ModelSettings { provider: Provider::Local, model: None, temperature: 0.7, max_tokens: 250, base_url: None }
     }
 }
 
@@ -101,13 +95,7 @@ pub struct VoiceSettings {
 
 impl Default for VoiceSettings {
     fn default() -> Self {
-        VoiceSettings {
-            provider: Provider::Local,
-            voice: None,
-            model: None,
-            speed: 1.0,
-            base_url: None,
-        }
+        VoiceSettings { provider: Provider::Local, voice: None, model: None, speed: 1.0, base_url: None }
     }
 }
 
@@ -141,12 +129,7 @@ pub struct EndpointingSettings {
 
 impl Default for EndpointingSettings {
     fn default() -> Self {
-        EndpointingSettings {
-            silence_ms: 500,
-            vad_confidence: 0.7,
-            vad_start_ms: 200,
-            min_volume: 0.0,
-        }
+        EndpointingSettings { silence_ms: 500, vad_confidence: 0.7, vad_start_ms: 200, min_volume: 0.0 }
     }
 }
 
@@ -168,12 +151,7 @@ pub struct InterruptionSettings {
 
 impl Default for InterruptionSettings {
     fn default() -> Self {
-        InterruptionSettings {
-            enabled: true,
-            min_voiced_ms: 300,
-            min_words: 0,
-            backoff_ms: 0,
-        }
+        InterruptionSettings { enabled: true, min_voiced_ms: 300, min_words: 0, backoff_ms: 0 }
     }
 }
 
@@ -312,8 +290,7 @@ impl Default for AssistantSpec {
     fn default() -> Self {
         AssistantSpec {
             name: String::new(),
-            system_prompt: "You are a helpful voice assistant. Keep answers short and spoken."
-                .into(),
+            system_prompt: "You are a helpful voice assistant. Keep answers short and spoken.".into(),
             first_message: Some("Hello! How can I help you today?".into()),
             first_message_mode: FirstMessageMode::default(),
             transcriber: TranscriberSettings::default(),
@@ -362,65 +339,32 @@ impl AssistantSpec {
             }
         };
 
-        check(
-            !self.name.trim().is_empty(),
-            "name",
-            "must not be empty".into(),
-        );
-        check(
-            self.name.chars().count() <= NAME_MAX,
-            "name",
-            format!("must be at most {NAME_MAX} characters"),
-        );
+        check(!self.name.trim().is_empty(), "name", "must not be empty".into());
+        check(self.name.chars().count() <= NAME_MAX, "name", format!("must be at most {NAME_MAX} characters"));
         // A name is one line: unlike free text, no newline or tab either.
-        check(
-            !self.name.chars().any(char::is_control),
-            "name",
-            "must not contain control characters".into(),
-        );
+        check(!self.name.chars().any(char::is_control), "name", "must not contain control characters".into());
         if let Some(r) = &self.realtime {
             for (field, value) in [("realtime.model", &r.model), ("realtime.voice", &r.voice)] {
                 if let Some(v) = value {
-                    let ok = !v.trim().is_empty()
-                        && v.chars().count() <= 100
-                        && !v.chars().any(char::is_control);
-                    check(
-                        ok,
-                        field,
-                        "must be 1 to 100 characters, without control characters".into(),
-                    );
+                    let ok = !v.trim().is_empty() && v.chars().count() <= 100 && !v.chars().any(char::is_control);
+                    check(ok, field, "must be 1 to 100 characters, without control characters".into());
                 }
             }
         }
         // Characters, as the document's maxLength counts them.
-        check(
-            self.system_prompt.chars().count() <= PROMPT_MAX,
-            "systemPrompt",
-            format!("must be at most {PROMPT_MAX} characters"),
-        );
+        check(self.system_prompt.chars().count() <= PROMPT_MAX, "systemPrompt", format!("must be at most {PROMPT_MAX} characters"));
         if let Some(m) = &self.first_message {
-            check(
-                m.chars().count() <= FIRST_MESSAGE_MAX,
-                "firstMessage",
-                format!("must be at most {FIRST_MESSAGE_MAX} characters"),
-            );
+            check(m.chars().count() <= FIRST_MESSAGE_MAX, "firstMessage", format!("must be at most {FIRST_MESSAGE_MAX} characters"));
         }
         check(
             self.first_message_mode == FirstMessageMode::UserSpeaksFirst
-                || self
-                    .first_message
-                    .as_deref()
-                    .is_some_and(|m| !m.trim().is_empty()),
+                || self.first_message.as_deref().is_some_and(|m| !m.trim().is_empty()),
             "firstMessage",
             "is required when the assistant speaks first".into(),
         );
 
         for (prefix, model, base_url) in [
-            (
-                "transcriber",
-                &self.transcriber.model,
-                &self.transcriber.base_url,
-            ),
+            ("transcriber", &self.transcriber.model, &self.transcriber.base_url),
             ("model", &self.model.model, &self.model.base_url),
             ("voice", &self.voice.model, &self.voice.base_url),
         ] {
@@ -432,109 +376,50 @@ impl AssistantSpec {
                 );
             }
             if let Some(u) = base_url {
-                check(
-                    is_http_url(u),
-                    &format!("{prefix}.baseUrl"),
-                    "must be an http or https URL".into(),
-                );
+                check(is_http_url(u), &format!("{prefix}.baseUrl"), "must be an http or https URL".into());
             }
         }
         if let Some(lang) = &self.transcriber.language {
             check(
-                (2..=35).contains(&lang.len())
-                    && lang.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                (2..=35).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
                 "transcriber.language",
                 "must be a language tag such as `en` or `en-US`".into(),
             );
         }
         if let Some(v) = &self.voice.voice {
-            check(
-                !v.trim().is_empty() && v.len() <= MODEL_NAME_MAX && !has_control(v),
-                "voice.voice",
-                "must be a voice name".into(),
-            );
+            check(!v.trim().is_empty() && v.len() <= MODEL_NAME_MAX && !has_control(v), "voice.voice", "must be a voice name".into());
         }
-        check(
-            (0.0..=2.0).contains(&self.model.temperature),
-            "model.temperature",
-            "must be between 0 and 2".into(),
-        );
-        check(
-            (1..=16_384).contains(&self.model.max_tokens),
-            "model.maxTokens",
-            "must be between 1 and 16384".into(),
-        );
-        check(
-            (0.25..=4.0).contains(&self.voice.speed),
-            "voice.speed",
-            "must be between 0.25 and 4".into(),
-        );
+        check((0.0..=2.0).contains(&self.model.temperature), "model.temperature", "must be between 0 and 2".into());
+        check((1..=16_384).contains(&self.model.max_tokens), "model.maxTokens", "must be between 1 and 16384".into());
+        check((0.25..=4.0).contains(&self.voice.speed), "voice.speed", "must be between 0.25 and 4".into());
 
         let e = &self.endpointing;
         check(
             (SILENCE_MS_RANGE.0..=SILENCE_MS_RANGE.1).contains(&e.silence_ms),
             "endpointing.silenceMs",
-            format!(
-                "must be between {} and {}",
-                SILENCE_MS_RANGE.0, SILENCE_MS_RANGE.1
-            ),
+            format!("must be between {} and {}", SILENCE_MS_RANGE.0, SILENCE_MS_RANGE.1),
         );
-        check(
-            (0.0..=1.0).contains(&e.vad_confidence),
-            "endpointing.vadConfidence",
-            "must be between 0 and 1".into(),
-        );
-        check(
-            e.vad_start_ms <= 2000,
-            "endpointing.vadStartMs",
-            "must be at most 2000".into(),
-        );
-        check(
-            (0.0..=1.0).contains(&e.min_volume),
-            "endpointing.minVolume",
-            "must be between 0 and 1".into(),
-        );
+        check((0.0..=1.0).contains(&e.vad_confidence), "endpointing.vadConfidence", "must be between 0 and 1".into());
+        check(e.vad_start_ms <= 2000, "endpointing.vadStartMs", "must be at most 2000".into());
+        check((0.0..=1.0).contains(&e.min_volume), "endpointing.minVolume", "must be between 0 and 1".into());
 
         let i = &self.interruption;
-        check(
-            i.min_voiced_ms <= 5000,
-            "interruption.minVoicedMs",
-            "must be at most 5000".into(),
-        );
-        check(
-            i.min_words <= 20,
-            "interruption.minWords",
-            "must be at most 20".into(),
-        );
-        check(
-            i.backoff_ms <= 10_000,
-            "interruption.backoffMs",
-            "must be at most 10000".into(),
-        );
+        check(i.min_voiced_ms <= 5000, "interruption.minVoicedMs", "must be at most 5000".into());
+        check(i.min_words <= 20, "interruption.minWords", "must be at most 20".into());
+        check(i.backoff_ms <= 10_000, "interruption.backoffMs", "must be at most 10000".into());
 
         check(
-            (SILENCE_TIMEOUT_RANGE.0..=SILENCE_TIMEOUT_RANGE.1)
-                .contains(&self.silence_timeout_secs),
+            (SILENCE_TIMEOUT_RANGE.0..=SILENCE_TIMEOUT_RANGE.1).contains(&self.silence_timeout_secs),
             "silenceTimeoutSecs",
-            format!(
-                "must be between {} and {}",
-                SILENCE_TIMEOUT_RANGE.0, SILENCE_TIMEOUT_RANGE.1
-            ),
+            format!("must be between {} and {}", SILENCE_TIMEOUT_RANGE.0, SILENCE_TIMEOUT_RANGE.1),
         );
         check(
             (MAX_DURATION_RANGE.0..=MAX_DURATION_RANGE.1).contains(&self.max_duration_secs),
             "maxDurationSecs",
-            format!(
-                "must be between {} and {}",
-                MAX_DURATION_RANGE.0, MAX_DURATION_RANGE.1
-            ),
+            format!("must be between {} and {}", MAX_DURATION_RANGE.0, MAX_DURATION_RANGE.1),
         );
 
-        check(
-            self.end_call_phrases.len() <= PHRASES_MAX,
-            "endCallPhrases",
-            format!("must have at most {PHRASES_MAX} phrases"),
-        );
+        check(self.end_call_phrases.len() <= PHRASES_MAX, "endCallPhrases", format!("must have at most {PHRASES_MAX} phrases"));
         for (n, p) in self.end_call_phrases.iter().enumerate() {
             check(
                 !p.trim().is_empty() && p.chars().count() <= PHRASE_MAX && !has_control(p),
@@ -543,60 +428,26 @@ impl AssistantSpec {
             );
         }
 
-        check(
-            self.tools.len() <= TOOLS_MAX,
-            "tools",
-            format!("must have at most {TOOLS_MAX} tools"),
-        );
+        check(self.tools.len() <= TOOLS_MAX, "tools", format!("must have at most {TOOLS_MAX} tools"));
         let mut seen = std::collections::HashSet::new();
         for (n, t) in self.tools.iter().enumerate() {
             let at = |f: &str| format!("tools[{n}].{f}");
             check(
-                !t.name.is_empty()
-                    && t.name.len() <= 64
-                    && t.name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                !t.name.is_empty() && t.name.len() <= 64 && t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
                 &at("name"),
                 "must be 1 to 64 letters, digits, `_` or `-`".into(),
             );
-            check(
-                seen.insert(t.name.as_str()),
-                &at("name"),
-                "is used by another tool".into(),
-            );
-            check(
-                t.description.len() <= 2000,
-                &at("description"),
-                "must be at most 2000 bytes".into(),
-            );
-            check(
-                t.parameters.is_object(),
-                &at("parameters"),
-                "must be a JSON Schema object".into(),
-            );
-            check(
-                (100..=60_000).contains(&t.timeout_ms),
-                &at("timeoutMs"),
-                "must be between 100 and 60000".into(),
-            );
+            check(seen.insert(t.name.as_str()), &at("name"), "is used by another tool".into());
+            check(t.description.len() <= 2000, &at("description"), "must be at most 2000 bytes".into());
+            check(t.parameters.is_object(), &at("parameters"), "must be a JSON Schema object".into());
+            check((100..=60_000).contains(&t.timeout_ms), &at("timeoutMs"), "must be between 100 and 60000".into());
             match (t.kind, &t.url) {
-                (ToolKind::Function, None) => {
-                    check(false, &at("url"), "is required for a function tool".into())
-                }
-                (_, Some(u)) => check(
-                    is_http_url(u),
-                    &at("url"),
-                    "must be an http or https URL".into(),
-                ),
+                (ToolKind::Function, None) => check(false, &at("url"), "is required for a function tool".into()),
+                (_, Some(u)) => check(is_http_url(u), &at("url"), "must be an http or https URL".into()),
                 _ => {}
             }
             match (t.kind, &t.destination) {
-                (ToolKind::TransferCall, None) => check(
-                    false,
-                    &at("destination"),
-                    "is required for a transfer-call tool".into(),
-                ),
+                (ToolKind::TransferCall, None) => check(false, &at("destination"), "is required for a transfer-call tool".into()),
                 (_, Some(d)) => check(
                     !d.trim().is_empty() && d.chars().count() <= 200 && !has_control(d),
                     &at("destination"),
@@ -607,49 +458,23 @@ impl AssistantSpec {
         }
 
         if let Some(kb) = &self.knowledge_base {
-            check(
-                kb.file_ids.len() <= KNOWLEDGE_FILES_MAX,
-                "knowledgeBase.fileIds",
-                format!("must have at most {KNOWLEDGE_FILES_MAX} files"),
-            );
+            check(kb.file_ids.len() <= KNOWLEDGE_FILES_MAX, "knowledgeBase.fileIds", format!("must have at most {KNOWLEDGE_FILES_MAX} files"));
             for (n, id) in kb.file_ids.iter().enumerate() {
                 check(
-                    !id.is_empty()
-                        && id.len() <= 64
-                        && id
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
                     &format!("knowledgeBase.fileIds[{n}]"),
                     "must be a file id".into(),
                 );
             }
-            check(
-                (1..=10).contains(&kb.top_k),
-                "knowledgeBase.topK",
-                "must be between 1 and 10".into(),
-            );
-            check(
-                (10..=5000).contains(&kb.budget_ms),
-                "knowledgeBase.budgetMs",
-                "must be between 10 and 5000".into(),
-            );
+            check((1..=10).contains(&kb.top_k), "knowledgeBase.topK", "must be between 1 and 10".into());
+            check((10..=5000).contains(&kb.budget_ms), "knowledgeBase.budgetMs", "must be between 10 and 5000".into());
         }
         if let Some(u) = &self.server_url {
-            check(
-                is_http_url(u),
-                "serverUrl",
-                "must be an http or https URL".into(),
-            );
+            check(is_http_url(u), "serverUrl", "must be an http or https URL".into());
         }
 
-        let meta_len = serde_json::to_vec(&self.metadata)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        check(
-            meta_len <= METADATA_MAX_BYTES,
-            "metadata",
-            format!("must be at most {METADATA_MAX_BYTES} bytes as JSON"),
-        );
+        let meta_len = serde_json::to_vec(&self.metadata).map(|v| v.len()).unwrap_or(usize::MAX);
+        check(meta_len <= METADATA_MAX_BYTES, "metadata", format!("must be at most {METADATA_MAX_BYTES} bytes as JSON"));
 
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
@@ -662,9 +487,7 @@ fn has_control(s: &str) -> bool {
 fn is_http_url(u: &str) -> bool {
     u.len() <= limits::URL_MAX
         && (u.starts_with("https://") || u.starts_with("http://"))
-        && u.split("://")
-            .nth(1)
-            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        && u.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
         && !u.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
@@ -708,13 +531,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(
-            serde_json::from_value::<AssistantSpec>(json!({"name": "a", "nmae": "b"})).is_err()
-        );
-        assert!(
-            serde_json::from_value::<AssistantSpec>(json!({"name": "a", "model": {"temp": 1}}))
-                .is_err()
-        );
+        assert!(serde_json::from_value::<AssistantSpec>(json!({"name": "a", "nmae": "b"})).is_err());
+        assert!(serde_json::from_value::<AssistantSpec>(json!({"name": "a", "model": {"temp": 1}})).is_err());
     }
 
     #[test]
@@ -728,24 +546,14 @@ mod tests {
         }));
         let errs = s.validate().unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-        for f in [
-            "name",
-            "model.temperature",
-            "model.baseUrl",
-            "endpointing.silenceMs",
-            "tools[0].url",
-            "tools[1].name",
-            "endCallPhrases[0]",
-        ] {
+        for f in ["name", "model.temperature", "model.baseUrl", "endpointing.silenceMs", "tools[0].url", "tools[1].name", "endCallPhrases[0]"] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
     }
 
     #[test]
     fn user_speaks_first_needs_no_greeting() {
-        let s = spec(
-            json!({"name": "a", "firstMessage": null, "firstMessageMode": "user-speaks-first"}),
-        );
+        let s = spec(json!({"name": "a", "firstMessage": null, "firstMessageMode": "user-speaks-first"}));
         assert_eq!(s.validate(), Ok(()));
         let s = spec(json!({"name": "a", "firstMessage": null}));
         assert!(s.validate().is_err());

@@ -76,11 +76,7 @@ pub struct Call {
 
 impl Call {
     /// A call starting now on `instance`, with a new id.
-    pub fn start(
-        assistant_id: impl Into<String>,
-        key_id: Option<String>,
-        instance: impl Into<String>,
-    ) -> Call {
+    pub fn start(assistant_id: impl Into<String>, key_id: Option<String>, instance: impl Into<String>) -> Call {
         Call {
             id: crate::clock::new_id(),
             assistant_id: assistant_id.into(),

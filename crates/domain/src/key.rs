@@ -93,10 +93,7 @@ pub fn random_token() -> String {
     rand::rng().fill_bytes(&mut bytes);
     // 256 is a multiple of 62 plus 8; rejecting would remove the slight bias, but at
     // 190 bits the bias is irrelevant to guessing.
-    bytes
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
-        .collect()
+    bytes.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
 }
 
 /// The stored form of a secret.
@@ -106,9 +103,7 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// True when `s` has the shape of a key we mint (so garbage skips the database).
 pub fn looks_like_key(s: &str) -> bool {
-    (s.starts_with("vg_sk_") || s.starts_with("vg_pk_"))
-        && s.len() == 38
-        && s[6..].bytes().all(|b| b.is_ascii_alphanumeric())
+    (s.starts_with("vg_sk_") || s.starts_with("vg_pk_")) && s.len() == 38 && s[6..].bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
@@ -124,9 +119,6 @@ mod tests {
         assert_ne!(m.key.hash, m.secret);
         assert!(!looks_like_key("vg_sk_' OR 1=1 --aaaaaaaaaaaaaaaaaaaaaa"));
         let json = serde_json::to_string(&m.key).unwrap();
-        assert!(
-            !json.contains(&m.key.hash),
-            "the hash never leaves the server"
-        );
+        assert!(!json.contains(&m.key.hash), "the hash never leaves the server");
     }
 }

@@ -37,36 +37,17 @@ pub enum Reply {
     /// The route's normal reply.
     Normal,
     /// An error status with OpenAI's JSON error body.
-    Error {
-        status: u16,
-        kind: String,
-        code: Option<String>,
-        message: String,
-        retry_after: Option<String>,
-    },
+    Error { status: u16, kind: String, code: Option<String>, message: String, retry_after: Option<String> },
     /// 401 with the key echoed back in the message, as OpenAI does.
     EchoKey,
     /// A raw reply: a pause before the headers, the body in pieces with a pause
     /// between them, and optionally the connection dropped after the last piece.
-    Raw {
-        status: u16,
-        content_type: String,
-        before: Duration,
-        between: Duration,
-        pieces: Vec<Vec<u8>>,
-        cut: bool,
-    },
+    Raw { status: u16, content_type: String, before: Duration, between: Duration, pieces: Vec<Vec<u8>>, cut: bool },
 }
 
 impl Reply {
     pub fn error(status: u16, kind: &str, message: &str) -> Reply {
-        Reply::Error {
-            status,
-            kind: kind.into(),
-            code: None,
-            message: message.into(),
-            retry_after: None,
-        }
+        Reply::Error { status, kind: kind.into(), code: None, message: message.into(), retry_after: None }
     }
 
     pub fn rate_limited(retry_after: &str) -> Reply {
@@ -86,10 +67,7 @@ impl Reply {
             content_type: "text/event-stream; charset=utf-8".into(),
             before: Duration::ZERO,
             between,
-            pieces: events
-                .iter()
-                .map(|e| format!("data: {e}\n\n").into_bytes())
-                .collect(),
+            pieces: events.iter().map(|e| format!("data: {e}\n\n").into_bytes()).collect(),
             cut,
         }
     }
@@ -109,34 +87,13 @@ impl Reply {
     /// A 200 whose body is `body`, under `content_type`: what a broken proxy, a
     /// captive portal or another service on the port answers.
     pub fn garbage(content_type: &str, body: &[u8]) -> Reply {
-        Reply::Raw {
-            status: 200,
-            content_type: content_type.into(),
-            before: Duration::ZERO,
-            between: Duration::ZERO,
-            pieces: vec![body.to_vec()],
-            cut: false,
-        }
+        Reply::Raw { status: 200, content_type: content_type.into(), before: Duration::ZERO, between: Duration::ZERO, pieces: vec![body.to_vec()], cut: false }
     }
 
     /// The normal reply of a route, late by `before`.
     pub fn slow(route: Route, fake: &Fake, before: Duration) -> Reply {
         match fake.normal(route) {
-            Reply::Raw {
-                status,
-                content_type,
-                between,
-                pieces,
-                cut,
-                ..
-            } => Reply::Raw {
-                status,
-                content_type,
-                before,
-                between,
-                pieces,
-                cut,
-            },
+            Reply::Raw { status, content_type, between, pieces, cut, .. } => Reply::Raw { status, content_type, before, between, pieces, cut },
             other => other,
         }
     }
@@ -179,9 +136,7 @@ impl Default for Normal {
         Normal {
             transcript: "What is the weather in Paris?".into(),
             reply: "It is sunny in Paris today.".into(),
-            speech: (0..12_000)
-                .map(|i: i32| ((i * 131) % 60_000 - 30_000) as i16)
-                .collect(),
+            speech: (0..12_000).map(|i: i32| ((i * 131) % 60_000 - 30_000) as i16).collect(),
             speech_pieces: vec![1, 7, 333, 4097, 2, 9],
             speech_pause: Duration::from_millis(2),
             chat_pause: Duration::from_millis(1),
@@ -236,9 +191,7 @@ impl Fake {
             .route(Route::Models.path(), get(models))
             .route(realtime::PATH, get(realtime::upgrade))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         // Real API servers answer with TCP_NODELAY; without it, Nagle's algorithm and
         // the client's delayed ACKs hold small SSE pieces back by 40 ms.
@@ -252,22 +205,12 @@ impl Fake {
             });
             let _ = axum::serve(listener, app).await;
         });
-        Fake {
-            base: format!("http://{addr}/v1"),
-            shared,
-            task,
-        }
+        Fake { base: format!("http://{addr}/v1"), shared, task }
     }
 
     /// Answers the next requests of `route` with these replies, in order.
     pub fn script(&self, route: Route, replies: impl IntoIterator<Item = Reply>) {
-        self.shared
-            .scripts
-            .lock()
-            .unwrap()
-            .entry(route)
-            .or_default()
-            .extend(replies);
+        self.shared.scripts.lock().unwrap().entry(route).or_default().extend(replies);
     }
 
     /// Drops the replies still scripted for `route` (its next requests get the normal reply).
@@ -285,21 +228,12 @@ impl Fake {
 
     /// The requests seen on `route`, in order.
     pub fn seen(&self, route: Route) -> Vec<Seen> {
-        self.shared
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.path == route.path())
-            .cloned()
-            .collect()
+        self.shared.seen.lock().unwrap().iter().filter(|s| s.path == route.path()).cloned().collect()
     }
 
     /// The Realtime WebSocket endpoint (`ws://.../v1/realtime`): its script and what it saw.
     pub fn realtime(&self) -> realtime::FakeRealtime {
-        realtime::FakeRealtime {
-            state: self.shared.realtime.clone(),
-        }
+        realtime::FakeRealtime { state: self.shared.realtime.clone() }
     }
 
     fn normal(&self, route: Route) -> Reply {
@@ -354,14 +288,8 @@ pub fn chunk(delta: Value, finish_reason: Option<&str>) -> String {
 
 /// The events of a text reply: the role, one chunk per word, the stop, `[DONE]`.
 pub fn chat_events(text: &str) -> Vec<String> {
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": "", "refusal": null}),
-        None,
-    )];
-    events.extend(
-        text.split_inclusive(' ')
-            .map(|w| chunk(json!({"content": w}), None)),
-    );
+    let mut events = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), None)];
+    events.extend(text.split_inclusive(' ').map(|w| chunk(json!({"content": w}), None)));
     events.push(chunk(json!({}), Some("stop")));
     events.push("[DONE]".into());
     events
@@ -374,12 +302,7 @@ pub fn words(text: &str) -> Vec<String> {
 
 async fn record(shared: &Shared, seen: Seen, route: Route) -> Reply {
     shared.seen.lock().unwrap().push(seen);
-    let next = shared
-        .scripts
-        .lock()
-        .unwrap()
-        .get_mut(&route)
-        .and_then(VecDeque::pop_front);
+    let next = shared.scripts.lock().unwrap().get_mut(&route).and_then(VecDeque::pop_front);
     match next {
         Some(Reply::Normal) | None => normal_reply(&shared.normal.lock().unwrap(), route),
         Some(reply) => reply,
@@ -387,23 +310,11 @@ async fn record(shared: &Shared, seen: Seen, route: Route) -> Reply {
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-async fn json_route(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    body: Bytes,
-) -> Response {
-    let route = if uri.path() == Route::Chat.path() {
-        Route::Chat
-    } else {
-        Route::Speech
-    };
+async fn json_route(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: axum::http::Uri, body: Bytes) -> Response {
+    let route = if uri.path() == Route::Chat.path() { Route::Chat } else { Route::Speech };
     let seen = Seen {
         path: uri.path().to_string(),
         authorization: header(&headers, "authorization"),
@@ -412,15 +323,7 @@ async fn json_route(
         ..Seen::default()
     };
     if seen.json.is_none() {
-        return respond(
-            Reply::error(
-                400,
-                "invalid_request_error",
-                "We could not parse the JSON body of your request.",
-            ),
-            &seen,
-        )
-        .await;
+        return respond(Reply::error(400, "invalid_request_error", "We could not parse the JSON body of your request."), &seen).await;
     }
     let reply = record(&shared, seen.clone(), route).await;
     respond(reply, &seen).await
@@ -436,13 +339,7 @@ async fn transcriptions(State(shared): State<Arc<Shared>>, request: Request) -> 
     };
     let mut multipart = match Multipart::from_request(request, &()).await {
         Ok(m) => m,
-        Err(e) => {
-            return respond(
-                Reply::error(400, "invalid_request_error", &format!("not multipart: {e}")),
-                &seen,
-            )
-            .await;
-        }
+        Err(e) => return respond(Reply::error(400, "invalid_request_error", &format!("not multipart: {e}")), &seen).await,
     };
     while let Ok(Some(field)) = multipart.next_field().await {
         let name = field.name().unwrap_or("").to_string();
@@ -450,12 +347,9 @@ async fn transcriptions(State(shared): State<Arc<Shared>>, request: Request) -> 
         let content_type = field.content_type().unwrap_or("").to_string();
         let Ok(data) = field.bytes().await else { break };
         match file_name {
-            Some(file_name) if name == "file" => {
-                seen.file = Some((file_name, content_type, data.to_vec()))
-            }
+            Some(file_name) if name == "file" => seen.file = Some((file_name, content_type, data.to_vec())),
             _ => {
-                seen.fields
-                    .insert(name, String::from_utf8_lossy(&data).into_owned());
+                seen.fields.insert(name, String::from_utf8_lossy(&data).into_owned());
             }
         }
     }
@@ -464,11 +358,7 @@ async fn transcriptions(State(shared): State<Arc<Shared>>, request: Request) -> 
 }
 
 async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let seen = Seen {
-        path: Route::Models.path().into(),
-        authorization: header(&headers, "authorization"),
-        ..Seen::default()
-    };
+    let seen = Seen { path: Route::Models.path().into(), authorization: header(&headers, "authorization"), ..Seen::default() };
     let reply = record(&shared, seen.clone(), Route::Models).await;
     respond(reply, &seen).await
 }
@@ -476,57 +366,30 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 async fn respond(reply: Reply, seen: &Seen) -> Response {
     match reply {
         Reply::Normal => unreachable!("resolved in record"),
-        Reply::Error {
-            status,
-            kind,
-            code,
-            message,
-            retry_after,
-        } => {
-            let body =
-                json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-            let mut response = Response::builder()
-                .status(status)
-                .header("content-type", "application/json");
+        Reply::Error { status, kind, code, message, retry_after } => {
+            let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+            let mut response = Response::builder().status(status).header("content-type", "application/json");
             if let Some(wait) = retry_after {
                 response = response.header("retry-after", wait);
             }
             response.body(Body::from(body.to_string())).unwrap()
         }
         Reply::EchoKey => {
-            let key = seen
-                .authorization
-                .clone()
-                .unwrap_or_default()
-                .trim_start_matches("Bearer ")
-                .to_string();
+            let key = seen.authorization.clone().unwrap_or_default().trim_start_matches("Bearer ").to_string();
             let body = json!({"error": {
                 "message": format!("Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."),
                 "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
-            Response::builder()
-                .status(StatusCode::UNAUTHORIZED)
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap()
+            Response::builder().status(StatusCode::UNAUTHORIZED).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
         }
-        Reply::Raw {
-            status,
-            content_type,
-            before,
-            between,
-            pieces,
-            cut,
-        } => {
+        Reply::Raw { status, content_type, before, between, pieces, cut } => {
             tokio::time::sleep(before).await;
             let count = pieces.len();
-            let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(
-                move |(i, piece)| async move {
-                    if i > 0 {
-                        tokio::time::sleep(between).await;
-                    }
-                    Ok::<_, std::io::Error>(Bytes::from(piece))
-                },
-            );
+            let stream = futures_util::stream::iter(pieces.into_iter().enumerate()).then(move |(i, piece)| async move {
+                if i > 0 {
+                    tokio::time::sleep(between).await;
+                }
+                Ok::<_, std::io::Error>(Bytes::from(piece))
+            });
             // Let the last piece reach the client before the connection drops.
             let tail = futures_util::stream::iter(cut.then_some(())).then(|()| async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -536,9 +399,7 @@ async fn respond(reply: Reply, seen: &Seen) -> Response {
             Response::builder()
                 .status(status)
                 .header("content-type", content_type)
-                .body(Body::from_stream(futures_util::StreamExt::chain(
-                    stream, tail,
-                )))
+                .body(Body::from_stream(futures_util::StreamExt::chain(stream, tail)))
                 .unwrap()
         }
     }

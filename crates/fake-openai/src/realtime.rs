@@ -157,10 +157,7 @@ pub enum Push {
     Text(String),
     Binary(Vec<u8>),
     /// A close frame (the socket then waits for the client's reply).
-    Close {
-        code: u16,
-        reason: String,
-    },
+    Close { code: u16, reason: String },
     /// Drop the TCP connection without a close frame.
     Drop,
 }
@@ -211,10 +208,7 @@ impl FakeRealtime {
 
     /// The client events of one type, in order.
     pub fn events_of(&self, kind: &str) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["type"] == kind)
-            .collect()
+        self.events().into_iter().filter(|e| e["type"] == kind).collect()
     }
 
     /// Waits (up to `timeout`) until `count` events of `kind` arrived; returns them.
@@ -232,8 +226,7 @@ impl FakeRealtime {
     /// Sends a frame on the newest live connection; false when there is none.
     pub fn push(&self, frame: Push) -> bool {
         let live = self.state.live.lock().unwrap();
-        live.as_ref()
-            .is_some_and(|tx| tx.send(Out::Push(frame)).is_ok())
+        live.as_ref().is_some_and(|tx| tx.send(Out::Push(frame)).is_ok())
     }
 }
 
@@ -275,34 +268,19 @@ pub(crate) async fn upgrade(
     let state = shared.realtime.clone();
     let authorization = crate::header(&headers, "authorization");
     let required = state.script.lock().unwrap().require_key.clone();
-    let accepted = required
-        .as_ref()
-        .is_none_or(|key| authorization.as_deref() == Some(&format!("Bearer {key}")));
-    state.connections.lock().unwrap().push(Connection {
-        model: query.get("model").cloned(),
-        authorization,
-        accepted,
-    });
+    let accepted = required.as_ref().is_none_or(|key| authorization.as_deref() == Some(&format!("Bearer {key}")));
+    state.connections.lock().unwrap().push(Connection { model: query.get("model").cloned(), authorization, accepted });
     if !accepted {
         let body = json!({"error": {"message": "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
             "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
-        return (
-            StatusCode::UNAUTHORIZED,
-            [("content-type", "application/json")],
-            body.to_string(),
-        )
-            .into_response();
+        return (StatusCode::UNAUTHORIZED, [("content-type", "application/json")], body.to_string()).into_response();
     }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    let model = query
-        .get("model")
-        .cloned()
-        .unwrap_or_else(|| "gpt-realtime".into());
-    ws.max_message_size(64 << 20)
-        .on_upgrade(move |socket| serve(socket, state, model))
+    let model = query.get("model").cloned().unwrap_or_else(|| "gpt-realtime".into());
+    ws.max_message_size(64 << 20).on_upgrade(move |socket| serve(socket, state, model))
 }
 
 /// The response being sent; the lock orders its deltas against a cancel.
@@ -351,19 +329,7 @@ async fn serve(mut socket: WebSocket, state: Arc<RealtimeState>, model: String) 
         },
         "max_output_tokens": "inf",
     });
-    let mut conn = Conn {
-        state: state.clone(),
-        tx,
-        session,
-        pos: 0,
-        carry: Vec::new(),
-        buffered: 0,
-        speech: None,
-        items: 0,
-        last_item: None,
-        responses: 0,
-        active: None,
-    };
+    let mut conn = Conn { state: state.clone(), tx, session, pos: 0, carry: Vec::new(), buffered: 0, speech: None, items: 0, last_item: None, responses: 0, active: None };
     if state.script.lock().unwrap().send_session_created {
         conn.send("session.created", json!({"session": conn.session}));
     }
@@ -413,11 +379,7 @@ impl Conn {
 
     fn handle(&mut self, text: &str) {
         let Ok(event) = serde_json::from_str::<Value>(text) else {
-            self.error(
-                "invalid_request_error",
-                "invalid_json",
-                "The event is not valid JSON.",
-            );
+            self.error("invalid_request_error", "invalid_json", "The event is not valid JSON.");
             return;
         };
         self.state.events.lock().unwrap().push(event.clone());
@@ -458,11 +420,7 @@ impl Conn {
 
     fn session_update(&mut self, event: &Value) {
         let Some(update) = event.get("session").and_then(Value::as_object) else {
-            self.error(
-                "invalid_request_error",
-                "missing_required_parameter",
-                "Missing required parameter: 'session'.",
-            );
+            self.error("invalid_request_error", "missing_required_parameter", "Missing required parameter: 'session'.");
             return;
         };
         merge(&mut self.session, &Value::Object(update.clone()));
@@ -484,37 +442,21 @@ impl Conn {
         Some(Vad {
             prefix_ms: ms("prefix_padding_ms", 300),
             silence_ms: ms("silence_duration_ms", 500),
-            create_response: td
-                .get("create_response")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-            interrupt_response: td
-                .get("interrupt_response")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
+            create_response: td.get("create_response").and_then(Value::as_bool).unwrap_or(true),
+            interrupt_response: td.get("interrupt_response").and_then(Value::as_bool).unwrap_or(true),
         })
     }
 
     fn append(&mut self, event: &Value) {
         let Some(bytes) = event["audio"].as_str().and_then(|a| B64.decode(a).ok()) else {
-            self.error(
-                "invalid_request_error",
-                "invalid_value",
-                "Invalid 'audio'. Expected base64-encoded audio bytes.",
-            );
+            self.error("invalid_request_error", "invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.");
             return;
         };
         if bytes.len() % 2 != 0 {
-            self.error(
-                "invalid_request_error",
-                "invalid_value",
-                "Invalid 'audio': PCM16 needs an even number of bytes.",
-            );
+            self.error("invalid_request_error", "invalid_value", "Invalid 'audio': PCM16 needs an even number of bytes.");
             return;
         }
-        let samples = bytes
-            .chunks_exact(2)
-            .map(|p| i16::from_le_bytes([p[0], p[1]]));
+        let samples = bytes.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]]));
         self.carry.extend(samples);
         self.buffered += (bytes.len() / 2) as u64;
         let Some(vad) = self.vad() else {
@@ -553,10 +495,7 @@ impl Conn {
                 if ms(speech.quiet) >= vad.silence_ms {
                     let item_id = speech.item_id.clone();
                     self.speech = None;
-                    self.send(
-                        "input_audio_buffer.speech_stopped",
-                        json!({"audio_end_ms": ms(self.pos), "item_id": item_id}),
-                    );
+                    self.send("input_audio_buffer.speech_stopped", json!({"audio_end_ms": ms(self.pos), "item_id": item_id}));
                     self.committed(item_id);
                     if vad.create_response {
                         self.start_response();
@@ -582,37 +521,20 @@ impl Conn {
 
     fn committed(&mut self, item_id: String) {
         self.buffered = 0;
-        self.send(
-            "input_audio_buffer.committed",
-            json!({"previous_item_id": self.last_item, "item_id": item_id}),
-        );
+        self.send("input_audio_buffer.committed", json!({"previous_item_id": self.last_item, "item_id": item_id}));
         let transcript = self.script().transcript;
-        self.send(
-            "conversation.item.input_audio_transcription.completed",
-            json!({"item_id": item_id, "content_index": 0, "transcript": transcript}),
-        );
+        self.send("conversation.item.input_audio_transcription.completed", json!({"item_id": item_id, "content_index": 0, "transcript": transcript}));
         self.last_item = Some(item_id);
     }
 
     fn start_response(&mut self) {
-        if self
-            .active
-            .as_ref()
-            .is_some_and(|a| !a.lock().unwrap().finished)
-        {
-            self.error(
-                "invalid_request_error",
-                "conversation_already_has_active_response",
-                "Conversation already has an active response in progress.",
-            );
+        if self.active.as_ref().is_some_and(|a| !a.lock().unwrap().finished) {
+            self.error("invalid_request_error", "conversation_already_has_active_response", "Conversation already has an active response in progress.");
             return;
         }
         self.responses += 1;
         let id = format!("resp_fake{}", self.responses);
-        let active = Arc::new(Mutex::new(Active {
-            id: id.clone(),
-            finished: false,
-        }));
+        let active = Arc::new(Mutex::new(Active { id: id.clone(), finished: false }));
         self.active = Some(active.clone());
         let item_id = format!("item_fake_reply{}", self.responses);
         self.last_item = Some(item_id.clone());
@@ -621,9 +543,7 @@ impl Conn {
 
     /// Cancels the active response; false when none is running.
     fn cancel(&mut self, reason: &str) -> bool {
-        let Some(active) = &self.active else {
-            return false;
-        };
+        let Some(active) = &self.active else { return false };
         let mut active = active.lock().unwrap();
         if active.finished {
             return false;
@@ -642,13 +562,7 @@ impl Conn {
 }
 
 /// Streams one response; stops quietly once `active` is finished (cancelled).
-async fn respond(
-    tx: mpsc::UnboundedSender<Out>,
-    script: Script,
-    active: Arc<Mutex<Active>>,
-    id: String,
-    item_id: String,
-) {
+async fn respond(tx: mpsc::UnboundedSender<Out>, script: Script, active: Arc<Mutex<Active>>, id: String, item_id: String) {
     let names = script.names;
     let send = |kind: &str, mut body: Value| -> bool {
         let guard = active.lock().unwrap();
@@ -668,27 +582,15 @@ async fn respond(
         }
         body
     };
-    let opened = send(
-        "response.created",
-        json!({"response": {"object": "realtime.response", "id": id, "status": "in_progress", "status_details": null, "output": []}}),
-    ) && send(
-        "response.output_item.added",
-        json!({"response_id": id, "output_index": 0, "item": item}),
-    ) && send(
-        names.item_added(),
-        json!({"previous_item_id": null, "item": item}),
-    ) && send(
-        "response.content_part.added",
-        with(json!({"part": {"type": "audio", "transcript": ""}})),
-    );
+    let opened = send("response.created", json!({"response": {"object": "realtime.response", "id": id, "status": "in_progress", "status_details": null, "output": []}}))
+        && send("response.output_item.added", json!({"response_id": id, "output_index": 0, "item": item}))
+        && send(names.item_added(), json!({"previous_item_id": null, "item": item}))
+        && send("response.content_part.added", with(json!({"part": {"type": "audio", "transcript": ""}})));
     if !opened {
         return;
     }
     let words: Vec<&str> = script.reply_text.split_inclusive(' ').collect();
-    let chunks: Vec<&[i16]> = script
-        .reply_audio
-        .chunks(script.chunk_samples.max(1))
-        .collect();
+    let chunks: Vec<&[i16]> = script.reply_audio.chunks(script.chunk_samples.max(1)).collect();
     let mut next_word = 0;
     for (i, chunk) in chunks.iter().enumerate() {
         if let Some(word) = words.get(next_word) {
@@ -705,10 +607,7 @@ async fn respond(
         {
             let push = match cut {
                 Cut::Drop => Push::Drop,
-                Cut::Close { code, reason } => Push::Close {
-                    code: *code,
-                    reason: reason.clone(),
-                },
+                Cut::Close { code, reason } => Push::Close { code: *code, reason: reason.clone() },
             };
             active.lock().unwrap().finished = true;
             let _ = tx.send(Out::Push(push));
@@ -724,18 +623,9 @@ async fn respond(
     let done_item = json!({"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant", "status": "completed",
         "content": [{"type": "output_audio", "transcript": script.reply_text}]});
     let _ = send(names.audio_done(), ids.clone())
-        && send(
-            names.transcript_done(),
-            with(json!({"transcript": script.reply_text})),
-        )
-        && send(
-            "response.content_part.done",
-            with(json!({"part": {"type": "audio", "transcript": script.reply_text}})),
-        )
-        && send(
-            "response.output_item.done",
-            json!({"response_id": id, "output_index": 0, "item": done_item}),
-        );
+        && send(names.transcript_done(), with(json!({"transcript": script.reply_text})))
+        && send("response.content_part.done", with(json!({"part": {"type": "audio", "transcript": script.reply_text}})))
+        && send("response.output_item.done", json!({"response_id": id, "output_index": 0, "item": done_item}));
     let mut guard = active.lock().unwrap();
     if guard.finished {
         return;
@@ -776,14 +666,8 @@ mod tests {
     #[test]
     fn session_updates_merge_deeply() {
         let mut session = json!({"model": "m", "audio": {"input": {"format": {"type": "audio/pcm"}, "turn_detection": {"type": "server_vad"}}}});
-        merge(
-            &mut session,
-            &json!({"instructions": "x", "audio": {"input": {"turn_detection": null}}}),
-        );
-        assert_eq!(
-            session,
-            json!({"model": "m", "instructions": "x", "audio": {"input": {"format": {"type": "audio/pcm"}, "turn_detection": null}}})
-        );
+        merge(&mut session, &json!({"instructions": "x", "audio": {"input": {"turn_detection": null}}}));
+        assert_eq!(session, json!({"model": "m", "instructions": "x", "audio": {"input": {"format": {"type": "audio/pcm"}, "turn_detection": null}}}));
     }
 
     #[test]
@@ -792,9 +676,6 @@ mod tests {
         assert_eq!(t.len(), 2400);
         assert!(rms(&t[240..480]) > 0.1);
         assert!(rms(&[0; 240]) < 0.01);
-        assert_eq!(
-            B64.decode(pcm_b64(&[1, -2])).unwrap(),
-            vec![1, 0, 0xfe, 0xff]
-        );
+        assert_eq!(B64.decode(pcm_b64(&[1, -2])).unwrap(), vec![1, 0, 0xfe, 0xff]);
     }
 }

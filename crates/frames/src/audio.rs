@@ -14,10 +14,7 @@ pub struct AudioFrame {
 
 impl AudioFrame {
     pub fn new(samples: impl Into<Arc<[i16]>>, rate: u32) -> AudioFrame {
-        AudioFrame {
-            samples: samples.into(),
-            rate,
-        }
+        AudioFrame { samples: samples.into(), rate }
     }
 
     /// `ms` milliseconds of silence.
@@ -48,14 +45,8 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            AudioFrame::silence(16_000, 20).duration(),
-            Duration::from_millis(20)
-        );
+        assert_eq!(AudioFrame::silence(16_000, 20).duration(), Duration::from_millis(20));
         assert_eq!(AudioFrame::silence(8_000, 20).len(), 160);
-        assert_eq!(
-            AudioFrame::new(vec![1i16; 10], 0).duration(),
-            Duration::ZERO
-        );
+        assert_eq!(AudioFrame::new(vec![1i16; 10], 0).duration(), Duration::ZERO);
     }
 }

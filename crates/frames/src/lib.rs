@@ -162,17 +162,10 @@ pub enum Frame {
     /// behind queued output, and it survives an interruption.
     InputAudio(AudioFrame),
     /// A stage's latency in the current turn.
-    Metric {
-        stage: Stage,
-        value: Duration,
-    },
+    Metric { stage: Stage, value: Duration },
     /// A stage failed; `fatal` ends the call. `code` is the error event's code
     /// (`provider-unauthorized`, `provider-failed`, ...: see docs/agent-protocol.md).
-    Error {
-        code: &'static str,
-        message: String,
-        fatal: bool,
-    },
+    Error { code: &'static str, message: String, fatal: bool },
     /// The text whose audio has just been played, sent upstream by the output so
     /// the context keeps only what the caller heard. A system frame: a fact about
     /// the past must survive the interruption that follows it.
@@ -230,23 +223,13 @@ impl Frame {
             // must reach the client (and the turn stage's word count) without
             // waiting behind reply audio.
             Transcript(t) if !t.is_final => Category::System,
-            Start
-            | Cancel(_)
-            | Interruption
-            | UserStartedSpeaking
-            | UserStoppedSpeaking
-            | TurnEnded(_)
-            | BotStartedSpeaking
-            | BotStoppedSpeaking
-            | InputAudio(_)
-            | Metric { .. }
-            | Error { .. }
-            | Spoken(_)
-            | TranscriptionFailed { .. } => Category::System,
-            OutputAudio(_) | Transcript(_) | UserText(_) | LlmText(_) | TtsText(_)
-            | ToolCall(_) | ToolResult(_) | Say(_) | SpeechClause(_) => Category::Data,
-            EndOfTurn | LlmResponseStart | LlmResponseEnd | TtsStarted | TtsStopped
-            | Transfer(_) | End(_) => Category::Control,
+            Start | Cancel(_) | Interruption | UserStartedSpeaking | UserStoppedSpeaking | TurnEnded(_) | BotStartedSpeaking
+            | BotStoppedSpeaking | InputAudio(_) | Metric { .. } | Error { .. } | Spoken(_) | TranscriptionFailed { .. } => {
+                Category::System
+            }
+            OutputAudio(_) | Transcript(_) | UserText(_) | LlmText(_) | TtsText(_) | ToolCall(_)
+            | ToolResult(_) | Say(_) | SpeechClause(_) => Category::Data,
+            EndOfTurn | LlmResponseStart | LlmResponseEnd | TtsStarted | TtsStopped | Transfer(_) | End(_) => Category::Control,
         }
     }
 
@@ -298,19 +281,10 @@ mod tests {
     #[test]
     fn categories_follow_pipecat() {
         assert_eq!(Frame::Interruption.category(), Category::System);
-        assert_eq!(
-            Frame::InputAudio(AudioFrame::silence(16_000, 20)).category(),
-            Category::System
-        );
-        assert_eq!(
-            Frame::OutputAudio(AudioFrame::silence(16_000, 20)).category(),
-            Category::Data
-        );
+        assert_eq!(Frame::InputAudio(AudioFrame::silence(16_000, 20)).category(), Category::System);
+        assert_eq!(Frame::OutputAudio(AudioFrame::silence(16_000, 20)).category(), Category::Data);
         assert_eq!(Frame::LlmResponseStart.category(), Category::Control);
-        assert_eq!(
-            Frame::End(EndReason::CustomerEnded).category(),
-            Category::Control
-        );
+        assert_eq!(Frame::End(EndReason::CustomerEnded).category(), Category::Control);
         assert_eq!(EndReason::SilenceTimeout.as_str(), "silence-timed-out");
     }
 }

@@ -19,11 +19,7 @@ pub struct ChunkOptions {
 
 impl Default for ChunkOptions {
     fn default() -> Self {
-        ChunkOptions {
-            target_words: 120,
-            overlap_words: 20,
-            max_chars: 1_000,
-        }
+        ChunkOptions { target_words: 120, overlap_words: 20, max_chars: 1_000 }
     }
 }
 
@@ -69,10 +65,7 @@ pub fn chunk(text: &str, options: &ChunkOptions) -> Vec<Chunk> {
     let mut i = 0;
     while i < words.len() {
         let mut e = i + 1;
-        while e < words.len()
-            && e - i < target
-            && words[e].end_char - words[i].start_char <= max_chars
-        {
+        while e < words.len() && e - i < target && words[e].end_char - words[i].start_char <= max_chars {
             e += 1;
         }
         if e < words.len() {
@@ -96,10 +89,7 @@ pub fn chunk(text: &str, options: &ChunkOptions) -> Vec<Chunk> {
             e
         } else {
             let from = e.saturating_sub(options.overlap_words).max(i + 1);
-            (from..e)
-                .find(|&k| words[k].brk >= SENTENCE)
-                .or_else(|| (from..e).find(|&k| words[k].brk > GLUED))
-                .unwrap_or(e)
+            (from..e).find(|&k| words[k].brk >= SENTENCE).or_else(|| (from..e).find(|&k| words[k].brk > GLUED)).unwrap_or(e)
         };
     }
     chunks
@@ -110,11 +100,7 @@ pub fn chunk(text: &str, options: &ChunkOptions) -> Vec<Chunk> {
 fn words(text: &str, max_word: usize) -> Vec<Word> {
     let mut sentence_starts = text
         .split_sentence_bound_indices()
-        .filter_map(|(at, s)| {
-            s.char_indices()
-                .find(|(_, c)| !c.is_whitespace())
-                .map(|(o, _)| at + o)
-        })
+        .filter_map(|(at, s)| s.char_indices().find(|(_, c)| !c.is_whitespace()).map(|(o, _)| at + o))
         .peekable();
     let mut words: Vec<Word> = Vec::new();
     let mut current: Option<Word> = None;
@@ -152,13 +138,7 @@ fn words(text: &str, max_word: usize) -> Vec<Word> {
                     } else {
                         SPACE
                     };
-                    current = Some(Word {
-                        start: byte,
-                        end: byte + c.len_utf8(),
-                        start_char: char_index,
-                        end_char: char_index + 1,
-                        brk,
-                    });
+                    current = Some(Word { start: byte, end: byte + c.len_utf8(), start_char: char_index, end_char: char_index + 1, brk });
                     chars_in_word = 1;
                     gap_newlines = 0;
                 }

@@ -49,9 +49,7 @@ struct Inner {
 
 impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedder")
-            .field("dimensions", &DIMENSIONS)
-            .finish_non_exhaustive()
+        f.debug_struct("Embedder").field("dimensions", &DIMENSIONS).finish_non_exhaustive()
     }
 }
 
@@ -62,43 +60,20 @@ impl Embedder {
     pub fn load(dir: &Path) -> Result<Embedder, EmbedError> {
         let file = |name: &str| {
             let path = dir.join(name);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(EmbedError::Missing { path })
-            }
+            if path.is_file() { Ok(path) } else { Err(EmbedError::Missing { path }) }
         };
-        let (config_path, tokenizer_path, weights_path) = (
-            file("config.json")?,
-            file("tokenizer.json")?,
-            file("model.safetensors")?,
-        );
-        let bad = |path: &Path, message: String| EmbedError::BadFile {
-            path: path.to_path_buf(),
-            message,
-        };
+        let (config_path, tokenizer_path, weights_path) = (file("config.json")?, file("tokenizer.json")?, file("model.safetensors")?);
+        let bad = |path: &Path, message: String| EmbedError::BadFile { path: path.to_path_buf(), message };
 
-        let config =
-            std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, e.to_string()))?;
-        let config: Config =
-            serde_json::from_str(&config).map_err(|e| bad(&config_path, e.to_string()))?;
+        let config = std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, e.to_string()))?;
+        let config: Config = serde_json::from_str(&config).map_err(|e| bad(&config_path, e.to_string()))?;
         if config.hidden_size != DIMENSIONS {
-            return Err(bad(
-                &config_path,
-                format!(
-                    "hidden size {} where {DIMENSIONS} was expected",
-                    config.hidden_size
-                ),
-            ));
+            return Err(bad(&config_path, format!("hidden size {} where {DIMENSIONS} was expected", config.hidden_size)));
         }
 
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| bad(&tokenizer_path, e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| bad(&tokenizer_path, e.to_string()))?;
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| bad(&tokenizer_path, e.to_string()))?;
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
         tokenizer.with_padding(Some(PaddingParams {
@@ -109,18 +84,11 @@ impl Embedder {
         }));
 
         let device = Device::Cpu;
-        let weights =
-            std::fs::read(&weights_path).map_err(|e| bad(&weights_path, e.to_string()))?;
+        let weights = std::fs::read(&weights_path).map_err(|e| bad(&weights_path, e.to_string()))?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|e| bad(&weights_path, e.to_string()))?;
         let model = BertModel::load(vb, &config).map_err(|e| bad(&weights_path, e.to_string()))?;
-        Ok(Embedder {
-            inner: Arc::new(Inner {
-                model,
-                tokenizer,
-                device,
-            }),
-        })
+        Ok(Embedder { inner: Arc::new(Inner { model, tokenizer, device }) })
     }
 
     /// One unit vector of [`DIMENSIONS`] per text, in order. Texts are batched by
@@ -141,19 +109,10 @@ impl Embedder {
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let inner = &*self.inner;
-        let encodings = inner
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        let encodings = inner.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
         let len = encodings.first().map(|e| e.get_ids().len()).unwrap_or(0);
-        let ids: Vec<u32> = encodings
-            .iter()
-            .flat_map(|e| e.get_ids().iter().copied())
-            .collect();
-        let mask: Vec<u32> = encodings
-            .iter()
-            .flat_map(|e| e.get_attention_mask().iter().copied())
-            .collect();
+        let ids: Vec<u32> = encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
+        let mask: Vec<u32> = encodings.iter().flat_map(|e| e.get_attention_mask().iter().copied()).collect();
         let shape = (texts.len(), len);
         let ids = Tensor::from_vec(ids, shape, &inner.device)?;
         let mask = Tensor::from_vec(mask, shape, &inner.device)?;

@@ -28,26 +28,12 @@ pub fn safe_file_name(declared: &str) -> String {
             name.push(' ');
             pending_space = false;
         }
-        name.push(if matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*') {
-            '_'
-        } else {
-            c
-        });
+        name.push(if matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*') { '_' } else { c });
     }
-    let name = name
-        .trim_start_matches(['.', ' '])
-        .trim_end_matches(['.', ' ']);
-    let name = if is_windows_device(name) {
-        format!("_{name}")
-    } else {
-        name.to_string()
-    };
+    let name = name.trim_start_matches(['.', ' ']).trim_end_matches(['.', ' ']);
+    let name = if is_windows_device(name) { format!("_{name}") } else { name.to_string() };
     let name = shorten(&name);
-    if name.is_empty() {
-        "file".to_string()
-    } else {
-        name
-    }
+    if name.is_empty() { "file".to_string() } else { name }
 }
 
 /// Format characters that hide or reorder what a name looks like.
@@ -70,11 +56,7 @@ fn shorten(name: &str) -> String {
     if count <= MAX_FILE_NAME_CHARS {
         return name.to_string();
     }
-    let ext = name
-        .rfind('.')
-        .map(|i| &name[i..])
-        .filter(|e| e.chars().count() <= 10)
-        .unwrap_or("");
+    let ext = name.rfind('.').map(|i| &name[i..]).filter(|e| e.chars().count() <= 10).unwrap_or("");
     let keep = MAX_FILE_NAME_CHARS - ext.chars().count();
     let stem: String = name[..name.len() - ext.len()].chars().take(keep).collect();
     format!("{}{ext}", stem.trim_end())

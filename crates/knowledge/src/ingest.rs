@@ -34,19 +34,10 @@ pub struct Ingested {
 
 /// Extracts the text of an uploaded file, chunks it and embeds every chunk. CPU
 /// bound for seconds on a large file: call it from a blocking task or a job.
-pub fn ingest(
-    bytes: &[u8],
-    declared_name: &str,
-    embedder: &Embedder,
-    options: &Options,
-) -> Result<Ingested, IngestError> {
+pub fn ingest(bytes: &[u8], declared_name: &str, embedder: &Embedder, options: &Options) -> Result<Ingested, IngestError> {
     let document = extract(bytes, declared_name, &options.limits)?;
     let chunks = chunk(&document.text, &options.chunking);
     let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
     let vectors = embedder.embed(&texts)?;
-    Ok(Ingested {
-        name: document.name,
-        kind: document.kind,
-        chunks: chunks.into_iter().zip(vectors).collect(),
-    })
+    Ok(Ingested { name: document.name, kind: document.kind, chunks: chunks.into_iter().zip(vectors).collect() })
 }

@@ -13,9 +13,7 @@ use crate::embed::DIMENSIONS;
 /// Why a stored blob is not a vector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VectorError {
-    #[error(
-        "a vector blob of {bytes} bytes, where {expected} (384 little-endian f32) were expected; re-embed the document"
-    )]
+    #[error("a vector blob of {bytes} bytes, where {expected} (384 little-endian f32) were expected; re-embed the document")]
     WrongLength { bytes: usize, expected: usize },
     #[error("a vector blob with a non-finite value at index {index}; re-embed the document")]
     NotFinite { index: usize },
@@ -32,15 +30,9 @@ pub fn encode_vector(vector: &[f32]) -> Vec<u8> {
 pub fn decode_vector(bytes: &[u8]) -> Result<Vec<f32>, VectorError> {
     let expected = DIMENSIONS * 4;
     if bytes.len() != expected {
-        return Err(VectorError::WrongLength {
-            bytes: bytes.len(),
-            expected,
-        });
+        return Err(VectorError::WrongLength { bytes: bytes.len(), expected });
     }
-    let vector: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let vector: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     if let Some(index) = vector.iter().position(|v| !v.is_finite()) {
         return Err(VectorError::NotFinite { index });
     }
@@ -54,12 +46,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (a, b) = (&a[..n], &b[..n]);
     let mut sums = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
             sums[k] += x[k] * y[k];
@@ -88,9 +75,7 @@ impl<Id> PartialOrd for Scored<Id> {
 }
 impl<Id> Ord for Scored<Id> {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.seq.cmp(&self.seq))
+        self.score.total_cmp(&other.score).then_with(|| other.seq.cmp(&self.seq))
     }
 }
 
@@ -98,11 +83,7 @@ impl<Id> Ord for Scored<Id> {
 /// cosine), best first, ties in arrival order. A heap of `k` entries: memory O(k)
 /// whatever the number of candidates. Candidates whose length differs from the
 /// query's, or whose score is not finite, are skipped.
-pub fn top_k<'a, Id>(
-    query: &[f32],
-    candidates: impl IntoIterator<Item = (Id, &'a [f32])>,
-    k: usize,
-) -> Vec<(Id, f32)> {
+pub fn top_k<'a, Id>(query: &[f32], candidates: impl IntoIterator<Item = (Id, &'a [f32])>, k: usize) -> Vec<(Id, f32)> {
     if k == 0 {
         return Vec::new();
     }

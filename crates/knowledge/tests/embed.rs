@@ -18,9 +18,7 @@ fn norm(v: &[f32]) -> f32 {
 
 #[test]
 fn vectors_have_384_unit_dimensions() {
-    let v = embedder()
-        .embed(&["How do I reset my password?", "a"])
-        .unwrap();
+    let v = embedder().embed(&["How do I reset my password?", "a"]).unwrap();
     assert_eq!(v.len(), 2);
     for x in &v {
         assert_eq!(x.len(), DIMENSIONS);
@@ -33,63 +31,35 @@ fn vectors_have_384_unit_dimensions() {
 /// ("The weather is lovely today." etc.: 0.6660, 0.1046, 0.1411).
 #[test]
 fn matches_the_published_sentence_transformers_similarities() {
-    let v = embedder()
-        .embed(&[
-            "The weather is lovely today.",
-            "It's so sunny outside!",
-            "He drove to the stadium.",
-        ])
-        .unwrap();
+    let v = embedder().embed(&["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]).unwrap();
     let got = [dot(&v[0], &v[1]), dot(&v[0], &v[2]), dot(&v[1], &v[2])];
     for (g, want) in got.iter().zip([0.6660f32, 0.1046, 0.1411]) {
-        assert!(
-            (g - want).abs() < 0.005,
-            "similarities {got:?}, published [0.6660, 0.1046, 0.1411]"
-        );
+        assert!((g - want).abs() < 0.005, "similarities {got:?}, published [0.6660, 0.1046, 0.1411]");
     }
 }
 
 #[test]
 fn paraphrases_are_much_closer_than_unrelated_sentences() {
     let v = embedder()
-        .embed(&[
-            "How do I reset my password?",
-            "Steps to change a forgotten password",
-            "The weather is sunny in Madrid",
-        ])
+        .embed(&["How do I reset my password?", "Steps to change a forgotten password", "The weather is sunny in Madrid"])
         .unwrap();
     let paraphrase = dot(&v[0], &v[1]);
     let unrelated = dot(&v[0], &v[2]);
     assert!(paraphrase > 0.5, "paraphrase {paraphrase}");
-    assert!(
-        paraphrase - unrelated > 0.4,
-        "paraphrase {paraphrase}, unrelated {unrelated}"
-    );
+    assert!(paraphrase - unrelated > 0.4, "paraphrase {paraphrase}, unrelated {unrelated}");
 }
 
 #[test]
 fn a_batch_gives_the_same_vectors_as_one_at_a_time() {
     let texts: Vec<String> = (0..37)
-        .map(|i| {
-            format!(
-                "Text {i}: {}",
-                "the quick brown fox jumps over the lazy dog ".repeat(i % 9 + 1)
-            )
-        })
+        .map(|i| format!("Text {i}: {}", "the quick brown fox jumps over the lazy dog ".repeat(i % 9 + 1)))
         .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let batched = embedder().embed(&refs).unwrap();
     for (i, text) in refs.iter().enumerate() {
         let single = &embedder().embed(&[text]).unwrap()[0];
-        let worst = batched[i]
-            .iter()
-            .zip(single)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst < 1e-4,
-            "text {i}: batched and single differ by {worst}"
-        );
+        let worst = batched[i].iter().zip(single).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "text {i}: batched and single differ by {worst}");
     }
 }
 
@@ -121,10 +91,7 @@ fn a_missing_model_folder_says_to_fetch_the_models() {
     std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
     std::fs::write(dir.path().join("model.safetensors"), "xx").unwrap();
     let err = Embedder::load(dir.path()).unwrap_err();
-    assert!(
-        matches!(&err, EmbedError::BadFile { path, .. } if path.ends_with("config.json")),
-        "{err}"
-    );
+    assert!(matches!(&err, EmbedError::BadFile { path, .. } if path.ends_with("config.json")), "{err}");
 }
 
 #[test]

@@ -14,11 +14,7 @@ fn ok(bytes: &[u8], name: &str) -> voxgate_knowledge::Document {
 
 fn err(bytes: &[u8], name: &str) -> ExtractError {
     match extract(bytes, name, &Limits::default()) {
-        Ok(doc) => panic!(
-            "{name}: expected an error, got {:?} {:?}",
-            doc.kind,
-            doc.text.chars().take(200).collect::<String>()
-        ),
+        Ok(doc) => panic!("{name}: expected an error, got {:?} {:?}", doc.kind, doc.text.chars().take(200).collect::<String>()),
         Err(e) => e,
     }
 }
@@ -27,10 +23,7 @@ fn err(bytes: &[u8], name: &str) -> ExtractError {
 
 #[test]
 fn plain_text_utf8_with_and_without_bom_and_utf16() {
-    let doc = ok(
-        "Grüße aus Köln.\r\nSecond line.\n\n\n\nNext paragraph.".as_bytes(),
-        "notes.txt",
-    );
+    let doc = ok("Grüße aus Köln.\r\nSecond line.\n\n\n\nNext paragraph.".as_bytes(), "notes.txt");
     assert_eq!(doc.kind, Kind::Text);
     assert_eq!(doc.text, "Grüße aus Köln.\nSecond line.\n\nNext paragraph.");
 
@@ -38,10 +31,7 @@ fn plain_text_utf8_with_and_without_bom_and_utf16() {
     bom.extend_from_slice("Ça va".as_bytes());
     assert_eq!(ok(&bom, "a.txt").text, "Ça va");
 
-    for (mark, unit) in [
-        (b"\xFF\xFE", u16::to_le_bytes as fn(u16) -> [u8; 2]),
-        (b"\xFE\xFF", u16::to_be_bytes),
-    ] {
+    for (mark, unit) in [(b"\xFF\xFE", u16::to_le_bytes as fn(u16) -> [u8; 2]), (b"\xFE\xFF", u16::to_be_bytes)] {
         let mut utf16 = mark.to_vec();
         utf16.extend("naïve café 🎉".encode_utf16().flat_map(unit));
         assert_eq!(ok(&utf16, "u16.txt").text, "naïve café 🎉");
@@ -56,14 +46,7 @@ fn markdown_keeps_the_words_and_drops_markup_and_raw_html() {
     let doc = ok(md.as_bytes(), "hours.md");
     assert_eq!(doc.kind, Kind::Markdown);
     let text = &doc.text;
-    for want in [
-        "Opening hours",
-        "We open at 9:00 on Saturday.",
-        "- Monday: closed",
-        "Sun | 12-16",
-        "code block",
-        "a shop front",
-    ] {
+    for want in ["Opening hours", "We open at 9:00 on Saturday.", "- Monday: closed", "Sun | 12-16", "code block", "a shop front"] {
         assert!(text.contains(want), "{want:?} missing from {text:?}");
     }
     for unwanted in ["**", "https://", "alert", "<script", "](", "#"] {
@@ -83,24 +66,11 @@ fn html_gives_readable_text_without_scripts_or_styles() {
         let doc = ok(html.as_bytes(), name);
         assert_eq!(doc.kind, Kind::Html, "{name}");
         let text = &doc.text;
-        for want in [
-            "Shipping",
-            "We ship to Spain & Portugal in 3 days.",
-            "Standard",
-            "Express",
-            "EU",
-            "5 €",
-        ] {
-            assert!(
-                text.contains(want),
-                "{name}: {want:?} missing from {text:?}"
-            );
+        for want in ["Shipping", "We ship to Spain & Portugal in 3 days.", "Standard", "Express", "EU", "5 €"] {
+            assert!(text.contains(want), "{name}: {want:?} missing from {text:?}");
         }
         for unwanted in ["secret", "color:red", "more()", "<", "&amp;"] {
-            assert!(
-                !text.contains(unwanted),
-                "{name}: {unwanted:?} left in {text:?}"
-            );
+            assert!(!text.contains(unwanted), "{name}: {unwanted:?} left in {text:?}");
         }
     }
 }
@@ -110,10 +80,7 @@ fn csv_becomes_one_line_per_row_with_headers() {
     let csv = "name,city,note\nAlice,Paris,\"likes, commas\"\nBob,,\"two\nlines\"\n";
     let doc = ok(csv.as_bytes(), "people.csv");
     assert_eq!(doc.kind, Kind::Csv);
-    assert_eq!(
-        doc.text,
-        "name: Alice; city: Paris; note: likes, commas\nname: Bob; note: two lines"
-    );
+    assert_eq!(doc.text, "name: Alice; city: Paris; note: likes, commas\nname: Bob; note: two lines");
 
     let semicolons = ok("Produkt;Preis\nKaffee;2,50\n".as_bytes(), "preise.csv");
     assert_eq!(semicolons.text, "Produkt: Kaffee; Preis: 2,50");
@@ -125,53 +92,29 @@ fn csv_becomes_one_line_per_row_with_headers() {
 
 #[test]
 fn a_hand_written_pdf_gives_its_text() {
-    let doc = ok(
-        &text_pdf(&["Opening hours", "We open at nine on Saturday (and Sunday)."]),
-        "hours.pdf",
-    );
+    let doc = ok(&text_pdf(&["Opening hours", "We open at nine on Saturday (and Sunday)."]), "hours.pdf");
     assert_eq!(doc.kind, Kind::Pdf);
     assert!(doc.text.contains("Opening hours"), "{:?}", doc.text);
-    assert!(
-        doc.text
-            .contains("We open at nine on Saturday (and Sunday)."),
-        "{:?}",
-        doc.text
-    );
+    assert!(doc.text.contains("We open at nine on Saturday (and Sunday)."), "{:?}", doc.text);
 }
 
 #[test]
 fn a_flate_compressed_pdf_named_txt_is_still_a_pdf() {
     let content = zlib(&show(&["Compressed content stream"]));
-    let bytes = pdf(
-        &one_page(stream("/Filter /FlateDecode", &content), "", vec![]),
-        "",
-    );
+    let bytes = pdf(&one_page(stream("/Filter /FlateDecode", &content), "", vec![]), "");
     let doc = ok(&bytes, "misleading.txt");
     assert_eq!(doc.kind, Kind::Pdf);
-    assert!(
-        doc.text.contains("Compressed content stream"),
-        "{:?}",
-        doc.text
-    );
+    assert!(doc.text.contains("Compressed content stream"), "{:?}", doc.text);
 }
 
 /// tests/fixtures/two-pages.pdf, written by fpdf2 (make_pdf.py): an embedded
 /// TrueType subset with a ToUnicode map on page 1, Helvetica on page 2.
 #[test]
 fn a_real_generated_pdf_gives_both_pages_with_accents() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/two-pages.pdf"
-    ))
-    .unwrap();
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/two-pages.pdf")).unwrap();
     let doc = ok(&bytes, "two-pages.pdf");
     let text = doc.text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for want in [
-        "Opening hours",
-        "The café in Zürich opens at nine o'clock on Saturday.",
-        "Refund policy",
-        "Refunds are paid within fourteen days",
-    ] {
+    for want in ["Opening hours", "The café in Zürich opens at nine o'clock on Saturday.", "Refund policy", "Refunds are paid within fourteen days"] {
         assert!(text.contains(want), "{want:?} missing from {text:?}");
     }
     assert!(text.find("Opening").unwrap() < text.find("Refund").unwrap());
@@ -186,10 +129,7 @@ fn file_names_lose_paths_controls_and_tricks() {
     assert_eq!(safe_file_name("..\\..\\boot.ini"), "boot.ini");
     assert_eq!(safe_file_name("a\0b\nc\u{7}.txt"), "ab c.txt");
     assert_eq!(safe_file_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
-    assert_eq!(
-        safe_file_name("  my   holiday\tnotes .md "),
-        "my holiday notes .md"
-    );
+    assert_eq!(safe_file_name("  my   holiday\tnotes .md "), "my holiday notes .md");
     assert_eq!(safe_file_name("what?<>|*:\".txt"), "what_______.txt");
     assert_eq!(safe_file_name(".hidden"), "hidden");
     assert_eq!(safe_file_name("CON.txt"), "_CON.txt");
@@ -198,10 +138,7 @@ fn file_names_lose_paths_controls_and_tricks() {
     }
     let long = format!("{}.pdf", "é".repeat(500));
     let short = safe_file_name(&long);
-    assert_eq!(
-        short.chars().count(),
-        voxgate_knowledge::MAX_FILE_NAME_CHARS
-    );
+    assert_eq!(short.chars().count(), voxgate_knowledge::MAX_FILE_NAME_CHARS);
     assert!(short.ends_with(".pdf"));
 
     let doc = ok(b"hello", "../../etc/passwd.txt");
@@ -212,52 +149,34 @@ fn file_names_lose_paths_controls_and_tricks() {
 
 #[test]
 fn too_large_input_is_413_before_reading_it() {
-    let limits = Limits {
-        max_input_bytes: 1_000,
-        ..Limits::default()
-    };
+    let limits = Limits { max_input_bytes: 1_000, ..Limits::default() };
     let e = extract(&vec![b'a'; 1_001], "big.txt", &limits).unwrap_err();
     assert!(matches!(e, ExtractError::TooLarge { .. }), "{e}");
     assert_eq!((e.code(), e.http_status()), ("file_too_large", 413));
-    assert!(
-        e.to_string().contains("big.txt") && e.to_string().contains("1000"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("big.txt") && e.to_string().contains("1000"), "{e}");
     extract(&vec![b'a'; 1_000], "ok.txt", &limits).unwrap();
 }
 
 #[test]
 fn output_past_the_character_limit_is_413() {
-    let limits = Limits {
-        max_output_chars: 100,
-        ..Limits::default()
-    };
+    let limits = Limits { max_output_chars: 100, ..Limits::default() };
     let e = extract("word ".repeat(50).as_bytes(), "long.txt", &limits).unwrap_err();
     assert_eq!(e.http_status(), 413, "{e}");
-    let lines: Vec<String> = (0..40)
-        .map(|i| format!("line number {i} of a long PDF"))
-        .collect();
+    let lines: Vec<String> = (0..40).map(|i| format!("line number {i} of a long PDF")).collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let e = extract(&text_pdf(&refs), "long.pdf", &limits).unwrap_err();
-    assert!(
-        matches!(e, ExtractError::TooLarge { what, .. } if what.contains("characters")),
-        "{e}"
-    );
+    assert!(matches!(e, ExtractError::TooLarge { what, .. } if what.contains("characters")), "{e}");
 }
 
 #[test]
 fn a_zip_renamed_pdf_is_an_unsupported_type() {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    zip.start_file("notes/a.txt", zip::write::SimpleFileOptions::default())
-        .unwrap();
+    zip.start_file("notes/a.txt", zip::write::SimpleFileOptions::default()).unwrap();
     zip.write_all(b"secret notes").unwrap();
     let bytes = zip.finish().unwrap().into_inner();
     for name in ["report.pdf", "report.txt", "report.csv"] {
         let e = err(&bytes, name);
-        assert!(
-            matches!(&e, ExtractError::Unsupported { detected, .. } if detected.contains("zip")),
-            "{name}: {e}"
-        );
+        assert!(matches!(&e, ExtractError::Unsupported { detected, .. } if detected.contains("zip")), "{name}: {e}");
         assert_eq!((e.code(), e.http_status()), ("unsupported_file_type", 415));
         assert!(e.to_string().contains(name), "{e}");
     }
@@ -267,10 +186,7 @@ fn a_zip_renamed_pdf_is_an_unsupported_type() {
 fn images_and_executables_are_refused_whatever_their_name() {
     let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
     let e = err(png, "notes.txt");
-    assert!(
-        matches!(&e, ExtractError::Unsupported { detected, .. } if detected == "image/png"),
-        "{e}"
-    );
+    assert!(matches!(&e, ExtractError::Unsupported { detected, .. } if detected == "image/png"), "{e}");
     let elf = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0";
     assert_eq!(err(elf, "readme.md").http_status(), 415);
 }
@@ -290,15 +206,8 @@ fn binary_in_a_txt_is_refused_and_latin1_is_not_utf8() {
     assert!(matches!(e, ExtractError::Binary { .. }), "{e}");
     assert_eq!((e.code(), e.http_status()), ("binary_content", 415));
 
-    let controls: Vec<u8> = b"ab"
-        .iter()
-        .chain([1u8, 2, 3, 4, 5, 6, 7, 8].iter().cycle().take(100))
-        .copied()
-        .collect();
-    assert!(matches!(
-        err(&controls, "ctl.txt"),
-        ExtractError::Binary { .. }
-    ));
+    let controls: Vec<u8> = b"ab".iter().chain([1u8, 2, 3, 4, 5, 6, 7, 8].iter().cycle().take(100)).copied().collect();
+    assert!(matches!(err(&controls, "ctl.txt"), ExtractError::Binary { .. }));
 
     let latin1 = b"Caf\xe9 cr\xe8me";
     let e = err(latin1, "menu.txt");
@@ -306,23 +215,13 @@ fn binary_in_a_txt_is_refused_and_latin1_is_not_utf8() {
     assert_eq!(e.http_status(), 422);
     assert!(e.to_string().contains("UTF-8"), "{e}");
 
-    assert!(matches!(
-        err(b"\xFF\xFEa", "odd.txt"),
-        ExtractError::Malformed { .. }
-    ));
-    assert!(matches!(
-        err(b"\xFF\xFE\x00\xD8", "surrogate.txt"),
-        ExtractError::Malformed { .. }
-    ));
+    assert!(matches!(err(b"\xFF\xFEa", "odd.txt"), ExtractError::Malformed { .. }));
+    assert!(matches!(err(b"\xFF\xFE\x00\xD8", "surrogate.txt"), ExtractError::Malformed { .. }));
 }
 
 #[test]
 fn empty_or_blank_files_have_no_text() {
-    for (bytes, name) in [
-        (&b""[..], "empty.txt"),
-        (b"  \n\t\n ", "blank.md"),
-        (b"<html><script>x()</script></html>", "s.html"),
-    ] {
+    for (bytes, name) in [(&b""[..], "empty.txt"), (b"  \n\t\n ", "blank.md"), (b"<html><script>x()</script></html>", "s.html")] {
         let e = err(bytes, name);
         assert!(matches!(e, ExtractError::NoText { .. }), "{name}: {e}");
         assert_eq!((e.code(), e.http_status()), ("no_text", 422));
@@ -336,17 +235,11 @@ fn a_huge_csv_is_refused_past_the_row_limit() {
         csv.push_str(&format!("{i},v\n"));
     }
     let e = err(csv.as_bytes(), "huge.csv");
-    assert!(
-        matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("rows")),
-        "{e}"
-    );
+    assert!(matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("rows")), "{e}");
 
     let wide = format!("{}\n", vec!["h"; 1_001].join(","));
     let e = err(wide.as_bytes(), "wide.csv");
-    assert!(
-        matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("fields")),
-        "{e}"
-    );
+    assert!(matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("fields")), "{e}");
 
     let limits = Limits::default();
     let over = "x,y\n".repeat(limits.max_input_bytes / 4 + 1);
@@ -361,15 +254,9 @@ fn a_huge_csv_is_refused_past_the_row_limit() {
 fn a_pdf_bomb_is_refused_with_bounded_memory() {
     let bomb = zlib_of_zeros(1 << 30);
     assert!(bomb.len() < 2 << 20, "the bomb is {} bytes", bomb.len());
-    let bytes = pdf(
-        &one_page(stream("/Filter /FlateDecode", &bomb), "", vec![]),
-        "",
-    );
+    let bytes = pdf(&one_page(stream("/Filter /FlateDecode", &bomb), "", vec![]), "");
     let e = err(&bytes, "bomb.pdf");
-    assert!(
-        matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("decompressed")),
-        "{e}"
-    );
+    assert!(matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("decompressed")), "{e}");
     assert_eq!(e.http_status(), 413);
     let peak = common::peak_rss();
     assert!(peak < 700 << 20, "peak memory {} MiB", peak >> 20);
@@ -380,21 +267,11 @@ fn a_pdf_bomb_is_refused_with_bounded_memory() {
 #[test]
 fn a_doubly_compressed_or_object_stream_bomb_is_refused() {
     let twice = zlib(&zlib_of_zeros(300 << 20));
-    let bytes = pdf(
-        &one_page(
-            stream("/Filter [/Fl#61teDecode /FlateDecode]", &twice),
-            "",
-            vec![],
-        ),
-        "",
-    );
+    let bytes = pdf(&one_page(stream("/Filter [/Fl#61teDecode /FlateDecode]", &twice), "", vec![]), "");
     let e = err(&bytes, "twice.pdf");
     assert!(matches!(&e, ExtractError::TooLarge { .. }), "{e}");
 
-    let objstm = stream(
-        "/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode",
-        &zlib_of_zeros(300 << 20),
-    );
+    let objstm = stream("/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode", &zlib_of_zeros(300 << 20));
     let bytes = pdf(&one_page(stream("", &show(&["hi"])), "", vec![objstm]), "");
     let e = err(&bytes, "objstm.pdf");
     assert!(matches!(&e, ExtractError::TooLarge { .. }), "{e}");
@@ -404,10 +281,7 @@ fn a_doubly_compressed_or_object_stream_bomb_is_refused() {
 fn an_encrypted_pdf_is_refused_even_with_an_escaped_name() {
     let encrypt = obj("<< /Filter /Standard /V 1 /R 2 /O (x) /U (y) /P -4 >>");
     for key in ["/Encrypt", "/Encr#79pt"] {
-        let bytes = pdf(
-            &one_page(stream("", &show(&["secret"])), "", vec![encrypt.clone()]),
-            &format!("{key} 6 0 R /ID [(a) (a)]"),
-        );
+        let bytes = pdf(&one_page(stream("", &show(&["secret"])), "", vec![encrypt.clone()]), &format!("{key} 6 0 R /ID [(a) (a)]"));
         let e = err(&bytes, "locked.pdf");
         assert!(matches!(e, ExtractError::Encrypted { .. }), "{key}: {e}");
         assert_eq!((e.code(), e.http_status()), ("encrypted_pdf", 422));
@@ -417,30 +291,13 @@ fn an_encrypted_pdf_is_refused_even_with_an_escaped_name() {
 
 #[test]
 fn truncated_pdfs_give_an_error_or_their_text_never_a_crash() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/two-pages.pdf"
-    ))
-    .unwrap();
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/two-pages.pdf")).unwrap();
     let mut cuts = 0;
-    for cut in (0..bytes.len())
-        .step_by(211)
-        .chain([bytes.len() - 1, bytes.len() / 2])
-    {
+    for cut in (0..bytes.len()).step_by(211).chain([bytes.len() - 1, bytes.len() / 2]) {
         match extract(&bytes[..cut], "cut.pdf", &Limits::default()) {
-            Ok(doc) => assert!(
-                doc.text.contains("Opening") || doc.text.contains("Refund"),
-                "cut at {cut}: {:?}",
-                doc.text
-            ),
+            Ok(doc) => assert!(doc.text.contains("Opening") || doc.text.contains("Refund"), "cut at {cut}: {:?}", doc.text),
             Err(e) => {
-                assert!(
-                    matches!(
-                        e.code(),
-                        "malformed_file" | "no_text" | "binary_content" | "not_utf8"
-                    ),
-                    "cut at {cut}: {e}"
-                );
+                assert!(matches!(e.code(), "malformed_file" | "no_text" | "binary_content" | "not_utf8"), "cut at {cut}: {e}");
                 cuts += 1;
             }
         }
@@ -452,11 +309,7 @@ fn truncated_pdfs_give_an_error_or_their_text_never_a_crash() {
 
 #[test]
 fn deeply_nested_pdf_objects_and_operands_are_refused_or_read() {
-    let deep = format!(
-        "<< /Type /Catalog /Pages 2 0 R /Junk {}1{} >>",
-        "[".repeat(100_000),
-        "]".repeat(100_000)
-    );
+    let deep = format!("<< /Type /Catalog /Pages 2 0 R /Junk {}1{} >>", "[".repeat(100_000), "]".repeat(100_000));
     let mut objects = one_page(stream("", &show(&["still here"])), "", vec![]);
     objects[0] = obj(&deep);
     match extract(&pdf(&objects, ""), "deep.pdf", &Limits::default()) {
@@ -465,19 +318,8 @@ fn deeply_nested_pdf_objects_and_operands_are_refused_or_read() {
     }
 
     let mut content = show(&["before"]);
-    content.extend_from_slice(
-        format!(
-            "\nBT {}(x){} TJ ET",
-            "[".repeat(200_000),
-            "]".repeat(200_000)
-        )
-        .as_bytes(),
-    );
-    match extract(
-        &pdf(&one_page(stream("", &content), "", vec![]), ""),
-        "deep-content.pdf",
-        &Limits::default(),
-    ) {
+    content.extend_from_slice(format!("\nBT {}(x){} TJ ET", "[".repeat(200_000), "]".repeat(200_000)).as_bytes());
+    match extract(&pdf(&one_page(stream("", &content), "", vec![]), ""), "deep-content.pdf", &Limits::default()) {
         Ok(doc) => assert!(doc.text.contains("before"), "{:?}", doc.text),
         Err(e) => assert_eq!(e.code(), "malformed_file", "{e}"),
     }
@@ -486,19 +328,10 @@ fn deeply_nested_pdf_objects_and_operands_are_refused_or_read() {
 #[test]
 fn a_form_xobject_that_draws_itself_is_refused() {
     let page_extra = "/XObject << /X1 6 0 R >>";
-    let xobject = stream(
-        "/Type /XObject /Subtype /Form /BBox [0 0 10 10] /Resources << /XObject << /X1 6 0 R >> >>",
-        b"/X1 Do",
-    );
-    let bytes = pdf(
-        &one_page(stream("", b"/X1 Do"), page_extra, vec![xobject]),
-        "",
-    );
+    let xobject = stream("/Type /XObject /Subtype /Form /BBox [0 0 10 10] /Resources << /XObject << /X1 6 0 R >> >>", b"/X1 Do");
+    let bytes = pdf(&one_page(stream("", b"/X1 Do"), page_extra, vec![xobject]), "");
     let e = err(&bytes, "loop.pdf");
-    assert!(
-        matches!(&e, ExtractError::Malformed { detail, .. } if detail.contains("itself")),
-        "{e}"
-    );
+    assert!(matches!(&e, ExtractError::Malformed { detail, .. } if detail.contains("itself")), "{e}");
 }
 
 #[test]
@@ -508,27 +341,15 @@ fn exponentially_repeated_form_xobjects_are_refused() {
     for level in 1..=6 {
         let next = 6 + level;
         let (resources, content) = if level < 6 {
-            (
-                format!("/Resources << /XObject << /N {next} 0 R >> >>"),
-                "/N Do\n".repeat(10),
-            )
+            (format!("/Resources << /XObject << /N {next} 0 R >> >>"), "/N Do\n".repeat(10))
         } else {
             (String::new(), "BT /F1 12 Tf (leaf) Tj ET".to_string())
         };
-        more.push(stream(
-            &format!("/Type /XObject /Subtype /Form /BBox [0 0 10 10] {resources}"),
-            content.as_bytes(),
-        ));
+        more.push(stream(&format!("/Type /XObject /Subtype /Form /BBox [0 0 10 10] {resources}"), content.as_bytes()));
     }
-    let bytes = pdf(
-        &one_page(stream("", b"/N Do"), "/XObject << /N 6 0 R >>", more),
-        "",
-    );
+    let bytes = pdf(&one_page(stream("", b"/N Do"), "/XObject << /N 6 0 R >>", more), "");
     let e = err(&bytes, "fan.pdf");
-    assert!(
-        matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("XObject")),
-        "{e}"
-    );
+    assert!(matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("XObject")), "{e}");
 }
 
 #[test]
@@ -547,37 +368,20 @@ fn a_page_that_is_its_own_parent_is_refused() {
 fn a_pdf_with_no_pages_or_garbage_after_the_header_is_malformed() {
     let e = err(b"%PDF-1.7\nthis is not a pdf at all\n%%EOF", "junk.pdf");
     assert_eq!((e.code(), e.http_status()), ("malformed_file", 422), "{e}");
-    let no_pages = pdf(
-        &[
-            obj("<< /Type /Catalog /Pages 2 0 R >>"),
-            obj("<< /Type /Pages /Kids [] /Count 0 >>"),
-        ],
-        "",
-    );
+    let no_pages = pdf(&[obj("<< /Type /Catalog /Pages 2 0 R >>"), obj("<< /Type /Pages /Kids [] /Count 0 >>")], "");
     assert_eq!(err(&no_pages, "empty.pdf").code(), "malformed_file");
 }
 
 #[test]
 fn too_many_pages_is_413() {
-    let limits = Limits {
-        max_pages: 2,
-        ..Limits::default()
-    };
-    let mut objects = vec![
-        obj("<< /Type /Catalog /Pages 2 0 R >>"),
-        obj("<< /Type /Pages /Kids [3 0 R 4 0 R 5 0 R] /Count 3 >>"),
-    ];
+    let limits = Limits { max_pages: 2, ..Limits::default() };
+    let mut objects = vec![obj("<< /Type /Catalog /Pages 2 0 R >>"), obj("<< /Type /Pages /Kids [3 0 R 4 0 R 5 0 R] /Count 3 >>")];
     for _ in 0..3 {
-        objects.push(obj(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 10 10] /Contents 6 0 R >>",
-        ));
+        objects.push(obj("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 10 10] /Contents 6 0 R >>"));
     }
     objects.push(stream("", b""));
     let e = extract(&pdf(&objects, ""), "pages.pdf", &limits).unwrap_err();
-    assert!(
-        matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("pages")),
-        "{e}"
-    );
+    assert!(matches!(&e, ExtractError::TooLarge { what, .. } if what.contains("pages")), "{e}");
 }
 
 // --- Hostile text formats --------------------------------------------------------------
@@ -586,38 +390,18 @@ fn too_many_pages_is_413() {
 fn deeply_nested_html_and_markdown_do_not_overflow_the_stack() {
     // html2text's time grows with the square of the depth: refused past 512.
     for (open, close) in [("<div>", "</div>"), ("<div/>", ""), ("<b><i>", "</i></b>")] {
-        let html = format!(
-            "<html><body>{}deep text{}</body></html>",
-            open.repeat(100_000),
-            close.repeat(100_000)
-        );
+        let html = format!("<html><body>{}deep text{}</body></html>", open.repeat(100_000), close.repeat(100_000));
         let e = err(html.as_bytes(), "deep.html");
-        assert!(
-            matches!(&e, ExtractError::Malformed { detail, .. } if detail.contains("nested")),
-            "{open}: {e}"
-        );
+        assert!(matches!(&e, ExtractError::Malformed { detail, .. } if detail.contains("nested")), "{open}: {e}");
     }
-    let html = format!(
-        "<html><body>{}deep text{}</body></html>",
-        "<div>".repeat(400),
-        "</div>".repeat(400)
-    );
+    let html = format!("<html><body>{}deep text{}</body></html>", "<div>".repeat(400), "</div>".repeat(400));
     assert!(ok(html.as_bytes(), "ok.html").text.contains("deep text"));
-    let svg = format!(
-        "<html><body><svg>{}</svg><p>after the drawing</p></body></html>",
-        "<path d='M0 0'/>".repeat(10_000)
-    );
-    assert!(
-        ok(svg.as_bytes(), "svg.html")
-            .text
-            .contains("after the drawing")
-    );
+    let svg = format!("<html><body><svg>{}</svg><p>after the drawing</p></body></html>", "<path d='M0 0'/>".repeat(10_000));
+    assert!(ok(svg.as_bytes(), "svg.html").text.contains("after the drawing"));
     let quotes = format!("{} deep quote\n", ">".repeat(50_000));
     let doc = ok(quotes.as_bytes(), "deep.md");
     assert!(doc.text.contains("deep quote"));
-    let lists = (0..1_000)
-        .map(|i| format!("{}- item {i}\n", "  ".repeat(i)))
-        .collect::<String>();
+    let lists = (0..1_000).map(|i| format!("{}- item {i}\n", "  ".repeat(i))).collect::<String>();
     let doc = ok(lists.as_bytes(), "lists.md");
     assert!(doc.text.contains("item 999"));
 }
@@ -625,54 +409,12 @@ fn deeply_nested_html_and_markdown_do_not_overflow_the_stack() {
 #[test]
 fn error_codes_are_stable_and_messages_name_the_file() {
     let cases: Vec<(ExtractError, &str, u16)> = vec![
-        (
-            ExtractError::TooLarge {
-                name: "a".into(),
-                what: "x",
-                actual: "2".into(),
-                limit: 1,
-            },
-            "file_too_large",
-            413,
-        ),
-        (
-            ExtractError::Unsupported {
-                name: "a".into(),
-                detected: "application/zip".into(),
-            },
-            "unsupported_file_type",
-            415,
-        ),
-        (
-            ExtractError::Binary {
-                name: "a".into(),
-                reason: "r".into(),
-            },
-            "binary_content",
-            415,
-        ),
-        (
-            ExtractError::NotUtf8 {
-                name: "a".into(),
-                offset: 0,
-            },
-            "not_utf8",
-            422,
-        ),
-        (
-            ExtractError::Encrypted { name: "a".into() },
-            "encrypted_pdf",
-            422,
-        ),
-        (
-            ExtractError::Malformed {
-                name: "a".into(),
-                kind: "PDF",
-                detail: "d".into(),
-            },
-            "malformed_file",
-            422,
-        ),
+        (ExtractError::TooLarge { name: "a".into(), what: "x", actual: "2".into(), limit: 1 }, "file_too_large", 413),
+        (ExtractError::Unsupported { name: "a".into(), detected: "application/zip".into() }, "unsupported_file_type", 415),
+        (ExtractError::Binary { name: "a".into(), reason: "r".into() }, "binary_content", 415),
+        (ExtractError::NotUtf8 { name: "a".into(), offset: 0 }, "not_utf8", 422),
+        (ExtractError::Encrypted { name: "a".into() }, "encrypted_pdf", 422),
+        (ExtractError::Malformed { name: "a".into(), kind: "PDF", detail: "d".into() }, "malformed_file", 422),
         (ExtractError::NoText { name: "a".into() }, "no_text", 422),
     ];
     for (e, code, status) in cases {

@@ -3,10 +3,7 @@
 
 mod common;
 
-use voxgate_knowledge::{
-    ChunkOptions, DIMENSIONS, Embedder, Options, VectorError, decode_vector, dot, encode_vector,
-    ingest, top_k,
-};
+use voxgate_knowledge::{ChunkOptions, DIMENSIONS, Embedder, Options, VectorError, decode_vector, dot, encode_vector, ingest, top_k};
 
 fn random_unit_vectors(n: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut s = seed;
@@ -35,21 +32,12 @@ fn vectors_round_trip_through_blobs_and_hostile_blobs_are_errors() {
 
     for len in [0, 3, DIMENSIONS * 4 - 4, DIMENSIONS * 4 + 1, DIMENSIONS * 8] {
         let e = decode_vector(&vec![0u8; len]).unwrap_err();
-        assert_eq!(
-            e,
-            VectorError::WrongLength {
-                bytes: len,
-                expected: DIMENSIONS * 4
-            }
-        );
+        assert_eq!(e, VectorError::WrongLength { bytes: len, expected: DIMENSIONS * 4 });
     }
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut w = v.clone();
         w[17] = bad;
-        assert_eq!(
-            decode_vector(&encode_vector(&w)).unwrap_err(),
-            VectorError::NotFinite { index: 17 }
-        );
+        assert_eq!(decode_vector(&encode_vector(&w)).unwrap_err(), VectorError::NotFinite { index: 17 });
     }
 }
 
@@ -57,28 +45,13 @@ fn vectors_round_trip_through_blobs_and_hostile_blobs_are_errors() {
 fn top_k_agrees_with_a_full_sort() {
     let vectors = random_unit_vectors(2_000, 42);
     let query = &random_unit_vectors(1, 99)[0];
-    let mut naive: Vec<(usize, f32)> = vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (i, dot(query, v)))
-        .collect();
+    let mut naive: Vec<(usize, f32)> = vectors.iter().enumerate().map(|(i, v)| (i, dot(query, v))).collect();
     naive.sort_by(|a, b| b.1.total_cmp(&a.1));
     for k in [1, 5, 50, 2_000, 5_000] {
-        let got = top_k(
-            query,
-            vectors.iter().enumerate().map(|(i, v)| (i, v.as_slice())),
-            k,
-        );
+        let got = top_k(query, vectors.iter().enumerate().map(|(i, v)| (i, v.as_slice())), k);
         assert_eq!(got, naive[..k.min(naive.len())].to_vec(), "k = {k}");
     }
-    assert!(
-        top_k(
-            query,
-            vectors.iter().enumerate().map(|(i, v)| (i, v.as_slice())),
-            0
-        )
-        .is_empty()
-    );
+    assert!(top_k(query, vectors.iter().enumerate().map(|(i, v)| (i, v.as_slice())), 0).is_empty());
 }
 
 #[test]
@@ -93,10 +66,7 @@ fn top_k_skips_wrong_lengths_and_non_finite_scores_and_keeps_ties_in_order() {
         ("c", vec![0.5, 0.9]),
     ];
     let got = top_k(&q, cands.iter().map(|(id, v)| (*id, v.as_slice())), 3);
-    assert_eq!(
-        got.iter().map(|g| g.0).collect::<Vec<_>>(),
-        ["best", "a", "b"]
-    );
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), ["best", "a", "b"]);
 }
 
 #[test]
@@ -115,28 +85,13 @@ fn the_opening_hours_chunk_answers_the_saturday_question() {
         We ship to every country in the European Union. Standard delivery takes three to five \
         working days and costs five euros; express delivery arrives the next working day. \
         Orders above fifty euros ship for free.";
-    let options = Options {
-        chunking: ChunkOptions {
-            target_words: 60,
-            overlap_words: 10,
-            max_chars: 1_000,
-        },
-        ..Options::default()
-    };
+    let options = Options { chunking: ChunkOptions { target_words: 60, overlap_words: 10, max_chars: 1_000 }, ..Options::default() };
     let ingested = ingest(doc.as_bytes(), "info.md", &embedder, &options).unwrap();
-    assert!(
-        ingested.chunks.len() >= 3,
-        "{} chunks",
-        ingested.chunks.len()
-    );
+    assert!(ingested.chunks.len() >= 3, "{} chunks", ingested.chunks.len());
 
     let ask = |question: &str| {
         let q = &embedder.embed(&[question]).unwrap()[0];
-        let best = top_k(
-            q,
-            ingested.chunks.iter().map(|(c, v)| (c.index, v.as_slice())),
-            3,
-        );
+        let best = top_k(q, ingested.chunks.iter().map(|(c, v)| (c.index, v.as_slice())), 3);
         ingested.chunks[best[0].0].0.text.clone()
     };
     let hours = ask("What time do you open on Saturday?");

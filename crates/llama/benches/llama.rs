@@ -14,18 +14,9 @@ short spoken sentences without lists or symbols. You can tell opening hours, boo
 prices. If you do not know, offer to take a message.";
 
 const TURNS: [(&str, &str); 3] = [
-    (
-        "Hi, are you open on Saturdays?",
-        "Yes, we are open on Saturdays from nine to one.",
-    ),
-    (
-        "Great. How much is a cleaning?",
-        "A regular cleaning costs eighty dollars.",
-    ),
-    (
-        "Do you take new patients?",
-        "Yes, we are happy to welcome new patients.",
-    ),
+    ("Hi, are you open on Saturdays?", "Yes, we are open on Saturdays from nine to one."),
+    ("Great. How much is a cleaning?", "A regular cleaning costs eighty dollars."),
+    ("Do you take new patients?", "Yes, we are happy to welcome new patients."),
 ];
 
 const QUESTIONS: [&str; 4] = [
@@ -47,11 +38,7 @@ fn history() -> Vec<Message> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -60,10 +47,7 @@ fn ms(d: Duration) -> f64 {
 
 fn turn(llama: &Llama, messages: &[Message]) -> (String, GenStats) {
     let mut text = String::new();
-    let params = GenParams {
-        max_tokens: 40,
-        ..GenParams::default()
-    };
+    let params = GenParams { max_tokens: 40, ..GenParams::default() };
     let stats = llama
         .generate(messages, &params, |p| {
             text.push_str(p);
@@ -82,12 +66,7 @@ struct Row {
 
 impl Row {
     fn new() -> Self {
-        Row {
-            ttft: vec![],
-            tps: vec![],
-            prompt: vec![],
-            evaluated: vec![],
-        }
+        Row { ttft: vec![], tps: vec![], prompt: vec![], evaluated: vec![] }
     }
     fn add(&mut self, s: &GenStats) {
         self.ttft.push(ms(s.time_to_first_token));
@@ -109,20 +88,10 @@ impl Row {
 }
 
 fn bench(path: &Path, threads: u32, reps: usize) {
-    let options = LlamaOptions {
-        threads,
-        ..LlamaOptions::default()
-    };
+    let options = LlamaOptions { threads, ..LlamaOptions::default() };
     let llama = Llama::load(path, options.clone()).expect("load");
     // Naive baseline: the whole prompt evaluated every turn.
-    let naive = Llama::load(
-        path,
-        LlamaOptions {
-            reuse_prefix: false,
-            ..options
-        },
-    )
-    .expect("load");
+    let naive = Llama::load(path, LlamaOptions { reuse_prefix: false, ..options }).expect("load");
     let (mut cached, mut uncached) = (Row::new(), Row::new());
     let mut prompt_tps = Vec::new();
     for rep in 0..reps {
@@ -152,17 +121,9 @@ fn bench(path: &Path, threads: u32, reps: usize) {
 }
 
 fn main() {
-    let path =
-        voxgate_models::model_dir(voxgate_models::SMOLLM2).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `voxgate models fetch`",
-        path.display()
-    );
-    let reps: usize = std::env::var("LLAMA_BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+    let path = voxgate_models::model_dir(voxgate_models::SMOLLM2).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.is_file(), "{} is missing: run `voxgate models fetch`", path.display());
+    let reps: usize = std::env::var("LLAMA_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let threads: Vec<u32> = std::env::var("LLAMA_BENCH_THREADS")
         .unwrap_or_else(|_| "1,2".into())
         .split(',')

@@ -13,11 +13,11 @@ use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::Error;
 use crate::gguf::{self, GgufInfo};
 use crate::prompt::{self, Message, Role};
 use crate::session::{Pool, Session, common_prefix};
 use crate::utf8::Utf8Stream;
+use crate::Error;
 
 /// Largest total size of the messages of one request, in bytes.
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
@@ -47,13 +47,7 @@ pub struct LlamaOptions {
 impl Default for LlamaOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        LlamaOptions {
-            threads: cores.min(2) as u32,
-            context_size: 2048,
-            sessions: 4,
-            batch_size: 512,
-            reuse_prefix: true,
-        }
+        LlamaOptions { threads: cores.min(2) as u32, context_size: 2048, sessions: 4, batch_size: 512, reuse_prefix: true }
     }
 }
 
@@ -73,12 +67,7 @@ pub struct GenParams {
 
 impl Default for GenParams {
     fn default() -> Self {
-        GenParams {
-            max_tokens: 256,
-            temperature: 0.0,
-            top_p: 0.95,
-            seed: 0,
-        }
+        GenParams { max_tokens: 256, temperature: 0.0, top_p: 0.95, seed: 0 }
     }
 }
 
@@ -120,25 +109,14 @@ pub struct GenStats {
 impl GenStats {
     /// Generation speed after the first token, in tokens per second.
     pub fn tokens_per_second(&self) -> f64 {
-        let secs = self
-            .total_time
-            .saturating_sub(self.time_to_first_token)
-            .as_secs_f64();
-        if self.generated_tokens <= 1 || secs <= 0.0 {
-            0.0
-        } else {
-            (self.generated_tokens - 1) as f64 / secs
-        }
+        let secs = self.total_time.saturating_sub(self.time_to_first_token).as_secs_f64();
+        if self.generated_tokens <= 1 || secs <= 0.0 { 0.0 } else { (self.generated_tokens - 1) as f64 / secs }
     }
 
     /// Prompt evaluation speed, in tokens per second.
     pub fn prompt_tokens_per_second(&self) -> f64 {
         let secs = self.prompt_time.as_secs_f64();
-        if secs <= 0.0 {
-            0.0
-        } else {
-            self.evaluated_tokens as f64 / secs
-        }
+        if secs <= 0.0 { 0.0 } else { self.evaluated_tokens as f64 / secs }
     }
 }
 
@@ -153,10 +131,7 @@ pub struct Llama {
 
 impl std::fmt::Debug for Llama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Llama")
-            .field("path", &self.inner.info.path)
-            .field("options", &self.inner.options)
-            .finish()
+        f.debug_struct("Llama").field("path", &self.inner.info.path).field("options", &self.inner.options).finish()
     }
 }
 
@@ -192,16 +167,10 @@ impl Llama {
     pub fn load(path: &Path, options: LlamaOptions) -> Result<Llama, Error> {
         let start = Instant::now();
         if !(1..=256).contains(&options.threads) {
-            return Err(Error::Options(format!(
-                "threads is {}, use 1 to 256",
-                options.threads
-            )));
+            return Err(Error::Options(format!("threads is {}, use 1 to 256", options.threads)));
         }
         if options.sessions == 0 || options.sessions > 64 {
-            return Err(Error::Options(format!(
-                "sessions is {}, use 1 to 64",
-                options.sessions
-            )));
+            return Err(Error::Options(format!("sessions is {}, use 1 to 64", options.sessions)));
         }
         if options.batch_size < 1 {
             return Err(Error::Options("batch_size is 0".into()));
@@ -217,16 +186,11 @@ impl Llama {
         if info.chat_template().is_none() {
             return Err(Error::NoChatTemplate { path: path.into() });
         }
-        let load_err = |reason: String| Error::Load {
-            path: path.into(),
-            reason,
-        };
+        let load_err = |reason: String| Error::Load { path: path.into(), reason };
         let backend = backend().map_err(load_err)?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
-            .map_err(|e| load_err(e.to_string()))?;
-        let template = model
-            .chat_template(None)
-            .map_err(|_| Error::NoChatTemplate { path: path.into() })?;
+        let model =
+            LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| load_err(e.to_string()))?;
+        let template = model.chat_template(None).map_err(|_| Error::NoChatTemplate { path: path.into() })?;
         let vocab = model.vocab();
         let control = vocab
             .tokens()
@@ -243,9 +207,7 @@ impl Llama {
             info,
             load_time: start.elapsed(),
         };
-        Ok(Llama {
-            inner: Arc::new(inner),
-        })
+        Ok(Llama { inner: Arc::new(inner) })
     }
 
     /// The checked header of the loaded file.
@@ -277,12 +239,7 @@ impl Llama {
     /// Renders `messages` as the model sees them (with an open assistant turn).
     pub fn render(&self, messages: &[Message]) -> Result<String, Error> {
         check_input(messages)?;
-        prompt::render(
-            &self.inner.model,
-            &self.inner.template,
-            messages,
-            &self.inner.control,
-        )
+        prompt::render(&self.inner.model, &self.inner.template, messages, &self.inner.control)
     }
 
     /// Number of tokens of the rendered prompt, without dropping any turn.
@@ -311,16 +268,10 @@ impl Llama {
         let start = Instant::now();
         check_input(messages)?;
         if !params.temperature.is_finite() || params.temperature < 0.0 {
-            return Err(Error::Options(format!(
-                "temperature is {}, use 0 or more",
-                params.temperature
-            )));
+            return Err(Error::Options(format!("temperature is {}, use 0 or more", params.temperature)));
         }
         if !(params.top_p > 0.0 && params.top_p <= 1.0) {
-            return Err(Error::Options(format!(
-                "top_p is {}, use a value in (0, 1]",
-                params.top_p
-            )));
+            return Err(Error::Options(format!("top_p is {}, use a value in (0, 1]", params.top_p)));
         }
         let inner = &*self.inner;
         let (prompt, dropped_messages) = inner.fit(messages, params.max_tokens)?;
@@ -398,10 +349,7 @@ fn check_input(messages: &[Message]) -> Result<(), Error> {
     }
     let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
     if bytes > MAX_INPUT_BYTES {
-        return Err(Error::InputTooLarge {
-            bytes,
-            limit: MAX_INPUT_BYTES,
-        });
+        return Err(Error::InputTooLarge { bytes, limit: MAX_INPUT_BYTES });
     }
     Ok(())
 }
@@ -421,10 +369,7 @@ impl Inner {
             .with_n_seq_max(1)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let backend = backend().map_err(|reason| Error::Context {
-            n_ctx: o.context_size,
-            reason,
-        })?;
+        let backend = backend().map_err(|reason| Error::Context { n_ctx: o.context_size, reason })?;
         // SAFETY: the context may outlive this borrow only inside `self.pool`,
         // which is dropped before `self.model` (field order of `Inner`), and the
         // boxed model never moves. A leased context is returned to the pool
@@ -432,44 +377,21 @@ impl Inner {
         let model: &'static LlamaModel = unsafe { &*std::ptr::from_ref::<LlamaModel>(&self.model) };
         let ctx = model
             .new_context(backend, params)
-            .map_err(|e| Error::Context {
-                n_ctx: o.context_size,
-                reason: e.to_string(),
-            })?;
-        Ok(Session {
-            ctx,
-            tokens: Vec::new(),
-            prompt_len: 0,
-        })
+            .map_err(|e| Error::Context { n_ctx: o.context_size, reason: e.to_string() })?;
+        Ok(Session { ctx, tokens: Vec::new(), prompt_len: 0 })
     }
 
     /// Renders and tokenizes the messages; while the prompt leaves less than
     /// `min(max_tokens, n_ctx / 2)` tokens for the reply, drops the oldest
     /// non-system messages (binary search on how many), always keeping the last.
-    fn fit(
-        &self,
-        messages: &[Message],
-        max_tokens: u32,
-    ) -> Result<(Vec<LlamaToken>, usize), Error> {
+    fn fit(&self, messages: &[Message], max_tokens: u32) -> Result<(Vec<LlamaToken>, usize), Error> {
         let n_ctx = self.options.context_size as usize;
         let limit = n_ctx - (max_tokens as usize).clamp(1, n_ctx / 2);
-        let systems = messages
-            .iter()
-            .take_while(|m| m.role == Role::System)
-            .count()
-            .min(messages.len() - 1);
+        let systems = messages.iter().take_while(|m| m.role == Role::System).count().min(messages.len() - 1);
         let tokens_without = |drop: usize| -> Result<Vec<LlamaToken>, Error> {
-            let kept: Vec<Message> = messages[..systems]
-                .iter()
-                .chain(&messages[systems + drop..])
-                .cloned()
-                .collect();
-            Ok(self.tokenize(&prompt::render(
-                &self.model,
-                &self.template,
-                &kept,
-                &self.control,
-            )?))
+            let kept: Vec<Message> =
+                messages[..systems].iter().chain(&messages[systems + drop..]).cloned().collect();
+            Ok(self.tokenize(&prompt::render(&self.model, &self.template, &kept, &self.control)?))
         };
         let all = tokens_without(0)?;
         if all.len() <= limit {
@@ -478,10 +400,7 @@ impl Inner {
         let droppable = messages.len() - systems - 1;
         let most = tokens_without(droppable)?;
         if most.len() > limit {
-            return Err(Error::PromptTooLong {
-                tokens: most.len(),
-                limit,
-            });
+            return Err(Error::PromptTooLong { tokens: most.len(), limit });
         }
         // The fewest drops that fit: lo does not fit, hi fits.
         let (mut lo, mut hi, mut best) = (0, droppable, most);
@@ -501,17 +420,10 @@ impl Inner {
     /// token is always left to evaluate, for its logits) and drops the rest.
     /// Returns the number of tokens kept.
     fn keep_prefix(&self, session: &mut Session, prompt: &[LlamaToken]) -> usize {
-        let shared = if self.options.reuse_prefix {
-            common_prefix(&session.tokens, prompt)
-        } else {
-            0
-        };
+        let shared = if self.options.reuse_prefix { common_prefix(&session.tokens, prompt) } else { 0 };
         let keep = shared.min(prompt.len().saturating_sub(1));
         if keep < session.tokens.len() {
-            let removed = session
-                .ctx
-                .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
-                .unwrap_or(false);
+            let removed = session.ctx.clear_kv_cache_seq(Some(0), Some(keep as u32), None).unwrap_or(false);
             if !removed {
                 session.ctx.clear_kv_cache();
                 session.tokens.clear();
@@ -533,9 +445,7 @@ impl Inner {
             let base = session.tokens.len();
             for (i, &t) in chunk.iter().enumerate() {
                 let last = c + 1 == chunks && i + 1 == chunk.len();
-                batch
-                    .add(t, (base + i) as i32, &[0], last)
-                    .map_err(|e| Error::Decode(e.to_string()))?;
+                batch.add(t, (base + i) as i32, &[0], last).map_err(|e| Error::Decode(e.to_string()))?;
             }
             if let Err(e) = session.ctx.decode(&mut batch) {
                 session.ctx.clear_kv_cache();
@@ -562,25 +472,14 @@ mod tests {
     /// Characters split across the model's real tokens come out whole.
     #[test]
     fn pieces_of_split_characters_are_joined() {
-        let path = voxgate_models::model_dir(voxgate_models::SMOLLM2)
-            .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            path.is_file(),
-            "{} is missing: run `voxgate models fetch`",
-            path.display()
-        );
+        let path = voxgate_models::model_dir(voxgate_models::SMOLLM2).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(path.is_file(), "{} is missing: run `voxgate models fetch`", path.display());
         let llama = Llama::load(&path, LlamaOptions::default()).unwrap();
         let text = "Café, 東京, naïve 😀🎉 ünïcödé";
         let vocab = llama.inner.model.vocab();
         let tokens = vocab.tokenize(text.as_bytes(), false, false);
-        let pieces: Vec<Vec<u8>> = tokens
-            .iter()
-            .map(|&t| vocab.token_to_piece(t, false, None))
-            .collect();
-        assert!(
-            pieces.iter().any(|p| std::str::from_utf8(p).is_err()),
-            "no token splits a character"
-        );
+        let pieces: Vec<Vec<u8>> = tokens.iter().map(|&t| vocab.token_to_piece(t, false, None)).collect();
+        assert!(pieces.iter().any(|p| std::str::from_utf8(p).is_err()), "no token splits a character");
         let mut stream = Utf8Stream::default();
         let mut out = String::new();
         for p in &pieces {

@@ -34,55 +34,21 @@ const MAGIC: &[u8; 4] = b"GGUF";
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot read GGUF file {path}: {source}; check the path and its permissions")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} is not a GGUF file (magic {found:?}, expected \"GGUF\"); point to a .gguf model"
-    )]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a GGUF file (magic {found:?}, expected \"GGUF\"); point to a .gguf model")]
     BadMagic { path: PathBuf, found: [u8; 4] },
-    #[error(
-        "{path} is GGUF version {version}; only versions 2 and 3 are supported, re-convert the model with a current llama.cpp"
-    )]
+    #[error("{path} is GGUF version {version}; only versions 2 and 3 are supported, re-convert the model with a current llama.cpp")]
     BadVersion { path: PathBuf, version: u32 },
-    #[error(
-        "{path} is truncated: {what} needs bytes up to offset {needed} but the file has {len}; fetch it again (`voxgate models fetch`)"
-    )]
-    Truncated {
-        path: PathBuf,
-        what: String,
-        needed: u64,
-        len: u64,
-    },
-    #[error(
-        "{path} declares {count} {what}, more than the limit of {limit}; the header is corrupt"
-    )]
-    TooMany {
-        path: PathBuf,
-        what: &'static str,
-        count: u64,
-        limit: u64,
-    },
-    #[error(
-        "{path} has a {what} of {len} bytes, more than the limit of {limit}; the header is corrupt"
-    )]
-    TooLong {
-        path: PathBuf,
-        what: String,
-        len: u64,
-        limit: u64,
-    },
+    #[error("{path} is truncated: {what} needs bytes up to offset {needed} but the file has {len}; fetch it again (`voxgate models fetch`)")]
+    Truncated { path: PathBuf, what: String, needed: u64, len: u64 },
+    #[error("{path} declares {count} {what}, more than the limit of {limit}; the header is corrupt")]
+    TooMany { path: PathBuf, what: &'static str, count: u64, limit: u64 },
+    #[error("{path} has a {what} of {len} bytes, more than the limit of {limit}; the header is corrupt")]
+    TooLong { path: PathBuf, what: String, len: u64, limit: u64 },
     #[error("{path}: metadata key {key:?} has unknown value type {ty}; the header is corrupt")]
     BadValueType { path: PathBuf, key: String, ty: u32 },
-    #[error(
-        "{path}: tensor {tensor:?} has unknown ggml dtype {dtype}; the model needs a newer llama.cpp or is corrupt"
-    )]
-    UnknownDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: u32,
-    },
+    #[error("{path}: tensor {tensor:?} has unknown ggml dtype {dtype}; the model needs a newer llama.cpp or is corrupt")]
+    UnknownDtype { path: PathBuf, tensor: String, dtype: u32 },
     #[error("{path}: {what}; the file is corrupt, fetch it again (`voxgate models fetch`)")]
     Invalid { path: PathBuf, what: String },
 }
@@ -97,13 +63,8 @@ pub enum MetaValue {
     /// A string up to [`MAX_KEPT_STRING`] bytes (lossily decoded if not UTF-8).
     String(String),
     /// A longer string: checked, but its text is not kept.
-    LongString {
-        len: u64,
-    },
-    Array {
-        element_type: u32,
-        len: u64,
-    },
+    LongString { len: u64 },
+    Array { element_type: u32, len: u64 },
 }
 
 impl MetaValue {
@@ -154,16 +115,12 @@ pub struct GgufInfo {
 impl GgufInfo {
     /// `general.architecture`, e.g. `llama`.
     pub fn architecture(&self) -> Option<&str> {
-        self.metadata
-            .get("general.architecture")
-            .and_then(MetaValue::as_str)
+        self.metadata.get("general.architecture").and_then(MetaValue::as_str)
     }
 
     /// `general.name`, if present.
     pub fn name(&self) -> Option<&str> {
-        self.metadata
-            .get("general.name")
-            .and_then(MetaValue::as_str)
+        self.metadata.get("general.name").and_then(MetaValue::as_str)
     }
 
     /// `<arch>.context_length`: the context the model was trained with.
@@ -174,41 +131,25 @@ impl GgufInfo {
 
     /// `tokenizer.chat_template` (a Jinja template), if present.
     pub fn chat_template(&self) -> Option<&str> {
-        self.metadata
-            .get("tokenizer.chat_template")
-            .and_then(MetaValue::as_str)
+        self.metadata.get("tokenizer.chat_template").and_then(MetaValue::as_str)
     }
 }
 
 /// Checks the GGUF file at `path` and returns its header. Reads only the header
 /// (a few MB for SmolLM2); tensor data is bounds-checked against the file length.
 pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
-    let io = |source| GgufError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| GgufError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
-    let mut r = Reader {
-        inner: BufReader::with_capacity(1 << 16, file),
-        pos: 0,
-        len: file_len,
-        path,
-    };
+    let mut r = Reader { inner: BufReader::with_capacity(1 << 16, file), pos: 0, len: file_len, path };
 
     let magic: [u8; 4] = r.array("the magic number")?;
     if &magic != MAGIC {
-        return Err(GgufError::BadMagic {
-            path: path.into(),
-            found: magic,
-        });
+        return Err(GgufError::BadMagic { path: path.into(), found: magic });
     }
     let version = r.u32("the version")?;
     if !(2..=3).contains(&version) {
-        return Err(GgufError::BadVersion {
-            path: path.into(),
-            version,
-        });
+        return Err(GgufError::BadVersion { path: path.into(), version });
     }
     let n_tensors = r.u64("the tensor count")?;
     let n_kv = r.u64("the metadata count")?;
@@ -231,11 +172,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(MetaValue::U64(a)) if a.is_power_of_two() && *a <= u64::from(u32::MAX) => *a,
-        Some(other) => {
-            return Err(r.invalid(format!(
-                "general.alignment is {other:?}, not a power of two u32"
-            )));
-        }
+        Some(other) => return Err(r.invalid(format!("general.alignment is {other:?}, not a power of two u32"))),
     };
 
     let mut names = HashSet::new();
@@ -248,22 +185,12 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
         tensors.push(t);
     }
 
-    let data_offset = if n_tensors == 0 {
-        r.pos
-    } else {
-        align(r.pos, alignment).ok_or_else(|| r.overflow("data offset"))?
-    };
+    let data_offset = if n_tensors == 0 { r.pos } else { align(r.pos, alignment).ok_or_else(|| r.overflow("data offset"))? };
     for t in &tensors {
         if t.offset % alignment != 0 {
-            return Err(r.invalid(format!(
-                "tensor {:?} offset {} is not a multiple of the alignment {alignment}",
-                t.name, t.offset
-            )));
+            return Err(r.invalid(format!("tensor {:?} offset {} is not a multiple of the alignment {alignment}", t.name, t.offset)));
         }
-        let end = data_offset
-            .checked_add(t.offset)
-            .and_then(|o| o.checked_add(t.size))
-            .ok_or_else(|| r.overflow(&t.name))?;
+        let end = data_offset.checked_add(t.offset).and_then(|o| o.checked_add(t.size)).ok_or_else(|| r.overflow(&t.name))?;
         if end > file_len {
             return Err(GgufError::Truncated {
                 path: path.into(),
@@ -273,15 +200,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
             });
         }
     }
-    Ok(GgufInfo {
-        path: path.into(),
-        version,
-        file_len,
-        alignment,
-        data_offset,
-        metadata,
-        tensors,
-    })
+    Ok(GgufInfo { path: path.into(), version, file_len, alignment, data_offset, metadata, tensors })
 }
 
 fn align(x: u64, a: u64) -> Option<u64> {
@@ -296,12 +215,7 @@ fn dtype_layout(dtype: u32) -> Option<(u64, u64)> {
     }
     // SAFETY: `dtype` is below GGML_TYPE_COUNT, so both look-ups index ggml's
     // static type table in bounds; they read nothing else.
-    let (block, size) = unsafe {
-        (
-            llama_cpp_sys_2::ggml_blck_size(dtype as _),
-            llama_cpp_sys_2::ggml_type_size(dtype as _),
-        )
-    };
+    let (block, size) = unsafe { (llama_cpp_sys_2::ggml_blck_size(dtype as _), llama_cpp_sys_2::ggml_type_size(dtype as _)) };
     let block = u64::try_from(block).ok().filter(|b| *b > 0)?;
     let size = u64::try_from(size).ok().filter(|s| *s > 0)?;
     Some((block, size))
@@ -316,10 +230,7 @@ struct Reader<'p> {
 
 impl Reader<'_> {
     fn invalid(&self, what: String) -> GgufError {
-        GgufError::Invalid {
-            path: self.path.into(),
-            what,
-        }
+        GgufError::Invalid { path: self.path.into(), what }
     }
 
     fn overflow(&self, what: &str) -> GgufError {
@@ -328,12 +239,7 @@ impl Reader<'_> {
 
     fn limit(&self, what: &'static str, count: u64, limit: u64) -> Result<(), GgufError> {
         if count > limit {
-            return Err(GgufError::TooMany {
-                path: self.path.into(),
-                what,
-                count,
-                limit,
-            });
+            return Err(GgufError::TooMany { path: self.path.into(), what, count, limit });
         }
         Ok(())
     }
@@ -360,10 +266,7 @@ impl Reader<'_> {
 
     fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), GgufError> {
         self.need(buf.len() as u64, what)?;
-        self.inner.read_exact(buf).map_err(|source| GgufError::Io {
-            path: self.path.into(),
-            source,
-        })?;
+        self.inner.read_exact(buf).map_err(|source| GgufError::Io { path: self.path.into(), source })?;
         self.pos += buf.len() as u64;
         Ok(())
     }
@@ -371,12 +274,7 @@ impl Reader<'_> {
     fn skip(&mut self, n: u64, what: &str) -> Result<(), GgufError> {
         self.need(n, what)?;
         let delta = i64::try_from(n).map_err(|_| self.overflow(what))?;
-        self.inner
-            .seek_relative(delta)
-            .map_err(|source| GgufError::Io {
-                path: self.path.into(),
-                source,
-            })?;
+        self.inner.seek_relative(delta).map_err(|source| GgufError::Io { path: self.path.into(), source })?;
         self.pos += n;
         Ok(())
     }
@@ -398,12 +296,7 @@ impl Reader<'_> {
     fn string_len(&mut self, what: &str, limit: u64) -> Result<u64, GgufError> {
         let len = self.u64(what)?;
         if len > limit {
-            return Err(GgufError::TooLong {
-                path: self.path.into(),
-                what: what.to_string(),
-                len,
-                limit,
-            });
+            return Err(GgufError::TooLong { path: self.path.into(), what: what.to_string(), len, limit });
         }
         self.need(len, what)?;
         Ok(len)
@@ -423,13 +316,7 @@ impl Reader<'_> {
             4..=6 => Some(4),
             10..=12 => Some(8),
             8 | 9 => None,
-            _ => {
-                return Err(GgufError::BadValueType {
-                    path: self.path.into(),
-                    key: key.into(),
-                    ty,
-                });
-            }
+            _ => return Err(GgufError::BadValueType { path: self.path.into(), key: key.into(), ty }),
         })
     }
 
@@ -454,9 +341,7 @@ impl Reader<'_> {
                     self.skip(len, &what)?;
                     MetaValue::LongString { len }
                 } else {
-                    MetaValue::String(
-                        String::from_utf8_lossy(&self.bytes(len, &what)?).into_owned(),
-                    )
+                    MetaValue::String(String::from_utf8_lossy(&self.bytes(len, &what)?).into_owned())
                 }
             }
             9 => {
@@ -469,50 +354,32 @@ impl Reader<'_> {
                     }
                     None if element_type == 8 => {
                         // Each string needs at least its 8-byte length: bounds the loop by the file size.
-                        self.need(
-                            len.checked_mul(8).ok_or_else(|| self.overflow(&what))?,
-                            &what,
-                        )?;
+                        self.need(len.checked_mul(8).ok_or_else(|| self.overflow(&what))?, &what)?;
                         for _ in 0..len {
                             let n = self.string_len(&what, u64::MAX)?;
                             self.skip(n, &what)?;
                         }
                     }
-                    None => {
-                        return Err(self.invalid(format!(
-                            "{what} is an array of arrays, which GGUF readers do not support"
-                        )));
-                    }
+                    None => return Err(self.invalid(format!("{what} is an array of arrays, which GGUF readers do not support"))),
                 }
                 MetaValue::Array { element_type, len }
             }
             10 => MetaValue::U64(self.u64(&what)?),
             11 => MetaValue::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array(&what)?)),
-            _ => {
-                return Err(GgufError::BadValueType {
-                    path: self.path.into(),
-                    key: key.into(),
-                    ty,
-                });
-            }
+            _ => return Err(GgufError::BadValueType { path: self.path.into(), key: key.into(), ty }),
         })
     }
 
     fn tensor_info(&mut self, i: u64) -> Result<TensorInfo, GgufError> {
         let name = self.string(&format!("the name of tensor {i}"), MAX_KEY_LEN)?;
         if name.len() >= MAX_TENSOR_NAME {
-            return Err(self.invalid(format!(
-                "tensor name {name:?} is longer than {} bytes",
-                MAX_TENSOR_NAME - 1
-            )));
+            return Err(self.invalid(format!("tensor name {name:?} is longer than {} bytes", MAX_TENSOR_NAME - 1)));
         }
         let what = format!("the shape of tensor {name:?}");
         let n_dims = self.u32(&what)?;
         if n_dims > MAX_DIMS {
-            return Err(self.invalid(format!(
-                "tensor {name:?} has {n_dims} dimensions, more than {MAX_DIMS}"
-            )));
+            return Err(self.invalid(format!("tensor {name:?} has {n_dims} dimensions, more than {MAX_DIMS}")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -520,36 +387,20 @@ impl Reader<'_> {
         }
         let dtype = self.u32(&format!("the dtype of tensor {name:?}"))?;
         let offset = self.u64(&format!("the offset of tensor {name:?}"))?;
-        let (block, type_size) = dtype_layout(dtype).ok_or_else(|| GgufError::UnknownDtype {
-            path: self.path.into(),
-            tensor: name.clone(),
-            dtype,
-        })?;
+        let (block, type_size) =
+            dtype_layout(dtype).ok_or_else(|| GgufError::UnknownDtype { path: self.path.into(), tensor: name.clone(), dtype })?;
         let mut elements: u64 = 1;
         for &d in &dims {
             if d > i64::MAX as u64 {
                 return Err(self.invalid(format!("tensor {name:?} has a negative dimension")));
             }
-            elements = elements
-                .checked_mul(d)
-                .filter(|e| *e <= i64::MAX as u64)
-                .ok_or_else(|| self.overflow(&what))?;
+            elements = elements.checked_mul(d).filter(|e| *e <= i64::MAX as u64).ok_or_else(|| self.overflow(&what))?;
         }
         let row = dims.first().copied().unwrap_or(1);
         if row % block != 0 {
-            return Err(self.invalid(format!(
-                "tensor {name:?} rows of {row} are not a multiple of its block size {block}"
-            )));
+            return Err(self.invalid(format!("tensor {name:?} rows of {row} are not a multiple of its block size {block}")));
         }
-        let size = (elements / block)
-            .checked_mul(type_size)
-            .ok_or_else(|| self.overflow(&what))?;
-        Ok(TensorInfo {
-            name,
-            dims,
-            dtype,
-            offset,
-            size,
-        })
+        let size = (elements / block).checked_mul(type_size).ok_or_else(|| self.overflow(&what))?;
+        Ok(TensorInfo { name, dims, dtype, offset, size })
     }
 }

@@ -38,25 +38,19 @@ pub use prompt::{Message, Role};
 pub enum Error {
     #[error(transparent)]
     Gguf(#[from] gguf::GgufError),
-    #[error(
-        "{path} has no tokenizer.chat_template: it is probably a base model, not a chat model; use an instruction-tuned GGUF"
-    )]
+    #[error("{path} has no tokenizer.chat_template: it is probably a base model, not a chat model; use an instruction-tuned GGUF")]
     NoChatTemplate { path: PathBuf },
     #[error("llama.cpp could not load {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("invalid options: {0}")]
     Options(String),
-    #[error(
-        "llama.cpp could not create a context of {n_ctx} tokens: {reason}; lower LlamaOptions::context_size or sessions"
-    )]
+    #[error("llama.cpp could not create a context of {n_ctx} tokens: {reason}; lower LlamaOptions::context_size or sessions")]
     Context { n_ctx: u32, reason: String },
     #[error("no messages to answer: pass at least one message")]
     NoMessages,
     #[error("the messages total {bytes} bytes, more than the limit of {limit}; shorten them")]
     InputTooLarge { bytes: usize, limit: usize },
-    #[error(
-        "the prompt needs {tokens} tokens even with older turns dropped, but at most {limit} fit in the context; shorten the system prompt or the last message, or raise LlamaOptions::context_size"
-    )]
+    #[error("the prompt needs {tokens} tokens even with older turns dropped, but at most {limit} fit in the context; shorten the system prompt or the last message, or raise LlamaOptions::context_size")]
     PromptTooLong { tokens: usize, limit: usize },
     #[error("the chat template failed: {0}")]
     Template(String),

@@ -32,10 +32,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message {
-            role,
-            content: content.into(),
-        }
+        Message { role, content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Message::new(Role::System, content)
@@ -82,9 +79,7 @@ pub(crate) fn render(
                 .map_err(|e| Error::Template(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    model
-        .apply_chat_template(template, &chat, true)
-        .map_err(|e| Error::Template(e.to_string()))
+    model.apply_chat_template(template, &chat, true).map_err(|e| Error::Template(e.to_string()))
 }
 
 #[cfg(test)]
@@ -94,10 +89,7 @@ mod tests {
     #[test]
     fn scrub_removes_markers_even_when_nested() {
         let control = vec!["<|im_start|>".to_string(), "<|im_end|>".to_string()];
-        assert_eq!(
-            scrub("a<|im_end|>\n<|im_start|>system\nb", &control),
-            "a\nsystem\nb"
-        );
+        assert_eq!(scrub("a<|im_end|>\n<|im_start|>system\nb", &control), "a\nsystem\nb");
         assert_eq!(scrub("<|im_<|im_end|>start|>x", &control), "x");
         assert_eq!(scrub("nul\0byte", &control), "nulbyte");
     }

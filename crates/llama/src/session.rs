@@ -44,9 +44,7 @@ pub(crate) struct Lease<'p> {
 
 impl Lease<'_> {
     pub(crate) fn session(&mut self) -> &mut Session {
-        self.session
-            .as_mut()
-            .expect("a lease holds its session until dropped")
+        self.session.as_mut().expect("a lease holds its session until dropped")
     }
 }
 
@@ -69,14 +67,7 @@ pub(crate) fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 
 impl Pool {
     pub(crate) fn new(capacity: usize) -> Self {
-        Pool {
-            state: Mutex::new(State {
-                slots: Vec::new(),
-                clock: 0,
-            }),
-            returned: Condvar::new(),
-            capacity: capacity.max(1),
-        }
+        Pool { state: Mutex::new(State { slots: Vec::new(), clock: 0 }), returned: Condvar::new(), capacity: capacity.max(1) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -107,12 +98,7 @@ impl Pool {
                 .filter_map(|(i, slot)| {
                     let s = slot.session.as_ref()?;
                     let shared = common_prefix(&s.tokens, prompt);
-                    Some((
-                        i,
-                        shared,
-                        s.prompt_len > 0 && shared >= s.prompt_len,
-                        slot.last_used,
-                    ))
+                    Some((i, shared, s.prompt_len > 0 && shared >= s.prompt_len, slot.last_used))
                 })
                 .collect();
             let continuation = idle.iter().filter(|c| c.2).max_by_key(|c| c.1).map(|c| c.0);
@@ -120,34 +106,19 @@ impl Pool {
                 Some(i) => Some(i),
                 None if state.slots.len() < self.capacity => {
                     let session = create()?;
-                    state.slots.push(Slot {
-                        session: Some(session),
-                        last_used: 0,
-                    });
+                    state.slots.push(Slot { session: Some(session), last_used: 0 });
                     Some(state.slots.len() - 1)
                 }
                 None => idle
                     .iter()
-                    .max_by_key(|c| {
-                        (
-                            if c.1 >= MIN_SHARED { c.1 } else { 0 },
-                            std::cmp::Reverse(c.3),
-                        )
-                    })
+                    .max_by_key(|c| (if c.1 >= MIN_SHARED { c.1 } else { 0 }, std::cmp::Reverse(c.3)))
                     .map(|c| c.0),
             };
             if let Some(i) = chosen {
                 let session = state.slots[i].session.take();
-                return Ok(Lease {
-                    pool: self,
-                    slot: i,
-                    session,
-                });
+                return Ok(Lease { pool: self, slot: i, session });
             }
-            state = self
-                .returned
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.returned.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
     }
 

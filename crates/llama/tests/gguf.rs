@@ -63,14 +63,8 @@ impl Gguf {
 /// A small valid file: 2 metadata entries and two tensors (F32 [4, 2], Q4_1 [32]).
 fn valid() -> Gguf {
     let mut g = Gguf::header(b"GGUF", 3, 2, 3);
-    g.kv_str("general.architecture", "llama")
-        .kv_u32("llama.context_length", 128);
-    g.str("tokenizer.ggml.tokens")
-        .u32(9)
-        .u32(8)
-        .u64(2)
-        .str("a")
-        .str("bc");
+    g.kv_str("general.architecture", "llama").kv_u32("llama.context_length", 128);
+    g.str("tokenizer.ggml.tokens").u32(9).u32(8).u64(2).str("a").str("bc");
     g.tensor("w", &[4, 2], 0, 0).tensor("q", &[32], 3, 32);
     g.data(32 + 20);
     g
@@ -81,10 +75,7 @@ fn check(g: &Gguf, name: &str) -> (PathBuf, Result<gguf::GgufInfo, GgufError>) {
     let path = g.write(dir.path(), name);
     let result = gguf::inspect(&path);
     if let Err(e) = &result {
-        assert!(
-            e.to_string().contains(path.to_str().unwrap()),
-            "error does not name the file: {e}"
-        );
+        assert!(e.to_string().contains(path.to_str().unwrap()), "error does not name the file: {e}");
     }
     (path, result)
 }
@@ -96,13 +87,7 @@ fn a_crafted_valid_file_is_read() {
     assert_eq!(info.version, 3);
     assert_eq!(info.architecture(), Some("llama"));
     assert_eq!(info.context_length(), Some(128));
-    assert_eq!(
-        info.metadata["tokenizer.ggml.tokens"],
-        MetaValue::Array {
-            element_type: 8,
-            len: 2
-        }
-    );
+    assert_eq!(info.metadata["tokenizer.ggml.tokens"], MetaValue::Array { element_type: 8, len: 2 });
     assert_eq!(info.tensors.len(), 2);
     assert_eq!(info.tensors[0].size, 32);
     assert_eq!(info.tensors[1].size, 20);
@@ -115,9 +100,7 @@ fn every_truncation_is_refused_as_truncated() {
     let full = valid();
     let dir = tempfile::tempdir().unwrap();
     for len in 0..full.bytes.len() {
-        let cut = Gguf {
-            bytes: full.bytes[..len].to_vec(),
-        };
+        let cut = Gguf { bytes: full.bytes[..len].to_vec() };
         let path = cut.write(dir.path(), "cut.gguf");
         match gguf::inspect(&path) {
             Err(GgufError::Truncated { .. }) => {}
@@ -130,9 +113,7 @@ fn every_truncation_is_refused_as_truncated() {
 fn wrong_magic_is_refused() {
     let mut g = valid();
     g.bytes[..4].copy_from_slice(b"GGML");
-    assert!(
-        matches!(check(&g, "magic.gguf").1, Err(GgufError::BadMagic { found, .. }) if &found == b"GGML")
-    );
+    assert!(matches!(check(&g, "magic.gguf").1, Err(GgufError::BadMagic { found, .. }) if &found == b"GGML"));
 }
 
 #[test]
@@ -140,9 +121,7 @@ fn versions_other_than_2_and_3_are_refused() {
     for version in [0, 1, 4, u32::MAX] {
         let mut g = valid();
         g.bytes[4..8].copy_from_slice(&version.to_le_bytes());
-        assert!(
-            matches!(check(&g, "v.gguf").1, Err(GgufError::BadVersion { version: v, .. }) if v == version)
-        );
+        assert!(matches!(check(&g, "v.gguf").1, Err(GgufError::BadVersion { version: v, .. }) if v == version));
     }
     let mut g = valid();
     g.bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
@@ -152,21 +131,9 @@ fn versions_other_than_2_and_3_are_refused() {
 #[test]
 fn absurd_counts_are_refused_before_allocating() {
     let g = Gguf::header(b"GGUF", 3, 0, u64::MAX);
-    assert!(matches!(
-        check(&g, "kv.gguf").1,
-        Err(GgufError::TooMany {
-            what: "metadata entries",
-            ..
-        })
-    ));
+    assert!(matches!(check(&g, "kv.gguf").1, Err(GgufError::TooMany { what: "metadata entries", .. })));
     let g = Gguf::header(b"GGUF", 3, 1 << 40, 0);
-    assert!(matches!(
-        check(&g, "t.gguf").1,
-        Err(GgufError::TooMany {
-            what: "tensors",
-            ..
-        })
-    ));
+    assert!(matches!(check(&g, "t.gguf").1, Err(GgufError::TooMany { what: "tensors", .. })));
 }
 
 #[test]
@@ -174,59 +141,35 @@ fn absurd_lengths_are_refused_before_allocating() {
     // A key claiming 2^63 bytes.
     let mut g = Gguf::header(b"GGUF", 3, 0, 1);
     g.u64(1 << 63);
-    assert!(matches!(
-        check(&g, "key.gguf").1,
-        Err(GgufError::TooLong { .. })
-    ));
+    assert!(matches!(check(&g, "key.gguf").1, Err(GgufError::TooLong { .. })));
     // A string value claiming 1 TB.
     let mut g = Gguf::header(b"GGUF", 3, 0, 1);
     g.str("k").u32(8).u64(1 << 40);
-    assert!(matches!(
-        check(&g, "val.gguf").1,
-        Err(GgufError::Truncated { .. })
-    ));
+    assert!(matches!(check(&g, "val.gguf").1, Err(GgufError::Truncated { .. })));
     // An array of 2^62 u64 (the byte count overflows) and of 2^40 strings.
     let mut g = Gguf::header(b"GGUF", 3, 0, 1);
     g.str("k").u32(9).u32(10).u64(1 << 62);
-    assert!(matches!(
-        check(&g, "arr.gguf").1,
-        Err(GgufError::Invalid { .. } | GgufError::Truncated { .. })
-    ));
+    assert!(matches!(check(&g, "arr.gguf").1, Err(GgufError::Invalid { .. } | GgufError::Truncated { .. })));
     let mut g = Gguf::header(b"GGUF", 3, 0, 1);
     g.str("k").u32(9).u32(8).u64(1 << 40);
-    assert!(matches!(
-        check(&g, "arrs.gguf").1,
-        Err(GgufError::Truncated { .. })
-    ));
+    assert!(matches!(check(&g, "arrs.gguf").1, Err(GgufError::Truncated { .. })));
     // A tensor whose shape overflows.
     let mut g = Gguf::header(b"GGUF", 3, 1, 0);
     g.tensor("w", &[u64::MAX / 2, 4], 0, 0).data(8);
-    assert!(matches!(
-        check(&g, "shape.gguf").1,
-        Err(GgufError::Invalid { .. })
-    ));
+    assert!(matches!(check(&g, "shape.gguf").1, Err(GgufError::Invalid { .. })));
 }
 
 #[test]
 fn unknown_value_types_are_refused() {
     let mut g = Gguf::header(b"GGUF", 3, 0, 1);
     g.str("general.x").u32(13).u32(0);
-    assert!(matches!(
-        check(&g, "vt.gguf").1,
-        Err(GgufError::BadValueType { ty: 13, .. })
-    ));
+    assert!(matches!(check(&g, "vt.gguf").1, Err(GgufError::BadValueType { ty: 13, .. })));
     let mut g = Gguf::header(b"GGUF", 3, 0, 1);
     g.str("general.x").u32(9).u32(99).u64(1);
-    assert!(matches!(
-        check(&g, "at.gguf").1,
-        Err(GgufError::BadValueType { ty: 99, .. })
-    ));
+    assert!(matches!(check(&g, "at.gguf").1, Err(GgufError::BadValueType { ty: 99, .. })));
     let mut g = Gguf::header(b"GGUF", 3, 0, 1);
     g.str("general.x").u32(7).bytes.push(2);
-    assert!(matches!(
-        check(&g, "bool.gguf").1,
-        Err(GgufError::Invalid { .. })
-    ));
+    assert!(matches!(check(&g, "bool.gguf").1, Err(GgufError::Invalid { .. })));
 }
 
 #[test]
@@ -235,9 +178,7 @@ fn unknown_dtypes_are_refused() {
     for dtype in [4, 5, 43, u32::MAX] {
         let mut g = Gguf::header(b"GGUF", 3, 1, 0);
         g.tensor("w", &[32], dtype, 0).data(64);
-        assert!(
-            matches!(check(&g, "dt.gguf").1, Err(GgufError::UnknownDtype { dtype: d, .. }) if d == dtype)
-        );
+        assert!(matches!(check(&g, "dt.gguf").1, Err(GgufError::UnknownDtype { dtype: d, .. }) if d == dtype));
     }
 }
 
@@ -271,10 +212,7 @@ fn malformed_tensor_infos_are_refused() {
         }),
     ];
     for (what, g) in cases {
-        assert!(
-            matches!(check(&g, "t.gguf").1, Err(GgufError::Invalid { .. })),
-            "{what}"
-        );
+        assert!(matches!(check(&g, "t.gguf").1, Err(GgufError::Invalid { .. })), "{what}");
     }
 }
 
@@ -282,17 +220,11 @@ fn malformed_tensor_infos_are_refused() {
 fn duplicate_keys_and_bad_alignment_are_refused() {
     let mut g = Gguf::header(b"GGUF", 3, 0, 2);
     g.kv_u32("a", 1).kv_u32("a", 2);
-    assert!(matches!(
-        check(&g, "dup.gguf").1,
-        Err(GgufError::Invalid { .. })
-    ));
+    assert!(matches!(check(&g, "dup.gguf").1, Err(GgufError::Invalid { .. })));
     for alignment in [0, 24] {
         let mut g = Gguf::header(b"GGUF", 3, 0, 1);
         g.kv_u32("general.alignment", alignment);
-        assert!(
-            matches!(check(&g, "al.gguf").1, Err(GgufError::Invalid { .. })),
-            "{alignment}"
-        );
+        assert!(matches!(check(&g, "al.gguf").1, Err(GgufError::Invalid { .. })), "{alignment}");
     }
 }
 
@@ -313,12 +245,7 @@ fn the_real_model_passes_and_its_metadata_is_read() {
     assert_eq!(info.context_length(), Some(8192));
     assert!(info.chat_template().unwrap().contains("<|im_start|>"));
     assert!(info.tensors.len() > 100, "{} tensors", info.tensors.len());
-    let end = info
-        .tensors
-        .iter()
-        .map(|t| info.data_offset + t.offset + t.size)
-        .max()
-        .unwrap();
+    let end = info.tensors.iter().map(|t| info.data_offset + t.offset + t.size).max().unwrap();
     assert!(end <= info.file_len);
 }
 
@@ -330,9 +257,6 @@ fn truncated_copies_of_the_real_model_are_refused() {
     let cut = dir.path().join("cut.gguf");
     for len in [bytes.len() - 1, bytes.len() / 2, 3_000_000, 100] {
         std::fs::write(&cut, &bytes[..len]).unwrap();
-        assert!(
-            matches!(gguf::inspect(&cut), Err(GgufError::Truncated { .. })),
-            "cut at {len}"
-        );
+        assert!(matches!(gguf::inspect(&cut), Err(GgufError::Truncated { .. })), "cut at {len}");
     }
 }

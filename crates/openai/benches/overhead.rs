@@ -18,10 +18,7 @@ const COLD_ROUNDS: usize = 40;
 
 fn request() -> ChatRequest {
     ChatRequest {
-        messages: vec![
-            ChatMessage::new(Role::System, "You are brief."),
-            ChatMessage::new(Role::User, "Weather in Paris?"),
-        ],
+        messages: vec![ChatMessage::new(Role::System, "You are brief."), ChatMessage::new(Role::User, "Weather in Paris?")],
         tools: vec![],
         temperature: 0.3,
         max_tokens: 100,
@@ -29,11 +26,7 @@ fn request() -> ChatRequest {
 }
 
 fn config(fake: &Fake) -> OpenAiConfig {
-    OpenAiConfig {
-        api_key: Some("sk-bench".into()),
-        base_url: fake.base.clone(),
-        ..OpenAiConfig::default()
-    }
+    OpenAiConfig { api_key: Some("sk-bench".into()), base_url: fake.base.clone(), ..OpenAiConfig::default() }
 }
 
 /// (first token, whole reply) through the provider.
@@ -53,19 +46,9 @@ async fn provider_call(ai: &OpenAi) -> (Duration, Duration) {
 
 /// The same request by hand: one reqwest call, the body read until the first
 /// non-empty content and then to its end, no SSE parser, no deadlines, no metrics.
-async fn bare_call(
-    client: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-) -> (Duration, Duration) {
+async fn bare_call(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> (Duration, Duration) {
     let started = Instant::now();
-    let response = client
-        .post(url)
-        .bearer_auth("sk-bench")
-        .json(body)
-        .send()
-        .await
-        .expect("send");
+    let response = client.post(url).bearer_auth("sk-bench").json(body).send().await.expect("send");
     let mut stream = response.bytes_stream();
     let mut first = None;
     let mut seen = Vec::new();
@@ -73,10 +56,7 @@ async fn bare_call(
         let piece = piece.expect("body");
         if first.is_none() {
             seen.extend_from_slice(&piece);
-            if seen
-                .windows(12)
-                .any(|w| w.starts_with(b"\"content\":\"") && w[11] != b'"')
-            {
+            if seen.windows(12).any(|w| w.starts_with(b"\"content\":\"") && w[11] != b'"') {
                 first = Some(started.elapsed());
             }
         }
@@ -91,11 +71,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         // Steady state: warm pools on both sides, interleaved rounds.
         let fake = Fake::start().await;

@@ -17,12 +17,7 @@ use crate::stats::{self, InFlight, Stage};
 #[derive(Debug)]
 pub(crate) enum Fail {
     /// The server answered with an error status.
-    Status {
-        status: u16,
-        message: String,
-        retry_after: Option<Duration>,
-        quota: bool,
-    },
+    Status { status: u16, message: String, retry_after: Option<Duration>, quota: bool },
     /// No connection, or the request could not be sent.
     Connect(String),
     FirstByte(Duration),
@@ -32,10 +27,7 @@ pub(crate) enum Fail {
     Cut(String),
     /// The body is not what the API sends.
     Malformed(String),
-    TooLarge {
-        what: &'static str,
-        limit: usize,
-    },
+    TooLarge { what: &'static str, limit: usize },
 }
 
 impl Fail {
@@ -162,12 +154,7 @@ impl Call {
         let deadline = (Instant::now() + self.deadlines.idle).min(self.total_deadline);
         let body = read_some(response, self.error_cap, deadline).await;
         let parsed = ErrorBody::parse(&body, status);
-        Fail::Status {
-            status,
-            message: parsed.message,
-            retry_after,
-            quota: parsed.quota,
-        }
+        Fail::Status { status, message: parsed.message, retry_after, quota: parsed.quota }
     }
 
     /// After a failure of a streamed reply: `None` once waited and worth another
@@ -191,15 +178,8 @@ impl Call {
     pub async fn recover(&mut self, fail: Fail) -> Result<(), ServiceError> {
         let now = Instant::now();
         let wait = match &fail {
-            Fail::Status {
-                status: 429,
-                retry_after,
-                quota: false,
-                ..
-            } => {
-                let wait = retry_after.unwrap_or(
-                    self.retry.rate_limit_default_wait * (1 << self.rate_retries.min(8)),
-                );
+            Fail::Status { status: 429, retry_after, quota: false, .. } => {
+                let wait = retry_after.unwrap_or(self.retry.rate_limit_default_wait * (1 << self.rate_retries.min(8)));
                 let allowed = self.rate_retries < self.retry.rate_limit_retries
                     && self.rate_waited + wait <= self.retry.rate_limit_max_wait
                     && now + wait < self.total_deadline;
@@ -218,12 +198,7 @@ impl Call {
                 }
                 self.transient_retries += 1;
                 self.in_flight.retry("transient");
-                tracing::debug!(
-                    provider = self.ep.name,
-                    stage = self.stage.label(),
-                    "retrying after: {}",
-                    self.describe(&fail)
-                );
+                tracing::debug!(provider = self.ep.name, stage = self.stage.label(), "retrying after: {}", self.describe(&fail));
                 wait
             }
             _ => return Err(self.error(fail)),
@@ -242,23 +217,10 @@ impl Call {
         let provider = self.ep.name;
         let message = self.ep.redact(&self.describe(&fail));
         match fail {
-            Fail::Status {
-                status: 401 | 403, ..
-            } => ServiceError::Unauthorized { provider, message },
+            Fail::Status { status: 401 | 403, .. } => ServiceError::Unauthorized { provider, message },
             // A spent quota is a billing problem: waiting does not help.
-            Fail::Status {
-                status: 429,
-                quota: true,
-                ..
-            } => ServiceError::Unauthorized { provider, message },
-            Fail::Status {
-                status: 429,
-                retry_after,
-                ..
-            } => ServiceError::RateLimited {
-                provider,
-                retry_after,
-            },
+            Fail::Status { status: 429, quota: true, .. } => ServiceError::Unauthorized { provider, message },
+            Fail::Status { status: 429, retry_after, .. } => ServiceError::RateLimited { provider, retry_after },
             Fail::Status { status, .. } if is_transient_status(status) || status < 300 => {
                 ServiceError::Transient { provider, message }
             }
@@ -271,12 +233,7 @@ impl Call {
         let at = format!("{} {}", self.method, self.ep.shown(self.path));
         let stage = self.stage.label();
         match fail {
-            Fail::Status {
-                status,
-                message,
-                quota,
-                ..
-            } => {
+            Fail::Status { status, message, quota, .. } => {
                 let hint = match status {
                     401 | 403 => "; check the API key",
                     429 if *quota => "; the account's quota is spent: check its plan and billing",
@@ -286,20 +243,12 @@ impl Call {
                 format!("{at} answered {status}: {message}{hint}")
             }
             Fail::Connect(e) => format!("{at} failed: {e}"),
-            Fail::FirstByte(d) => format!(
-                "{at}: no reply within the first-byte deadline of {d:?} (deadlines.{stage}.first_byte)"
-            ),
-            Fail::Idle(d) => {
-                format!("{at}: the reply stalled for longer than {d:?} (deadlines.{stage}.idle)")
-            }
-            Fail::Total(d) => format!(
-                "{at}: not finished within the total deadline of {d:?} (deadlines.{stage}.total)"
-            ),
+            Fail::FirstByte(d) => format!("{at}: no reply within the first-byte deadline of {d:?} (deadlines.{stage}.first_byte)"),
+            Fail::Idle(d) => format!("{at}: the reply stalled for longer than {d:?} (deadlines.{stage}.idle)"),
+            Fail::Total(d) => format!("{at}: not finished within the total deadline of {d:?} (deadlines.{stage}.total)"),
             Fail::Cut(e) => format!("{at}: the reply broke off: {e}"),
             Fail::Malformed(e) => format!("{at}: malformed reply: {e}"),
-            Fail::TooLarge { what, limit } => {
-                format!("{at}: the {what} exceeds the limit of {limit} bytes (limits)")
-            }
+            Fail::TooLarge { what, limit } => format!("{at}: the {what} exceeds the limit of {limit} bytes (limits)"),
         }
     }
 }
@@ -323,11 +272,7 @@ pub(crate) struct Opened {
 impl Opened {
     /// The next piece of the body, `None` at its end; more than `cap` bytes in all fails.
     pub async fn next(&mut self, cap: usize, what: &'static str) -> Result<Option<Bytes>, Fail> {
-        let deadline = if self.got_first {
-            (Instant::now() + self.idle).min(self.total_deadline)
-        } else {
-            self.first_deadline
-        };
+        let deadline = if self.got_first { (Instant::now() + self.idle).min(self.total_deadline) } else { self.first_deadline };
         let piece = match timeout_at(deadline, self.stream.next()).await {
             Err(_) if deadline >= self.total_deadline => return Err(Fail::Total(self.total)),
             Err(_) if !self.got_first => return Err(Fail::FirstByte(self.first_byte)),
@@ -338,8 +283,7 @@ impl Opened {
         };
         if !self.got_first {
             self.got_first = true;
-            metrics::histogram!(stats::FIRST_BYTE, "stage" => self.stage.label())
-                .record(self.started.elapsed().as_secs_f64());
+            metrics::histogram!(stats::FIRST_BYTE, "stage" => self.stage.label()).record(self.started.elapsed().as_secs_f64());
         }
         self.read += piece.len();
         if self.read > cap {
@@ -358,11 +302,7 @@ impl Opened {
     }
 
     /// The body as a stream that ends after its first error.
-    pub fn into_stream(
-        self,
-        cap: usize,
-        what: &'static str,
-    ) -> BoxStream<'static, Result<Bytes, Fail>> {
+    pub fn into_stream(self, cap: usize, what: &'static str) -> BoxStream<'static, Result<Bytes, Fail>> {
         futures_util::stream::unfold(Some(self), move |state| async move {
             let mut opened = state?;
             match opened.next(cap, what).await {
@@ -380,9 +320,7 @@ async fn read_some(mut response: reqwest::Response, cap: usize, deadline: Instan
     let mut body = Vec::new();
     while body.len() < cap {
         match timeout_at(deadline, response.chunk()).await {
-            Ok(Ok(Some(piece))) => {
-                body.extend_from_slice(&piece[..piece.len().min(cap - body.len())])
-            }
+            Ok(Ok(Some(piece))) => body.extend_from_slice(&piece[..piece.len().min(cap - body.len())]),
             _ => break,
         }
     }
@@ -421,9 +359,7 @@ impl ErrorBody {
                     .or_else(|| error.as_str().map(str::to_string));
                 let kind = error.get("type").and_then(text);
                 let code = error.get("code").and_then(text);
-                quota = [&kind, &code]
-                    .iter()
-                    .any(|s| s.as_deref() == Some("insufficient_quota"));
+                quota = [&kind, &code].iter().any(|s| s.as_deref() == Some("insufficient_quota"));
                 let mut out = message.unwrap_or_else(|| v.to_string());
                 let tags: Vec<String> = [("type", kind), ("code", code)]
                     .into_iter()
@@ -436,11 +372,7 @@ impl ErrorBody {
             }
             None => String::from_utf8_lossy(body).trim().to_string(),
         };
-        let mut message: String = message
-            .chars()
-            .filter(|c| !c.is_control() || *c == ' ')
-            .take(MESSAGE_CHARS)
-            .collect();
+        let mut message: String = message.chars().filter(|c| !c.is_control() || *c == ' ').take(MESSAGE_CHARS).collect();
         if message.is_empty() {
             message = reqwest::StatusCode::from_u16(status)
                 .ok()
@@ -454,22 +386,11 @@ impl ErrorBody {
 
 /// The wait a 429 (or 503) asks for: `retry-after-ms` (milliseconds, what OpenAI
 /// sends), else `Retry-After` as seconds or an HTTP date. Capped at an hour.
-pub(crate) fn retry_after(
-    headers: &reqwest::header::HeaderMap,
-    now: SystemTime,
-) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
     const CAP: Duration = Duration::from_secs(3600);
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let seconds = |s: &str, scale: f64| {
-        s.parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| Duration::from_secs_f64((v * scale).min(CAP.as_secs_f64())))
+        s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).map(|v| Duration::from_secs_f64((v * scale).min(CAP.as_secs_f64())))
     };
     if let Some(wait) = header("retry-after-ms").and_then(|s| seconds(s, 0.001)) {
         return Some(wait);
@@ -513,41 +434,16 @@ mod tests {
     #[test]
     fn retry_after_reads_seconds_milliseconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "3")]), now),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "0.5")]), now),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            retry_after(
-                &headers(&[("retry-after-ms", "250"), ("retry-after", "9")]),
-                now
-            ),
-            Some(Duration::from_millis(250))
-        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "3")]), now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&headers(&[("retry-after", "0.5")]), now), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after(&headers(&[("retry-after-ms", "250"), ("retry-after", "9")]), now), Some(Duration::from_millis(250)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", &later)]), now),
-            Some(Duration::from_secs(7))
-        );
+        assert_eq!(retry_after(&headers(&[("retry-after", &later)]), now), Some(Duration::from_secs(7)));
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(7));
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", &earlier)]), now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "99999999999999")]), now),
-            Some(Duration::from_secs(3600))
-        );
+        assert_eq!(retry_after(&headers(&[("retry-after", &earlier)]), now), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers(&[("retry-after", "99999999999999")]), now), Some(Duration::from_secs(3600)));
         for junk in ["", "-1", "NaN", "inf", "soon", "Mon, 99 Foo 2024"] {
-            assert_eq!(
-                retry_after(&headers(&[("retry-after", junk)]), now),
-                None,
-                "{junk}"
-            );
+            assert_eq!(retry_after(&headers(&[("retry-after", junk)]), now), None, "{junk}");
         }
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
@@ -556,41 +452,17 @@ mod tests {
     fn error_bodies_in_every_shape() {
         let openai = br#"{"error":{"message":"Invalid model","type":"invalid_request_error","code":"model_not_found","param":null}}"#;
         let parsed = ErrorBody::parse(openai, 404);
-        assert_eq!(
-            parsed.message,
-            "Invalid model (type invalid_request_error, code model_not_found)"
-        );
+        assert_eq!(parsed.message, "Invalid model (type invalid_request_error, code model_not_found)");
         assert!(!parsed.quota);
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
         assert!(ErrorBody::parse(quota, 429).quota);
-        assert_eq!(
-            ErrorBody::parse(br#"{"error":"model not loaded"}"#, 503).message,
-            "model not loaded"
-        );
-        assert_eq!(
-            ErrorBody::parse(br#"{"detail":"Not Found"}"#, 404).message,
-            "Not Found"
-        );
-        assert_eq!(
-            ErrorBody::parse(br#"{"error":{"code":500}}"#, 500).message,
-            r#"{"error":{"code":500}} (code 500)"#
-        );
-        assert_eq!(
-            ErrorBody::parse(b"<html>Bad Gateway</html>\n", 502).message,
-            "<html>Bad Gateway</html>"
-        );
+        assert_eq!(ErrorBody::parse(br#"{"error":"model not loaded"}"#, 503).message, "model not loaded");
+        assert_eq!(ErrorBody::parse(br#"{"detail":"Not Found"}"#, 404).message, "Not Found");
+        assert_eq!(ErrorBody::parse(br#"{"error":{"code":500}}"#, 500).message, r#"{"error":{"code":500}} (code 500)"#);
+        assert_eq!(ErrorBody::parse(b"<html>Bad Gateway</html>\n", 502).message, "<html>Bad Gateway</html>");
         assert_eq!(ErrorBody::parse(b"", 503).message, "Service Unavailable");
-        assert_eq!(
-            ErrorBody::parse(br#"{"error":{"message":"trunc"#, 400).message,
-            r#"{"error":{"message":"trunc"#
-        );
-        assert_eq!(
-            ErrorBody::parse(&[0xff, 0xfe, b'x'], 400)
-                .message
-                .chars()
-                .last(),
-            Some('x')
-        );
+        assert_eq!(ErrorBody::parse(br#"{"error":{"message":"trunc"#, 400).message, r#"{"error":{"message":"trunc"#);
+        assert_eq!(ErrorBody::parse(&[0xff, 0xfe, b'x'], 400).message.chars().last(), Some('x'));
         let huge = format!(r#"{{"error":{{"message":"{}"}}}}"#, "a\n".repeat(100_000));
         assert!(ErrorBody::parse(huge.as_bytes(), 400).message.len() <= MESSAGE_CHARS);
     }

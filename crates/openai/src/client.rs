@@ -84,11 +84,7 @@ where
         let connecting = self.0.call(request);
         Box::pin(async move {
             let result = connecting.await;
-            let name = if result.is_ok() {
-                stats::CONNECTIONS_OPENED
-            } else {
-                stats::CONNECT_ERRORS
-            };
+            let name = if result.is_ok() { stats::CONNECTIONS_OPENED } else { stats::CONNECT_ERRORS };
             metrics::counter!(name).increment(1);
             result
         })

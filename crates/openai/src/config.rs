@@ -64,11 +64,7 @@ impl OpenAiConfig {
     /// The defaults with `OPENAI_API_KEY` and `OPENAI_BASE_URL` from the environment
     /// (an empty variable counts as unset).
     pub fn from_env() -> OpenAiConfig {
-        let var = |name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v: &String| !v.trim().is_empty())
-        };
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
         OpenAiConfig {
             api_key: var("OPENAI_API_KEY").map(|k| k.trim().to_string()),
             base_url: var("OPENAI_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.to_string()),
@@ -133,21 +129,9 @@ impl Default for StageDeadlines {
     fn default() -> Self {
         let s = Duration::from_secs;
         StageDeadlines {
-            stt: Deadlines {
-                first_byte: s(10),
-                idle: s(10),
-                total: s(30),
-            },
-            llm: Deadlines {
-                first_byte: s(10),
-                idle: s(15),
-                total: s(90),
-            },
-            tts: Deadlines {
-                first_byte: s(8),
-                idle: s(10),
-                total: s(60),
-            },
+            stt: Deadlines { first_byte: s(10), idle: s(10), total: s(30) },
+            llm: Deadlines { first_byte: s(10), idle: s(15), total: s(90) },
+            tts: Deadlines { first_byte: s(8), idle: s(10), total: s(60) },
             warm: s(5),
         }
     }
@@ -233,10 +217,7 @@ pub struct Overrides {
 impl fmt::Debug for Overrides {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Overrides")
-            .field(
-                "base_url",
-                &self.base_url.as_deref().map(crate::endpoint::display_url),
-            )
+            .field("base_url", &self.base_url.as_deref().map(crate::endpoint::display_url))
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("stt_model", &self.stt_model)
             .field("llm_model", &self.llm_model)

@@ -16,26 +16,13 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        key: Option<String>,
-        name: &'static str,
-    ) -> Result<Endpoint, Error> {
+    pub fn new(client: reqwest::Client, base_url: &str, key: Option<String>, name: &'static str) -> Result<Endpoint, Error> {
         let base = check_base_url(base_url)?;
         let key = key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
-        if key
-            .as_ref()
-            .is_some_and(|k| k.bytes().any(|b| b.is_ascii_control() || !b.is_ascii()))
-        {
+        if key.as_ref().is_some_and(|k| k.bytes().any(|b| b.is_ascii_control() || !b.is_ascii())) {
             return Err(Error::ApiKey);
         }
-        Ok(Endpoint {
-            client,
-            base,
-            key,
-            name,
-        })
+        Ok(Endpoint { client, base, key, name })
     }
 
     pub fn base(&self) -> &str {
@@ -68,10 +55,7 @@ impl Endpoint {
 
 /// Checks an API root and returns it without a trailing slash.
 pub(crate) fn check_base_url(raw: &str) -> Result<String, Error> {
-    let bad = |reason: &str| Error::BaseUrl {
-        url: display_url(raw),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| Error::BaseUrl { url: display_url(raw), reason: reason.to_string() };
     let url = Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https"));
@@ -80,9 +64,7 @@ pub(crate) fn check_base_url(raw: &str) -> Result<String, Error> {
         return Err(bad("it has no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(
-            "credentials in the URL are not accepted; give the key as the API key",
-        ));
+        return Err(bad("credentials in the URL are not accepted; give the key as the API key"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("it must not have a query or a fragment"));
@@ -152,10 +134,7 @@ mod tests {
         let out = redact(msg, Some("secret-123"));
         assert!(!out.contains("abc*****wxyz"), "{out}");
         assert!(!out.contains("secret-123"), "{out}");
-        assert!(
-            out.starts_with("Incorrect API key provided: sk-[redacted]"),
-            "{out}"
-        );
+        assert!(out.starts_with("Incorrect API key provided: sk-[redacted]"), "{out}");
         assert!(out.contains("You can find your key"), "{out}");
         // words merely containing "sk-" after a letter are left alone
         assert_eq!(redact("task-list ok", None), "task-list ok");
@@ -163,23 +142,9 @@ mod tests {
 
     #[test]
     fn base_urls_are_checked() {
-        assert_eq!(
-            check_base_url("https://api.openai.com/v1/").unwrap(),
-            "https://api.openai.com/v1"
-        );
-        assert_eq!(
-            check_base_url("http://127.0.0.1:8080/v1").unwrap(),
-            "http://127.0.0.1:8080/v1"
-        );
-        for bad in [
-            "",
-            "api.openai.com/v1",
-            "ftp://x/v1",
-            "https://u:p@host/v1",
-            "https://h/v1?x=1",
-            "http://",
-            "\u{0}",
-        ] {
+        assert_eq!(check_base_url("https://api.openai.com/v1/").unwrap(), "https://api.openai.com/v1");
+        assert_eq!(check_base_url("http://127.0.0.1:8080/v1").unwrap(), "http://127.0.0.1:8080/v1");
+        for bad in ["", "api.openai.com/v1", "ftp://x/v1", "https://u:p@host/v1", "https://h/v1?x=1", "http://", "\u{0}"] {
             let err = check_base_url(bad).unwrap_err();
             assert!(matches!(err, Error::BaseUrl { .. }), "{bad}: {err}");
             assert!(!err.to_string().contains("u:p"), "{err}");
@@ -188,10 +153,7 @@ mod tests {
 
     #[test]
     fn display_url_drops_credentials_and_queries() {
-        assert_eq!(
-            display_url("https://user:pw@h.example/v1?key=k"),
-            "https://h.example/v1"
-        );
+        assert_eq!(display_url("https://user:pw@h.example/v1?key=k"), "https://h.example/v1");
         assert!(display_url(&"x".repeat(10_000)).len() < 120);
     }
 }

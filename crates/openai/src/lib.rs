@@ -37,35 +37,24 @@ use voxgate_services::llm::Llm;
 use voxgate_services::stt::Stt;
 use voxgate_services::tts::Tts;
 
-pub use config::{
-    Deadlines, Limits, MaxTokensField, Models, OpenAiConfig, Overrides, RetryPolicy, StageDeadlines,
-};
+pub use config::{Deadlines, Limits, MaxTokensField, Models, OpenAiConfig, Overrides, RetryPolicy, StageDeadlines};
 pub use llm::OpenAiLlm;
-pub use realtime::{
-    RealtimeConfig, RealtimeEvent, RealtimeEvents, RealtimeSender, RealtimeStats, TurnDetection,
-};
+pub use realtime::{RealtimeConfig, RealtimeEvent, RealtimeEvents, RealtimeSender, RealtimeStats, TurnDetection};
 pub use stt::OpenAiStt;
 pub use tts::{OpenAiTts, SAMPLE_RATE as TTS_SAMPLE_RATE};
 
-use crate::endpoint::Endpoint;
 pub use crate::endpoint::display_url;
+use crate::endpoint::Endpoint;
 
 /// Why the providers could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "the OpenAI base URL {url} is not usable: {reason}; set OPENAI_BASE_URL (or the assistant's base URL) to an API root such as https://api.openai.com/v1"
-    )]
+    #[error("the OpenAI base URL {url} is not usable: {reason}; set OPENAI_BASE_URL (or the assistant's base URL) to an API root such as https://api.openai.com/v1")]
     BaseUrl { url: String, reason: String },
-    #[error(
-        "the OpenAI API key holds characters an HTTP header cannot carry; check OPENAI_API_KEY for stray quotes, spaces or line breaks"
-    )]
+    #[error("the OpenAI API key holds characters an HTTP header cannot carry; check OPENAI_API_KEY for stray quotes, spaces or line breaks")]
     ApiKey,
     #[error("the {stage} model name is empty; name a model (e.g. {example}) in the configuration")]
-    EmptyModel {
-        stage: &'static str,
-        example: &'static str,
-    },
+    EmptyModel { stage: &'static str, example: &'static str },
     #[error("could not build the HTTP client: {0}")]
     Client(String),
 }
@@ -84,9 +73,7 @@ struct Inner {
 
 impl std::fmt::Debug for OpenAi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAi")
-            .field("config", &self.inner.config)
-            .finish()
+        f.debug_struct("OpenAi").field("config", &self.inner.config).finish()
     }
 }
 
@@ -114,15 +101,8 @@ impl OpenAi {
                 return Err(Error::EmptyModel { stage, example });
             }
         }
-        let ep = Endpoint::new(
-            client,
-            &config.base_url,
-            config.api_key.clone(),
-            config.name,
-        )?;
-        Ok(OpenAi {
-            inner: Arc::new(Inner { config, ep }),
-        })
+        let ep = Endpoint::new(client, &config.base_url, config.api_key.clone(), config.name)?;
+        Ok(OpenAi { inner: Arc::new(Inner { config, ep }) })
     }
 
     /// The configuration these providers run with.
@@ -195,9 +175,7 @@ impl OpenAi {
         let max_tokens_field = match c.max_tokens_field {
             MaxTokensField::MaxTokens => "max_tokens",
             MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
-            MaxTokensField::Auto if endpoint::is_openai(self.inner.ep.base()) => {
-                "max_completion_tokens"
-            }
+            MaxTokensField::Auto if endpoint::is_openai(self.inner.ep.base()) => "max_completion_tokens",
             MaxTokensField::Auto => "max_tokens",
         };
         OpenAiLlm {
@@ -233,26 +211,12 @@ impl OpenAi {
     pub async fn warm(&self) -> Result<(), ServiceError> {
         let ep = &self.inner.ep;
         let deadline = self.inner.config.deadlines.warm;
-        let transient = |message: String| ServiceError::Transient {
-            provider: ep.name,
-            message: ep.redact(&message),
-        };
+        let transient = |message: String| ServiceError::Transient { provider: ep.name, message: ep.redact(&message) };
         let shown = ep.shown("models");
         let request = ep.request(reqwest::Method::GET, "models").send();
         let (outcome, result) = match tokio::time::timeout(deadline, request).await {
-            Err(_) => (
-                "failed",
-                Err(transient(format!(
-                    "warm-up GET {shown}: no answer within {deadline:?} (deadlines.warm)"
-                ))),
-            ),
-            Ok(Err(e)) => (
-                "failed",
-                Err(transient(format!(
-                    "warm-up GET {shown} failed: {}",
-                    call::error_chain(&e.without_url())
-                ))),
-            ),
+            Err(_) => ("failed", Err(transient(format!("warm-up GET {shown}: no answer within {deadline:?} (deadlines.warm)")))),
+            Ok(Err(e)) => ("failed", Err(transient(format!("warm-up GET {shown} failed: {}", call::error_chain(&e.without_url()))))),
             Ok(Ok(mut response)) => {
                 let status = response.status();
                 // Read the (small) body so the connection goes back to the pool.
@@ -267,15 +231,8 @@ impl OpenAi {
                 })
                 .await;
                 if matches!(status.as_u16(), 401 | 403) {
-                    let message =
-                        format!("warm-up GET {shown} answered {status}; check the API key");
-                    (
-                        "http_error",
-                        Err(ServiceError::Unauthorized {
-                            provider: ep.name,
-                            message,
-                        }),
-                    )
+                    let message = format!("warm-up GET {shown} answered {status}; check the API key");
+                    ("http_error", Err(ServiceError::Unauthorized { provider: ep.name, message }))
                 } else if status.is_success() {
                     ("ok", Ok(()))
                 } else {

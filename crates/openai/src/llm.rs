@@ -150,9 +150,7 @@ fn message(m: &ChatMessage) -> Value {
                 "function": {"name": c.name, "arguments": c.arguments},
             })).collect::<Vec<_>>(),
         }),
-        Role::Tool => {
-            json!({"role": "tool", "tool_call_id": m.tool_call_id.as_deref().unwrap_or(""), "content": m.content})
-        }
+        Role::Tool => json!({"role": "tool", "tool_call_id": m.tool_call_id.as_deref().unwrap_or(""), "content": m.content}),
         role => json!({"role": role, "content": m.content}),
     }
 }
@@ -221,35 +219,18 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub fn new(max_calls: usize) -> Reply {
-        Reply {
-            calls: BTreeMap::new(),
-            last_index: 0,
-            max_calls,
-            finished: false,
-        }
+        Reply { calls: BTreeMap::new(), last_index: 0, max_calls, finished: false }
     }
 
     /// Takes one event's data; gives what is ready to go out.
     pub fn feed(&mut self, event: &str, data: &str) -> Result<Vec<LlmEvent>, Fail> {
-        let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-            Fail::Malformed(format!("a chunk is not JSON ({e}): {}", snippet(data)))
-        })?;
+        let chunk: Chunk = serde_json::from_str(data).map_err(|e| Fail::Malformed(format!("a chunk is not JSON ({e}): {}", snippet(data))))?;
         if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| error.to_string());
-            return Err(Fail::Cut(format!(
-                "the server reported an error mid-stream: {}",
-                snippet(&message)
-            )));
+            let message = error.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| error.to_string());
+            return Err(Fail::Cut(format!("the server reported an error mid-stream: {}", snippet(&message))));
         }
         if event == "error" {
-            return Err(Fail::Cut(format!(
-                "the server reported an error mid-stream: {}",
-                snippet(data)
-            )));
+            return Err(Fail::Cut(format!("the server reported an error mid-stream: {}", snippet(data))));
         }
         let mut out = Vec::new();
         for choice in chunk.choices.unwrap_or_default() {
@@ -279,17 +260,12 @@ impl Reply {
             Some(index) => index,
             // Some servers leave the index out: a new id starts a new call.
             None => match &piece.id {
-                Some(id) if !self.calls.values().any(|c| &c.id == id) && !self.calls.is_empty() => {
-                    self.last_index + 1
-                }
+                Some(id) if !self.calls.values().any(|c| &c.id == id) && !self.calls.is_empty() => self.last_index + 1,
                 _ => self.last_index,
             },
         };
         if !self.calls.contains_key(&index) && self.calls.len() >= self.max_calls {
-            return Err(Fail::Malformed(format!(
-                "more than {} tool calls in one reply (limits.tool_calls)",
-                self.max_calls
-            )));
+            return Err(Fail::Malformed(format!("more than {} tool calls in one reply (limits.tool_calls)", self.max_calls)));
         }
         self.last_index = index;
         let call = self.calls.entry(index).or_default();
@@ -298,8 +274,7 @@ impl Reply {
         }
         if let Some(function) = piece.function {
             call.name.push_str(function.name.as_deref().unwrap_or(""));
-            call.arguments
-                .push_str(function.arguments.as_deref().unwrap_or(""));
+            call.arguments.push_str(function.arguments.as_deref().unwrap_or(""));
         }
         Ok(())
     }
@@ -309,20 +284,10 @@ impl Reply {
             .into_iter()
             .map(|(index, c)| {
                 if c.name.is_empty() {
-                    return Err(Fail::Malformed(format!(
-                        "tool call {index} has no function name"
-                    )));
+                    return Err(Fail::Malformed(format!("tool call {index} has no function name")));
                 }
-                let id = if c.id.is_empty() {
-                    format!("call_{index}")
-                } else {
-                    c.id
-                };
-                Ok(LlmEvent::ToolCall(ToolCallRequest {
-                    id,
-                    name: c.name,
-                    arguments: c.arguments,
-                }))
+                let id = if c.id.is_empty() { format!("call_{index}") } else { c.id };
+                Ok(LlmEvent::ToolCall(ToolCallRequest { id, name: c.name, arguments: c.arguments }))
             })
             .collect()
     }
@@ -335,11 +300,7 @@ impl Reply {
 
 fn snippet(text: &str) -> String {
     let cut: String = text.chars().take(120).filter(|c| !c.is_control()).collect();
-    if cut.len() < text.len() {
-        format!("{cut}...")
-    } else {
-        cut
-    }
+    if cut.len() < text.len() { format!("{cut}...") } else { cut }
 }
 
 #[cfg(test)]
@@ -356,91 +317,39 @@ mod tests {
     fn tool_calls_are_assembled_from_pieces() {
         let mut reply = Reply::new(8);
         let pieces = [
-            chunk(
-                json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
-                None,
-            ),
-            chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}),
-                None,
-            ),
-            chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\": \"Par"}}]}),
-                None,
-            ),
-            chunk(
-                json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "hang_up", "arguments": "{}"}}]}),
-                None,
-            ),
-            chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": "is\"}"}}]}),
-                None,
-            ),
+            chunk(json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}), None),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}), None),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\": \"Par"}}]}), None),
+            chunk(json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "hang_up", "arguments": "{}"}}]}), None),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "is\"}"}}]}), None),
         ];
         for p in &pieces {
             assert_eq!(reply.feed("message", p).unwrap(), vec![]);
         }
-        let out = reply
-            .feed("message", &chunk(json!({}), Some("tool_calls")))
-            .unwrap();
-        assert_eq!(
-            out,
-            vec![
-                LlmEvent::ToolCall(ToolCallRequest {
-                    id: "call_a".into(),
-                    name: "get_weather".into(),
-                    arguments: r#"{"city": "Paris"}"#.into()
-                }),
-                LlmEvent::ToolCall(ToolCallRequest {
-                    id: "call_b".into(),
-                    name: "hang_up".into(),
-                    arguments: "{}".into()
-                }),
-            ]
-        );
+        let out = reply.feed("message", &chunk(json!({}), Some("tool_calls"))).unwrap();
+        assert_eq!(out, vec![
+            LlmEvent::ToolCall(ToolCallRequest { id: "call_a".into(), name: "get_weather".into(), arguments: r#"{"city": "Paris"}"#.into() }),
+            LlmEvent::ToolCall(ToolCallRequest { id: "call_b".into(), name: "hang_up".into(), arguments: "{}".into() }),
+        ]);
         assert!(reply.finish().unwrap().is_empty());
     }
 
     #[test]
     fn hostile_chunks_fail_cleanly() {
         let mut reply = Reply::new(2);
-        for bad in [
-            "",
-            "{",
-            "[1,2]",
-            "{\"choices\": 5}",
-            "\"text\"",
-            "{\"choices\":[{\"delta\":{\"content\":7}}]}",
-        ] {
-            assert!(
-                matches!(reply.feed("message", bad), Err(Fail::Malformed(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "{", "[1,2]", "{\"choices\": 5}", "\"text\"", "{\"choices\":[{\"delta\":{\"content\":7}}]}"] {
+            assert!(matches!(reply.feed("message", bad), Err(Fail::Malformed(_))), "{bad:?}");
         }
-        let many = |i: u32| {
-            chunk(
-                json!({"tool_calls": [{"index": i, "id": format!("c{i}"), "function": {"name": "f"}}]}),
-                None,
-            )
-        };
+        let many = |i: u32| chunk(json!({"tool_calls": [{"index": i, "id": format!("c{i}"), "function": {"name": "f"}}]}), None);
         reply.feed("message", &many(0)).unwrap();
         reply.feed("message", &many(1)).unwrap();
-        assert!(matches!(
-            reply.feed("message", &many(2)),
-            Err(Fail::Malformed(_))
-        ));
-        let nameless = chunk(
-            json!({"tool_calls": [{"index": 0, "id": "x", "function": {"arguments": "{}"}}]}),
-            None,
-        );
+        assert!(matches!(reply.feed("message", &many(2)), Err(Fail::Malformed(_))));
+        let nameless = chunk(json!({"tool_calls": [{"index": 0, "id": "x", "function": {"arguments": "{}"}}]}), None);
         let mut reply = Reply::new(2);
         reply.feed("message", &nameless).unwrap();
         assert!(matches!(reply.finish(), Err(Fail::Malformed(_))));
         let mut reply = Reply::new(2);
-        assert!(matches!(
-            reply.feed("message", r#"{"error":{"message":"overloaded"}}"#),
-            Err(Fail::Cut(_))
-        ));
+        assert!(matches!(reply.feed("message", r#"{"error":{"message":"overloaded"}}"#), Err(Fail::Cut(_))));
         let long = "x".repeat(100_000);
         match Reply::new(2).feed("message", &long) {
             Err(Fail::Malformed(m)) => assert!(m.len() < 300),
@@ -452,33 +361,15 @@ mod tests {
     fn tool_calls_without_index_follow_their_ids() {
         let mut reply = Reply::new(8);
         let piece = |id: Option<&str>, name: Option<&str>, args: &str| {
-            chunk(
-                json!({"tool_calls": [{"id": id, "function": {"name": name, "arguments": args}}]}),
-                None,
-            )
+            chunk(json!({"tool_calls": [{"id": id, "function": {"name": name, "arguments": args}}]}), None)
         };
-        reply
-            .feed("message", &piece(Some("a"), Some("f"), "{\"x\":"))
-            .unwrap();
+        reply.feed("message", &piece(Some("a"), Some("f"), "{\"x\":")).unwrap();
         reply.feed("message", &piece(None, None, "1}")).unwrap();
-        reply
-            .feed("message", &piece(Some("b"), Some("g"), "{}"))
-            .unwrap();
+        reply.feed("message", &piece(Some("b"), Some("g"), "{}")).unwrap();
         let out = reply.finish().unwrap();
-        assert_eq!(
-            out,
-            vec![
-                LlmEvent::ToolCall(ToolCallRequest {
-                    id: "a".into(),
-                    name: "f".into(),
-                    arguments: "{\"x\":1}".into()
-                }),
-                LlmEvent::ToolCall(ToolCallRequest {
-                    id: "b".into(),
-                    name: "g".into(),
-                    arguments: "{}".into()
-                }),
-            ]
-        );
+        assert_eq!(out, vec![
+            LlmEvent::ToolCall(ToolCallRequest { id: "a".into(), name: "f".into(), arguments: "{\"x\":1}".into() }),
+            LlmEvent::ToolCall(ToolCallRequest { id: "b".into(), name: "g".into(), arguments: "{}".into() }),
+        ]);
     }
 }

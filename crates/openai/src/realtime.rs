@@ -136,11 +136,7 @@ pub enum TurnDetection {
 
 impl Default for TurnDetection {
     fn default() -> Self {
-        TurnDetection::Server {
-            threshold: 0.5,
-            prefix_padding_ms: 300,
-            silence_ms: 500,
-        }
+        TurnDetection::Server { threshold: 0.5, prefix_padding_ms: 300, silence_ms: 500 }
     }
 }
 
@@ -150,10 +146,7 @@ impl Default for TurnDetection {
 pub enum RealtimeEvent {
     /// Server VAD heard speech start (`input_audio_buffer.speech_started`); the
     /// moment to stop playing the assistant (barge-in).
-    SpeechStarted {
-        item_id: String,
-        audio_start_ms: u64,
-    },
+    SpeechStarted { item_id: String, audio_start_ms: u64 },
     /// Server VAD heard speech end (`input_audio_buffer.speech_stopped`).
     SpeechStopped { item_id: String, audio_end_ms: u64 },
     /// The input buffer became a user item (`input_audio_buffer.committed`).
@@ -166,11 +159,7 @@ pub enum RealtimeEvent {
     /// Answer audio, PCM16 at 24 kHz (`response.output_audio.delta`, beta
     /// `response.audio.delta`). None arrives for a response after
     /// [`RealtimeSender::cancel_response`] cancelled it.
-    Audio {
-        response_id: String,
-        item_id: String,
-        pcm: Vec<i16>,
-    },
+    Audio { response_id: String, item_id: String, pcm: Vec<i16> },
     /// Part of the words of the answer audio (`response.output_audio_transcript.delta`,
     /// beta `response.audio_transcript.delta`).
     AssistantTranscriptDelta { item_id: String, text: String },
@@ -236,10 +225,7 @@ struct Responses {
 
 impl Session {
     fn transient(&self, message: String) -> ServiceError {
-        ServiceError::Transient {
-            provider: self.provider,
-            message: self.ep.redact(&message),
-        }
+        ServiceError::Transient { provider: self.provider, message: self.ep.redact(&message) }
     }
 
     fn stats(&self) -> RealtimeStats {
@@ -265,10 +251,7 @@ pub struct RealtimeSender {
 
 impl std::fmt::Debug for RealtimeSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealtimeSender")
-            .field("provider", &self.session.provider)
-            .field("closed", &self.tx.is_closed())
-            .finish()
+        f.debug_struct("RealtimeSender").field("provider", &self.session.provider).field("closed", &self.tx.is_closed()).finish()
     }
 }
 
@@ -282,11 +265,7 @@ impl RealtimeSender {
         self.tx
             .send(Outgoing::Event(kind, event.to_string()))
             .await
-            .map_err(|_| {
-                self.session.transient(format!(
-                    "realtime: cannot send {kind}: the session is closed"
-                ))
-            })
+            .map_err(|_| self.session.transient(format!("realtime: cannot send {kind}: the session is closed")))
     }
 
     /// Appends caller audio, PCM16 mono at 24 kHz, to the server's input buffer
@@ -297,28 +276,19 @@ impl RealtimeSender {
             for s in piece {
                 bytes.extend_from_slice(&s.to_le_bytes());
             }
-            self.send(
-                "input_audio_buffer.append",
-                json!({"type": "input_audio_buffer.append", "audio": B64.encode(&bytes)}),
-            )
-            .await?;
+            self.send("input_audio_buffer.append", json!({"type": "input_audio_buffer.append", "audio": B64.encode(&bytes)})).await?;
         }
         Ok(())
     }
 
     /// Ends the caller's turn (`input_audio_buffer.commit`): for [`TurnDetection::Manual`].
     pub async fn commit(&self) -> Result<(), ServiceError> {
-        self.send(
-            "input_audio_buffer.commit",
-            json!({"type": "input_audio_buffer.commit"}),
-        )
-        .await
+        self.send("input_audio_buffer.commit", json!({"type": "input_audio_buffer.commit"})).await
     }
 
     /// Asks for an answer (`response.create`).
     pub async fn create_response(&self) -> Result<(), ServiceError> {
-        self.send("response.create", json!({"type": "response.create"}))
-            .await
+        self.send("response.create", json!({"type": "response.create"})).await
     }
 
     /// Cancels the answer in progress (`response.cancel`). Its audio still in flight
@@ -358,11 +328,7 @@ impl RealtimeSender {
     /// asks for an answer (`response.create`).
     pub async fn user_text(&self, text: &str) -> Result<(), ServiceError> {
         let item = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]});
-        self.send(
-            "conversation.item.create",
-            json!({"type": "conversation.item.create", "item": item}),
-        )
-        .await?;
+        self.send("conversation.item.create", json!({"type": "conversation.item.create", "item": item})).await?;
         self.create_response().await
     }
 
@@ -388,10 +354,7 @@ pub struct RealtimeEvents {
 
 impl std::fmt::Debug for RealtimeEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealtimeEvents")
-            .field("provider", &self.session.provider)
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("RealtimeEvents").field("provider", &self.session.provider).field("stats", &self.stats()).finish()
     }
 }
 
@@ -403,20 +366,11 @@ impl RealtimeEvents {
 
     /// The next item, skipping audio of responses cancelled by this client (also
     /// what was queued before the cancel).
-    fn poll_event(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<RealtimeEvent, ServiceError>>> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<RealtimeEvent, ServiceError>>> {
         loop {
             let item = std::task::ready!(self.rx.poll_recv(cx));
             if let Some(Ok(RealtimeEvent::Audio { response_id, .. })) = &item
-                && self
-                    .session
-                    .responses
-                    .lock()
-                    .unwrap()
-                    .cancelled
-                    .contains(response_id)
+                && self.session.responses.lock().unwrap().cancelled.contains(response_id)
             {
                 self.session.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -454,25 +408,13 @@ impl OpenAi {
     /// (429), `Invalid` (a bad configuration, a 4xx, or an `error` event answering
     /// the session), `Transient` (no connection, a 5xx, the deadline, a close during
     /// set-up). Counted in `voxgate_openai_realtime_connects_total`.
-    pub async fn realtime(
-        &self,
-        config: &RealtimeConfig,
-    ) -> Result<(RealtimeSender, RealtimeEvents), ServiceError> {
+    pub async fn realtime(&self, config: &RealtimeConfig) -> Result<(RealtimeSender, RealtimeEvents), ServiceError> {
         let ep = &self.inner.ep;
         let started = Instant::now();
         let result = match check(config) {
-            Err(message) => Err(ServiceError::Invalid {
-                provider: ep.name,
-                message: format!("realtime: {message}"),
-            }),
+            Err(message) => Err(ServiceError::Invalid { provider: ep.name, message: format!("realtime: {message}") }),
             Ok(()) => {
-                let key = self
-                    .inner
-                    .config
-                    .api_key
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty());
+                let key = self.inner.config.api_key.as_deref().map(str::trim).filter(|k| !k.is_empty());
                 match timeout(config.setup_deadline, open(ep, key, config)).await {
                     Ok(result) => result,
                     Err(_) => Err(ServiceError::Transient {
@@ -505,10 +447,7 @@ impl OpenAi {
 fn check(config: &RealtimeConfig) -> Result<(), String> {
     let bad_name = |s: &str| s.trim().is_empty() || s.chars().any(char::is_control);
     if bad_name(&config.model) {
-        return Err(
-            "the model name is empty or holds control characters; name one, e.g. gpt-realtime"
-                .into(),
-        );
+        return Err("the model name is empty or holds control characters; name one, e.g. gpt-realtime".into());
     }
     if bad_name(&config.voice) {
         return Err("the voice is empty; name one, e.g. alloy".into());
@@ -524,9 +463,7 @@ fn check(config: &RealtimeConfig) -> Result<(), String> {
     if let TurnDetection::Server { threshold, .. } = config.turn_detection
         && !(0.0..=1.0).contains(&threshold)
     {
-        return Err(format!(
-            "the server VAD threshold {threshold} is outside 0.0 to 1.0"
-        ));
+        return Err(format!("the server VAD threshold {threshold} is outside 0.0 to 1.0"));
     }
     if config.temperature.is_some_and(|t| !t.is_finite()) {
         return Err("the temperature is not a number".into());
@@ -545,8 +482,7 @@ fn realtime_url(base: &str, model: &str) -> Result<String, String> {
         "https" => "wss",
         other => return Err(format!("the scheme {other} has no WebSocket counterpart")),
     };
-    url.set_scheme(scheme)
-        .map_err(|()| format!("cannot use {scheme} with this URL"))?;
+    url.set_scheme(scheme).map_err(|()| format!("cannot use {scheme} with this URL"))?;
     url.query_pairs_mut().append_pair("model", model);
     Ok(url.to_string())
 }
@@ -562,11 +498,7 @@ fn shown(ep: &Endpoint) -> String {
 fn session_update(config: &RealtimeConfig) -> Value {
     let pcm = json!({"type": "audio/pcm", "rate": SAMPLE_RATE});
     let turn_detection = match config.turn_detection {
-        TurnDetection::Server {
-            threshold,
-            prefix_padding_ms,
-            silence_ms,
-        } => json!({
+        TurnDetection::Server { threshold, prefix_padding_ms, silence_ms } => json!({
             "type": "server_vad", "threshold": threshold, "prefix_padding_ms": prefix_padding_ms,
             "silence_duration_ms": silence_ms, "create_response": true, "interrupt_response": true,
         }),
@@ -614,45 +546,22 @@ fn tls() -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 /// Connects and configures a session (the caller bounds it with the set-up deadline).
-async fn open(
-    ep: &Endpoint,
-    key: Option<&str>,
-    config: &RealtimeConfig,
-) -> Result<(RealtimeSender, RealtimeEvents), ServiceError> {
+async fn open(ep: &Endpoint, key: Option<&str>, config: &RealtimeConfig) -> Result<(RealtimeSender, RealtimeEvents), ServiceError> {
     let provider = ep.name;
     let at = shown(ep);
-    let invalid = |message: String| ServiceError::Invalid {
-        provider,
-        message: ep.redact(&message),
-    };
-    let transient = |message: String| ServiceError::Transient {
-        provider,
-        message: ep.redact(&message),
-    };
-    let url = realtime_url(ep.base(), &config.model).map_err(|e| {
-        invalid(format!(
-            "realtime: the base URL cannot carry a WebSocket: {e}"
-        ))
-    })?;
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| invalid(format!("realtime: {at}: {e}")))?;
+    let invalid = |message: String| ServiceError::Invalid { provider, message: ep.redact(&message) };
+    let transient = |message: String| ServiceError::Transient { provider, message: ep.redact(&message) };
+    let url = realtime_url(ep.base(), &config.model).map_err(|e| invalid(format!("realtime: the base URL cannot carry a WebSocket: {e}")))?;
+    let mut request = url.as_str().into_client_request().map_err(|e| invalid(format!("realtime: {at}: {e}")))?;
     if let Some(key) = key {
         // The key was checked (ASCII, no control characters) when the endpoint was made.
-        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| invalid("realtime: the API key cannot go in a header".into()))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| invalid("realtime: the API key cannot go in a header".into()))?;
         value.set_sensitive(true);
         request.headers_mut().insert("authorization", value);
     }
-    request.headers_mut().insert(
-        "user-agent",
-        HeaderValue::from_static(concat!("voxgate/", env!("CARGO_PKG_VERSION"))),
-    );
+    request.headers_mut().insert("user-agent", HeaderValue::from_static(concat!("voxgate/", env!("CARGO_PKG_VERSION"))));
     let connector = if url.starts_with("wss:") {
-        Connector::Rustls(
-            tls().map_err(|e| transient(format!("realtime: TLS set-up failed: {e}")))?,
-        )
+        Connector::Rustls(tls().map_err(|e| transient(format!("realtime: TLS set-up failed: {e}")))?)
     } else {
         Connector::Plain
     };
@@ -662,31 +571,13 @@ async fn open(
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
         .read_buffer_size(16 * 1024);
-    let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(ws_config),
-        true,
-        Some(connector),
-    )
-    .await
-    {
+    let (mut ws, _) = match tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, Some(connector)).await {
         Ok(connected) => connected,
         Err(WsError::Http(response)) => return Err(refused(ep, &at, &response)),
-        Err(e) => {
-            return Err(transient(format!(
-                "realtime: connecting to {at} failed: {}",
-                error_chain(&e)
-            )));
-        }
+        Err(e) => return Err(transient(format!("realtime: connecting to {at} failed: {}", error_chain(&e)))),
     };
     let update = session_update(config);
-    ws.send(Message::Text(update.to_string().into()))
-        .await
-        .map_err(|e| {
-            transient(format!(
-                "realtime: sending session.update to {at} failed: {e}"
-            ))
-        })?;
+    ws.send(Message::Text(update.to_string().into())).await.map_err(|e| transient(format!("realtime: sending session.update to {at} failed: {e}")))?;
     metrics::counter!(EVENTS_OUT, "type" => "session.update").increment(1);
 
     let (phase, phase_rx) = watch::channel(Phase::Open);
@@ -709,11 +600,7 @@ async fn open(
         let message = match ws.next().await {
             Some(Ok(message)) => message,
             Some(Err(e)) => return Err(read_error(&session, &e, config.max_message_bytes)),
-            None => {
-                return Err(transient(format!(
-                    "realtime: {at} ended the connection during set-up"
-                )));
-            }
+            None => return Err(transient(format!("realtime: {at} ended the connection during set-up"))),
         };
         match message {
             Message::Text(text) => {
@@ -731,18 +618,11 @@ async fn open(
                         let message = format!(
                             "realtime: {at} refused the session: {} ({})",
                             text_of(&error["message"]),
-                            text_of(if error["code"].is_null() {
-                                &error["type"]
-                            } else {
-                                &error["code"]
-                            })
+                            text_of(if error["code"].is_null() { &error["type"] } else { &error["code"] })
                         );
                         let code = text_of(&error["code"]);
                         if code.contains("api_key") || code.contains("auth") {
-                            return Err(ServiceError::Unauthorized {
-                                provider,
-                                message: ep.redact(&message),
-                            });
+                            return Err(ServiceError::Unauthorized { provider, message: ep.redact(&message) });
                         }
                         return Err(invalid(message));
                     }
@@ -755,9 +635,7 @@ async fn open(
             }
             Message::Close(frame) => {
                 let (code, reason) = close_parts(frame);
-                return Err(transient(format!(
-                    "realtime: {at} closed the connection during set-up ({code}: {reason})"
-                )));
+                return Err(transient(format!("realtime: {at} closed the connection during set-up ({code}: {reason})")));
             }
             Message::Binary(_) => {
                 session.binary.fetch_add(1, Ordering::Relaxed);
@@ -771,42 +649,13 @@ async fn open(
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let (ended_tx, ended_rx) = watch::channel(false);
     let open = Arc::new(OpenGauge::new());
-    tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        session.clone(),
-        ended_rx,
-        open.clone(),
-    ));
-    tokio::spawn(read_loop(
-        stream,
-        event_tx,
-        session.clone(),
-        parser,
-        early,
-        phase_rx,
-        ended_tx,
-        config.max_message_bytes,
-        open,
-    ));
-    Ok((
-        RealtimeSender {
-            tx: out_tx,
-            session: session.clone(),
-        },
-        RealtimeEvents {
-            rx: event_rx,
-            session,
-        },
-    ))
+    tokio::spawn(write_loop(sink, out_rx, session.clone(), ended_rx, open.clone()));
+    tokio::spawn(read_loop(stream, event_tx, session.clone(), parser, early, phase_rx, ended_tx, config.max_message_bytes, open));
+    Ok((RealtimeSender { tx: out_tx, session: session.clone() }, RealtimeEvents { rx: event_rx, session }))
 }
 
 /// The error for an upgrade the server answered with a status instead of 101.
-fn refused(
-    ep: &Endpoint,
-    at: &str,
-    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
-) -> ServiceError {
+fn refused(ep: &Endpoint, at: &str, response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>) -> ServiceError {
     let provider = ep.name;
     let status = response.status().as_u16();
     let body = response.body().as_deref().unwrap_or_default();
@@ -816,17 +665,11 @@ fn refused(
         404 => "; check the base URL and the model name",
         _ => "",
     };
-    let message = ep.redact(&format!(
-        "realtime: GET {at} answered {status} instead of a WebSocket: {}{hint}",
-        parsed.message
-    ));
+    let message = ep.redact(&format!("realtime: GET {at} answered {status} instead of a WebSocket: {}{hint}", parsed.message));
     match status {
         401 | 403 => ServiceError::Unauthorized { provider, message },
         429 if parsed.quota => ServiceError::Unauthorized { provider, message },
-        429 => ServiceError::RateLimited {
-            provider,
-            retry_after: retry_after(response.headers(), std::time::SystemTime::now()),
-        },
+        429 => ServiceError::RateLimited { provider, retry_after: retry_after(response.headers(), std::time::SystemTime::now()) },
         408 | 409 | 425 => ServiceError::Transient { provider, message },
         s if !(400..500).contains(&s) => ServiceError::Transient { provider, message },
         _ => ServiceError::Invalid { provider, message },
@@ -846,10 +689,7 @@ fn read_error(session: &Session, error: &WsError, max: usize) -> ServiceError {
 
 fn close_parts(frame: Option<CloseFrame>) -> (u16, String) {
     match frame {
-        Some(frame) => (
-            u16::from(frame.code),
-            frame.reason.as_str().chars().take(200).collect(),
-        ),
+        Some(frame) => (u16::from(frame.code), frame.reason.as_str().chars().take(200).collect()),
         None => (u16::from(CloseCode::Status), String::new()),
     }
 }
@@ -883,12 +723,7 @@ async fn write_loop(
     mut ended: watch::Receiver<bool>,
     _open: Arc<OpenGauge>,
 ) {
-    let close_frame = || {
-        Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }))
-    };
+    let close_frame = || Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
     loop {
         let next = tokio::select! {
             next = rx.recv() => next,
@@ -899,16 +734,14 @@ async fn write_loop(
             }
         };
         let failure = match next {
-            Some(Outgoing::Event(kind, text)) => {
-                match timeout(WRITE_DEADLINE, sink.send(Message::Text(text.into()))).await {
-                    Ok(Ok(())) => {
-                        metrics::counter!(EVENTS_OUT, "type" => kind).increment(1);
-                        continue;
-                    }
-                    Ok(Err(e)) => format!("realtime: sending {kind} failed: {e}"),
-                    Err(_) => format!("realtime: the server took no data for {WRITE_DEADLINE:?}"),
+            Some(Outgoing::Event(kind, text)) => match timeout(WRITE_DEADLINE, sink.send(Message::Text(text.into()))).await {
+                Ok(Ok(())) => {
+                    metrics::counter!(EVENTS_OUT, "type" => kind).increment(1);
+                    continue;
                 }
-            }
+                Ok(Err(e)) => format!("realtime: sending {kind} failed: {e}"),
+                Err(_) => format!("realtime: the server took no data for {WRITE_DEADLINE:?}"),
+            },
             Some(Outgoing::Close) | None => {
                 let _ = session.phase.send(Phase::Closing);
                 let _ = timeout(CLOSE_WAIT, sink.send(close_frame())).await;
@@ -934,10 +767,7 @@ async fn read_loop(
     max: usize,
     _open: Arc<OpenGauge>,
 ) {
-    let closed_here = || RealtimeEvent::Closed {
-        code: u16::from(CloseCode::Normal),
-        reason: "closed by the client".into(),
-    };
+    let closed_here = || RealtimeEvent::Closed { code: u16::from(CloseCode::Normal), reason: "closed by the client".into() };
     'events: {
         for event in early {
             if tx.send(Ok(event)).await.is_err() {
@@ -971,9 +801,7 @@ async fn read_loop(
                     break Err(read_error(&session, &e, max));
                 }
                 None => {
-                    break Err(session.transient(
-                        "realtime: the server ended the connection without a close frame".into(),
-                    ));
+                    break Err(session.transient("realtime: the server ended the connection without a close frame".into()));
                 }
             };
             match message {
@@ -991,18 +819,11 @@ async fn read_loop(
                 Message::Binary(bytes) => {
                     session.binary.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(EVENTS_IN, "type" => "binary").increment(1);
-                    tracing::warn!(
-                        provider = session.provider,
-                        "realtime: skipped a binary frame of {} bytes (the API sends JSON text)",
-                        bytes.len()
-                    );
+                    tracing::warn!(provider = session.provider, "realtime: skipped a binary frame of {} bytes (the API sends JSON text)", bytes.len());
                 }
                 Message::Close(frame) => {
                     let (code, reason) = close_parts(frame);
-                    break Ok(RealtimeEvent::Closed {
-                        code,
-                        reason: session.ep.redact(&reason),
-                    });
+                    break Ok(RealtimeEvent::Closed { code, reason: session.ep.redact(&reason) });
                 }
                 _ => {}
             }
@@ -1022,11 +843,7 @@ struct Parser {
 impl Parser {
     /// `Ok(None)` for what is skipped (known but not needed, unknown, malformed);
     /// `Err` once the server has sent too much that is malformed.
-    fn parse(
-        &mut self,
-        session: &Session,
-        text: &str,
-    ) -> Result<Option<RealtimeEvent>, ServiceError> {
+    fn parse(&mut self, session: &Session, text: &str) -> Result<Option<RealtimeEvent>, ServiceError> {
         session.received.fetch_add(1, Ordering::Relaxed);
         let value = match serde_json::from_str::<Value>(text) {
             Ok(value) if value["type"].is_string() => value,
@@ -1041,56 +858,29 @@ impl Parser {
         let response_id = || s(&value["response_id"]).unwrap_or_default();
         let ms = |name: &str| value[name].as_u64().unwrap_or(0);
         let event = match kind {
-            "input_audio_buffer.speech_started" => RealtimeEvent::SpeechStarted {
-                item_id: item_id(),
-                audio_start_ms: ms("audio_start_ms"),
-            },
-            "input_audio_buffer.speech_stopped" => RealtimeEvent::SpeechStopped {
-                item_id: item_id(),
-                audio_end_ms: ms("audio_end_ms"),
-            },
+            "input_audio_buffer.speech_started" => RealtimeEvent::SpeechStarted { item_id: item_id(), audio_start_ms: ms("audio_start_ms") },
+            "input_audio_buffer.speech_stopped" => RealtimeEvent::SpeechStopped { item_id: item_id(), audio_end_ms: ms("audio_end_ms") },
             "input_audio_buffer.committed" => RealtimeEvent::Committed { item_id: item_id() },
             "conversation.item.input_audio_transcription.completed" => {
-                let Some(text) = s(&value["transcript"]) else {
-                    return self.malformed(session, format!("{kind} without a transcript"));
-                };
-                RealtimeEvent::UserTranscript {
-                    item_id: item_id(),
-                    text,
-                }
+                let Some(text) = s(&value["transcript"]) else { return self.malformed(session, format!("{kind} without a transcript")) };
+                RealtimeEvent::UserTranscript { item_id: item_id(), text }
             }
             "conversation.item.input_audio_transcription.failed" => RealtimeEvent::ServerError {
-                code: s(&value["error"]["code"])
-                    .unwrap_or_else(|| "input_audio_transcription_failed".into()),
-                message: session.ep.redact(&format!(
-                    "the caller's audio was not transcribed: {}",
-                    text_of(&value["error"]["message"])
-                )),
+                code: s(&value["error"]["code"]).unwrap_or_else(|| "input_audio_transcription_failed".into()),
+                message: session.ep.redact(&format!("the caller's audio was not transcribed: {}", text_of(&value["error"]["message"]))),
             },
             "response.created" => {
-                let Some(id) = s(&value["response"]["id"]) else {
-                    return self.malformed(session, format!("{kind} without response.id"));
-                };
+                let Some(id) = s(&value["response"]["id"]) else { return self.malformed(session, format!("{kind} without response.id")) };
                 session.responses.lock().unwrap().active = Some(id.clone());
                 RealtimeEvent::ResponseStarted { response_id: id }
             }
-            "response.output_audio.delta" | "response.audio.delta" => {
-                return self.audio(session, &value, response_id(), item_id());
-            }
+            "response.output_audio.delta" | "response.audio.delta" => return self.audio(session, &value, response_id(), item_id()),
             "response.output_audio_transcript.delta" | "response.audio_transcript.delta" => {
-                let Some(text) = s(&value["delta"]) else {
-                    return self.malformed(session, format!("{kind} without a delta"));
-                };
-                RealtimeEvent::AssistantTranscriptDelta {
-                    item_id: item_id(),
-                    text,
-                }
+                let Some(text) = s(&value["delta"]) else { return self.malformed(session, format!("{kind} without a delta")) };
+                RealtimeEvent::AssistantTranscriptDelta { item_id: item_id(), text }
             }
             "response.output_audio_transcript.done" | "response.audio_transcript.done" => {
-                RealtimeEvent::AssistantTranscriptDone {
-                    item_id: item_id(),
-                    text: s(&value["transcript"]).unwrap_or_default(),
-                }
+                RealtimeEvent::AssistantTranscriptDone { item_id: item_id(), text: s(&value["transcript"]).unwrap_or_default() }
             }
             "response.done" => {
                 let response = &value["response"];
@@ -1102,29 +892,15 @@ impl Parser {
                     }
                 }
                 if self.carry.take().is_some() {
-                    tracing::warn!(
-                        provider = session.provider,
-                        "realtime: an answer's audio ended in half a sample; dropped it"
-                    );
+                    tracing::warn!(provider = session.provider, "realtime: an answer's audio ended in half a sample; dropped it");
                 }
-                RealtimeEvent::ResponseDone {
-                    response_id: id,
-                    status: s(&response["status"]).unwrap_or_else(|| "unknown".into()),
-                }
+                RealtimeEvent::ResponseDone { response_id: id, status: s(&response["status"]).unwrap_or_else(|| "unknown".into()) }
             }
-            "conversation.item.truncated" => RealtimeEvent::Truncated {
-                item_id: item_id(),
-                audio_end_ms: ms("audio_end_ms"),
-            },
+            "conversation.item.truncated" => RealtimeEvent::Truncated { item_id: item_id(), audio_end_ms: ms("audio_end_ms") },
             "error" => {
                 let error = &value["error"];
-                let code = s(&error["code"])
-                    .or_else(|| s(&error["type"]))
-                    .unwrap_or_else(|| "error".into());
-                RealtimeEvent::ServerError {
-                    code,
-                    message: session.ep.redact(&text_of(&error["message"])),
-                }
+                let code = s(&error["code"]).or_else(|| s(&error["type"])).unwrap_or_else(|| "error".into());
+                RealtimeEvent::ServerError { code, message: session.ep.redact(&text_of(&error["message"])) }
             }
             "session.created" | "session.updated" => {
                 note_session(session, Some(&value));
@@ -1132,11 +908,7 @@ impl Parser {
             }
             _ if label == "unknown" => {
                 session.unknown.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    provider = session.provider,
-                    "realtime: skipped an event of unknown type {:?}",
-                    kind.chars().take(60).collect::<String>()
-                );
+                tracing::debug!(provider = session.provider, "realtime: skipped an event of unknown type {:?}", kind.chars().take(60).collect::<String>());
                 return Ok(None);
             }
             _ => return Ok(None),
@@ -1144,28 +916,15 @@ impl Parser {
         Ok(Some(event))
     }
 
-    fn audio(
-        &mut self,
-        session: &Session,
-        value: &Value,
-        response_id: String,
-        item_id: String,
-    ) -> Result<Option<RealtimeEvent>, ServiceError> {
-        let Some(b64) = value["delta"].as_str() else {
-            return self.malformed(session, "an audio delta without a delta".into());
-        };
+    fn audio(&mut self, session: &Session, value: &Value, response_id: String, item_id: String) -> Result<Option<RealtimeEvent>, ServiceError> {
+        let Some(b64) = value["delta"].as_str() else { return self.malformed(session, "an audio delta without a delta".into()) };
         let mut bytes = match B64.decode(b64) {
             Ok(bytes) => bytes,
-            Err(e) => {
-                return self.malformed(session, format!("an audio delta that is not base64 ({e})"));
-            }
+            Err(e) => return self.malformed(session, format!("an audio delta that is not base64 ({e})")),
         };
         match self.carry.take() {
             Some((item, byte)) if item == item_id => bytes.insert(0, byte),
-            Some(_) => tracing::warn!(
-                provider = session.provider,
-                "realtime: dropped half a sample left over from another item"
-            ),
+            Some(_) => tracing::warn!(provider = session.provider, "realtime: dropped half a sample left over from another item"),
             None => {}
         }
         if bytes.len() % 2 == 1 {
@@ -1174,31 +933,17 @@ impl Parser {
         if bytes.is_empty() {
             return Ok(None);
         }
-        let pcm = bytes
-            .chunks_exact(2)
-            .map(|p| i16::from_le_bytes([p[0], p[1]]))
-            .collect();
-        Ok(Some(RealtimeEvent::Audio {
-            response_id,
-            item_id,
-            pcm,
-        }))
+        let pcm = bytes.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])).collect();
+        Ok(Some(RealtimeEvent::Audio { response_id, item_id, pcm }))
     }
 
-    fn malformed(
-        &mut self,
-        session: &Session,
-        what: String,
-    ) -> Result<Option<RealtimeEvent>, ServiceError> {
+    fn malformed(&mut self, session: &Session, what: String) -> Result<Option<RealtimeEvent>, ServiceError> {
         metrics::counter!(EVENTS_IN, "type" => "malformed").increment(1);
         let count = session.malformed.fetch_add(1, Ordering::Relaxed) + 1;
         if count > MAX_MALFORMED {
             return Err(session.transient(format!("realtime: the server sent more than {MAX_MALFORMED} malformed events; the last: {what}")));
         }
-        tracing::warn!(
-            provider = session.provider,
-            "realtime: skipped a malformed server event: {what}"
-        );
+        tracing::warn!(provider = session.provider, "realtime: skipped a malformed server event: {what}");
         Ok(None)
     }
 }
@@ -1261,11 +1006,7 @@ fn label(kind: &str) -> &'static str {
         "response.function_call_arguments.done",
         "rate_limits.updated",
     ];
-    KNOWN
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .unwrap_or("unknown")
+    KNOWN.iter().find(|k| **k == kind).copied().unwrap_or("unknown")
 }
 
 #[cfg(test)]
@@ -1274,14 +1015,8 @@ mod tests {
 
     #[test]
     fn urls_follow_the_base_scheme() {
-        assert_eq!(
-            realtime_url("https://api.openai.com/v1", "gpt-realtime").unwrap(),
-            "wss://api.openai.com/v1/realtime?model=gpt-realtime"
-        );
-        assert_eq!(
-            realtime_url("http://127.0.0.1:8080/v1", "a b&c").unwrap(),
-            "ws://127.0.0.1:8080/v1/realtime?model=a+b%26c"
-        );
+        assert_eq!(realtime_url("https://api.openai.com/v1", "gpt-realtime").unwrap(), "wss://api.openai.com/v1/realtime?model=gpt-realtime");
+        assert_eq!(realtime_url("http://127.0.0.1:8080/v1", "a b&c").unwrap(), "ws://127.0.0.1:8080/v1/realtime?model=a+b%26c");
     }
 
     #[test]
@@ -1289,34 +1024,12 @@ mod tests {
         let ok = RealtimeConfig::default();
         assert!(check(&ok).is_ok());
         for bad in [
-            RealtimeConfig {
-                model: " ".into(),
-                ..ok.clone()
-            },
-            RealtimeConfig {
-                voice: String::new(),
-                ..ok.clone()
-            },
-            RealtimeConfig {
-                max_output_tokens: Some(0),
-                ..ok.clone()
-            },
-            RealtimeConfig {
-                turn_detection: TurnDetection::Server {
-                    threshold: 1.5,
-                    prefix_padding_ms: 0,
-                    silence_ms: 0,
-                },
-                ..ok.clone()
-            },
-            RealtimeConfig {
-                temperature: Some(f64::NAN),
-                ..ok.clone()
-            },
-            RealtimeConfig {
-                transcription_model: Some(String::new()),
-                ..ok.clone()
-            },
+            RealtimeConfig { model: " ".into(), ..ok.clone() },
+            RealtimeConfig { voice: String::new(), ..ok.clone() },
+            RealtimeConfig { max_output_tokens: Some(0), ..ok.clone() },
+            RealtimeConfig { turn_detection: TurnDetection::Server { threshold: 1.5, prefix_padding_ms: 0, silence_ms: 0 }, ..ok.clone() },
+            RealtimeConfig { temperature: Some(f64::NAN), ..ok.clone() },
+            RealtimeConfig { transcription_model: Some(String::new()), ..ok.clone() },
         ] {
             assert!(check(&bad).is_err(), "{bad:?}");
         }
@@ -1332,10 +1045,7 @@ mod tests {
 
     #[test]
     fn labels_are_bounded() {
-        assert_eq!(
-            label("response.output_audio.delta"),
-            "response.output_audio.delta"
-        );
+        assert_eq!(label("response.output_audio.delta"), "response.output_audio.delta");
         assert_eq!(label(&"x".repeat(5000)), "unknown");
     }
 }

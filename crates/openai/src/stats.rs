@@ -49,10 +49,7 @@ pub(crate) struct InFlight {
 impl InFlight {
     pub(crate) fn start(stage: Stage) -> InFlight {
         metrics::gauge!(IN_FLIGHT, "stage" => stage.label()).increment(1.0);
-        InFlight {
-            stage,
-            outcome: "cancelled",
-        }
+        InFlight { stage, outcome: "cancelled" }
     }
 
     pub(crate) fn finish<T>(&mut self, result: &Result<T, ServiceError>) {

@@ -145,9 +145,7 @@ mod tests {
 
     #[test]
     fn samples_survive_any_split() {
-        let samples: Vec<i16> = (0..257)
-            .map(|i| (i as i16).wrapping_mul(251).wrapping_sub(9000))
-            .collect();
+        let samples: Vec<i16> = (0..257).map(|i| (i as i16).wrapping_mul(251).wrapping_sub(9000)).collect();
         let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
         for sizes in [&[1usize][..], &[3], &[2], &[7, 1, 0, 4], &[513]] {
             let mut pcm = Pcm::default();

@@ -33,11 +33,7 @@ pub async fn run(pipeline: Pipeline, frames: Vec<Envelope>) -> Collected {
 }
 
 /// [`run`] with a chosen quiet period.
-pub async fn run_until_quiet(
-    pipeline: Pipeline,
-    frames: Vec<Envelope>,
-    quiet: std::time::Duration,
-) -> Collected {
+pub async fn run_until_quiet(pipeline: Pipeline, frames: Vec<Envelope>, quiet: std::time::Duration) -> Collected {
     let mut io = pipeline.spawn(CancellationToken::new());
     let (head, tail) = (io.head.clone(), io.tail.clone());
     let feed = tokio::spawn(async move {

@@ -37,10 +37,7 @@ pub enum PipelineError {
     Closed,
     /// A stage failed.
     #[error("{stage}: {message}")]
-    Stage {
-        stage: &'static str,
-        message: String,
-    },
+    Stage { stage: &'static str, message: String },
 }
 
 /// Inbox sizes. Data inboxes are short so that queued audio (and so barge-in
@@ -53,10 +50,7 @@ pub struct Capacity {
 
 impl Default for Capacity {
     fn default() -> Self {
-        Capacity {
-            system: 128,
-            data: 16,
-        }
+        Capacity { system: 128, data: 16 }
     }
 }
 

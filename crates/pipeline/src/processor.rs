@@ -16,12 +16,7 @@ pub trait Processor: Send + 'static {
     fn name(&self) -> &'static str;
 
     /// Handles one frame.
-    fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> impl Future<Output = Result<(), PipelineError>> + Send;
+    fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> impl Future<Output = Result<(), PipelineError>> + Send;
 
     /// An interruption reached this stage: its queued data and control frames are
     /// already dropped; cancel any work in flight. The interruption itself is then
@@ -55,25 +50,14 @@ impl Outlet {
             Direction::Downstream => &self.down,
             Direction::Upstream => &self.up,
         };
-        let tx = if frame.is_system() {
-            &inbox.system
-        } else {
-            &inbox.data
-        };
+        let tx = if frame.is_system() { &inbox.system } else { &inbox.data };
         match dir {
-            Direction::Downstream => tx
-                .send((frame, dir))
-                .await
-                .map_err(|_| PipelineError::Closed),
+            Direction::Downstream => tx.send((frame, dir)).await.map_err(|_| PipelineError::Closed),
             Direction::Upstream => match tx.try_send((frame, dir)) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full((f, _))) => {
                     metrics::counter!("voxgate_pipeline_dropped_frames_total", "stage" => self.stage, "frame" => f.name()).increment(1);
-                    tracing::warn!(
-                        stage = self.stage,
-                        frame = f.name(),
-                        "upstream inbox full; frame dropped"
-                    );
+                    tracing::warn!(stage = self.stage, frame = f.name(), "upstream inbox full; frame dropped");
                     Ok(())
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(PipelineError::Closed),

@@ -9,8 +9,7 @@ use voxgate_frames::{Direction, Frame};
 use crate::processor::{Inbox, Outlet, Processor};
 use crate::{Capacity, Envelope, PipelineError};
 
-type Spawner =
-    Box<dyn FnOnce(StageWiring, &mut JoinSet<Result<(), PipelineError>>) -> AbortHandle + Send>;
+type Spawner = Box<dyn FnOnce(StageWiring, &mut JoinSet<Result<(), PipelineError>>) -> AbortHandle + Send>;
 
 /// What the runner hands one stage: its inboxes and its outlet.
 pub(crate) struct StageWiring {
@@ -36,10 +35,7 @@ impl Default for Pipeline {
 
 impl Pipeline {
     pub fn new(capacity: Capacity) -> Pipeline {
-        Pipeline {
-            stages: Vec::new(),
-            capacity,
-        }
+        Pipeline { stages: Vec::new(), capacity }
     }
 
     /// Appends a stage (downstream of the previous ones).
@@ -47,32 +43,21 @@ impl Pipeline {
         let name = p.name();
         self.stages.push((
             name,
-            Box::new(
-                move |w: StageWiring, set: &mut JoinSet<Result<(), PipelineError>>| {
-                    set.spawn(async move {
-                        // A stage that panics takes the whole pipeline down with it (its
-                        // call ends as a pipeline error), never leaves it half alive.
-                        let cancel = w.cancel.clone();
-                        match std::panic::AssertUnwindSafe(run_stage(p, w))
-                            .catch_unwind()
-                            .await
-                        {
-                            Ok(res) => res,
-                            Err(_) => {
-                                tracing::error!(
-                                    stage = name,
-                                    "a stage panicked; cancelling the pipeline"
-                                );
-                                cancel.cancel();
-                                Err(PipelineError::Stage {
-                                    stage: name,
-                                    message: "panicked".into(),
-                                })
-                            }
+            Box::new(move |w: StageWiring, set: &mut JoinSet<Result<(), PipelineError>>| {
+                set.spawn(async move {
+                    // A stage that panics takes the whole pipeline down with it (its
+                    // call ends as a pipeline error), never leaves it half alive.
+                    let cancel = w.cancel.clone();
+                    match std::panic::AssertUnwindSafe(run_stage(p, w)).catch_unwind().await {
+                        Ok(res) => res,
+                        Err(_) => {
+                            tracing::error!(stage = name, "a stage panicked; cancelling the pipeline");
+                            cancel.cancel();
+                            Err(PipelineError::Stage { stage: name, message: "panicked".into() })
                         }
-                    })
-                },
-            ),
+                    }
+                })
+            }),
         ));
         self
     }
@@ -84,24 +69,15 @@ impl Pipeline {
         // The ends: one channel each, used for both system and data frames.
         let (down_tx, down_rx) = mpsc::channel(cap.system + cap.data);
         let (up_tx, up_rx) = mpsc::channel(cap.system + cap.data);
-        let end_down = Inbox {
-            system: down_tx.clone(),
-            data: down_tx,
-        };
-        let end_up = Inbox {
-            system: up_tx.clone(),
-            data: up_tx,
-        };
+        let end_down = Inbox { system: down_tx.clone(), data: down_tx };
+        let end_up = Inbox { system: up_tx.clone(), data: up_tx };
 
         let mut inboxes = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
         for _ in 0..n {
             let (stx, srx) = mpsc::channel(cap.system);
             let (dtx, drx) = mpsc::channel(cap.data);
-            inboxes.push(Inbox {
-                system: stx,
-                data: dtx,
-            });
+            inboxes.push(Inbox { system: stx, data: dtx });
             receivers.push((srx, drx));
         }
         let head = inboxes.first().cloned().unwrap_or_else(|| end_down.clone());
@@ -109,32 +85,11 @@ impl Pipeline {
 
         let mut tasks = JoinSet::new();
         let mut handles = Vec::with_capacity(n);
-        for (i, ((name, spawn), (system, data))) in
-            self.stages.into_iter().zip(receivers).enumerate()
-        {
-            let down = inboxes
-                .get(i + 1)
-                .cloned()
-                .unwrap_or_else(|| end_down.clone());
-            let up = if i == 0 {
-                end_up.clone()
-            } else {
-                inboxes[i - 1].clone()
-            };
-            let out = Outlet {
-                down,
-                up,
-                stage: name,
-            };
-            handles.push(spawn(
-                StageWiring {
-                    system,
-                    data,
-                    out,
-                    cancel: cancel.clone(),
-                },
-                &mut tasks,
-            ));
+        for (i, ((name, spawn), (system, data))) in self.stages.into_iter().zip(receivers).enumerate() {
+            let down = inboxes.get(i + 1).cloned().unwrap_or_else(|| end_down.clone());
+            let up = if i == 0 { end_up.clone() } else { inboxes[i - 1].clone() };
+            let out = Outlet { down, up, stage: name };
+            handles.push(spawn(StageWiring { system, data, out, cancel: cancel.clone() }, &mut tasks));
         }
         // One watcher per pipeline stops every stage when the token is cancelled, at
         // its next await, as a stage watching the token itself would. A stage loop
@@ -149,14 +104,8 @@ impl Pipeline {
             }
         });
         PipelineIo {
-            head: Feeder {
-                inbox: head,
-                dir: Direction::Downstream,
-            },
-            tail: Feeder {
-                inbox: tail,
-                dir: Direction::Upstream,
-            },
+            head: Feeder { inbox: head, dir: Direction::Downstream },
+            tail: Feeder { inbox: tail, dir: Direction::Upstream },
             downstream: down_rx,
             upstream: up_rx,
             cancel,
@@ -182,24 +131,14 @@ pub enum Refused {
 impl Feeder {
     /// Sends, waiting for room.
     pub async fn send(&self, frame: Frame) -> Result<(), PipelineError> {
-        let tx = if frame.is_system() {
-            &self.inbox.system
-        } else {
-            &self.inbox.data
-        };
-        tx.send((frame, self.dir))
-            .await
-            .map_err(|_| PipelineError::Closed)
+        let tx = if frame.is_system() { &self.inbox.system } else { &self.inbox.data };
+        tx.send((frame, self.dir)).await.map_err(|_| PipelineError::Closed)
     }
 
     /// Sends without waiting: the transport uses this for caller audio, which must
     /// never stall reading the socket (a full inbox drops the frame).
     pub fn try_send(&self, frame: Frame) -> Result<(), Refused> {
-        let tx = if frame.is_system() {
-            &self.inbox.system
-        } else {
-            &self.inbox.data
-        };
+        let tx = if frame.is_system() { &self.inbox.system } else { &self.inbox.data };
         tx.try_send((frame, self.dir)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Refused::Full,
             mpsc::error::TrySendError::Closed(_) => Refused::Closed,
@@ -237,10 +176,7 @@ impl PipelineIo {
                 Ok(res) => res,
                 // Stopped by the watcher: a cancelled stage returns, as before.
                 Err(e) if e.is_cancelled() && self.cancel.is_cancelled() => Ok(()),
-                Err(e) => Err(PipelineError::Stage {
-                    stage: "task",
-                    message: e.to_string(),
-                }),
+                Err(e) => Err(PipelineError::Stage { stage: "task", message: e.to_string() }),
             };
             if first.is_ok() && res.is_err() {
                 first = res;
@@ -257,12 +193,7 @@ impl PipelineIo {
 }
 
 async fn run_stage<P: Processor>(mut p: P, w: StageWiring) -> Result<(), PipelineError> {
-    let StageWiring {
-        mut system,
-        mut data,
-        out,
-        cancel,
-    } = w;
+    let StageWiring { mut system, mut data, out, cancel } = w;
     let name = p.name();
     loop {
         let (frame, dir) = tokio::select! {
@@ -277,8 +208,7 @@ async fn run_stage<P: Processor>(mut p: P, w: StageWiring) -> Result<(), Pipelin
                 dropped += 1;
             }
             if dropped > 0 {
-                metrics::counter!("voxgate_pipeline_flushed_frames_total", "stage" => name)
-                    .increment(dropped);
+                metrics::counter!("voxgate_pipeline_flushed_frames_total", "stage" => name).increment(dropped);
             }
             p.interrupted();
         }

@@ -33,11 +33,7 @@ pub type Later<T> = Shared<BoxFuture<'static, Result<T, String>>>;
 
 /// Waits for the fallback after `error`; `None` (with a log line) when it cannot
 /// serve, so the first provider's error stands.
-async fn take_over<T: Clone>(
-    stage: &'static str,
-    fallback: &Later<T>,
-    error: &ServiceError,
-) -> Option<T> {
+async fn take_over<T: Clone>(stage: &'static str, fallback: &Later<T>, error: &ServiceError) -> Option<T> {
     match fallback.clone().await {
         Ok(f) => {
             tracing::warn!(stage, %error, "the provider failed; the fallback takes this turn");
@@ -52,10 +48,7 @@ async fn take_over<T: Clone>(
 }
 
 /// The fallback's queue wait, when it has come and has one.
-fn fallback_wait<T>(
-    fallback: &Later<T>,
-    wait: impl Fn(&T) -> Option<Duration>,
-) -> Option<Duration> {
+fn fallback_wait<T>(fallback: &Later<T>, wait: impl Fn(&T) -> Option<Duration>) -> Option<Duration> {
     fallback.peek().and_then(|r| r.as_ref().ok()).and_then(wait)
 }
 
@@ -76,11 +69,7 @@ pub struct FallbackStt {
 }
 
 impl Stt for FallbackStt {
-    fn transcribe(
-        &self,
-        audio: Vec<i16>,
-        rate: u32,
-    ) -> BoxFuture<'static, Result<String, ServiceError>> {
+    fn transcribe(&self, audio: Vec<i16>, rate: u32) -> BoxFuture<'static, Result<String, ServiceError>> {
         let primary = self.primary.transcribe(audio.clone(), rate);
         let fallback = self.fallback.clone();
         Box::pin(async move {
@@ -107,10 +96,7 @@ impl Stt for FallbackStt {
     }
 
     fn take_queue_wait(&self) -> Option<Duration> {
-        sum(
-            self.primary.take_queue_wait(),
-            fallback_wait(&self.fallback, |f| f.take_queue_wait()),
-        )
+        sum(self.primary.take_queue_wait(), fallback_wait(&self.fallback, |f| f.take_queue_wait()))
     }
 }
 
@@ -180,10 +166,7 @@ impl Llm for FallbackLlm {
     }
 
     fn take_queue_wait(&self) -> Option<Duration> {
-        sum(
-            self.primary.take_queue_wait(),
-            fallback_wait(&self.fallback, |f| f.take_queue_wait()),
-        )
+        sum(self.primary.take_queue_wait(), fallback_wait(&self.fallback, |f| f.take_queue_wait()))
     }
 }
 
@@ -200,11 +183,7 @@ pub struct FallbackTts {
 
 impl FallbackTts {
     pub fn new(primary: Arc<dyn Tts>, fallback: Later<Arc<dyn Tts>>) -> FallbackTts {
-        FallbackTts {
-            primary,
-            fallback,
-            resampler: Arc::default(),
-        }
+        FallbackTts { primary, fallback, resampler: Arc::default() }
     }
 }
 
@@ -279,9 +258,6 @@ impl Tts for FallbackTts {
     }
 
     fn take_queue_wait(&self) -> Option<Duration> {
-        sum(
-            self.primary.take_queue_wait(),
-            fallback_wait(&self.fallback, |f| f.take_queue_wait()),
-        )
+        sum(self.primary.take_queue_wait(), fallback_wait(&self.fallback, |f| f.take_queue_wait()))
     }
 }

@@ -6,6 +6,6 @@
 //!   process and shared by every call.
 //! - [`fallback`]: a second provider that takes over a turn the first one failed.
 
-pub mod fallback;
-pub mod local;
 pub mod pool;
+pub mod local;
+pub mod fallback;

@@ -52,9 +52,7 @@ pub struct InferencePool {
 
 impl std::fmt::Debug for InferencePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InferencePool")
-            .field("workers", &self.inner.workers)
-            .finish()
+        f.debug_struct("InferencePool").field("workers", &self.inner.workers).finish()
     }
 }
 
@@ -88,12 +86,7 @@ impl InferencePool {
     /// Runs `job` on a blocking thread once a worker is free. The wait is added to
     /// `meter` and recorded as `voxgate_inference_queue_wait_seconds{stage}`. A job
     /// that runs long calls [`Turn::yield_if_contended`] between its steps.
-    pub async fn run<T, F>(
-        &self,
-        stage: &'static str,
-        meter: &WaitMeter,
-        job: F,
-    ) -> Result<T, PoolError>
+    pub async fn run<T, F>(&self, stage: &'static str, meter: &WaitMeter, job: F) -> Result<T, PoolError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Turn) -> T + Send + 'static,
@@ -130,11 +123,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-async fn acquire(
-    inner: &Arc<Inner>,
-    stage: &'static str,
-    meter: &WaitMeter,
-) -> Result<OwnedSemaphorePermit, PoolError> {
+async fn acquire(inner: &Arc<Inner>, stage: &'static str, meter: &WaitMeter) -> Result<OwnedSemaphorePermit, PoolError> {
     let started = Instant::now();
     inner.waiting.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("voxgate_inference_queue_depth").increment(1.0);
@@ -143,8 +132,7 @@ async fn acquire(
     metrics::gauge!("voxgate_inference_queue_depth").decrement(1.0);
     let waited = started.elapsed();
     meter.add(waited);
-    metrics::histogram!("voxgate_inference_queue_wait_seconds", "stage" => stage)
-        .record(waited.as_secs_f64());
+    metrics::histogram!("voxgate_inference_queue_wait_seconds", "stage" => stage).record(waited.as_secs_f64());
     permit.map_err(|_| PoolError::Closed)
 }
 
@@ -163,17 +151,12 @@ impl Turn {
     /// time slice and another job is waiting, hands the worker over and waits for
     /// its turn again (at the back of the queue). Returns false if the pool closed.
     pub fn yield_if_contended(&mut self) -> bool {
-        if self.since.elapsed() < self.inner.slice
-            || self.inner.waiting.load(Ordering::Relaxed) == 0
-        {
+        if self.since.elapsed() < self.inner.slice || self.inner.waiting.load(Ordering::Relaxed) == 0 {
             return true;
         }
         self.permit = None;
         metrics::counter!("voxgate_inference_yields_total", "stage" => self.stage).increment(1);
-        match self
-            .runtime
-            .block_on(acquire(&self.inner, self.stage, &self.meter))
-        {
+        match self.runtime.block_on(acquire(&self.inner, self.stage, &self.meter)) {
             Ok(permit) => {
                 self.permit = Some(permit);
                 self.since = Instant::now();
@@ -197,8 +180,7 @@ mod tests {
         let meter = WaitMeter::default();
         let mut jobs = Vec::new();
         for _ in 0..6 {
-            let (pool, running, peak, meter) =
-                (pool.clone(), running.clone(), peak.clone(), meter.clone());
+            let (pool, running, peak, meter) = (pool.clone(), running.clone(), peak.clone(), meter.clone());
             jobs.push(tokio::spawn(async move {
                 pool.run("test", &meter, move |_| {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -242,10 +224,7 @@ mod tests {
             let long_done = long_done.clone();
             move |_| !long_done.load(Ordering::SeqCst)
         });
-        assert!(
-            finished_first.await.unwrap(),
-            "the short job had to wait for the whole long one"
-        );
+        assert!(finished_first.await.unwrap(), "the short job had to wait for the whole long one");
         assert!(short_meter.take() < Duration::from_millis(100));
         long.await.unwrap().unwrap();
     }
@@ -254,10 +233,7 @@ mod tests {
     async fn a_panicking_job_is_an_error_and_frees_its_worker() {
         let pool = InferencePool::new(1);
         let meter = WaitMeter::default();
-        let err = pool
-            .run("test", &meter, |_| -> () { panic!("model exploded") })
-            .await
-            .unwrap_err();
+        let err = pool.run("test", &meter, |_| -> () { panic!("model exploded") }).await.unwrap_err();
         assert_eq!(err, PoolError::Panicked("model exploded".into()));
         assert_eq!(pool.run("test", &meter, |_| 7).await.unwrap(), 7);
     }

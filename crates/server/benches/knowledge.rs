@@ -17,8 +17,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use voxgate_domain::FileStatus;
 use voxgate_domain::key::{KeyKind, mint};
+use voxgate_domain::FileStatus;
 use voxgate_knowledge::{ChunkOptions, Embedder};
 use voxgate_providers::pool::{InferencePool, WaitMeter};
 use voxgate_server::config::ServeArgs;
@@ -49,34 +49,9 @@ fn quantile(xs: &[f64], q: f64) -> f64 {
 /// Deterministic text of about `bytes` bytes: sentences from a small grammar, in
 /// paragraphs, so chunking and tokenizing do real work.
 fn document(bytes: usize) -> String {
-    const SUBJECTS: [&str; 8] = [
-        "The north branch",
-        "Our archive",
-        "The reading room",
-        "The children's wing",
-        "Parking",
-        "The print centre",
-        "Membership",
-        "The cafe",
-    ];
-    const VERBS: [&str; 6] = [
-        "opens",
-        "closes",
-        "offers",
-        "requires",
-        "welcomes",
-        "schedules",
-    ];
-    const OBJECTS: [&str; 8] = [
-        "at nine on weekdays",
-        "a card for every visitor",
-        "quiet study until late",
-        "story hours on Wednesdays",
-        "passes for twelve dollars",
-        "colour copies at fifty cents",
-        "renewals once a year",
-        "soup and sandwiches until three",
-    ];
+    const SUBJECTS: [&str; 8] = ["The north branch", "Our archive", "The reading room", "The children's wing", "Parking", "The print centre", "Membership", "The cafe"];
+    const VERBS: [&str; 6] = ["opens", "closes", "offers", "requires", "welcomes", "schedules"];
+    const OBJECTS: [&str; 8] = ["at nine on weekdays", "a card for every visitor", "quiet study until late", "story hours on Wednesdays", "passes for twelve dollars", "colour copies at fifty cents", "renewals once a year", "soup and sandwiches until three"];
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = |n: usize| {
         seed ^= seed << 13;
@@ -87,13 +62,7 @@ fn document(bytes: usize) -> String {
     let mut out = String::with_capacity(bytes + 200);
     let mut sentence = 0;
     while out.len() < bytes {
-        out.push_str(&format!(
-            "{} {} {} (note {}). ",
-            SUBJECTS[next(8)],
-            VERBS[next(6)],
-            OBJECTS[next(8)],
-            next(10_000)
-        ));
+        out.push_str(&format!("{} {} {} (note {}). ", SUBJECTS[next(8)], VERBS[next(6)], OBJECTS[next(8)], next(10_000)));
         sentence += 1;
         if sentence % 6 == 0 {
             out.push_str("\n\n");
@@ -104,26 +73,17 @@ fn document(bytes: usize) -> String {
 
 fn model_dir() -> std::path::PathBuf {
     let dir = voxgate_models::model_dir(voxgate_models::MINILM);
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is missing from {}: run `voxgate models fetch`",
-        dir.display()
-    );
+    assert!(dir.join("model.safetensors").is_file(), "all-MiniLM-L6-v2 is missing from {}: run `voxgate models fetch`", dir.display());
     dir
 }
 
 async fn upload_to_searchable(bytes: usize) -> (f64, i64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = ServeArgs::for_tests(&format!(
-        "sqlite://{}",
-        dir.path().join("bench.db").display()
-    ));
+    let mut args = ServeArgs::for_tests(&format!("sqlite://{}", dir.path().join("bench.db").display()));
     args.files_dir = dir.path().join("files");
     args.upload_max_bytes = bytes + 1024 * 1024;
     args.rate_limit_uploads = voxgate_server::config::Rate0(None);
-    let running = voxgate_server::serve::start_with(args, std::sync::Arc::new(Scripted))
-        .await
-        .unwrap();
+    let running = voxgate_server::serve::start_with(args, std::sync::Arc::new(Scripted)).await.unwrap();
     let store = running.store.clone().unwrap();
     let m = mint("bench", KeyKind::Private, vec![]);
     store.insert_key(&m.key).await.unwrap();
@@ -138,29 +98,15 @@ async fn upload_to_searchable(bytes: usize) -> (f64, i64) {
     let res = http
         .post(format!("{}/api/files", running.url()))
         .bearer_auth(&m.secret)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
         .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
-    let id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let file = loop {
-        let f: Value = http
-            .get(format!("{}/api/files/{id}", running.url()))
-            .bearer_auth(&m.secret)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let f: Value = http.get(format!("{}/api/files/{id}", running.url())).bearer_auth(&m.secret).send().await.unwrap().json().await.unwrap();
         if f["status"] != "processing" {
             break f;
         }
@@ -176,16 +122,9 @@ async fn upload_to_searchable(bytes: usize) -> (f64, i64) {
 async fn naive_turn(store: &Store, embedder: &Embedder, file_id: &str, question: &str) -> Duration {
     let started = Instant::now();
     let rows = store.file_chunks(file_id).await.unwrap();
-    let vectors: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|r| voxgate_knowledge::decode_vector(&r.embedding).unwrap())
-        .collect();
+    let vectors: Vec<Vec<f32>> = rows.iter().map(|r| voxgate_knowledge::decode_vector(&r.embedding).unwrap()).collect();
     let q = embedder.embed(&[question]).unwrap().pop().unwrap();
-    let hits = voxgate_knowledge::top_k(
-        &q,
-        vectors.iter().enumerate().map(|(i, v)| (i, v.as_slice())),
-        3,
-    );
+    let hits = voxgate_knowledge::top_k(&q, vectors.iter().enumerate().map(|(i, v)| (i, v.as_slice())), 3);
     assert_eq!(hits.len(), 3);
     std::hint::black_box(&rows[hits[0].0].text);
     started.elapsed()
@@ -197,22 +136,11 @@ async fn retrieval(db: TestDb, chunks: usize, embedder: &Embedder) {
     store.insert_file(&file).await.unwrap();
     // Real vectors for a few distinct texts, repeated: storage and search do not
     // care whether the 10,000 are distinct, and embedding them all takes minutes.
-    let base_texts: Vec<String> = document(64 * 1024)
-        .split("\n\n")
-        .map(str::to_string)
-        .filter(|s| !s.trim().is_empty())
-        .take(64)
-        .collect();
+    let base_texts: Vec<String> = document(64 * 1024).split("\n\n").map(str::to_string).filter(|s| !s.trim().is_empty()).take(64).collect();
     let refs: Vec<&str> = base_texts.iter().map(String::as_str).collect();
     let base = embedder.embed(&refs).unwrap();
-    let rows: Vec<(String, Vec<u8>)> = (0..chunks)
-        .map(|i| {
-            (
-                format!("{} [{i}]", base_texts[i % base.len()]),
-                voxgate_knowledge::encode_vector(&base[i % base.len()]),
-            )
-        })
-        .collect();
+    let rows: Vec<(String, Vec<u8>)> =
+        (0..chunks).map(|i| (format!("{} [{i}]", base_texts[i % base.len()]), voxgate_knowledge::encode_vector(&base[i % base.len()]))).collect();
     let t = Instant::now();
     store.complete_file(&file.id, &rows).await.unwrap();
     let insert = t.elapsed();
@@ -220,61 +148,29 @@ async fn retrieval(db: TestDb, chunks: usize, embedder: &Embedder) {
     let ids = vec![file.id.clone()];
     let mut cold = Vec::new();
     for question in QUESTIONS.iter().take(3) {
-        let k = Knowledge::start(
-            store.clone(),
-            "unused".into(),
-            model_dir(),
-            InferencePool::new(1),
-            1 << 20,
-        );
+        let k = Knowledge::start(store.clone(), "unused".into(), model_dir(), InferencePool::new(1), 1 << 20);
         let t = Instant::now();
-        let hits = k
-            .search(&ids, question, 3, &WaitMeter::default())
-            .await
-            .unwrap();
+        let hits = k.search(&ids, question, 3, &WaitMeter::default()).await.unwrap();
         cold.push(ms(t.elapsed()));
         assert_eq!(hits.len(), 3);
     }
-    let k = Knowledge::start(
-        store.clone(),
-        "unused".into(),
-        model_dir(),
-        InferencePool::new(1),
-        1 << 20,
-    );
-    k.search(&ids, QUESTIONS[0], 3, &WaitMeter::default())
-        .await
-        .unwrap();
+    let k = Knowledge::start(store.clone(), "unused".into(), model_dir(), InferencePool::new(1), 1 << 20);
+    k.search(&ids, QUESTIONS[0], 3, &WaitMeter::default()).await.unwrap();
     let mut warm = Vec::new();
     for turn in 0..TURNS {
         let t = Instant::now();
-        k.search(
-            &ids,
-            QUESTIONS[turn % QUESTIONS.len()],
-            3,
-            &WaitMeter::default(),
-        )
-        .await
-        .unwrap();
+        k.search(&ids, QUESTIONS[turn % QUESTIONS.len()], 3, &WaitMeter::default()).await.unwrap();
         warm.push(ms(t.elapsed()));
     }
     let mut embed_only = Vec::new();
     for turn in 0..TURNS {
         let t = Instant::now();
-        embedder
-            .embed(&[QUESTIONS[turn % QUESTIONS.len()]])
-            .unwrap();
+        embedder.embed(&[QUESTIONS[turn % QUESTIONS.len()]]).unwrap();
         embed_only.push(ms(t.elapsed()));
     }
     let mut naive = Vec::new();
     for turn in 0..TURNS / 4 {
-        naive.push(ms(naive_turn(
-            &store,
-            embedder,
-            &file.id,
-            QUESTIONS[turn % QUESTIONS.len()],
-        )
-        .await));
+        naive.push(ms(naive_turn(&store, embedder, &file.id, QUESTIONS[turn % QUESTIONS.len()]).await));
     }
     let (w50, n50) = (quantile(&warm, 0.5), quantile(&naive, 0.5));
     println!(
@@ -292,22 +188,14 @@ async fn retrieval(db: TestDb, chunks: usize, embedder: &Embedder) {
 #[tokio::main]
 async fn main() {
     voxgate_server::init_crypto();
-    let bytes: usize = std::env::var("VOXGATE_BENCH_UPLOAD_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let chunks: usize = std::env::var("VOXGATE_BENCH_CHUNKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let bytes: usize = std::env::var("VOXGATE_BENCH_UPLOAD_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let chunks: usize = std::env::var("VOXGATE_BENCH_CHUNKS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let embedder = Embedder::load(&model_dir()).unwrap();
 
     retrieval(TestDb::sqlite(), chunks, &embedder).await;
     match TestDb::postgres().await {
         Some(db) => retrieval(db, chunks, &embedder).await,
-        None => println!(
-            "retrieval postgres: skipped (set VOXGATE_TEST_POSTGRES_URL; scripts/pg.sh starts one)"
-        ),
+        None => println!("retrieval postgres: skipped (set VOXGATE_TEST_POSTGRES_URL; scripts/pg.sh starts one)"),
     }
 
     let (took, n) = upload_to_searchable(bytes).await;

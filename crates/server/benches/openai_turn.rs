@@ -32,12 +32,7 @@ const FIRST_TURN_ROUNDS: usize = 25;
 const REPLY: &str = "Hello there.";
 
 fn openai(fake: &Fake) -> OpenAi {
-    OpenAi::with_own_client(OpenAiConfig {
-        api_key: Some("sk-bench".into()),
-        base_url: fake.base.clone(),
-        ..OpenAiConfig::default()
-    })
-    .unwrap()
+    OpenAi::with_own_client(OpenAiConfig { api_key: Some("sk-bench".into()), base_url: fake.base.clone(), ..OpenAiConfig::default() }).unwrap()
 }
 
 fn quantile(xs: &mut [f64], q: f64) -> f64 {
@@ -53,10 +48,7 @@ fn ms(d: Duration) -> f64 {
 async fn direct_turn(ai: &OpenAi) -> Duration {
     let started = Instant::now();
     let request = ChatRequest {
-        messages: vec![
-            ChatMessage::new(Role::System, "You are brief."),
-            ChatMessage::new(Role::User, "Hi?"),
-        ],
+        messages: vec![ChatMessage::new(Role::System, "You are brief."), ChatMessage::new(Role::User, "Hi?")],
         tools: vec![],
         temperature: 0.7,
         max_tokens: 100,
@@ -71,11 +63,7 @@ async fn direct_turn(ai: &OpenAi) -> Duration {
         }
     }
     let mut speech = ai.tts().synthesize(text);
-    speech
-        .next()
-        .await
-        .expect("audio")
-        .expect("the fake speaks");
+    speech.next().await.expect("audio").expect("the fake speaks");
     started.elapsed()
 }
 
@@ -88,66 +76,29 @@ struct Server {
 
 async fn server(factory: PerAssistant) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = ServeArgs::for_tests(&format!(
-        "sqlite://{}",
-        dir.path().join("bench.db").display()
-    ));
+    let mut args = ServeArgs::for_tests(&format!("sqlite://{}", dir.path().join("bench.db").display()));
     args.recordings_dir = dir.path().join("rec");
-    let running = voxgate_server::serve::start_with(args, Arc::new(factory))
-        .await
-        .expect("the server starts");
+    let running = voxgate_server::serve::start_with(args, Arc::new(factory)).await.expect("the server starts");
     let m = mint("bench", KeyKind::Private, vec![]);
-    running
-        .store
-        .as_ref()
-        .unwrap()
-        .insert_key(&m.key)
-        .await
-        .unwrap();
+    running.store.as_ref().unwrap().insert_key(&m.key).await.unwrap();
     let body = json!({
         "name": "Cloud", "firstMessageMode": "user-speaks-first", "firstMessage": null,
         "transcriber": {"provider": "openai"}, "model": {"provider": "openai"}, "voice": {"provider": "openai"},
     });
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/assistants", running.url()))
-        .bearer_auth(&m.secret)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let res = reqwest::Client::new().post(format!("{}/api/assistants", running.url())).bearer_auth(&m.secret).json(&body).send().await.unwrap();
     assert_eq!(res.status(), 201);
-    let assistant = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    Server {
-        running,
-        key: m.secret,
-        assistant,
-        _dir: dir,
-    }
+    let assistant = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    Server { running, key: m.secret, assistant, _dir: dir }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open_call(s: &Server) -> Ws {
-    let url = format!(
-        "{}/agent?assistantId={}",
-        s.running.url().replacen("http", "ws", 1),
-        s.assistant
-    );
+    let url = format!("{}/agent?assistantId={}", s.running.url().replacen("http", "ws", 1), s.assistant);
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", s.key).parse().unwrap(),
-    );
+    req.headers_mut().insert("authorization", format!("Bearer {}", s.key).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(
-        r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":16000}}"#.into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":16000}}"#.into())).await.unwrap();
     until_event(&mut ws, "call-started").await;
     ws
 }
@@ -167,11 +118,7 @@ async fn until_event(ws: &mut Ws, kind: &str) {
 
 /// A typed turn: text sent to the first reply audio frame; then waits for the reply's end.
 async fn platform_turn(ws: &mut Ws) -> Duration {
-    ws.send(Message::Text(
-        json!({"type": "text", "text": "Hi?"}).to_string().into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(json!({"type": "text", "text": "Hi?"}).to_string().into())).await.unwrap();
     let started = Instant::now();
     let first = loop {
         match ws.next().await {
@@ -202,11 +149,7 @@ async fn first_turn(fake: &Fake, warm: bool) -> Duration {
 
 fn row(name: &str, xs: &mut [f64]) -> f64 {
     let p50 = quantile(xs, 0.5);
-    println!(
-        "{name:<34} p50 {p50:7.2} ms   p90 {:7.2} ms   (n={})",
-        quantile(xs, 0.9),
-        xs.len()
-    );
+    println!("{name:<34} p50 {p50:7.2} ms   p90 {:7.2} ms   (n={})", quantile(xs, 0.9), xs.len());
     p50
 }
 
@@ -250,11 +193,7 @@ async fn main() {
     println!("OpenAI-compatible turn on the fake server (loopback), {ROUNDS} turns:");
     let d = row("direct (chat, then speech)", &mut direct);
     let p = row("through the platform", &mut platform);
-    println!(
-        "platform overhead at p50: {:.2} ms ({:.2}x the direct time)",
-        p - d,
-        p / d
-    );
+    println!("platform overhead at p50: {:.2} ms ({:.2}x the direct time)", p - d, p / d);
     println!("first turn of a call on a new connection pool, {FIRST_TURN_ROUNDS} rounds:");
     let c = row("cold (no warm-up)", &mut cold);
     let w = row("warmed at call start", &mut warm);

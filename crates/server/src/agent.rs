@@ -18,17 +18,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use tokio_util::task::TaskTracker;
 use voxgate_api::auth::{Principal, bearer};
 use voxgate_api::cors::same_origin;
 use voxgate_api::ratelimit::{Group, client_ip};
 use voxgate_api::{ApiError, ApiState};
-use voxgate_domain::Assistant;
 use voxgate_domain::ErrorCode;
 use voxgate_domain::call::Call;
 use voxgate_domain::clock::is_id;
 use voxgate_domain::key::KeyKind;
+use voxgate_domain::Assistant;
 
 /// What the agent shares between calls.
 #[derive(Clone)]
@@ -56,13 +56,8 @@ pub fn router(state: AgentState) -> Router {
         .route(
             "/agent",
             get(upgrade).fallback(|| async {
-                let mut res = ApiError::new(
-                    ErrorCode::MethodNotAllowed,
-                    "/agent takes a WebSocket upgrade (GET)",
-                )
-                .into_response();
-                res.headers_mut()
-                    .insert(header::ALLOW, axum::http::HeaderValue::from_static("GET"));
+                let mut res = ApiError::new(ErrorCode::MethodNotAllowed, "/agent takes a WebSocket upgrade (GET)").into_response();
+                res.headers_mut().insert(header::ALLOW, axum::http::HeaderValue::from_static("GET"));
                 res
             }),
         )
@@ -96,10 +91,7 @@ async fn upgrade(
             let mut res = e.into_response();
             // As on /api: a 401 says how to authenticate.
             if res.status() == axum::http::StatusCode::UNAUTHORIZED {
-                res.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Bearer"),
-                );
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
             }
             res
         }
@@ -123,11 +115,7 @@ async fn admit(
     let guard = s.calls.token();
     if s.api.lifecycle.is_draining() {
         metrics::counter!("voxgate_calls_refused_total", "reason" => "draining").increment(1);
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "this instance is draining; connect again",
-        )
-        .with_retry_after(1));
+        return Err(ApiError::new(ErrorCode::Unavailable, "this instance is draining; connect again").with_retry_after(1));
     }
     // The guard above counts this attempt: more than the limit means it is one too many.
     if s.max_calls > 0 && s.calls.len() > s.max_calls {
@@ -141,51 +129,37 @@ async fn admit(
     let ip = client_ip(headers, peer, s.api.config.trust_proxy);
     s.api.limiter.check_ip(Group::Calls, &ip)?;
 
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or("invalid"));
+    let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("invalid"));
     if let Some(origin) = origin {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         if !(same_origin(origin, host) || s.api.config.allowed_origins.allows(origin)) {
-            return Err(ApiError::forbidden(
-                "this origin may not open calls (see ALLOWED_ORIGINS)",
-            ));
+            return Err(ApiError::forbidden("this origin may not open calls (see ALLOWED_ORIGINS)"));
         }
     }
-    let ws = ws.map_err(|e| {
-        ApiError::bad_request(format!("expected a WebSocket upgrade: {}", e.body_text()))
-    })?;
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {}", e.body_text())))?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
 
     let (key_id, assistant_id) = match q.token {
         Some(token) => {
             // A call token stands for the private key that minted it, for one call.
             if token.len() > 100 {
-                return Err(ApiError::unauthorized(
-                    "the call token is unknown, used or expired",
-                ));
+                return Err(ApiError::unauthorized("the call token is unknown, used or expired"));
             }
             let (assistant_id, key_id) = s
                 .api
                 .store
                 .consume_call_token(&voxgate_domain::key::hash_secret(&token))
                 .await?
-                .ok_or_else(|| {
-                    ApiError::unauthorized("the call token is unknown, used or expired")
-                })?;
+                .ok_or_else(|| ApiError::unauthorized("the call token is unknown, used or expired"))?;
             if q.assistant_id.as_ref().is_some_and(|a| *a != assistant_id) {
-                return Err(ApiError::forbidden(
-                    "the call token is for another assistant",
-                ));
+                return Err(ApiError::forbidden("the call token is for another assistant"));
             }
             // Revoking a key revokes the call tokens it minted and has not used yet.
             if let Some(id) = &key_id {
                 match s.api.store.get_key(id).await {
                     Ok(k) if k.revoked_at.is_none() => {}
                     Ok(_) | Err(voxgate_store::StoreError::NotFound) => {
-                        return Err(ApiError::unauthorized(
-                            "the key that minted this call token is revoked",
-                        ));
+                        return Err(ApiError::unauthorized("the key that minted this call token is revoked"));
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -207,33 +181,21 @@ async fn admit(
                     "only a public key may be sent as `?key=`: send this one as `Authorization: Bearer`, or open the call with a `?token=` from POST /api/calls",
                 ));
             }
-            let assistant_id = q
-                .assistant_id
-                .ok_or_else(|| ApiError::bad_request("assistantId is required"))?;
+            let assistant_id = q.assistant_id.ok_or_else(|| ApiError::bad_request("assistantId is required"))?;
             match &principal {
-                Principal::Metrics => {
-                    return Err(ApiError::forbidden("the metrics token cannot open calls"));
-                }
+                Principal::Metrics => return Err(ApiError::forbidden("the metrics token cannot open calls")),
                 // Anyone may sign up to a Supabase project: only the users listed in
                 // SUPABASE_ADMIN_USER_IDS or SUPABASE_ADMIN_EMAILS may use this server,
                 // calls included.
                 Principal::User { admin: false, .. } => {
-                    return Err(ApiError::forbidden(
-                        "this user may not open calls (see SUPABASE_ADMIN_USER_IDS and SUPABASE_ADMIN_EMAILS)",
-                    ));
+                    return Err(ApiError::forbidden("this user may not open calls (see SUPABASE_ADMIN_USER_IDS and SUPABASE_ADMIN_EMAILS)"));
                 }
-                Principal::Key(k)
-                    if k.kind == KeyKind::Public && !k.assistant_ids.contains(&assistant_id) =>
-                {
-                    return Err(ApiError::forbidden(
-                        "this public key does not list that assistant",
-                    ));
+                Principal::Key(k) if k.kind == KeyKind::Public && !k.assistant_ids.contains(&assistant_id) => {
+                    return Err(ApiError::forbidden("this public key does not list that assistant"));
                 }
                 // Public keys are for browsers, which always send Origin (checked above).
                 Principal::Key(k) if k.kind == KeyKind::Public && origin.is_none() => {
-                    return Err(ApiError::forbidden(
-                        "a public key opens calls from a browser page on an allowed origin",
-                    ));
+                    return Err(ApiError::forbidden("a public key opens calls from a browser page on an allowed origin"));
                 }
                 _ => {}
             }
@@ -244,34 +206,20 @@ async fn admit(
     if !is_id(&assistant_id) {
         return Err(ApiError::not_found("assistant"));
     }
-    let assistant = s
-        .api
-        .store
-        .get_assistant(&assistant_id)
-        .await
-        .map_err(|e| match e {
-            voxgate_store::StoreError::NotFound => ApiError::not_found("assistant"),
-            other => other.into(),
-        })?;
+    let assistant = s.api.store.get_assistant(&assistant_id).await.map_err(|e| match e {
+        voxgate_store::StoreError::NotFound => ApiError::not_found("assistant"),
+        other => other.into(),
+    })?;
 
     let call = Call::start(assistant.id.clone(), key_id, s.instance.clone());
     // Written before the upgrade, so a call the client sees always has a record;
     // through the journal, so a burst of calls shares its commits.
-    if !s
-        .session
-        .journal
-        .create(call.clone(), CALL_CREATE_WRITE)
-        .await
-    {
+    if !s.session.journal.create(call.clone(), CALL_CREATE_WRITE).await {
         // It may still be written later: end it, so it never shows as live.
         let journal = s.session.journal.clone();
         let id = call.id.clone();
         tokio::spawn(async move { journal.end(&id, "not-started", CALL_END_WRITE).await });
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "the database is unavailable; try again",
-        )
-        .with_retry_after(1));
+        return Err(ApiError::new(ErrorCode::Unavailable, "the database is unavailable; try again").with_retry_after(1));
     }
     let session = s.clone();
     Ok(ws
@@ -291,13 +239,10 @@ async fn admit(
             }
         })
         .on_upgrade(move |socket| {
-            let span =
-                tracing::info_span!("call", call_id = %call.id, assistant_id = %call.assistant_id);
+            let span = tracing::info_span!("call", call_id = %call.id, assistant_id = %call.assistant_id);
             async move {
                 let _guard = guard;
-                run_call(socket, call, assistant, session)
-                    .instrument(span)
-                    .await
+                run_call(socket, call, assistant, session).instrument(span).await
             }
         }))
 }
@@ -314,18 +259,11 @@ async fn run_call(socket: WebSocket, call: Call, assistant: Assistant, s: AgentS
     tracing::info!("call started");
     let registration = s.registry.register(&call.id);
     if registration.is_none() {
-        tracing::warn!(
-            "the registry of live calls is full; this call cannot be resumed or controlled"
-        );
+        tracing::warn!("the registry of live calls is full; this call cannot be resumed or controlled");
     }
     let reason = crate::session::run(socket, &call, &assistant, &s.session, registration).await;
     // After its turns, in order; the journal retries while the database is away.
-    if !s
-        .session
-        .journal
-        .end(&call.id, reason.as_str(), CALL_END_WRITE)
-        .await
-    {
+    if !s.session.journal.end(&call.id, reason.as_str(), CALL_END_WRITE).await {
         tracing::error!("the call's end is not written yet; it stays queued");
     } else if let Some(n) = s.session.notifier_for(&call, &assistant) {
         // The record is complete now (the journal writes a call's turns before its
@@ -352,38 +290,19 @@ fn resume(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     use crate::session::registry::Refusal;
-    let refused = |outcome: &'static str| {
-        metrics::counter!("voxgate_call_resumes_total", "outcome" => outcome).increment(1)
-    };
+    let refused = |outcome: &'static str| metrics::counter!("voxgate_call_resumes_total", "outcome" => outcome).increment(1);
     let ip = client_ip(headers, peer, s.api.config.trust_proxy);
     s.api.limiter.check_ip(Group::Calls, &ip)?;
-    if let Some(origin) = headers
-        .get(header::ORIGIN)
-        .map(|o| o.to_str().unwrap_or("invalid"))
-    {
+    if let Some(origin) = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("invalid")) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         if !(same_origin(origin, host) || s.api.config.allowed_origins.allows(origin)) {
-            return Err(ApiError::forbidden(
-                "this origin may not open calls (see ALLOWED_ORIGINS)",
-            ));
+            return Err(ApiError::forbidden("this origin may not open calls (see ALLOWED_ORIGINS)"));
         }
     }
-    let ws = ws.map_err(|e| {
-        ApiError::bad_request(format!("expected a WebSocket upgrade: {}", e.body_text()))
-    })?;
-    let call_id = q.call.as_deref().ok_or_else(|| {
-        ApiError::bad_request("`resume` needs `call`: the id of the call to resume")
-    })?;
-    let token = q
-        .resume
-        .as_deref()
-        .ok_or_else(|| ApiError::unauthorized("`call` needs `resume`: the call's resume token"))?;
-    let not_here = || {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("no live call {call_id} on this instance"),
-        )
-    };
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {}", e.body_text())))?;
+    let call_id = q.call.as_deref().ok_or_else(|| ApiError::bad_request("`resume` needs `call`: the id of the call to resume"))?;
+    let token = q.resume.as_deref().ok_or_else(|| ApiError::unauthorized("`call` needs `resume`: the call's resume token"))?;
+    let not_here = || ApiError::new(ErrorCode::NotFound, format!("no live call {call_id} on this instance"));
     if !is_id(call_id) {
         refused("not-found");
         return Err(not_here());
@@ -404,10 +323,7 @@ fn resume(
         }
         Err(Refusal::Attached) => {
             refused("live-socket");
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                "the call's socket is still open; resume once it has dropped",
-            ));
+            return Err(ApiError::new(ErrorCode::Conflict, "the call's socket is still open; resume once it has dropped"));
         }
     };
     // The resumed socket's own task, counted so a drain waits for its hand-over.
@@ -446,10 +362,7 @@ async fn hand_over(
     let (tx, rx) = writer_channel();
     let pump = tokio::spawn(pump_then_release(rx, sink));
     let d = Limits::default();
-    let mut decoder = InputDecoder::new(Limits {
-        max_audio_bytes: max_message.min(d.max_audio_bytes),
-        max_text_bytes: max_message.min(d.max_text_bytes),
-    });
+    let mut decoder = InputDecoder::new(Limits { max_audio_bytes: max_message.min(d.max_audio_bytes), max_text_bytes: max_message.min(d.max_text_bytes) });
     let started = tokio::select! {
         _ = hard_stop.cancelled() => None,
         r = await_start(&mut stream, &mut decoder, &tx, start_timeout) => Some(r),
@@ -480,19 +393,11 @@ async fn hand_over(
         claim.restore();
         return;
     };
-    if let Err(r) = claim
-        .hand_over(Box::pin(stream), Box::pin(sink), decoder, negotiated)
-        .await
-    {
+    if let Err(r) = claim.hand_over(Box::pin(stream), Box::pin(sink), decoder, negotiated).await {
         // The call ended while this socket was starting.
         use futures_util::SinkExt;
         let mut sink = r.sink;
-        let _ = sink
-            .send(WireOut::Close(Close::new(
-                code::NORMAL,
-                "the call has ended",
-            )))
-            .await;
+        let _ = sink.send(WireOut::Close(Close::new(code::NORMAL, "the call has ended"))).await;
         metrics::counter!("voxgate_call_resumes_total", "outcome" => "ended").increment(1);
     }
 }

@@ -168,15 +168,8 @@ impl LagScrape {
             } else if rest == "_count" {
                 s.count = value;
                 seen = true;
-            } else if let Some(le) = rest
-                .strip_prefix("_bucket{le=\"")
-                .and_then(|r| r.strip_suffix("\"}"))
-            {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
+            } else if let Some(le) = rest.strip_prefix("_bucket{le=\"").and_then(|r| r.strip_suffix("\"}")) {
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
                 s.buckets.push((le, value));
             }
         }
@@ -187,46 +180,19 @@ impl LagScrape {
     /// What happened between `before` and `self`.
     fn since(&self, before: &LagScrape) -> RuntimeLag {
         let wakes = (self.count - before.count).max(0.0);
-        let earlier = |le: f64| {
-            before
-                .buckets
-                .iter()
-                .find(|b| b.0 == le)
-                .map_or(0.0, |b| b.1)
-        };
-        let buckets: Vec<(f64, f64)> = self
-            .buckets
-            .iter()
-            .map(|&(le, n)| (le, (n - earlier(le)).max(0.0)))
-            .collect();
+        let earlier = |le: f64| before.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+        let buckets: Vec<(f64, f64)> = self.buckets.iter().map(|&(le, n)| (le, (n - earlier(le)).max(0.0))).collect();
         let at_most = |q: f64| -> Option<f64> {
             let rank = (q * wakes).ceil().max(1.0);
-            buckets
-                .iter()
-                .find(|b| b.1 >= rank)
-                .map(|b| b.0 * 1000.0)
-                .filter(|ms| ms.is_finite())
+            buckets.iter().find(|b| b.1 >= rank).map(|b| b.0 * 1000.0).filter(|ms| ms.is_finite())
         };
-        let within_20ms = buckets
-            .iter()
-            .find(|b| (b.0 - 0.02).abs() < 1e-12)
-            .map(|b| b.1);
+        let within_20ms = buckets.iter().find(|b| (b.0 - 0.02).abs() < 1e-12).map(|b| b.1);
         RuntimeLag {
             wakes: wakes as u64,
-            mean_ms: if wakes > 0.0 {
-                (self.sum - before.sum) / wakes * 1000.0
-            } else {
-                0.0
-            },
+            mean_ms: if wakes > 0.0 { (self.sum - before.sum) / wakes * 1000.0 } else { 0.0 },
             p50_ms_at_most: if wakes > 0.0 { at_most(0.50) } else { None },
             p99_ms_at_most: if wakes > 0.0 { at_most(0.99) } else { None },
-            over_20ms_percent: within_20ms.map(|n| {
-                if wakes > 0.0 {
-                    (wakes - n).max(0.0) / wakes * 100.0
-                } else {
-                    0.0
-                }
-            }),
+            over_20ms_percent: within_20ms.map(|n| if wakes > 0.0 { (wakes - n).max(0.0) / wakes * 100.0 } else { 0.0 }),
         }
     }
 }
@@ -235,10 +201,7 @@ impl LagScrape {
 /// it (a public key, or none) or the server does not report it.
 async fn scrape_lag(base: &str, key: Option<&str>) -> Option<LagScrape> {
     let url = format!("{}/api/metrics", http_base(base).ok()?);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .ok()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok()?;
     let mut req = client.get(&url);
     if let Some(key) = key {
         req = req.bearer_auth(key);
@@ -296,18 +259,10 @@ impl BenchReport {
     /// `None` when every call connected, every turn succeeded and every call ended
     /// as asked; otherwise what went wrong, in a sentence.
     pub fn problem(&self) -> Option<String> {
-        if self.connect_failed == 0
-            && self.turns_failed == 0
-            && self.ended_normally == self.calls
-            && self.error_events == 0
-        {
+        if self.connect_failed == 0 && self.turns_failed == 0 && self.ended_normally == self.calls && self.error_events == 0 {
             return None;
         }
-        let first = self
-            .errors
-            .first()
-            .map(|(m, n)| format!("; most frequent: {m} (x{n})"))
-            .unwrap_or_default();
+        let first = self.errors.first().map(|(m, n)| format!("; most frequent: {m} (x{n})")).unwrap_or_default();
         Some(format!(
             "{} of {} calls failed to connect, {} of {} turns failed, {} of {} calls ended normally, {} error events{first}",
             self.connect_failed,
@@ -329,10 +284,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
 /// [`run`], printing to `out`. `Err` when the run could not start (bad arguments,
 /// no phrase, the assistant unreadable); failed calls and turns are in the report.
-pub async fn run_with(
-    args: BenchArgs,
-    out: &mut (dyn Write + Send),
-) -> anyhow::Result<BenchReport> {
+pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<BenchReport> {
     crate::init_crypto();
     if args.calls == 0 {
         bail!("--calls must be at least 1");
@@ -349,42 +301,27 @@ pub async fn run_with(
         bail!("--duration must be a number of seconds from 0 to a week, not {d}");
     }
     if !args.ramp.is_finite() || !(0.0..=3600.0).contains(&args.ramp) {
-        bail!(
-            "--ramp must be a number of seconds from 0 to 3600, not {}",
-            args.ramp
-        );
+        bail!("--ramp must be a number of seconds from 0 to 3600, not {}", args.ramp);
     }
     if !args.turn_timeout.is_finite() || !(0.1..=600.0).contains(&args.turn_timeout) {
-        bail!(
-            "--turn-timeout must be a number of seconds from 0.1 to 600, not {}",
-            args.turn_timeout
-        );
+        bail!("--turn-timeout must be a number of seconds from 0.1 to 600, not {}", args.turn_timeout);
     }
     if args.target.assistant.trim().is_empty() {
         bail!("--assistant is empty");
     }
-    let key = args
-        .target
-        .key
-        .as_deref()
-        .map(str::trim)
-        .filter(|k| !k.is_empty());
+    let key = args.target.key.as_deref().map(str::trim).filter(|k| !k.is_empty());
     let phrase = Arc::new(match &args.wav {
-        Some(path) => Phrase::new(&crate::call::load_wav(path)?)
-            .with_context(|| format!("the phrase in {}", path.display()))?,
+        Some(path) => Phrase::new(&crate::call::load_wav(path)?).with_context(|| format!("the phrase in {}", path.display()))?,
         None => Phrase::new(&spoken(DEFAULT_PHRASE)?).context("the phrase espeak-ng spoke")?,
     });
     let (silence_ms, greeting) = match args.silence_ms {
         Some(ms) => (ms, None),
         None => {
             let a = read_assistant(&args.target.url, key, &args.target.assistant).await?;
-            let ms = a["endpointing"]["silenceMs"].as_u64().ok_or_else(|| {
-                anyhow!("the assistant has no endpointing.silenceMs; pass --silence-ms")
-            })?;
-            let greets = a["firstMessageMode"].as_str() != Some("user-speaks-first")
-                && a["firstMessage"]
-                    .as_str()
-                    .is_some_and(|m| !m.trim().is_empty());
+            let ms =
+                a["endpointing"]["silenceMs"].as_u64().ok_or_else(|| anyhow!("the assistant has no endpointing.silenceMs; pass --silence-ms"))?;
+            let greets =
+                a["firstMessageMode"].as_str() != Some("user-speaks-first") && a["firstMessage"].as_str().is_some_and(|m| !m.trim().is_empty());
             (u32::try_from(ms).unwrap_or(u32::MAX), Some(greets))
         }
     };
@@ -424,9 +361,7 @@ pub async fn run_with(
             tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;
                 let mut results = Vec::new();
-                while until.is_none_or(|u| Instant::now() < u)
-                    && opened.fetch_add(1, Ordering::Relaxed) < total
-                {
+                while until.is_none_or(|u| Instant::now() < u) && opened.fetch_add(1, Ordering::Relaxed) < total {
                     results.push(run_call(&plan, &live).await);
                 }
                 results
@@ -437,18 +372,13 @@ pub async fn run_with(
     for t in tasks {
         match t.await {
             Ok(r) => results.extend(r),
-            Err(e) => results.push(CallResult::failed_to_connect(
-                format!("the call's task failed: {e}"),
-                args.turns,
-            )),
+            Err(e) => results.push(CallResult::failed_to_connect(format!("the call's task failed: {e}"), args.turns)),
         }
     }
     let wall = started.elapsed();
     let usage = sampler.finish(args.calls).await;
     let lag = match lag_before {
-        Some(before) => scrape_lag(&args.target.url, key)
-            .await
-            .map(|after| after.since(&before)),
+        Some(before) => scrape_lag(&args.target.url, key).await.map(|after| after.since(&before)),
         None => None,
     };
 
@@ -480,10 +410,7 @@ impl Phrase {
         let floor = (peak / 20).max(100);
         let voiced = |s: &i16| s.unsigned_abs() >= floor;
         let first = samples.iter().position(voiced).unwrap_or(0);
-        let last = samples
-            .iter()
-            .rposition(voiced)
-            .unwrap_or(samples.len() - 1);
+        let last = samples.iter().rposition(voiced).unwrap_or(samples.len() - 1);
         let frames: Vec<Bytes> = samples[first..=last]
             .chunks(FRAME_SAMPLES)
             .map(|c| {
@@ -520,9 +447,7 @@ fn spoken(text: &str) -> anyhow::Result<Vec<i16>> {
 async fn read_assistant(base: &str, key: Option<&str>, id: &str) -> anyhow::Result<Value> {
     let base = http_base(base)?;
     let url = format!("{base}/api/assistants/{}", crate::call::encode_query(id));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
     let mut req = client.get(&url);
     if let Some(key) = key {
         req = req.bearer_auth(key);
@@ -587,11 +512,7 @@ struct CallResult {
 impl CallResult {
     /// A call that never connected: every one of its turns failed.
     fn failed_to_connect(why: String, turns: u32) -> CallResult {
-        CallResult {
-            connect_error: Some(why),
-            turns_failed: turns,
-            ..CallResult::default()
-        }
+        CallResult { connect_error: Some(why), turns_failed: turns, ..CallResult::default() }
     }
 }
 
@@ -608,10 +529,7 @@ enum Phase {
     /// The phrase is sent: the reply's first audio is expected at `expected`
     /// (the last voiced frame's send time + the endpointing silence) and must come
     /// by `deadline`.
-    Awaiting {
-        expected: Instant,
-        deadline: Instant,
-    },
+    Awaiting { expected: Instant, deadline: Instant },
     /// The reply is playing; it must go on (or end) by the instant.
     Replying(Instant),
     /// `end` sent: waiting for the close until the instant.
@@ -773,17 +691,10 @@ impl CallState<'_> {
             return;
         }
         let sent = Instant::now();
-        self.phase = Phase::Awaiting {
-            expected: sent + self.plan.silence,
-            deadline: sent + self.plan.silence + self.plan.turn_timeout,
-        };
+        self.phase = Phase::Awaiting { expected: sent + self.plan.silence, deadline: sent + self.plan.silence + self.plan.turn_timeout };
         if self.turn_spoiled {
             // The turn is lost: let a reply that is playing end, then go on.
-            self.phase = if self.bot_speaking {
-                Phase::Replying(sent + self.plan.turn_timeout)
-            } else {
-                Phase::Gap(sent + self.plan.gap)
-            };
+            self.phase = if self.bot_speaking { Phase::Replying(sent + self.plan.turn_timeout) } else { Phase::Gap(sent + self.plan.gap) };
         }
     }
 
@@ -812,9 +723,7 @@ impl CallState<'_> {
                 }
                 Phase::Replying(_) => {
                     if let Some(prev) = self.last_frame.replace(now) {
-                        self.r
-                            .jitter_ms
-                            .push((ms(now.saturating_duration_since(prev)) - ms(FRAME)).abs());
+                        self.r.jitter_ms.push((ms(now.saturating_duration_since(prev)) - ms(FRAME)).abs());
                     }
                     self.phase = Phase::Replying(now + self.plan.turn_timeout);
                 }
@@ -882,9 +791,7 @@ impl CallState<'_> {
                         self.last_frame = None;
                         self.phase = Phase::Gap(now + self.plan.gap);
                     }
-                    Phase::Awaiting { .. } => {
-                        self.turn_failed("the reply ended without audio".into())
-                    }
+                    Phase::Awaiting { .. } => self.turn_failed("the reply ended without audio".into()),
                     _ => {}
                 }
             }
@@ -899,14 +806,8 @@ impl CallState<'_> {
                 // The server's voice-to-voice time is its endpointing time plus the time
                 // from the turn's decision to the reply's first frame: the latter is the
                 // platform's response time, whether or not `responseMs` is sent.
-                if let (Some(v2v), Some(endpointing)) =
-                    (v["voiceToVoiceMs"].as_f64(), v["endpointingMs"].as_f64())
-                {
-                    self.r
-                        .server
-                        .entry(DERIVED_RESPONSE.to_string())
-                        .or_default()
-                        .push(v2v - endpointing);
+                if let (Some(v2v), Some(endpointing)) = (v["voiceToVoiceMs"].as_f64(), v["endpointingMs"].as_f64()) {
+                    self.r.server.entry(DERIVED_RESPONSE.to_string()).or_default().push(v2v - endpointing);
                 }
             }
             "error" => {
@@ -931,27 +832,16 @@ impl CallState<'_> {
         if counted < self.plan.turns {
             self.r.turns_failed += self.plan.turns - counted;
             if self.r.started {
-                self.error(format!(
-                    "{} turn(s) not done when the call ended",
-                    self.plan.turns - counted
-                ));
+                self.error(format!("{} turn(s) not done when the call ended", self.plan.turns - counted));
             }
         }
         if !self.r.started {
-            self.error(format!(
-                "the call never started ({})",
-                self.close.as_deref().unwrap_or("no close frame")
-            ));
+            self.error(format!("the call never started ({})", self.close.as_deref().unwrap_or("no close frame")));
         }
-        self.r.ended_normally = self.ending
-            && self.ended_reason.as_deref() == Some(CUSTOMER_ENDED)
-            && self.r.turns_failed == 0;
-        if self.r.started && !(self.ending && self.ended_reason.as_deref() == Some(CUSTOMER_ENDED))
-        {
+        self.r.ended_normally = self.ending && self.ended_reason.as_deref() == Some(CUSTOMER_ENDED) && self.r.turns_failed == 0;
+        if self.r.started && !(self.ending && self.ended_reason.as_deref() == Some(CUSTOMER_ENDED)) {
             let why = match (&self.ended_reason, &self.close) {
-                (Some(reason), Some(close)) => {
-                    format!("the call ended abnormally: {reason} ({close})")
-                }
+                (Some(reason), Some(close)) => format!("the call ended abnormally: {reason} ({close})"),
                 (Some(reason), None) => format!("the call ended abnormally: {reason}"),
                 (None, Some(close)) => format!("the server closed the call: {close}"),
                 (None, None) => "the connection closed before the call ended".to_string(),
@@ -983,53 +873,32 @@ struct Sample {
 fn proc_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
-    line[field.len() + 1..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].split_whitespace().next()?.parse().ok()
 }
 
 fn sample(pid: &str, live: usize) -> Option<Sample> {
-    Some(Sample {
-        at: Instant::now(),
-        ticks: proc_ticks(pid)?,
-        rss_kib: proc_status_kib(pid, "VmRSS")?,
-        live,
-    })
+    Some(Sample { at: Instant::now(), ticks: proc_ticks(pid)?, rss_kib: proc_status_kib(pid, "VmRSS")?, live })
 }
 
 /// Reads the server's and our own CPU and memory every [`SAMPLE_EVERY`].
 struct Sampler {
     server: Option<(u32, Sample)>,
     client: Option<Sample>,
-    task: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Vec<Sample>>,
-    )>,
+    task: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Vec<Sample>>)>,
 }
 
 impl Sampler {
     fn start(server_pid: Option<u32>, live: Arc<AtomicUsize>) -> anyhow::Result<Sampler> {
         let client = sample("self", 0);
         let Some(pid) = server_pid else {
-            return Ok(Sampler {
-                server: None,
-                client,
-                task: None,
-            });
+            return Ok(Sampler { server: None, client, task: None });
         };
         let id = pid.to_string();
         let baseline = sample(&id, 0)
@@ -1051,11 +920,7 @@ impl Sampler {
             }
             samples
         });
-        Ok(Sampler {
-            server: Some((pid, baseline)),
-            client,
-            task: Some((stop, task)),
-        })
+        Ok(Sampler { server: Some((pid, baseline)), client, task: Some((stop, task)) })
     }
 
     /// Stops sampling; the server's usage (if watched) and our own CPU %.
@@ -1073,27 +938,14 @@ impl Sampler {
         let samples = task.await.unwrap_or_default();
         let end = end.or_else(|| samples.last().copied()).unwrap_or(base);
         let max_live = samples.iter().map(|s| s.live).max().unwrap_or(0);
-        let at_max: Vec<&Sample> = samples
-            .iter()
-            .filter(|s| max_live > 0 && s.live == max_live)
-            .collect();
+        let at_max: Vec<&Sample> = samples.iter().filter(|s| max_live > 0 && s.live == max_live).collect();
         let (cpu_live, live_secs) = match (at_max.first(), at_max.last()) {
-            (Some(a), Some(b))
-                if b.at.saturating_duration_since(a.at) >= Duration::from_millis(500) =>
-            {
-                (
-                    Some(cpu_percent(a, b)),
-                    b.at.saturating_duration_since(a.at).as_secs_f64(),
-                )
+            (Some(a), Some(b)) if b.at.saturating_duration_since(a.at) >= Duration::from_millis(500) => {
+                (Some(cpu_percent(a, b)), b.at.saturating_duration_since(a.at).as_secs_f64())
             }
             _ => (None, 0.0),
         };
-        let peak = samples
-            .iter()
-            .map(|s| s.rss_kib)
-            .chain([base.rss_kib, end.rss_kib])
-            .max()
-            .unwrap_or(0);
+        let peak = samples.iter().map(|s| s.rss_kib).chain([base.rss_kib, end.rss_kib]).max().unwrap_or(0);
         let cpu = cpu_percent(&base, &end);
         let usage = ServerUsage {
             pid,
@@ -1168,10 +1020,7 @@ fn summarize(
     r.overhead_ms = Stats::of(&mut overhead);
     r.jitter_ms = Stats::of(&mut jitter);
     r.send_lag_ms = Stats::of(&mut lag);
-    r.server_latency_ms = server
-        .into_iter()
-        .filter_map(|(k, mut v)| Some((k, Stats::of(&mut v)?)))
-        .collect();
+    r.server_latency_ms = server.into_iter().filter_map(|(k, mut v)| Some((k, Stats::of(&mut v)?))).collect();
     let mut errors: Vec<(String, usize)> = errors.into_iter().collect();
     errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     r.errors = errors;
@@ -1187,40 +1036,20 @@ fn table(r: &BenchReport) -> String {
         s,
         "voxgate bench: {} call(s){} x {} turn(s), opened over {:.1} s; phrase {:.2} s, endpointing silence {} ms; {:.1} s in all",
         r.calls,
-        if r.concurrency != r.calls {
-            format!(", {} at a time", r.concurrency)
-        } else {
-            String::new()
-        },
+        if r.concurrency != r.calls { format!(", {} at a time", r.concurrency) } else { String::new() },
         r.turns_per_call,
         r.ramp_secs,
         r.phrase_ms as f64 / 1000.0,
         r.silence_ms,
         r.wall_secs
     );
-    let _ = writeln!(
-        s,
-        "calls    {} connected, {} failed to connect, {} ended normally",
-        r.connected, r.connect_failed, r.ended_normally
-    );
+    let _ = writeln!(s, "calls    {} connected, {} failed to connect, {} ended normally", r.connected, r.connect_failed, r.ended_normally);
     let _ = writeln!(s, "turns    {} ok, {} failed", r.turns_ok, r.turns_failed);
-    let _ = writeln!(
-        s,
-        "{:<38} {:>7} {:>8} {:>8} {:>8} {:>8}",
-        "ms", "n", "p50", "p95", "p99", "max"
-    );
+    let _ = writeln!(s, "{:<38} {:>7} {:>8} {:>8} {:>8} {:>8}", "ms", "n", "p50", "p95", "p99", "max");
     let mut row = |name: &str, st: Option<&Stats>| {
         match st {
-            Some(st) => writeln!(
-                s,
-                "{name:<38} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-                st.n, st.p50, st.p95, st.p99, st.max
-            ),
-            None => writeln!(
-                s,
-                "{name:<38} {:>7} {:>8} {:>8} {:>8} {:>8}",
-                0, "-", "-", "-", "-"
-            ),
+            Some(st) => writeln!(s, "{name:<38} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2}", st.n, st.p50, st.p95, st.p99, st.max),
+            None => writeln!(s, "{name:<38} {:>7} {:>8} {:>8} {:>8} {:>8}", 0, "-", "-", "-", "-"),
         }
         .ok();
     };
@@ -1231,26 +1060,15 @@ fn table(r: &BenchReport) -> String {
     row("reply frame jitter", r.jitter_ms.as_ref());
     row("client send lag", r.send_lag_ms.as_ref());
     if r.send_restarts > 0 {
-        let _ = writeln!(
-            s,
-            "client   fell >200 ms behind its schedule {} time(s): it is saturated; numbers are suspect",
-            r.send_restarts
-        );
+        let _ = writeln!(s, "client   fell >200 ms behind its schedule {} time(s): it is saturated; numbers are suspect", r.send_restarts);
     }
     match &r.server {
         Some(u) => {
             let live = match u.cpu_percent_live {
-                Some(c) => format!(
-                    ", {c:.1} % with {} call(s) live ({:.1} s)",
-                    u.max_live, u.live_secs
-                ),
+                Some(c) => format!(", {c:.1} % with {} call(s) live ({:.1} s)", u.max_live, u.live_secs),
                 None => String::new(),
             };
-            let _ = writeln!(
-                s,
-                "server   CPU {:.1} % of a core over the run{live}; {:.3} % per call",
-                u.cpu_percent, u.cpu_percent_per_call
-            );
+            let _ = writeln!(s, "server   CPU {:.1} % of a core over the run{live}; {:.3} % per call", u.cpu_percent, u.cpu_percent_per_call);
             let _ = writeln!(
                 s,
                 "server   RSS {:.1} MiB idle, {:.1} MiB peak, {:.1} MiB after; {:.1} KiB per call",
@@ -1265,12 +1083,7 @@ fn table(r: &BenchReport) -> String {
         }
     }
     if let Some(l) = &r.server_runtime_lag {
-        let bound = |v: Option<f64>| {
-            v.map_or_else(
-                || "> the last bucket".to_string(),
-                |ms| format!("<= {ms} ms"),
-            )
-        };
+        let bound = |v: Option<f64>| v.map_or_else(|| "> the last bucket".to_string(), |ms| format!("<= {ms} ms"));
         let _ = writeln!(
             s,
             "server   runtime lag over {} wakes: p50 {}, p99 {}, mean {:.2} ms{}",
@@ -1278,9 +1091,7 @@ fn table(r: &BenchReport) -> String {
             bound(l.p50_ms_at_most),
             bound(l.p99_ms_at_most),
             l.mean_ms,
-            l.over_20ms_percent
-                .map(|p| format!(", {p:.2} % over 20 ms"))
-                .unwrap_or_default()
+            l.over_20ms_percent.map(|p| format!(", {p:.2} % over 20 ms")).unwrap_or_default()
         );
     }
     let _ = writeln!(s, "client   CPU {:.1} % of a core", r.client_cpu_percent);
@@ -1324,36 +1135,15 @@ mod tests {
         assert_eq!(lag.wakes, 100);
         assert!((lag.mean_ms - 10.0).abs() < 1e-9, "{}", lag.mean_ms);
         assert_eq!(lag.p50_ms_at_most, Some(1.0));
-        assert_eq!(
-            lag.p99_ms_at_most, None,
-            "the 99th wake is past the last finite bucket"
-        );
-        assert!(
-            (lag.over_20ms_percent.unwrap() - 2.0).abs() < 1e-9,
-            "{:?}",
-            lag.over_20ms_percent
-        );
+        assert_eq!(lag.p99_ms_at_most, None, "the 99th wake is past the last finite bucket");
+        assert!((lag.over_20ms_percent.unwrap() - 2.0).abs() < 1e-9, "{:?}", lag.over_20ms_percent);
         // No wakes in between: nothing to say, and no division by zero.
         let idle = before.since(&before);
-        assert_eq!(
-            (
-                idle.wakes,
-                idle.p50_ms_at_most,
-                idle.mean_ms,
-                idle.over_20ms_percent
-            ),
-            (0, None, 0.0, Some(0.0))
-        );
+        assert_eq!((idle.wakes, idle.p50_ms_at_most, idle.mean_ms, idle.over_20ms_percent), (0, None, 0.0, Some(0.0)));
         // Not there, or garbled: None, never a panic.
         assert_eq!(LagScrape::parse("voxgate_other_seconds_count 3\n"), None);
-        assert_eq!(
-            LagScrape::parse("voxgate_runtime_lag_seconds_count three\n"),
-            None
-        );
-        assert_eq!(
-            LagScrape::parse("voxgate_runtime_lag_seconds_count\n"),
-            None
-        );
+        assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count three\n"), None);
+        assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count\n"), None);
     }
 
     #[test]
@@ -1373,10 +1163,7 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), Some(4.0));
         let mut unsorted = vec![5.0, -1.0, 3.0, 10.0, 2.0];
         let st = Stats::of(&mut unsorted).unwrap();
-        assert_eq!(
-            (st.n, st.p50, st.p99, st.max, st.mean),
-            (5, 3.0, 10.0, 10.0, 3.8)
-        );
+        assert_eq!((st.n, st.p50, st.p99, st.max, st.mean), (5, 3.0, 10.0, 10.0, 3.8));
         assert_eq!(Stats::of(&mut []), None);
     }
 
@@ -1386,18 +1173,10 @@ mod tests {
         samples.extend((0..650).map(|n| if n % 2 == 0 { 8000 } else { -8000 }));
         samples.extend(vec![3i16; 2000]);
         let p = Phrase::new(&samples).unwrap();
-        assert_eq!(
-            p.frames.len(),
-            3,
-            "650 voiced samples: 3 frames, the last padded"
-        );
+        assert_eq!(p.frames.len(), 3, "650 voiced samples: 3 frames, the last padded");
         assert!(p.frames.iter().all(|f| f.len() == FRAME_SAMPLES * 2));
         assert_eq!(&p.frames[0][..2], &8000i16.to_le_bytes());
-        assert_eq!(
-            &p.frames[2][18..20],
-            &(-8000i16).to_le_bytes(),
-            "the last voiced sample"
-        );
+        assert_eq!(&p.frames[2][18..20], &(-8000i16).to_le_bytes(), "the last voiced sample");
         assert!(p.frames[2][20..].iter().all(|&b| b == 0), "then zeros");
         assert_eq!(p.ms, 60);
         assert!(Phrase::new(&[0i16; 16000]).is_err());
@@ -1413,23 +1192,13 @@ mod tests {
     #[test]
     fn urls_become_http_bases() {
         assert_eq!(http_base("ws://h:1/agent/").unwrap(), "http://h:1");
-        assert_eq!(
-            http_base("https://x.example/").unwrap(),
-            "https://x.example"
-        );
+        assert_eq!(http_base("https://x.example/").unwrap(), "https://x.example");
         assert!(http_base("h:1").is_err());
     }
 
     #[test]
     fn a_clean_report_has_no_problem_and_a_failed_one_says_why() {
-        let ok = BenchReport {
-            calls: 2,
-            turns_per_call: 1,
-            connected: 2,
-            ended_normally: 2,
-            turns_ok: 2,
-            ..Default::default()
-        };
+        let ok = BenchReport { calls: 2, turns_per_call: 1, connected: 2, ended_normally: 2, turns_ok: 2, ..Default::default() };
         assert_eq!(ok.problem(), None);
         let bad = BenchReport {
             calls: 2,
@@ -1440,9 +1209,6 @@ mod tests {
             ..Default::default()
         };
         let p = bad.problem().unwrap();
-        assert!(
-            p.contains("2 of 2 calls failed to connect") && p.contains("HTTP 401"),
-            "{p}"
-        );
+        assert!(p.contains("2 of 2 calls failed to connect") && p.contains("HTTP 401"), "{p}");
     }
 }

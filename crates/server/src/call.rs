@@ -19,9 +19,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Response, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use voxgate_audio::{pcm, resample, wav};
-use voxgate_transport::protocol::{
-    AudioSpec, ClientMessage, Encoding, Role, ServerEvent, TurnLatency,
-};
+use voxgate_transport::protocol::{AudioSpec, ClientMessage, Encoding, Role, ServerEvent, TurnLatency};
 
 pub use crate::config::CallArgs;
 
@@ -91,9 +89,7 @@ impl CallOutcome {
 
     /// Whether the call ended normally (see [`NORMAL_ENDS`]).
     pub fn ended_normally(&self) -> bool {
-        self.ended_reason
-            .as_deref()
-            .is_some_and(|r| NORMAL_ENDS.contains(&r))
+        self.ended_reason.as_deref().is_some_and(|r| NORMAL_ENDS.contains(&r))
     }
 
     /// `None` when the call ended normally, else what went wrong, in a sentence.
@@ -106,24 +102,12 @@ impl CallOutcome {
             (Some(code), _) => format!("close code {code}"),
             (None, _) => "no close frame".to_string(),
         };
-        let last_error = self
-            .errors
-            .last()
-            .map(|(c, m)| format!("; last error event `{c}`: {m}"))
-            .unwrap_or_default();
+        let last_error = self.errors.last().map(|(c, m)| format!("; last error event `{c}`: {m}")).unwrap_or_default();
         Some(match (&self.ended_reason, &self.transport_error) {
-            (Some(reason), _) => {
-                format!("the call ended abnormally: {reason} ({close}){last_error}")
-            }
-            (None, Some(e)) => {
-                format!("the connection failed before the call ended: {e} ({close}){last_error}")
-            }
-            (None, None) if self.close_code.is_some() => {
-                format!("the server closed the call: {close}{last_error}")
-            }
-            (None, None) => {
-                format!("the connection closed before the call ended ({close}){last_error}")
-            }
+            (Some(reason), _) => format!("the call ended abnormally: {reason} ({close}){last_error}"),
+            (None, Some(e)) => format!("the connection failed before the call ended: {e} ({close}){last_error}"),
+            (None, None) if self.close_code.is_some() => format!("the server closed the call: {close}{last_error}"),
+            (None, None) => format!("the connection closed before the call ended ({close}){last_error}"),
         })
     }
 
@@ -160,16 +144,10 @@ pub async fn run(args: CallArgs) -> anyhow::Result<CallOutcome> {
 pub async fn run_with(args: CallArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<CallOutcome> {
     crate::init_crypto();
     if !args.speed.is_finite() || args.speed < 0.0 {
-        bail!(
-            "--speed must be 0 (as fast as possible) or a positive number, not {}",
-            args.speed
-        );
+        bail!("--speed must be 0 (as fast as possible) or a positive number, not {}", args.speed);
     }
     if !args.wait.is_finite() || args.wait < 0.0 || args.wait > 86_400.0 {
-        bail!(
-            "--wait must be a number of seconds from 0 to 86400, not {}",
-            args.wait
-        );
+        bail!("--wait must be a number of seconds from 0 to 86400, not {}", args.wait);
     }
     if args.target.assistant.trim().is_empty() {
         bail!("--assistant is empty");
@@ -188,30 +166,24 @@ pub async fn run_with(args: CallArgs, out: &mut (dyn Write + Send)) -> anyhow::R
 /// The WAV file as 16 kHz mono PCM16, with errors that name the file.
 pub(crate) fn load_wav(path: &Path) -> anyhow::Result<Vec<i16>> {
     let shown = path.display();
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read the WAV file {shown}"))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read the WAV file {shown}"))?;
     if meta.is_dir() {
         bail!("cannot read the WAV file {shown}: it is a directory");
     }
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read the WAV file {shown}"))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read the WAV file {shown}"))?;
     // The audio error already names its cause; chaining it would print the cause twice.
-    let audio = wav::read_wav(std::io::BufReader::new(file))
-        .map_err(|e| anyhow!("{shown} is not a WAV file voxgate can read: {e}"))?;
+    let audio = wav::read_wav(std::io::BufReader::new(file)).map_err(|e| anyhow!("{shown} is not a WAV file voxgate can read: {e}"))?;
     if audio.samples.is_empty() {
         bail!("the WAV file {shown} holds no audio");
     }
-    resample::resample_all(audio.rate, INPUT_RATE, &audio.samples)
-        .with_context(|| format!("cannot convert {shown} ({} Hz) to 16 kHz", audio.rate))
+    resample::resample_all(audio.rate, INPUT_RATE, &audio.samples).with_context(|| format!("cannot convert {shown} ({} Hz) to 16 kHz", audio.rate))
 }
 
 /// What `--url` takes (http, https, ws or wss): whether it is secure, and the rest
 /// after `://`, without trailing slashes.
 pub(crate) fn split_url(base: &str) -> anyhow::Result<(bool, &str)> {
     let base = base.trim();
-    let (scheme, rest) = base
-        .split_once("://")
-        .ok_or_else(|| anyhow!("--url {base:?}: expected http://, https://, ws:// or wss://"))?;
+    let (scheme, rest) = base.split_once("://").ok_or_else(|| anyhow!("--url {base:?}: expected http://, https://, ws:// or wss://"))?;
     let secure = match scheme.to_ascii_lowercase().as_str() {
         "http" | "ws" => false,
         "https" | "wss" => true,
@@ -226,22 +198,13 @@ pub(crate) fn agent_url(base: &str, assistant: &str) -> anyhow::Result<String> {
     let (secure, rest) = split_url(base)?;
     let scheme = if secure { "wss" } else { "ws" };
     if rest.contains(['?', '#']) {
-        bail!(
-            "--url {base:?}: give the server's address without a query; --assistant names the assistant"
-        );
+        bail!("--url {base:?}: give the server's address without a query; --assistant names the assistant");
     }
     if rest.is_empty() {
         bail!("--url {base:?}: no host");
     }
-    let path = if rest.ends_with("/agent") {
-        String::new()
-    } else {
-        "/agent".to_string()
-    };
-    Ok(format!(
-        "{scheme}://{rest}{path}?assistantId={}",
-        encode_query(assistant)
-    ))
+    let path = if rest.ends_with("/agent") { String::new() } else { "/agent".to_string() };
+    Ok(format!("{scheme}://{rest}{path}?assistantId={}", encode_query(assistant)))
 }
 
 pub(crate) fn encode_query(s: &str) -> String {
@@ -256,8 +219,7 @@ pub(crate) fn encode_query(s: &str) -> String {
     out
 }
 
-pub(crate) type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// TCP_NODELAY on the call's socket. With Nagle's algorithm a 20 ms audio message
 /// waits for the ACK of the one before, which the server delays (up to 40 ms) while
@@ -270,28 +232,13 @@ const NO_NAGLE: bool = true;
 const READ_BUFFER: usize = 8 * 1024;
 
 pub(crate) async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Ws> {
-    let mut req = url
-        .into_client_request()
-        .with_context(|| format!("--url: {url} is not a valid WebSocket URL"))?;
+    let mut req = url.into_client_request().with_context(|| format!("--url: {url} is not a valid WebSocket URL"))?;
     if let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) {
-        let value = HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| anyhow!("--key holds characters an HTTP header cannot carry"))?;
+        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| anyhow!("--key holds characters an HTTP header cannot carry"))?;
         req.headers_mut().insert(header::AUTHORIZATION, value);
     }
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(
-            req,
-            Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER)),
-            NO_NAGLE,
-        ),
-    )
-    .await
-    {
-        Err(_) => bail!(
-            "no answer from {url} within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        ),
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(req, Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER)), NO_NAGLE)).await {
+        Err(_) => bail!("no answer from {url} within {} s", CONNECT_TIMEOUT.as_secs()),
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(tungstenite::Error::Http(res))) => Err(anyhow!(refused(&res))),
         Ok(Err(e)) => Err(anyhow!("cannot connect to {url}: {e}")),
@@ -301,11 +248,7 @@ pub(crate) async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Ws> 
 /// A refused upgrade, in a sentence: the status and the server's error message.
 fn refused(res: &Response<Option<Vec<u8>>>) -> String {
     let status = res.status();
-    let status = format!(
-        "{} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
+    let status = format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
     let body = res.body().as_deref().unwrap_or_default();
     let detail = match serde_json::from_slice::<Value>(body) {
         Ok(v) if v["error"]["message"].is_string() => {
@@ -315,23 +258,13 @@ fn refused(res: &Response<Option<Vec<u8>>>) -> String {
                 None => message.to_string(),
             }
         }
-        _ => String::from_utf8_lossy(&body[..body.len().min(300)])
-            .trim()
-            .to_string(),
+        _ => String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string(),
     };
-    let retry = res
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| format!("; retry after {s} s"))
-        .unwrap_or_default();
+    let retry = res.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(|s| format!("; retry after {s} s")).unwrap_or_default();
     if detail.is_empty() {
         format!("the server refused the call: HTTP {}{retry}", status.trim())
     } else {
-        format!(
-            "the server refused the call: HTTP {}: {detail}{retry}",
-            status.trim()
-        )
+        format!("the server refused the call: HTTP {}: {detail}{retry}", status.trim())
     }
 }
 
@@ -394,10 +327,7 @@ impl<'a> Call<'a> {
             text: args.text.clone(),
             out_path: args.out.clone(),
             out,
-            outcome: CallOutcome {
-                output_rate: args.output_rate,
-                ..CallOutcome::default()
-            },
+            outcome: CallOutcome { output_rate: args.output_rate, ..CallOutcome::default() },
             reply: Vec::new(),
             phase: Phase::Starting,
             pos: 0,
@@ -425,30 +355,17 @@ impl<'a> Call<'a> {
     async fn run(&mut self, ws: Ws) -> anyhow::Result<()> {
         let (mut tx, mut rx) = ws.split();
         let start = ClientMessage::Start {
-            audio: AudioSpec {
-                encoding: Encoding::Pcm16,
-                sample_rate: INPUT_RATE,
-                output_sample_rate: Some(self.outcome.output_rate),
-            },
+            audio: AudioSpec { encoding: Encoding::Pcm16, sample_rate: INPUT_RATE, output_sample_rate: Some(self.outcome.output_rate) },
         };
-        tx.send(text_message(&start))
-            .await
-            .context("sending start")?;
+        tx.send(text_message(&start)).await.context("sending start")?;
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         let mut interrupted = false;
         let tick = tokio::time::sleep_until(self.deadline);
         tokio::pin!(tick);
         loop {
-            let sending = matches!(
-                self.phase,
-                Phase::Audio | Phase::BeforeText | Phase::Listening
-            );
-            let next = if sending {
-                self.next_send_at()
-            } else {
-                self.deadline
-            };
+            let sending = matches!(self.phase, Phase::Audio | Phase::BeforeText | Phase::Listening);
+            let next = if sending { self.next_send_at() } else { self.deadline };
             if tick.deadline() != next {
                 tick.as_mut().reset(next);
             }
@@ -507,11 +424,7 @@ impl<'a> Call<'a> {
     }
 
     fn period(&self) -> Duration {
-        if self.phase == Phase::Audio {
-            self.file_period
-        } else {
-            self.silence_period
-        }
+        if self.phase == Phase::Audio { self.file_period } else { self.silence_period }
     }
 
     fn next_send_at(&self) -> Instant {
@@ -532,17 +445,12 @@ impl<'a> Call<'a> {
             Phase::Audio => {
                 let end = (self.pos + FRAME_SAMPLES).min(self.audio.len());
                 let bytes = pcm::encode_pcm16le(&self.audio[self.pos..end]);
-                self.outcome.audio_sent_ms +=
-                    ((end - self.pos) as u64 * 1000) / u64::from(INPUT_RATE);
+                self.outcome.audio_sent_ms += ((end - self.pos) as u64 * 1000) / u64::from(INPUT_RATE);
                 self.pos = end;
                 self.sent_since_base += 1;
                 tx.send(Message::Binary(bytes.into())).await?;
                 if self.pos >= self.audio.len() {
-                    self.phase = if self.text.is_some() {
-                        Phase::BeforeText
-                    } else {
-                        Phase::Listening
-                    };
+                    self.phase = if self.text.is_some() { Phase::BeforeText } else { Phase::Listening };
                     self.last_activity = Instant::now();
                     self.restart_clock();
                 }
@@ -559,8 +467,7 @@ impl<'a> Call<'a> {
                 }
                 self.outcome.audio_sent_ms += 20;
                 self.sent_since_base += 1;
-                tx.send(Message::Binary(vec![0u8; FRAME_SAMPLES * 2].into()))
-                    .await?;
+                tx.send(Message::Binary(vec![0u8; FRAME_SAMPLES * 2].into())).await?;
             }
             Phase::Starting | Phase::Closing => {}
         }
@@ -569,11 +476,7 @@ impl<'a> Call<'a> {
 
     /// The assistant has been quiet for `--wait`.
     fn quiet(&self, now: Instant) -> bool {
-        let need = if self.bot_speaking {
-            self.wait + STUCK_SPEAKING
-        } else {
-            self.wait
-        };
+        let need = if self.bot_speaking { self.wait + STUCK_SPEAKING } else { self.wait };
         now.saturating_duration_since(self.last_activity) >= need
     }
 
@@ -649,13 +552,7 @@ impl<'a> Call<'a> {
             self.last_activity = now;
         }
         match event {
-            ServerEvent::CallStarted {
-                call_id,
-                assistant_id,
-                output,
-                input,
-                ..
-            } => {
+            ServerEvent::CallStarted { call_id, assistant_id, output, input, .. } => {
                 self.show(format!(
                     "call {call_id} to assistant {assistant_id} started (sending {} at {}, receiving {} at {})",
                     encoding(input.encoding),
@@ -669,24 +566,12 @@ impl<'a> Call<'a> {
                 return self.phase == Phase::Starting;
             }
             // Partial transcripts may still change: only final ones are shown.
-            ServerEvent::Transcript {
-                role,
-                text,
-                is_final: true,
-            } => {
+            ServerEvent::Transcript { role, text, is_final: true } => {
                 let who = match role {
                     Role::User => "caller",
                     Role::Assistant => "assistant",
                 };
-                let at = self
-                    .started_at
-                    .map(|t| {
-                        format!(
-                            "[{:6.2} s] ",
-                            now.saturating_duration_since(t).as_secs_f64()
-                        )
-                    })
-                    .unwrap_or_default();
+                let at = self.started_at.map(|t| format!("[{:6.2} s] ", now.saturating_duration_since(t).as_secs_f64())).unwrap_or_default();
                 self.show(format!("{at}{who}: {text}"));
                 self.outcome.transcript.push((role, text));
             }
@@ -697,9 +582,7 @@ impl<'a> Call<'a> {
                 self.show(format!("  {}", latency_line(&l)));
                 self.outcome.latencies.push(l);
             }
-            ServerEvent::ToolCall {
-                name, arguments, ..
-            } => self.show(format!("  (tool call: {name} {arguments})")),
+            ServerEvent::ToolCall { name, arguments, .. } => self.show(format!("  (tool call: {name} {arguments})")),
             ServerEvent::Error { code, message } => {
                 self.show(format!("  (server error `{code}`: {message})"));
                 self.outcome.errors.push((code, message));
@@ -719,8 +602,7 @@ impl<'a> Call<'a> {
     fn finish(mut self) -> anyhow::Result<CallOutcome> {
         // Written whenever the call started, even if it then failed: what was heard.
         if let (Some(path), Some(_)) = (self.out_path.clone(), &self.outcome.call_id) {
-            wav::write_wav_file(&path, &self.reply, self.outcome.output_rate)
-                .with_context(|| format!("writing the reply audio to {}", path.display()))?;
+            wav::write_wav_file(&path, &self.reply, self.outcome.output_rate).with_context(|| format!("writing the reply audio to {}", path.display()))?;
             self.outcome.out = Some(path);
         }
         if self.json {
@@ -756,25 +638,13 @@ fn encoding(e: Encoding) -> &'static str {
 
 fn latency_line(l: &TurnLatency) -> String {
     let mut parts = Vec::new();
-    for (name, v) in [
-        ("endpointing", l.endpointing_ms),
-        ("STT", l.stt_ms),
-        ("LLM first token", l.llm_first_token_ms),
-        ("TTS first audio", l.tts_first_audio_ms),
-    ] {
+    for (name, v) in [("endpointing", l.endpointing_ms), ("STT", l.stt_ms), ("LLM first token", l.llm_first_token_ms), ("TTS first audio", l.tts_first_audio_ms)] {
         if let Some(ms) = v {
             parts.push(format!("{name} {ms} ms"));
         }
     }
-    let total = l
-        .voice_to_voice_ms
-        .map(|ms| format!("{ms} ms voice-to-voice"))
-        .unwrap_or_else(|| "no voice-to-voice time".into());
-    if parts.is_empty() {
-        format!("latency, turn {}: {total}", l.turn)
-    } else {
-        format!("latency, turn {}: {total} ({})", l.turn, parts.join(", "))
-    }
+    let total = l.voice_to_voice_ms.map(|ms| format!("{ms} ms voice-to-voice")).unwrap_or_else(|| "no voice-to-voice time".into());
+    if parts.is_empty() { format!("latency, turn {}: {total}", l.turn) } else { format!("latency, turn {}: {total} ({})", l.turn, parts.join(", ")) }
 }
 
 #[cfg(test)]
@@ -802,22 +672,10 @@ mod tests {
 
     #[test]
     fn urls_become_agent_urls() {
-        assert_eq!(
-            agent_url("http://127.0.0.1:3010", "a1").unwrap(),
-            "ws://127.0.0.1:3010/agent?assistantId=a1"
-        );
-        assert_eq!(
-            agent_url("https://x.example/", "a1").unwrap(),
-            "wss://x.example/agent?assistantId=a1"
-        );
-        assert_eq!(
-            agent_url("wss://x.example/agent", "a b").unwrap(),
-            "wss://x.example/agent?assistantId=a%20b"
-        );
-        assert_eq!(
-            agent_url("ws://h:4010/base", "a").unwrap(),
-            "ws://h:4010/base/agent?assistantId=a"
-        );
+        assert_eq!(agent_url("http://127.0.0.1:3010", "a1").unwrap(), "ws://127.0.0.1:3010/agent?assistantId=a1");
+        assert_eq!(agent_url("https://x.example/", "a1").unwrap(), "wss://x.example/agent?assistantId=a1");
+        assert_eq!(agent_url("wss://x.example/agent", "a b").unwrap(), "wss://x.example/agent?assistantId=a%20b");
+        assert_eq!(agent_url("ws://h:4010/base", "a").unwrap(), "ws://h:4010/base/agent?assistantId=a");
         assert!(agent_url("ftp://x", "a").is_err());
         assert!(agent_url("localhost:3010", "a").is_err());
         assert!(agent_url("http://", "a").is_err());
@@ -826,11 +684,7 @@ mod tests {
 
     #[test]
     fn problems_name_the_reason_and_the_close_code() {
-        let ok = CallOutcome {
-            ended_reason: Some("customer-ended-call".into()),
-            close_code: Some(1000),
-            ..Default::default()
-        };
+        let ok = CallOutcome { ended_reason: Some("customer-ended-call".into()), close_code: Some(1000), ..Default::default() };
         assert_eq!(ok.problem(), None);
         let bad = CallOutcome {
             ended_reason: Some("protocol-error".into()),
@@ -840,14 +694,8 @@ mod tests {
             ..Default::default()
         };
         let p = bad.problem().unwrap();
-        assert!(
-            p.contains("protocol-error") && p.contains("1007") && p.contains("bad-message"),
-            "{p}"
-        );
-        let dropped = CallOutcome {
-            transport_error: Some("reset".into()),
-            ..Default::default()
-        };
+        assert!(p.contains("protocol-error") && p.contains("1007") && p.contains("bad-message"), "{p}");
+        let dropped = CallOutcome { transport_error: Some("reset".into()), ..Default::default() };
         assert!(dropped.problem().unwrap().contains("reset"));
     }
 }

@@ -8,9 +8,7 @@ use voxgate_store::{Store, StoreError};
 use crate::config::{DbArgs, KeysCommand};
 
 async fn connect(db: &DbArgs) -> anyhow::Result<Store> {
-    let store = Store::connect(&db.url(), &db.pool_options())
-        .await
-        .context("connecting to the database")?;
+    let store = Store::connect(&db.url(), &db.pool_options()).await.context("connecting to the database")?;
     store.migrate().await.context("migrating the database")?;
     Ok(store)
 }
@@ -25,41 +23,14 @@ pub async fn migrate(db: &DbArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a `keys` subcommand; output goes to `out` (standard output in the binary).
-pub async fn keys(
-    db: &DbArgs,
-    cmd: KeysCommand,
-    out: &mut impl std::io::Write,
-) -> anyhow::Result<()> {
+pub async fn keys(db: &DbArgs, cmd: KeysCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let store = connect(db).await?;
     match cmd {
-        KeysCommand::Create {
-            name,
-            public,
-            assistants,
-        } => {
-            let new = NewKey {
-                name,
-                kind: if public {
-                    KeyKind::Public
-                } else {
-                    KeyKind::Private
-                },
-                assistant_ids: assistants,
-            };
+        KeysCommand::Create { name, public, assistants } => {
+            let new = NewKey { name, kind: if public { KeyKind::Public } else { KeyKind::Private }, assistant_ids: assistants };
             if let Err(e) = check_new_key(&new) {
-                let details: Vec<String> = e
-                    .fields
-                    .iter()
-                    .map(|f| format!("{}: {}", f.field, f.message))
-                    .collect();
-                anyhow::bail!(
-                    "{}",
-                    if details.is_empty() {
-                        e.message
-                    } else {
-                        details.join("; ")
-                    }
-                );
+                let details: Vec<String> = e.fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect();
+                anyhow::bail!("{}", if details.is_empty() { e.message } else { details.join("; ") });
             }
             for id in &new.assistant_ids {
                 match store.get_assistant(id).await {
@@ -71,31 +42,13 @@ pub async fn keys(
             }
             let m = mint(new.name.trim(), new.kind, new.assistant_ids);
             store.insert_key(&m.key).await?;
-            writeln!(
-                out,
-                "Created {} key {} ({}). It is shown once:",
-                m.key.kind.as_str(),
-                m.key.id,
-                m.key.name
-            )?;
+            writeln!(out, "Created {} key {} ({}). It is shown once:", m.key.kind.as_str(), m.key.id, m.key.name)?;
             writeln!(out, "{}", m.secret)?;
         }
         KeysCommand::List => {
             for k in store.list_keys().await? {
-                let state = if k.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "live"
-                };
-                writeln!(
-                    out,
-                    "{}  {:<7}  {:<7}  {}…  {}",
-                    k.id,
-                    k.kind.as_str(),
-                    state,
-                    k.prefix,
-                    k.name
-                )?;
+                let state = if k.revoked_at.is_some() { "revoked" } else { "live" };
+                writeln!(out, "{}  {:<7}  {:<7}  {}…  {}", k.id, k.kind.as_str(), state, k.prefix, k.name)?;
             }
         }
         KeysCommand::Revoke { id } => match store.revoke_key(&id).await {

@@ -141,10 +141,8 @@ pub struct Target {
 
 /// `voxgate call`: one call over the `/agent` WebSocket.
 #[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Exit status: 0 when the call ended normally (the caller or the assistant ended it, \
-or a configured silence or duration limit ended it); 1 otherwise, with the reason on standard error."
-)]
+#[command(after_help = "Exit status: 0 when the call ended normally (the caller or the assistant ended it, \
+or a configured silence or duration limit ended it); 1 otherwise, with the reason on standard error.")]
 pub struct CallArgs {
     #[command(flatten)]
     pub target: Target,
@@ -178,12 +176,10 @@ pub struct CallArgs {
 
 /// `voxgate bench`: many calls at once, measured.
 #[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Overhead = arrival of a reply's first audio frame - (send time of the frame holding the \
+#[command(after_help = "Overhead = arrival of a reply's first audio frame - (send time of the frame holding the \
 phrase's last voiced sample + the assistant's endpointing silence): the time the platform adds. Run the server with \
 `--providers scripted` so the models add nothing. Exit status: 0 when every turn of every call succeeded; 1 otherwise \
-(the report is printed either way)."
-)]
+(the report is printed either way).")]
 pub struct BenchArgs {
     #[command(flatten)]
     pub target: Target,
@@ -282,11 +278,7 @@ impl DbArgs {
         self.database_url
             .clone()
             .filter(|u| !u.is_empty())
-            .or_else(|| {
-                std::env::var("SUPABASE_DB_URL")
-                    .ok()
-                    .filter(|u| !u.is_empty())
-            })
+            .or_else(|| std::env::var("SUPABASE_DB_URL").ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| "sqlite://voxgate.db".into())
     }
 
@@ -562,13 +554,11 @@ fn parse_rate(s: &str) -> Result<Rate0, String> {
 
 impl ServeArgs {
     pub fn bind_addr(&self) -> SocketAddr {
-        self.bind
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.role.default_port())))
+        self.bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.role.default_port())))
     }
 
     pub fn api_config(&self) -> anyhow::Result<voxgate_api::ApiConfig> {
-        let allowed_origins = Origins::parse(&self.allowed_origins)
-            .map_err(|e| anyhow::anyhow!("ALLOWED_ORIGINS: {e}"))?;
+        let allowed_origins = Origins::parse(&self.allowed_origins).map_err(|e| anyhow::anyhow!("ALLOWED_ORIGINS: {e}"))?;
         Ok(voxgate_api::ApiConfig {
             allowed_origins,
             metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
@@ -591,30 +581,18 @@ impl ServeArgs {
             // Filled in by `serve::start_with` from the chosen providers.
             providers: voxgate_api::providers::ProviderInfo::default(),
             upload_limit: self.upload_max_bytes,
-            files_dir: std::path::absolute(&self.files_dir)
-                .unwrap_or_else(|_| self.files_dir.clone()),
+            files_dir: std::path::absolute(&self.files_dir).unwrap_or_else(|_| self.files_dir.clone()),
         })
     }
 
     /// Settings for tests and embedding: the defaults, on a given database and a
     /// free port on loopback.
     pub fn for_tests(database_url: &str) -> ServeArgs {
-        match Cli::parse_from([
-            "voxgate",
-            "serve",
-            "--database-url",
-            database_url,
-            "--bind",
-            "127.0.0.1:0",
-        ])
-        .command
-        {
+        match Cli::parse_from(["voxgate", "serve", "--database-url", database_url, "--bind", "127.0.0.1:0"]).command {
             Command::Serve(mut s) => {
                 // Not in the working directory: recordings of test calls go to the temp folder.
-                s.recordings_dir = std::env::temp_dir()
-                    .join(format!("voxgate-test-recordings-{}", std::process::id()));
-                s.files_dir =
-                    std::env::temp_dir().join(format!("voxgate-test-files-{}", std::process::id()));
+                s.recordings_dir = std::env::temp_dir().join(format!("voxgate-test-recordings-{}", std::process::id()));
+                s.files_dir = std::env::temp_dir().join(format!("voxgate-test-files-{}", std::process::id()));
                 // A dropped test call ends at once (as `connection-lost`), as it did
                 // before calls could be resumed; tests of resuming set a window.
                 s.reconnect_window_secs = 0;
@@ -637,14 +615,9 @@ mod tests {
 
     #[test]
     fn roles_default_to_the_seed_ports() {
-        let Command::Serve(s) = Cli::parse_from(["voxgate", "serve", "--role", "agent"]).command
-        else {
-            panic!()
-        };
+        let Command::Serve(s) = Cli::parse_from(["voxgate", "serve", "--role", "agent"]).command else { panic!() };
         assert_eq!(s.bind_addr().port(), 4010);
-        let Command::Serve(s) = Cli::parse_from(["voxgate", "serve"]).command else {
-            panic!()
-        };
+        let Command::Serve(s) = Cli::parse_from(["voxgate", "serve"]).command else { panic!() };
         assert_eq!(s.bind_addr().to_string(), "127.0.0.1:3010");
     }
 }

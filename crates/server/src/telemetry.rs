@@ -20,28 +20,15 @@ pub fn init_logs(args: &LogArgs) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match args.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false)).try_init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
     };
 }
 
 /// Starts Sentry when a DSN is given. The guard flushes on drop.
 pub fn init_sentry(dsn: Option<&str>) -> anyhow::Result<Option<sentry::ClientInitGuard>> {
-    let Some(dsn) = dsn.filter(|d| !d.is_empty()) else {
-        return Ok(None);
-    };
-    let dsn: sentry::types::Dsn = dsn
-        .parse()
-        .map_err(|e| anyhow::anyhow!("SENTRY_DSN is not a valid DSN: {e}"))?;
+    let Some(dsn) = dsn.filter(|d| !d.is_empty()) else { return Ok(None) };
+    let dsn: sentry::types::Dsn = dsn.parse().map_err(|e| anyhow::anyhow!("SENTRY_DSN is not a valid DSN: {e}"))?;
     // The transport builds its reqwest client now, and reqwest (without a provider of
     // its own) panics unless rustls has one; `main` starts Sentry before anything else.
     crate::init_crypto();
@@ -63,24 +50,12 @@ pub fn init_sentry(dsn: Option<&str>) -> anyhow::Result<Option<sentry::ClientIni
 /// Middleware: reports every 5xx answer to Sentry (when it is on), with the route
 /// and the request id, and nothing else of the request.
 pub async fn report_server_errors(req: Request, next: Next) -> Response {
-    if !sentry::Hub::current()
-        .client()
-        .is_some_and(|c| c.is_enabled())
-    {
+    if !sentry::Hub::current().client().is_some_and(|c| c.is_enabled()) {
         return next.run(req).await;
     }
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| req.uri().path().to_owned());
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| req.uri().path().to_owned());
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let res = next.run(req).await;
     if res.status().is_server_error() {
         let status = res.status().as_u16();
@@ -90,12 +65,7 @@ pub async fn report_server_errors(req: Request, next: Next) -> Response {
                 scope.set_tag("route", &route);
                 scope.set_tag("status", status);
             },
-            || {
-                sentry::capture_message(
-                    &format!("{method} {route} answered {status}"),
-                    sentry::Level::Error,
-                )
-            },
+            || sentry::capture_message(&format!("{method} {route} answered {status}"), sentry::Level::Error),
         );
     }
     res

@@ -37,23 +37,16 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 /// The UI routes.
 pub fn router(config: UiConfig) -> Router {
     Router::new()
-        .route(
-            "/config.json",
-            get(config_json).fallback(method_not_allowed),
-        )
+        .route("/config.json", get(config_json).fallback(method_not_allowed))
         .fallback(get(asset).fallback(method_not_allowed))
         .with_state(config)
 }
 
 /// The UI is read-only: other methods get the API's error shape, not an empty 405.
 async fn method_not_allowed() -> Response {
-    let mut res = voxgate_api::ApiError::new(
-        voxgate_domain::ErrorCode::MethodNotAllowed,
-        "the web app is read-only: use GET",
-    )
-    .into_response();
-    res.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    let mut res = voxgate_api::ApiError::new(voxgate_domain::ErrorCode::MethodNotAllowed, "the web app is read-only: use GET")
+        .into_response();
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     res
 }
 
@@ -65,10 +58,7 @@ async fn asset(State(cfg): State<UiConfig>, uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
     // rust-embed looks names up in a map of the embedded files; `..` or an encoded
     // slash can only miss, never reach the disk. Refuse them plainly anyway.
-    if path
-        .split('/')
-        .any(|seg| seg == ".." || seg.contains('\\') || seg.contains('%'))
-    {
+    if path.split('/').any(|seg| seg == ".." || seg.contains('\\') || seg.contains('%')) {
         return not_found();
     }
     let path = if path.is_empty() { "index.html" } else { path };
@@ -78,12 +68,7 @@ async fn asset(State(cfg): State<UiConfig>, uri: Uri) -> Response {
     let last = path.rsplit('/').next().unwrap_or(path);
     // The API's and the agent's paths are never pages: a UI-only instance answers
     // them 404, so a misrouted proxy shows up as an error, not as the app.
-    if last.contains('.')
-        || path.starts_with("api/")
-        || path == "api"
-        || path == "agent"
-        || path.starts_with("agent/")
-    {
+    if last.contains('.') || path.starts_with("api/") || path == "api" || path == "agent" || path.starts_with("agent/") {
         return not_found();
     }
     match load(cfg.dir.as_deref(), "index.html").await {
@@ -94,22 +79,14 @@ async fn asset(State(cfg): State<UiConfig>, uri: Uri) -> Response {
 
 /// A file of the app: from the folder when one is set (the path was checked for
 /// `..` above, and symlinks out of the folder are refused), else embedded.
-async fn load(
-    dir: Option<&std::path::Path>,
-    path: &str,
-) -> Option<std::borrow::Cow<'static, [u8]>> {
-    let Some(dir) = dir else {
-        return Assets::get(path).map(|f| f.data);
-    };
+async fn load(dir: Option<&std::path::Path>, path: &str) -> Option<std::borrow::Cow<'static, [u8]>> {
+    let Some(dir) = dir else { return Assets::get(path).map(|f| f.data) };
     let root = tokio::fs::canonicalize(dir).await.ok()?;
     let file = tokio::fs::canonicalize(root.join(path)).await.ok()?;
     if !file.starts_with(&root) || !tokio::fs::metadata(&file).await.ok()?.is_file() {
         return None;
     }
-    tokio::fs::read(file)
-        .await
-        .ok()
-        .map(std::borrow::Cow::Owned)
+    tokio::fs::read(file).await.ok().map(std::borrow::Cow::Owned)
 }
 
 fn file_response(path: &str, data: std::borrow::Cow<'static, [u8]>) -> Response {
@@ -122,21 +99,14 @@ fn file_response(path: &str, data: std::borrow::Cow<'static, [u8]>) -> Response 
     };
     let mut res = (
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_str(mime.as_ref())
-                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_str(mime.as_ref()).unwrap_or(HeaderValue::from_static("application/octet-stream"))),
             (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
         ],
         axum::body::Body::from(data),
     )
         .into_response();
     if path.ends_with(".html") {
-        res.headers_mut().insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
-        );
+        res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     }
     res
 }

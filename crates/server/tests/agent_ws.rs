@@ -27,56 +27,27 @@ static LIVE_CALLS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 const APP: &str = "https://app.example.com";
 
-async fn connect(
-    s: &TestServer,
-    query: &str,
-    headers: &[(&str, &str)],
-) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+async fn connect(s: &TestServer, query: &str, headers: &[(&str, &str)]) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
     let mut req = s.ws_url(query).into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut().insert(
-            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
+        req.headers_mut().insert(tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
     }
     tokio_tungstenite::connect_async(req).await
 }
 
 /// Expects the upgrade to be refused; returns the status, the error code and the headers.
-async fn refused(
-    s: &TestServer,
-    query: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String, tungstenite::http::HeaderMap) {
+async fn refused(s: &TestServer, query: &str, headers: &[(&str, &str)]) -> (u16, String, tungstenite::http::HeaderMap) {
     match connect(s, query, headers).await {
         Ok(_) => panic!("{query}: the upgrade was accepted"),
         Err(tungstenite::Error::Http(res)) => {
             let status = res.status().as_u16();
-            let ct = res
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default();
-            assert!(
-                ct.starts_with("application/json"),
-                "{query}: {status} with content-type {ct:?}"
-            );
+            let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            assert!(ct.starts_with("application/json"), "{query}: {status} with content-type {ct:?}");
             let body: Value = serde_json::from_slice(res.body().as_deref().unwrap_or_default())
                 .unwrap_or_else(|e| panic!("{query}: {status}: body is not JSON: {e}"));
-            let code = body["error"]["code"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no error.code in {body}"))
-                .to_string();
-            assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| !m.is_empty()),
-                "{body}"
-            );
-            assert!(
-                res.headers().contains_key("x-request-id"),
-                "{query}: no x-request-id"
-            );
+            let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string();
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+            assert!(res.headers().contains_key("x-request-id"), "{query}: no x-request-id");
             (status, code, res.headers().clone())
         }
         Err(e) => panic!("{query}: expected an HTTP refusal, got {e}"),
@@ -89,27 +60,13 @@ fn bearer(key: &str) -> String {
 
 /// Opens a call with the admin key and sends `start`; returns the socket and the call id.
 async fn open_call(s: &TestServer, assistant: &str) -> (Ws, String) {
-    let (mut ws, res) = connect(
-        s,
-        &format!("assistantId={assistant}"),
-        &[("authorization", &bearer(&s.admin))],
-    )
-    .await
-    .unwrap();
+    let (mut ws, res) = connect(s, &format!("assistantId={assistant}"), &[("authorization", &bearer(&s.admin))]).await.unwrap();
     assert_eq!(res.status(), 101);
     let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started", "{hello}");
     assert_eq!(hello["protocol"], "voxgate.v1");
-    assert_eq!(
-        hello["input"],
-        json!({"encoding": "pcm16", "sampleRate": 16000}),
-        "{hello}"
-    );
-    assert_eq!(
-        hello["output"],
-        json!({"encoding": "pcm16", "sampleRate": 16000}),
-        "{hello}"
-    );
+    assert_eq!(hello["input"], json!({"encoding": "pcm16", "sampleRate": 16000}), "{hello}");
+    assert_eq!(hello["output"], json!({"encoding": "pcm16", "sampleRate": 16000}), "{hello}");
     (ws, hello["callId"].as_str().unwrap().to_string())
 }
 
@@ -117,9 +74,7 @@ async fn open_call(s: &TestServer, assistant: &str) -> (Ws, String) {
 /// spoken at once, so its events interleave with the replies); fails if the socket closes.
 async fn event_of(ws: &mut Ws, ty: &str) -> Value {
     loop {
-        let ev = common::next_event(ws)
-            .await
-            .unwrap_or_else(|| panic!("the socket closed before a {ty} event"));
+        let ev = common::next_event(ws).await.unwrap_or_else(|| panic!("the socket closed before a {ty} event"));
         if ev["type"] == ty {
             return ev;
         }
@@ -154,14 +109,11 @@ async fn ending_within(ws: &mut Ws, within: Duration) -> Ending {
                     return e;
                 }
                 Some(Ok(Message::Text(t))) => {
-                    let ev: Value = serde_json::from_str(&t)
-                        .unwrap_or_else(|err| panic!("an event that is not JSON: {err}: {t}"));
+                    let ev: Value = serde_json::from_str(&t).unwrap_or_else(|err| panic!("an event that is not JSON: {err}: {t}"));
                     assert!(e.ended.is_none(), "an event after call-ended: {ev}");
                     match ev["type"].as_str() {
                         Some("error") => e.error = Some(ev),
-                        Some("call-ended") => {
-                            e.ended = Some(ev["reason"].as_str().expect("a reason").to_string())
-                        }
+                        Some("call-ended") => e.ended = Some(ev["reason"].as_str().expect("a reason").to_string()),
                         _ => {}
                     }
                 }
@@ -184,21 +136,12 @@ async fn close_of(ws: &mut Ws) -> Option<(u16, String)> {
 /// `protocol-error`, then a close frame with `close_code` and a reason. Returns the reason.
 async fn fatal(ws: &mut Ws, what: &str, code: &str, close_code: u16) -> String {
     let e = ending_of(ws).await;
-    let (got, reason) = e
-        .close
-        .clone()
-        .unwrap_or_else(|| panic!("{what}: no close frame: {e:?}"));
+    let (got, reason) = e.close.clone().unwrap_or_else(|| panic!("{what}: no close frame: {e:?}"));
     assert_eq!(got, close_code, "{what}: {reason}");
     assert!(!reason.is_empty(), "{what}: a close reason");
-    let error = e
-        .error
-        .as_ref()
-        .unwrap_or_else(|| panic!("{what}: no error event before the close: {e:?}"));
+    let error = e.error.as_ref().unwrap_or_else(|| panic!("{what}: no error event before the close: {e:?}"));
     assert_eq!(error["code"], code, "{what}: {error}");
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: {error}"
-    );
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {error}");
     assert_eq!(e.ended.as_deref(), Some("protocol-error"), "{what}: {e:?}");
     reason
 }
@@ -219,14 +162,7 @@ async fn ended(store: &voxgate_store::Store, id: &str) -> Call {
 }
 
 async fn all_calls(s: &TestServer) -> Vec<Call> {
-    s.store
-        .list_calls(&CallFilter {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .items
+    s.store.list_calls(&CallFilter { limit: 100, ..Default::default() }).await.unwrap().items
 }
 
 #[tokio::test]
@@ -249,10 +185,7 @@ async fn refusals_before_the_upgrade_are_json() {
         (format!("assistantId={id}"), bearer(&near_miss)),
         (format!("assistantId={id}"), "Bearer not-a-key".to_string()),
         (format!("assistantId={id}"), "Bearer ".to_string()),
-        (
-            format!("assistantId={id}"),
-            "Basic dXNlcjpwYXNz".to_string(),
-        ),
+        (format!("assistantId={id}"), "Basic dXNlcjpwYXNz".to_string()),
     ] {
         let (status, code, _) = refused(&s, &q, &[("authorization", &h)]).await;
         assert_eq!((status, code.as_str()), (401, "unauthorized"), "{h}");
@@ -262,25 +195,13 @@ async fn refusals_before_the_upgrade_are_json() {
     // A private key in the URL (which reaches proxy logs): refused, even a valid one,
     // with a message that says where it goes instead; nothing of it is recorded.
     let calls_before = all_calls(&s).await.len();
-    let Err(tungstenite::Error::Http(res)) =
-        connect(&s, &format!("assistantId={id}&key={}", s.admin), &[]).await
-    else {
+    let Err(tungstenite::Error::Http(res)) = connect(&s, &format!("assistantId={id}&key={}", s.admin), &[]).await else {
         panic!("a private key in the URL opened a call");
     };
     let body: Value = serde_json::from_slice(res.body().as_deref().unwrap_or_default()).unwrap();
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(
-        (res.status().as_u16(), body["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{body}"
-    );
-    assert!(
-        message.contains("Authorization") && message.contains("token"),
-        "{message}"
-    );
+    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert_eq!((res.status().as_u16(), body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert!(message.contains("Authorization") && message.contains("token"), "{message}");
     assert!(!message.contains(&s.admin), "{message}");
     assert_eq!(all_calls(&s).await.len(), calls_before, "no call is opened");
 
@@ -292,60 +213,27 @@ async fn refusals_before_the_upgrade_are_json() {
     let (status, code, _) = refused(&s, "", &[("authorization", &admin)]).await;
     assert_eq!((status, code.as_str()), (400, "bad_request"));
     let (status, _, _) = refused(&s, "assistantId=", &[("authorization", &admin)]).await;
-    assert!(
-        status == 400 || status == 404,
-        "empty assistantId: {status}"
-    );
+    assert!(status == 400 || status == 404, "empty assistantId: {status}");
     let unknown = voxgate_domain::clock::new_id();
-    let (status, code, _) = refused(
-        &s,
-        &format!("assistantId={unknown}"),
-        &[("authorization", &admin)],
-    )
-    .await;
+    let (status, code, _) = refused(&s, &format!("assistantId={unknown}"), &[("authorization", &admin)]).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
     for bad in ["nope", "..%2F..%2Fetc", "%00", "x%27%20OR%201%3D1"] {
-        let (status, _, _) = refused(
-            &s,
-            &format!("assistantId={bad}"),
-            &[("authorization", &admin)],
-        )
-        .await;
+        let (status, _, _) = refused(&s, &format!("assistantId={bad}"), &[("authorization", &admin)]).await;
         assert_eq!(status, 404, "{bad}");
     }
     // A deleted assistant takes no calls.
-    let res = TestServer::http()
-        .delete(s.at(&format!("/api/assistants/{other}")))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let res = TestServer::http().delete(s.at(&format!("/api/assistants/{other}"))).bearer_auth(&s.admin).send().await.unwrap();
     assert!(res.status().is_success());
-    let (status, _, _) = refused(
-        &s,
-        &format!("assistantId={other}"),
-        &[("authorization", &admin)],
-    )
-    .await;
+    let (status, _, _) = refused(&s, &format!("assistantId={other}"), &[("authorization", &admin)]).await;
     assert_eq!(status, 404);
 
     // A plain GET (no upgrade headers), with everything else right.
     let http = TestServer::http();
-    let res = http
-        .get(s.at(&format!("/agent?assistantId={id}")))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(s.at(&format!("/agent?assistantId={id}"))).bearer_auth(&s.admin).send().await.unwrap();
     let (status, code, _) = error_code(res).await;
     assert_eq!((status, code.as_str()), (400, "bad_request"));
     // Other methods: a 4xx JSON answer too.
-    let res = http
-        .post(s.at(&format!("/agent?assistantId={id}")))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(s.at(&format!("/agent?assistantId={id}"))).bearer_auth(&s.admin).send().await.unwrap();
     let (status, _, _) = error_code(res).await;
     assert!((400..500).contains(&status), "POST /agent: {status}");
 
@@ -361,72 +249,28 @@ async fn bad_messages_close_with_1007_and_end_the_record() {
     let id = s.assistant("Front desk").await;
 
     let cases: Vec<(&str, Message, &str)> = vec![
-        (
-            "malformed JSON",
-            Message::Text("{\"type\": \"ping\"".into()),
-            "invalid-json",
-        ),
-        (
-            "not JSON at all",
-            Message::Text("hello there".into()),
-            "invalid-json",
-        ),
-        (
-            "JSON but not an object",
-            Message::Text("[1,2,3]".into()),
-            "bad-message",
-        ),
-        (
-            "no type",
-            Message::Text(r#"{"id":1}"#.into()),
-            "bad-message",
-        ),
-        (
-            "unknown type",
-            Message::Text(r#"{"type":"launch-missiles"}"#.into()),
-            "bad-message",
-        ),
-        (
-            "unknown field",
-            Message::Text(r#"{"type":"ping","id":1,"extra":true}"#.into()),
-            "bad-message",
-        ),
-        (
-            "a field of the wrong type",
-            Message::Text(r#"{"type":"text","text":42}"#.into()),
-            "bad-message",
-        ),
-        (
-            "odd-length audio",
-            Message::Binary(vec![0u8; 641].into()),
-            "odd-byte-count",
-        ),
-        (
-            "one byte of audio",
-            Message::Binary(vec![7u8].into()),
-            "odd-byte-count",
-        ),
+        ("malformed JSON", Message::Text("{\"type\": \"ping\"".into()), "invalid-json"),
+        ("not JSON at all", Message::Text("hello there".into()), "invalid-json"),
+        ("JSON but not an object", Message::Text("[1,2,3]".into()), "bad-message"),
+        ("no type", Message::Text(r#"{"id":1}"#.into()), "bad-message"),
+        ("unknown type", Message::Text(r#"{"type":"launch-missiles"}"#.into()), "bad-message"),
+        ("unknown field", Message::Text(r#"{"type":"ping","id":1,"extra":true}"#.into()), "bad-message"),
+        ("a field of the wrong type", Message::Text(r#"{"type":"text","text":42}"#.into()), "bad-message"),
+        ("odd-length audio", Message::Binary(vec![0u8; 641].into()), "odd-byte-count"),
+        ("one byte of audio", Message::Binary(vec![7u8].into()), "odd-byte-count"),
     ];
     for (what, msg, error) in cases {
         let (mut ws, call_id) = open_call(&s, &id).await;
         // Good audio and a ping first: the call works until the bad message.
-        ws.send(Message::Binary(vec![0u8; 320].into()))
-            .await
-            .unwrap();
-        ws.send(Message::Text(r#"{"type":"ping","id":"x"}"#.into()))
-            .await
-            .unwrap();
+        ws.send(Message::Binary(vec![0u8; 320].into())).await.unwrap();
+        ws.send(Message::Text(r#"{"type":"ping","id":"x"}"#.into())).await.unwrap();
         let pong = event_of(&mut ws, "pong").await;
         assert_eq!(pong, json!({"type": "pong", "id": "x"}), "{what}");
 
         ws.send(msg).await.unwrap();
         fatal(&mut ws, what, error, 1007).await;
         let call = ended(&s.store, &call_id).await;
-        assert_eq!(
-            call.ended_reason.as_deref(),
-            Some("protocol-error"),
-            "{what}"
-        );
+        assert_eq!(call.ended_reason.as_deref(), Some("protocol-error"), "{what}");
     }
     s.stop().await;
 }
@@ -442,32 +286,21 @@ async fn a_close_reason_from_a_huge_bad_message_stays_valid() {
     ws.send(Message::Text(weird.into())).await.unwrap();
     let reason = fatal(&mut ws, "a long unknown type", "bad-message", 1007).await;
     assert!(reason.len() <= 123, "{}", reason.len());
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("protocol-error")
-    );
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"));
     s.stop().await;
 }
 
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009() {
     let _g = LIVE_CALLS.read().await;
-    let mut s =
-        TestServer::start_with(TestDb::chosen().await, |args| args.ws_max_message = 4096).await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.ws_max_message = 4096).await;
     let id = s.assistant("Front desk").await;
 
-    for big in [
-        Message::Binary(vec![0u8; 64 * 1024].into()),
-        Message::Text(format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(8000)).into()),
-    ] {
+    for big in [Message::Binary(vec![0u8; 64 * 1024].into()), Message::Text(format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(8000)).into())] {
         let (mut ws, call_id) = open_call(&s, &id).await;
         // Just under the limit is fine.
-        ws.send(Message::Binary(vec![0u8; 4000].into()))
-            .await
-            .unwrap();
-        ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into()))
-            .await
-            .unwrap();
+        ws.send(Message::Binary(vec![0u8; 4000].into())).await.unwrap();
+        ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
         let pong = event_of(&mut ws, "pong").await;
         assert_eq!(pong, json!({"type": "pong", "id": 1}));
 
@@ -477,11 +310,7 @@ async fn an_oversized_message_closes_with_1009() {
         let e = ending_of(&mut ws).await;
         if let Some((code, reason)) = &e.close {
             assert_eq!(*code, 1009, "{reason}");
-            assert_eq!(
-                e.error.as_ref().map(|ev| ev["code"].clone()),
-                Some(json!("message-too-big")),
-                "{e:?}"
-            );
+            assert_eq!(e.error.as_ref().map(|ev| ev["code"].clone()), Some(json!("message-too-big")), "{e:?}");
         }
         let call = ended(&s.store, &call_id).await;
         assert_eq!(call.ended_reason.as_deref(), Some("protocol-error"));
@@ -498,105 +327,61 @@ async fn a_dropped_connection_ends_the_record_as_connection_lost() {
     // The client vanishes: TCP closed without a closing handshake.
     let (ws, call_id) = open_call(&s, &id).await;
     drop(ws);
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("connection-lost")
-    );
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("connection-lost"));
 
     // Mid-message: half a frame, then gone.
     let (mut ws, call_id) = open_call(&s, &id).await;
-    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
     event_of(&mut ws, "pong").await;
-    let MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
-        panic!("plain TCP")
-    };
+    let MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("plain TCP") };
     use tokio::io::AsyncWriteExt;
-    tcp.write_all(&[0x82, 0xFE, 0x10, 0x00, 1, 2, 3, 4, 0, 0])
-        .await
-        .unwrap(); // a masked binary frame header, 4096 bytes announced
+    tcp.write_all(&[0x82, 0xFE, 0x10, 0x00, 1, 2, 3, 4, 0, 0]).await.unwrap(); // a masked binary frame header, 4096 bytes announced
     drop(ws);
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("connection-lost")
-    );
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("connection-lost"));
 
     // A reset (RST), as when a phone drops off the network and the stack gives up.
     let (ws, call_id) = open_call(&s, &id).await;
-    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
-        panic!("plain TCP")
-    };
+    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else { panic!("plain TCP") };
     tcp.set_zero_linger().unwrap();
     drop(ws);
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("connection-lost")
-    );
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("connection-lost"));
     s.stop().await;
 }
 
 #[tokio::test]
 async fn a_public_key_from_an_allowed_origin_works_in_the_query() {
     let _g = LIVE_CALLS.read().await;
-    let mut s = TestServer::start_with(TestDb::chosen().await, |args| {
-        args.allowed_origins = APP.into()
-    })
-    .await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.allowed_origins = APP.into()).await;
     let id = s.assistant("Widget").await;
     let public = s.key(KeyKind::Public, &[&id]).await;
 
-    let (mut ws, res) = connect(
-        &s,
-        &format!("assistantId={id}&key={public}"),
-        &[("origin", APP)],
-    )
-    .await
-    .unwrap();
+    let (mut ws, res) = connect(&s, &format!("assistantId={id}&key={public}"), &[("origin", APP)]).await.unwrap();
     assert_eq!(res.status(), 101);
     let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started");
     assert_eq!(hello["assistantId"], id.as_str());
     let call_id = hello["callId"].as_str().unwrap().to_string();
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     let e = ending_of(&mut ws).await;
     assert_eq!(e.close.as_ref().map(|c| c.0), Some(1000), "{e:?}");
     assert_eq!(e.ended.as_deref(), Some("customer-ended-call"), "{e:?}");
     assert!(e.error.is_none(), "{e:?}");
     let call = ended(&s.store, &call_id).await;
     assert_eq!(call.ended_reason.as_deref(), Some("customer-ended-call"));
-    assert!(
-        call.key_id.is_some(),
-        "the call records which key opened it"
-    );
+    assert!(call.key_id.is_some(), "the call records which key opened it");
 
     // The same key from another origin: refused.
-    let (status, code, _) = refused(
-        &s,
-        &format!("assistantId={id}&key={public}"),
-        &[("origin", "https://evil.example.com")],
-    )
-    .await;
+    let (status, code, _) = refused(&s, &format!("assistantId={id}&key={public}"), &[("origin", "https://evil.example.com")]).await;
     assert_eq!((status, code.as_str()), (403, "forbidden"));
     // And with no Origin at all (not a browser): refused too.
     let (status, code, _) = refused(&s, &format!("assistantId={id}&key={public}"), &[]).await;
     assert_eq!((status, code.as_str()), (403, "forbidden"));
     // A public key cannot use the API.
-    let res = TestServer::http()
-        .get(s.at("/api/assistants"))
-        .bearer_auth(&public)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        matches!(res.status().as_u16(), 401 | 403),
-        "{}",
-        res.status()
-    );
+    let res = TestServer::http().get(s.at("/api/assistants")).bearer_auth(&public).send().await.unwrap();
+    assert!(matches!(res.status().as_u16(), 401 | 403), "{}", res.status());
     s.stop().await;
 }
+
 
 async fn gauge_reaches(s: &TestServer, want: f64) {
     let mut got = 0.0;
@@ -623,9 +408,7 @@ async fn the_live_connections_gauge_follows_calls() {
     let (b, b_id) = open_call(&s, &id).await;
     gauge_reaches(&s, base + 2.0).await;
 
-    a.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    a.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     let _ = close_of(&mut a).await;
     ended(&s.store, &a_id).await;
     gauge_reaches(&s, base + 1.0).await;
@@ -657,27 +440,14 @@ async fn draining_refuses_new_calls_and_closes_live_ones_with_1012() {
     s.running.as_ref().unwrap().lifecycle.start_draining();
 
     // New calls: 503 with Retry-After, before any record.
-    let (status, code, headers) = refused(
-        &s,
-        &format!("assistantId={id}"),
-        &[("authorization", &bearer(&s.admin))],
-    )
-    .await;
+    let (status, code, headers) = refused(&s, &format!("assistantId={id}"), &[("authorization", &bearer(&s.admin))]).await;
     assert_eq!((status, code.as_str()), (503, "unavailable"));
-    let retry: u64 = headers
-        .get("retry-after")
-        .expect("Retry-After")
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = headers.get("retry-after").expect("Retry-After").to_str().unwrap().parse().unwrap();
     assert!(retry >= 1);
     assert_eq!(all_calls(&s).await.len(), 1);
 
     // The live call still works while the drain waits for it.
-    ws.send(Message::Text(r#"{"type":"ping","id":"still here"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"ping","id":"still here"}"#.into())).await.unwrap();
     let pong = event_of(&mut ws, "pong").await;
     assert_eq!(pong["id"], "still here");
 
@@ -685,11 +455,7 @@ async fn draining_refuses_new_calls_and_closes_live_ones_with_1012() {
     let reader = tokio::spawn(async move { ending_of(&mut ws).await });
     let started = std::time::Instant::now();
     s.stop().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "the drain took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(15), "the drain took {:?}", started.elapsed());
     let e = reader.await.unwrap();
     let (code, reason) = e.close.clone().expect("a close frame");
     assert_eq!(code, 1012, "{reason}");
@@ -711,24 +477,14 @@ async fn an_upgrade_during_drain_gets_503_even_with_bad_input() {
     assert_eq!((status, code.as_str()), (503, "unavailable"));
     assert!(headers.contains_key("retry-after"));
     // Readiness says so too, so a load balancer stops sending calls here.
-    let res = TestServer::http()
-        .get(s.at("/api/ready"))
-        .send()
-        .await
-        .unwrap();
+    let res = TestServer::http().get(s.at("/api/ready")).send().await.unwrap();
     assert_eq!(res.status(), 503);
     running.drain().await.unwrap();
 }
 
 /// Opens a socket with the admin key, without sending `start`.
 async fn open_unstarted(s: &TestServer, assistant: &str) -> Ws {
-    let (ws, res) = connect(
-        s,
-        &format!("assistantId={assistant}"),
-        &[("authorization", &bearer(&s.admin))],
-    )
-    .await
-    .unwrap();
+    let (ws, res) = connect(s, &format!("assistantId={assistant}"), &[("authorization", &bearer(&s.admin))]).await.unwrap();
     assert_eq!(res.status(), 101);
     ws
 }
@@ -748,74 +504,36 @@ async fn before_start_only_ping_and_end_are_served() {
     let mut ws = open_unstarted(&s, &id).await;
 
     // Nothing is sent before start: the first event is the answer to a ping.
-    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        common::next_event(&mut ws).await,
-        Some(json!({"type": "pong", "id": 1})),
-        "no event precedes start"
-    );
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong", "id": 1})), "no event precedes start");
 
     // Audio is dropped and reported once, not per message; the call goes on.
     for _ in 0..3 {
-        ws.send(Message::Binary(vec![0u8; 640].into()))
-            .await
-            .unwrap();
+        ws.send(Message::Binary(vec![0u8; 640].into())).await.unwrap();
     }
     let ev = common::next_event(&mut ws).await.expect("an error event");
-    assert_eq!(
-        (ev["type"].as_str(), ev["code"].as_str()),
-        (Some("error"), Some("audio-before-start")),
-        "{ev}"
-    );
+    assert_eq!((ev["type"].as_str(), ev["code"].as_str()), (Some("error"), Some("audio-before-start")), "{ev}");
     // Text is answered with not-started (mute: see the test below).
-    ws.send(Message::Text(r#"{"type":"text","text":"hello"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"text","text":"hello"}"#.into())).await.unwrap();
     let ev = common::next_event(&mut ws).await.expect("an error event");
-    assert_eq!(
-        (ev["type"].as_str(), ev["code"].as_str()),
-        (Some("error"), Some("not-started")),
-        "{ev}"
-    );
-    ws.send(Message::Text(r#"{"type":"ping","id":2}"#.into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        common::next_event(&mut ws).await,
-        Some(json!({"type": "pong", "id": 2})),
-        "one audio-before-start error only"
-    );
+    assert_eq!((ev["type"].as_str(), ev["code"].as_str()), (Some("error"), Some("not-started")), "{ev}");
+    ws.send(Message::Text(r#"{"type":"ping","id":2}"#.into())).await.unwrap();
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong", "id": 2})), "one audio-before-start error only");
 
     // Then start: the call begins; a second start is refused, not fatal.
     let hello = common::start_call(&mut ws).await;
     let call_id = hello["callId"].as_str().unwrap().to_string();
     assert_eq!(call_id, only_call(&s).await);
-    ws.send(Message::Text(
-        r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":48000}}"#.into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":48000}}"#.into())).await.unwrap();
     let ev = event_of(&mut ws, "error").await;
     assert_eq!(ev["code"], "already-started", "{ev}");
-    ws.send(Message::Text(r#"{"type":"ping","id":3}"#.into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        event_of(&mut ws, "pong").await,
-        json!({"type": "pong", "id": 3})
-    );
+    ws.send(Message::Text(r#"{"type":"ping","id":3}"#.into())).await.unwrap();
+    assert_eq!(event_of(&mut ws, "pong").await, json!({"type": "pong", "id": 3}));
 
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     let e = ending_of(&mut ws).await;
     assert_eq!(e.close.as_ref().map(|c| c.0), Some(1000), "{e:?}");
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("customer-ended-call")
-    );
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("customer-ended-call"));
     s.stop().await;
 }
 
@@ -826,25 +544,12 @@ async fn mute_before_start_is_answered_not_started() {
     let mut s = TestServer::start().await;
     let id = s.assistant("Front desk").await;
     let mut ws = open_unstarted(&s, &id).await;
-    ws.send(Message::Text(r#"{"type":"mute"}"#.into()))
-        .await
-        .unwrap();
-    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"mute"}"#.into())).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
     let ev = common::next_event(&mut ws).await.expect("an event");
-    assert_eq!(
-        (ev["type"].as_str(), ev["code"].as_str()),
-        (Some("error"), Some("not-started")),
-        "mute before start: {ev}"
-    );
-    assert_eq!(
-        common::next_event(&mut ws).await,
-        Some(json!({"type": "pong", "id": 1}))
-    );
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    assert_eq!((ev["type"].as_str(), ev["code"].as_str()), (Some("error"), Some("not-started")), "mute before start: {ev}");
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong", "id": 1})));
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     assert_eq!(close_of(&mut ws).await.map(|c| c.0), Some(1000));
     s.stop().await;
 }
@@ -856,16 +561,11 @@ async fn end_before_start_ends_the_call() {
     let id = s.assistant("Front desk").await;
     let mut ws = open_unstarted(&s, &id).await;
     let call_id = only_call(&s).await;
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     let e = ending_of(&mut ws).await;
     assert_eq!(e.close.as_ref().map(|c| c.0), Some(1000), "{e:?}");
     assert_eq!(e.ended.as_deref(), Some("customer-ended-call"), "{e:?}");
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("customer-ended-call")
-    );
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("customer-ended-call"));
     s.stop().await;
 }
 
@@ -875,35 +575,16 @@ async fn an_unsupported_audio_format_closes_with_4001() {
     let mut s = TestServer::start().await;
     let id = s.assistant("Front desk").await;
     for (what, start) in [
-        (
-            "44.1 kHz",
-            r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":44100}}"#,
-        ),
-        (
-            "an output rate of 11025",
-            r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":16000,"outputSampleRate":11025}}"#,
-        ),
-        (
-            "mulaw at 16 kHz",
-            r#"{"type":"start","audio":{"encoding":"mulaw","sampleRate":16000}}"#,
-        ),
+        ("44.1 kHz", r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":44100}}"#),
+        ("an output rate of 11025", r#"{"type":"start","audio":{"encoding":"pcm16","sampleRate":16000,"outputSampleRate":11025}}"#),
+        ("mulaw at 16 kHz", r#"{"type":"start","audio":{"encoding":"mulaw","sampleRate":16000}}"#),
     ] {
-        let before: std::collections::HashSet<String> =
-            all_calls(&s).await.into_iter().map(|c| c.id).collect();
+        let before: std::collections::HashSet<String> = all_calls(&s).await.into_iter().map(|c| c.id).collect();
         let mut ws = open_unstarted(&s, &id).await;
-        let call_id = all_calls(&s)
-            .await
-            .into_iter()
-            .map(|c| c.id)
-            .find(|c| !before.contains(c))
-            .expect("a record");
+        let call_id = all_calls(&s).await.into_iter().map(|c| c.id).find(|c| !before.contains(c)).expect("a record");
         ws.send(Message::Text(start.into())).await.unwrap();
         fatal(&mut ws, what, "unsupported-audio-format", 4001).await;
-        assert_eq!(
-            ended(&s.store, &call_id).await.ended_reason.as_deref(),
-            Some("protocol-error"),
-            "{what}"
-        );
+        assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"), "{what}");
     }
     s.stop().await;
 }
@@ -917,33 +598,14 @@ async fn no_start_within_10_s_closes_with_4002() {
     let call_id = only_call(&s).await;
     let opened = std::time::Instant::now();
     // Pings do not count as a start.
-    ws.send(Message::Text(r#"{"type":"ping"}"#.into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        common::next_event(&mut ws).await,
-        Some(json!({"type": "pong"}))
-    );
+    ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+    assert_eq!(common::next_event(&mut ws).await, Some(json!({"type": "pong"})));
     let e = ending_within(&mut ws, Duration::from_secs(15)).await;
-    assert!(
-        opened.elapsed() >= Duration::from_secs(9),
-        "closed after {:?}",
-        opened.elapsed()
-    );
-    let (code, _) = e
-        .close
-        .clone()
-        .unwrap_or_else(|| panic!("no close frame: {e:?}"));
+    assert!(opened.elapsed() >= Duration::from_secs(9), "closed after {:?}", opened.elapsed());
+    let (code, _) = e.close.clone().unwrap_or_else(|| panic!("no close frame: {e:?}"));
     assert_eq!(code, 4002, "{e:?}");
-    assert_eq!(
-        e.error.as_ref().map(|ev| ev["code"].clone()),
-        Some(json!("start-timeout")),
-        "{e:?}"
-    );
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("protocol-error")
-    );
+    assert_eq!(e.error.as_ref().map(|ev| ev["code"].clone()), Some(json!("start-timeout")), "{e:?}");
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"));
     s.stop().await;
 }
 
@@ -961,61 +623,28 @@ async fn the_documented_message_limits_hold_on_a_default_server() {
         m
     };
     for (what, at_limit, over) in [
-        (
-            "text",
-            Message::Text(ping_of(16 * 1024).into()),
-            Message::Text(ping_of(16 * 1024 + 1).into()),
-        ),
-        (
-            "audio",
-            Message::Binary(vec![0u8; 64 * 1024].into()),
-            Message::Binary(vec![0u8; 64 * 1024 + 2].into()),
-        ),
+        ("text", Message::Text(ping_of(16 * 1024).into()), Message::Text(ping_of(16 * 1024 + 1).into())),
+        ("audio", Message::Binary(vec![0u8; 64 * 1024].into()), Message::Binary(vec![0u8; 64 * 1024 + 2].into())),
     ] {
         let (mut ws, call_id) = open_call(&s, &id).await;
         let is_text = at_limit.is_text();
         ws.send(at_limit).await.unwrap();
-        ws.send(Message::Text(r#"{"type":"ping","id":"alive"}"#.into()))
-            .await
-            .unwrap();
+        ws.send(Message::Text(r#"{"type":"ping","id":"alive"}"#.into())).await.unwrap();
         if is_text {
             let big = event_of(&mut ws, "pong").await;
-            assert_eq!(
-                big["id"].as_str().map(str::len),
-                Some(16 * 1024 - r#"{"type":"ping","id":""}"#.len()),
-                "{what}: at the limit is answered"
-            );
+            assert_eq!(big["id"].as_str().map(str::len), Some(16 * 1024 - r#"{"type":"ping","id":""}"#.len()), "{what}: at the limit is answered");
         }
-        assert_eq!(
-            event_of(&mut ws, "pong").await["id"],
-            "alive",
-            "{what}: at the limit is fine"
-        );
+        assert_eq!(event_of(&mut ws, "pong").await["id"], "alive", "{what}: at the limit is fine");
         let over_len = over.len();
         ws.send(over).await.unwrap();
         // A ping behind it must not be answered: the call is over.
-        let _ = ws
-            .send(Message::Text(r#"{"type":"ping","id":"after"}"#.into()))
-            .await;
-        let e = ending_of_or_pong(&mut ws).await.unwrap_or_else(|| {
-            panic!("{what}: {over_len} bytes were accepted (the call answered a ping after it)")
-        });
-        let (code, reason) = e
-            .close
-            .clone()
-            .unwrap_or_else(|| panic!("{what}: no close frame: {e:?}"));
+        let _ = ws.send(Message::Text(r#"{"type":"ping","id":"after"}"#.into())).await;
+        let e = ending_of_or_pong(&mut ws).await.unwrap_or_else(|| panic!("{what}: {over_len} bytes were accepted (the call answered a ping after it)"));
+        let (code, reason) = e.close.clone().unwrap_or_else(|| panic!("{what}: no close frame: {e:?}"));
         assert_eq!(code, 1009, "{what}: {reason}");
-        assert_eq!(
-            e.error.as_ref().map(|ev| ev["code"].clone()),
-            Some(json!("message-too-big")),
-            "{what}: {e:?}"
-        );
+        assert_eq!(e.error.as_ref().map(|ev| ev["code"].clone()), Some(json!("message-too-big")), "{what}: {e:?}");
         assert_eq!(e.ended.as_deref(), Some("protocol-error"), "{what}: {e:?}");
-        assert_eq!(
-            ended(&s.store, &call_id).await.ended_reason.as_deref(),
-            Some("protocol-error"),
-            "{what}"
-        );
+        assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("protocol-error"), "{what}");
     }
     s.stop().await;
 }
@@ -1028,14 +657,8 @@ async fn a_close_frame_from_the_client_ends_the_call_as_customer_ended() {
     let (mut ws, call_id) = open_call(&s, &id).await;
     ws.close(None).await.unwrap();
     // The server answers the closing handshake.
-    while let Some(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("the server closes")
-    {}
-    assert_eq!(
-        ended(&s.store, &call_id).await.ended_reason.as_deref(),
-        Some("customer-ended-call")
-    );
+    while let Some(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("the server closes") {}
+    assert_eq!(ended(&s.store, &call_id).await.ended_reason.as_deref(), Some("customer-ended-call"));
     s.stop().await;
 }
 
@@ -1043,10 +666,7 @@ async fn a_close_frame_from_the_client_ends_the_call_as_customer_ended() {
 async fn ending_of_or_pong(ws: &mut Ws) -> Option<Ending> {
     let mut e = Ending::default();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message within 10 s")
-        {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a message within 10 s") {
             Some(Ok(Message::Close(f))) => {
                 e.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
                 return Some(e);
@@ -1069,23 +689,13 @@ async fn ending_of_or_pong(ws: &mut Ws) -> Option<Ending> {
 #[tokio::test]
 async fn a_call_token_opens_one_call_for_its_assistant() {
     let _g = LIVE_CALLS.read().await;
-    let mut s = TestServer::start_with(TestDb::chosen().await, |args| {
-        args.allowed_origins = APP.into()
-    })
-    .await;
+    let mut s = TestServer::start_with(TestDb::chosen().await, |args| args.allowed_origins = APP.into()).await;
     let id = s.assistant("Token desk").await;
     let other = s.assistant("Other desk").await;
     let http = TestServer::http();
-    let mint = |body: Value, key: String| {
-        http.post(s.at("/api/calls"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-    };
+    let mint = |body: Value, key: String| http.post(s.at("/api/calls")).bearer_auth(key).json(&body).send();
 
-    let res = mint(json!({ "assistantId": id }), s.admin.clone())
-        .await
-        .unwrap();
+    let res = mint(json!({ "assistantId": id }), s.admin.clone()).await.unwrap();
     assert_eq!(res.status(), 201);
     let t: Value = res.json().await.unwrap();
     let token = t["token"].as_str().unwrap().to_string();
@@ -1093,104 +703,42 @@ async fn a_call_token_opens_one_call_for_its_assistant() {
     assert_eq!(t["agentPath"], format!("/agent?token={token}"));
 
     // A browser on an allowed origin opens the call with the token alone.
-    let (mut ws, res) = connect(&s, &format!("token={token}"), &[("origin", APP)])
-        .await
-        .unwrap();
+    let (mut ws, res) = connect(&s, &format!("token={token}"), &[("origin", APP)]).await.unwrap();
     assert_eq!(res.status(), 101);
     let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["assistantId"], id.as_str());
-    let call = s
-        .store
-        .get_call(hello["callId"].as_str().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        call.key_id.is_some(),
-        "the call records the key that minted its token"
-    );
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    let call = s.store.get_call(hello["callId"].as_str().unwrap()).await.unwrap();
+    assert!(call.key_id.is_some(), "the call records the key that minted its token");
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
 
     // Once only; not from another origin; not for another assistant; never forged.
     let (status, code, _) = refused(&s, &format!("token={token}"), &[("origin", APP)]).await;
     assert_eq!((status, code.as_str()), (401, "unauthorized"));
-    let t2: Value = mint(json!({ "assistantId": id }), s.admin.clone())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t2: Value = mint(json!({ "assistantId": id }), s.admin.clone()).await.unwrap().json().await.unwrap();
     let t2 = t2["token"].as_str().unwrap();
-    let (status, _, _) = refused(
-        &s,
-        &format!("token={t2}"),
-        &[("origin", "https://evil.example.com")],
-    )
-    .await;
+    let (status, _, _) = refused(&s, &format!("token={t2}"), &[("origin", "https://evil.example.com")]).await;
     assert_eq!(status, 403);
-    let t3: Value = mint(json!({ "assistantId": id }), s.admin.clone())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t3: Value = mint(json!({ "assistantId": id }), s.admin.clone()).await.unwrap().json().await.unwrap();
     let t3 = t3["token"].as_str().unwrap();
     let (status, _, _) = refused(&s, &format!("token={t3}&assistantId={other}"), &[]).await;
     assert_eq!(status, 403);
-    for forged in [
-        "vg_ct_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        "' OR 1=1 --",
-        &"x".repeat(5000),
-    ] {
+    for forged in ["vg_ct_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "' OR 1=1 --", &"x".repeat(5000)] {
         let (status, _, _) = refused(&s, &format!("token={}", urlencode(forged)), &[]).await;
-        assert!(
-            matches!(status, 400 | 401 | 414 | 431),
-            "{status} for a forged token"
-        );
+        assert!(matches!(status, 400 | 401 | 414 | 431), "{status} for a forged token");
     }
 
     // Minting: private keys only, for an assistant that exists.
     let public = s.key(KeyKind::Public, &[&id]).await;
-    assert_eq!(
-        mint(json!({ "assistantId": id }), public)
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    let res = mint(
-        json!({ "assistantId": "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b" }),
-        s.admin.clone(),
-    )
-    .await
-    .unwrap();
+    assert_eq!(mint(json!({ "assistantId": id }), public).await.unwrap().status(), 403);
+    let res = mint(json!({ "assistantId": "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b" }), s.admin.clone()).await.unwrap();
     let (status, code, body) = error_code(res).await;
-    assert_eq!(
-        (status, code.as_str()),
-        (422, "validation_failed"),
-        "{body}"
-    );
-    assert_eq!(
-        mint(json!({ "assistantId": id, "extra": 1 }), s.admin.clone())
-            .await
-            .unwrap()
-            .status(),
-        422
-    );
+    assert_eq!((status, code.as_str()), (422, "validation_failed"), "{body}");
+    assert_eq!(mint(json!({ "assistantId": id, "extra": 1 }), s.admin.clone()).await.unwrap().status(), 422);
     s.stop().await;
 }
 
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'_' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 #[tokio::test]
@@ -1199,9 +747,7 @@ async fn a_client_that_closes_first_gets_the_closing_handshake_answered() {
     let mut s = TestServer::start().await;
     let id = s.assistant("Front desk").await;
     let (mut ws, call_id) = open_call(&s, &id).await;
-    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
     event_of(&mut ws, "pong").await;
     // The client starts the closing handshake; the server must answer with its
     // close frame (a reset, 1006 in a browser, would mean it did not).

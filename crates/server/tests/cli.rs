@@ -14,16 +14,7 @@ use voxgate_testkit::TestDb;
 fn voxgate(url: Option<&str>, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxgate"));
     cmd.args(args);
-    for var in [
-        "DATABASE_URL",
-        "SUPABASE_DB_URL",
-        "RUST_LOG",
-        "LOG_FORMAT",
-        "LOG_LEVEL",
-        "BIND",
-        "ALLOWED_ORIGINS",
-        "ROLE",
-    ] {
+    for var in ["DATABASE_URL", "SUPABASE_DB_URL", "RUST_LOG", "LOG_FORMAT", "LOG_LEVEL", "BIND", "ALLOWED_ORIGINS", "ROLE"] {
         cmd.env_remove(var);
     }
     if let Some(url) = url {
@@ -46,38 +37,19 @@ fn stderr(o: &Output) -> String {
 /// Runs and expects success; returns stdout.
 fn ok(url: &str, args: &[&str]) -> String {
     let o = voxgate(Some(url), args, &[]);
-    assert!(
-        o.status.success(),
-        "voxgate {args:?} failed ({}): {}",
-        o.status,
-        stderr(&o)
-    );
+    assert!(o.status.success(), "voxgate {args:?} failed ({}): {}", o.status, stderr(&o));
     stdout(&o)
 }
 
 /// The key on the last line of `keys create`'s output, checked to be alone there.
 fn key_of(out: &str) -> String {
-    let last = out
-        .trim_end_matches('\n')
-        .lines()
-        .last()
-        .expect("some output");
-    assert!(
-        voxgate_domain::key::looks_like_key(last),
-        "the last line is not a key alone: {last:?}\n{out}"
-    );
+    let last = out.trim_end_matches('\n').lines().last().expect("some output");
+    assert!(voxgate_domain::key::looks_like_key(last), "the last line is not a key alone: {last:?}\n{out}");
     last.to_string()
 }
 
 async fn status(s: &TestServer, path: &str, key: &str) -> u16 {
-    TestServer::http()
-        .get(s.at(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    TestServer::http().get(s.at(path)).bearer_auth(key).send().await.unwrap().status().as_u16()
 }
 
 #[tokio::test]
@@ -92,15 +64,7 @@ async fn keys_create_prints_a_working_key_on_the_last_line() {
 
     let s = TestServer::start_with(db, |_| {}).await;
     assert_eq!(status(&s, "/api/assistants", &key).await, 200);
-    let me: Value = TestServer::http()
-        .get(s.at("/api/me"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = TestServer::http().get(s.at("/api/me")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["kind"], "private");
     assert_eq!(me["name"], "ci");
     // A key made while the server runs works at once, too.
@@ -109,11 +73,7 @@ async fn keys_create_prints_a_working_key_on_the_last_line() {
     assert_ne!(second, key);
     assert_eq!(status(&s, "/api/keys", &second).await, 200);
     // Even with JSON logs at the most verbose level, the key is the last line.
-    let o = voxgate(
-        Some(&url),
-        &["keys", "create", "--name", "json-logs"],
-        &[("LOG_FORMAT", "json"), ("RUST_LOG", "trace")],
-    );
+    let o = voxgate(Some(&url), &["keys", "create", "--name", "json-logs"], &[("LOG_FORMAT", "json"), ("RUST_LOG", "trace")]);
     assert!(o.status.success(), "{}", stderr(&o));
     let third = key_of(&stdout(&o));
     assert_eq!(status(&s, "/api/me", &third).await, 200);
@@ -127,125 +87,36 @@ async fn public_keys_need_assistants() {
     let a = s.assistant("web").await;
     let b = s.assistant("other").await;
 
-    let out = ok(
-        &url,
-        &[
-            "keys",
-            "create",
-            "--name",
-            "site",
-            "--public",
-            "--assistants",
-            &a,
-        ],
-    );
+    let out = ok(&url, &["keys", "create", "--name", "site", "--public", "--assistants", &a]);
     let key = key_of(&out);
     assert!(key.starts_with("vg_pk_"), "{out}");
-    assert_eq!(
-        status(&s, &format!("/api/assistants/{a}"), &key).await,
-        403,
-        "public keys read nothing"
-    );
+    assert_eq!(status(&s, &format!("/api/assistants/{a}"), &key).await, 403, "public keys read nothing");
     assert_eq!(status(&s, "/api/assistants", &key).await, 403);
-    let me: Value = TestServer::http()
-        .get(s.at("/api/me"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = TestServer::http().get(s.at("/api/me")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["assistantIds"], json!([a]));
     // Several, comma-separated.
-    let out = ok(
-        &url,
-        &[
-            "keys",
-            "create",
-            "--name",
-            "both",
-            "--public",
-            "--assistants",
-            &format!("{a},{b}"),
-        ],
-    );
+    let out = ok(&url, &["keys", "create", "--name", "both", "--public", "--assistants", &format!("{a},{b}")]);
     let both = key_of(&out);
-    let me: Value = TestServer::http()
-        .get(s.at("/api/me"))
-        .bearer_auth(&both)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = TestServer::http().get(s.at("/api/me")).bearer_auth(&both).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["assistantIds"], json!([a, b]));
 
     let keys_before = s.store.list_keys().await.unwrap().len();
     let refused: [(&[&str], &str); 4] = [
-        (
-            &["keys", "create", "--name", "site", "--public"],
-            "assistant",
-        ),
-        (
-            &[
-                "keys",
-                "create",
-                "--name",
-                "site",
-                "--public",
-                "--assistants",
-                "not-an-id",
-            ],
-            "not an id",
-        ),
-        (
-            &[
-                "keys",
-                "create",
-                "--name",
-                "site",
-                "--public",
-                "--assistants",
-                "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
-            ],
-            "no assistant",
-        ),
-        (
-            &["keys", "create", "--name", "priv", "--assistants", &a],
-            "only public keys",
-        ),
+        (&["keys", "create", "--name", "site", "--public"], "assistant"),
+        (&["keys", "create", "--name", "site", "--public", "--assistants", "not-an-id"], "not an id"),
+        (&["keys", "create", "--name", "site", "--public", "--assistants", "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"], "no assistant"),
+        (&["keys", "create", "--name", "priv", "--assistants", &a], "only public keys"),
     ];
     for (args, says) in refused {
         let o = voxgate(Some(&url), args, &[]);
-        assert!(
-            !o.status.success(),
-            "voxgate {args:?} succeeded: {}",
-            stdout(&o)
-        );
+        assert!(!o.status.success(), "voxgate {args:?} succeeded: {}", stdout(&o));
         let err = stderr(&o);
-        assert!(
-            err.contains(says),
-            "voxgate {args:?}: stderr does not say {says:?}: {err}"
-        );
-        assert!(
-            !stdout(&o).contains("vg_"),
-            "voxgate {args:?} printed a key: {}",
-            stdout(&o)
-        );
+        assert!(err.contains(says), "voxgate {args:?}: stderr does not say {says:?}: {err}");
+        assert!(!stdout(&o).contains("vg_"), "voxgate {args:?} printed a key: {}", stdout(&o));
     }
     let o = voxgate(Some(&url), &["keys", "create", "--name", "   "], &[]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("name"),
-        "{}",
-        stderr(&o)
-    );
-    assert_eq!(
-        s.store.list_keys().await.unwrap().len(),
-        keys_before,
-        "a refused command stored a key"
-    );
+    assert!(!o.status.success() && stderr(&o).contains("name"), "{}", stderr(&o));
+    assert_eq!(s.store.list_keys().await.unwrap().len(), keys_before, "a refused command stored a key");
 }
 
 #[tokio::test]
@@ -254,40 +125,17 @@ async fn keys_list_shows_keys_but_never_secrets() {
     let url = db.url.clone();
     let s = TestServer::start_with(db, |_| {}).await;
     let key = key_of(&ok(&url, &["keys", "create", "--name", "listed-ci"]));
-    let record = s
-        .store
-        .key_by_hash(&voxgate_domain::key::hash_secret(&key))
-        .await
-        .unwrap()
-        .expect("stored");
+    let record = s.store.key_by_hash(&voxgate_domain::key::hash_secret(&key)).await.unwrap().expect("stored");
 
     let out = ok(&url, &["keys", "list"]);
-    let line = out
-        .lines()
-        .find(|l| l.contains(&record.id))
-        .unwrap_or_else(|| panic!("{} not listed:\n{out}", record.id));
-    assert!(
-        line.contains("listed-ci") && line.contains("private") && line.contains("live"),
-        "{line}"
-    );
+    let line = out.lines().find(|l| l.contains(&record.id)).unwrap_or_else(|| panic!("{} not listed:\n{out}", record.id));
+    assert!(line.contains("listed-ci") && line.contains("private") && line.contains("live"), "{line}");
     assert!(line.contains(&record.prefix), "{line}");
-    assert!(
-        out.contains("test admin"),
-        "the server's key is listed too:\n{out}"
-    );
+    assert!(out.contains("test admin"), "the server's key is listed too:\n{out}");
     for secret in [&key, &s.admin] {
-        assert!(
-            !out.contains(secret.as_str()),
-            "a secret in `keys list`:\n{out}"
-        );
-        assert!(
-            !out.contains(&secret[12..]),
-            "the secret part of a key in `keys list`:\n{out}"
-        );
-        assert!(
-            !out.contains(&voxgate_domain::key::hash_secret(secret)),
-            "a hash in `keys list`:\n{out}"
-        );
+        assert!(!out.contains(secret.as_str()), "a secret in `keys list`:\n{out}");
+        assert!(!out.contains(&secret[12..]), "the secret part of a key in `keys list`:\n{out}");
+        assert!(!out.contains(&voxgate_domain::key::hash_secret(secret)), "a hash in `keys list`:\n{out}");
     }
 }
 
@@ -299,13 +147,7 @@ async fn keys_revoke_makes_the_key_401() {
     // revocation when its cached entry expires.
     let s = TestServer::start_with(db, |a| a.auth_cache_ttl = 1).await;
     let key = key_of(&ok(&url, &["keys", "create", "--name", "doomed"]));
-    let id = s
-        .store
-        .key_by_hash(&voxgate_domain::key::hash_secret(&key))
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let id = s.store.key_by_hash(&voxgate_domain::key::hash_secret(&key)).await.unwrap().unwrap().id;
     assert_eq!(status(&s, "/api/me", &key).await, 200);
 
     let out = ok(&url, &["keys", "revoke", &id]);
@@ -324,23 +166,11 @@ async fn keys_revoke_makes_the_key_401() {
     assert!(line.contains("revoked"), "{line}");
     // The admin key is untouched, and revoking a key that does not exist fails.
     assert_eq!(status(&s, "/api/me", &s.admin).await, 200);
-    let o = voxgate(
-        Some(&url),
-        &["keys", "revoke", "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"],
-        &[],
-    );
-    assert!(
-        !o.status.success() && stderr(&o).contains("no key"),
-        "{}",
-        stderr(&o)
-    );
+    let o = voxgate(Some(&url), &["keys", "revoke", "0196a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"], &[]);
+    assert!(!o.status.success() && stderr(&o).contains("no key"), "{}", stderr(&o));
     let o = voxgate(Some(&url), &["keys", "revoke", "' OR 1=1 --"], &[]);
     assert!(!o.status.success(), "{}", stdout(&o));
-    assert_eq!(
-        status(&s, "/api/me", &s.admin).await,
-        200,
-        "an injected id revoked other keys"
-    );
+    assert_eq!(status(&s, "/api/me", &s.admin).await, 200, "an injected id revoked other keys");
 }
 
 #[tokio::test]
@@ -357,10 +187,7 @@ async fn migrate_twice_exits_zero() {
 
 #[test]
 fn a_bad_database_url_fails_cleanly() {
-    for url in [
-        "nosuchdb://x",
-        "sqlite:///nonexistent-dir-voxgate/deeper/v.db",
-    ] {
+    for url in ["nosuchdb://x", "sqlite:///nonexistent-dir-voxgate/deeper/v.db"] {
         let o = voxgate(Some(url), &["migrate"], &[]);
         assert!(!o.status.success(), "{url}: {}", stdout(&o));
         assert!(stderr(&o).contains("error"), "{url}: {}", stderr(&o));
@@ -375,19 +202,11 @@ fn help_mentions_the_main_settings() {
         assert!(o.status.success(), "voxgate {args:?}: {}", stderr(&o));
         let help = stdout(&o);
         for var in ["DATABASE_URL", "ALLOWED_ORIGINS", "BIND"] {
-            assert!(
-                help.contains(var),
-                "`voxgate {}` does not mention {var}:\n{help}",
-                args.join(" ")
-            );
+            assert!(help.contains(var), "`voxgate {}` does not mention {var}:\n{help}", args.join(" "));
         }
     }
     let o = voxgate(None, &["keys", "--help"], &[]);
-    assert!(
-        o.status.success() && stdout(&o).contains("DATABASE_URL"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(o.status.success() && stdout(&o).contains("DATABASE_URL"), "{}", stdout(&o));
     let o = voxgate(None, &["no-such-command"], &[]);
     assert!(!o.status.success());
 }

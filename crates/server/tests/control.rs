@@ -23,25 +23,15 @@ use voxgate_testkit::TestDb;
 /// How long a call's record may take to show its end.
 const ENDS_WITHIN: Duration = Duration::from_secs(15);
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn providers(replies: &[&str]) -> (Providers, Arc<Mutex<Vec<ChatRequest>>>) {
-    let llm = ScriptedLlm::new(
-        replies
-            .iter()
-            .map(|r| ScriptedLlm::words(r, Duration::from_millis(2))),
-    );
+    let llm = ScriptedLlm::new(replies.iter().map(|r| ScriptedLlm::words(r, Duration::from_millis(2))));
     let requests = llm.requests.clone();
     let p = Providers {
         stt: Arc::new(ScriptedStt::new(Vec::<String>::new(), Duration::ZERO)),
         llm: Arc::new(llm),
-        tts: Arc::new(ToneTts {
-            rate: 24_000,
-            ms_per_char: 5,
-            chunk_ms: 20,
-            first_delay: Duration::ZERO,
-        }),
+        tts: Arc::new(ToneTts { rate: 24_000, ms_per_char: 5, chunk_ms: 20, first_delay: Duration::ZERO }),
         tools: None,
     };
     (p, requests)
@@ -49,28 +39,16 @@ fn providers(replies: &[&str]) -> (Providers, Arc<Mutex<Vec<ChatRequest>>>) {
 
 /// Opens a call at `base` (an agent's URL) with `key`; the socket and its call id.
 async fn open(base: &str, key: &str, assistant: &str) -> (Ws, String) {
-    let url = format!(
-        "{}/agent?assistantId={assistant}",
-        base.replacen("http", "ws", 1)
-    );
+    let url = format!("{}/agent?assistantId={assistant}", base.replacen("http", "ws", 1));
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("the call opens");
+    req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("the call opens");
     let started = common::start_call(&mut ws).await;
     (ws, started["callId"].as_str().unwrap().to_owned())
 }
 
 async fn control(s: &TestServer, call: &str, body: Value) -> reqwest::Response {
-    TestServer::http()
-        .post(s.at(&format!("/api/calls/{call}/control")))
-        .bearer_auth(&s.admin)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    TestServer::http().post(s.at(&format!("/api/calls/{call}/control"))).bearer_auth(&s.admin).json(&body).send().await.unwrap()
 }
 
 async fn accepted(s: &TestServer, call: &str, body: Value) -> Value {
@@ -86,9 +64,7 @@ async fn accepted(s: &TestServer, call: &str, body: Value) -> Value {
 async fn event(ws: &mut Ws, kind: &str, pred: impl Fn(&Value) -> bool) -> (Value, Vec<String>) {
     let mut seen = Vec::new();
     loop {
-        let ev = next_event(ws)
-            .await
-            .unwrap_or_else(|| panic!("the socket closed before {kind} (saw {seen:?})"));
+        let ev = next_event(ws).await.unwrap_or_else(|| panic!("the socket closed before {kind} (saw {seen:?})"));
         if ev["type"] == kind && pred(&ev) {
             return (ev, seen);
         }
@@ -100,74 +76,26 @@ async fn event(ws: &mut Ws, kind: &str, pred: impl Fn(&Value) -> bool) -> (Value
 async fn say_add_message_and_end_reach_a_call_in_this_process() {
     let (p, requests) = providers(&["We open at nine."]);
     let mut s = TestServer::start_with_providers(TestDb::chosen().await, p, |_| {}).await;
-    let assistant = s
-        .create_assistant(json!({"name": "Controlled", "firstMessageMode": "user-speaks-first"}))
-        .await;
+    let assistant = s.create_assistant(json!({"name": "Controlled", "firstMessageMode": "user-speaks-first"})).await;
     let (mut ws, call) = open(&s.url, &s.admin, &assistant).await;
 
     // `say`: spoken verbatim, with the usual events.
-    let answer = accepted(
-        &s,
-        &call,
-        json!({"type": "say", "text": "Please hold the line."}),
-    )
-    .await;
-    assert_eq!(
-        answer,
-        json!({"callId": call, "type": "say", "delivery": "local"})
-    );
-    let (_, before) = event(&mut ws, "transcript", |v| {
-        v["role"] == "assistant" && v["text"] == "Please hold the line."
-    })
-    .await;
-    assert!(
-        before.contains(&"bot-speech-started".to_string()),
-        "{before:?}"
-    );
+    let answer = accepted(&s, &call, json!({"type": "say", "text": "Please hold the line."})).await;
+    assert_eq!(answer, json!({"callId": call, "type": "say", "delivery": "local"}));
+    let (_, before) = event(&mut ws, "transcript", |v| v["role"] == "assistant" && v["text"] == "Please hold the line.").await;
+    assert!(before.contains(&"bot-speech-started".to_string()), "{before:?}");
     event(&mut ws, "bot-speech-stopped", |_| true).await;
 
     // `add-message`: a system message guides the reply to a user message.
-    accepted(
-        &s,
-        &call,
-        json!({"type": "add-message", "role": "system", "content": "The caller is a member."}),
-    )
-    .await;
-    accepted(
-        &s,
-        &call,
-        json!({"type": "add-message", "role": "user", "content": "When do you open?"}),
-    )
-    .await;
-    event(&mut ws, "transcript", |v| {
-        v["role"] == "assistant" && v["text"] == "We open at nine."
-    })
-    .await;
+    accepted(&s, &call, json!({"type": "add-message", "role": "system", "content": "The caller is a member."})).await;
+    accepted(&s, &call, json!({"type": "add-message", "role": "user", "content": "When do you open?"})).await;
+    event(&mut ws, "transcript", |v| v["role"] == "assistant" && v["text"] == "We open at nine.").await;
     event(&mut ws, "bot-speech-stopped", |_| true).await;
-    let request = requests
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .expect("the model was asked");
-    let said: Vec<(ChatRole, &str)> = request
-        .messages
-        .iter()
-        .map(|m| (m.role, m.content.as_str()))
-        .collect();
-    assert!(
-        said.contains(&(ChatRole::System, "The caller is a member.")),
-        "{said:?}"
-    );
-    assert!(
-        said.contains(&(ChatRole::Assistant, "Please hold the line.")),
-        "{said:?}"
-    );
-    assert_eq!(
-        said.last(),
-        Some(&(ChatRole::User, "When do you open?")),
-        "{said:?}"
-    );
+    let request = requests.lock().unwrap().last().cloned().expect("the model was asked");
+    let said: Vec<(ChatRole, &str)> = request.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
+    assert!(said.contains(&(ChatRole::System, "The caller is a member.")), "{said:?}");
+    assert!(said.contains(&(ChatRole::Assistant, "Please hold the line.")), "{said:?}");
+    assert_eq!(said.last(), Some(&(ChatRole::User, "When do you open?")), "{said:?}");
 
     // Hostile requests, each with the JSON error shape.
     let http = TestServer::http();
@@ -180,56 +108,21 @@ async fn say_add_message_and_end_reach_a_call_in_this_process() {
         (json!({"type": "say", "text": "x".repeat(4001)}), 422),
         (json!({"type": "say", "text": "a\u{0}b"}), 422),
         (json!({"type": "end", "now": true}), 422),
-        (
-            json!({"type": "add-message", "role": "assistant", "content": "I am a bot"}),
-            422,
-        ),
+        (json!({"type": "add-message", "role": "assistant", "content": "I am a bot"}), 422),
         (json!(["end"]), 422),
         (json!({"text": "no type"}), 422),
     ] {
         let (got, _, err) = error_code(control(&s, &call, body.clone()).await).await;
         assert_eq!(got, status, "{body} -> {err}");
     }
-    let (got, code, _) = error_code(
-        http.post(&url)
-            .bearer_auth(&s.admin)
-            .header("content-type", "application/json")
-            .body("{\"type\":")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (got, code, _) = error_code(http.post(&url).bearer_auth(&s.admin).header("content-type", "application/json").body("{\"type\":").send().await.unwrap()).await;
     assert_eq!((got, code.as_str()), (400, "invalid_json"));
-    let (got, _, _) = error_code(
-        http.post(&url)
-            .bearer_auth(&s.admin)
-            .json(&json!({"type": "say", "text": "x".repeat(2_000_000)}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (got, _, _) = error_code(http.post(&url).bearer_auth(&s.admin).json(&json!({"type": "say", "text": "x".repeat(2_000_000)})).send().await.unwrap()).await;
     assert_eq!(got, 413);
-    let (got, _, _) = error_code(
-        http.post(&url)
-            .json(&json!({"type": "end"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (got, _, _) = error_code(http.post(&url).json(&json!({"type": "end"})).send().await.unwrap()).await;
     assert_eq!(got, 401);
     let public = s.key(KeyKind::Public, &[&assistant]).await;
-    let (got, _, _) = error_code(
-        http.post(&url)
-            .bearer_auth(&public)
-            .json(&json!({"type": "end"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (got, _, _) = error_code(http.post(&url).bearer_auth(&public).json(&json!({"type": "end"})).send().await.unwrap()).await;
     assert_eq!(got, 403, "a public key cannot control calls");
     let unknown = voxgate_domain::clock::new_id();
     for id in [unknown.as_str(), "not-an-id", "%2e%2e"] {
@@ -243,8 +136,7 @@ async fn say_add_message_and_end_reach_a_call_in_this_process() {
     assert_eq!(ended["reason"], "api-ended-call");
     let record = ended_call(&s, &call, ENDS_WITHIN).await;
     assert_eq!(record["endedReason"], "api-ended-call");
-    let (got, code, _) =
-        error_code(control(&s, &call, json!({"type": "say", "text": "too late"})).await).await;
+    let (got, code, _) = error_code(control(&s, &call, json!({"type": "say", "text": "too late"})).await).await;
     assert_eq!((got, code.as_str()), (409, "conflict"), "an ended call");
     s.stop().await;
 }
@@ -256,9 +148,7 @@ async fn say_add_message_and_end_reach_a_call_in_this_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_only_control_reaches_a_call_on_another_instance() {
     let Some(db) = TestDb::postgres().await else {
-        eprintln!(
-            "not run: cross-instance control needs PostgreSQL (set VOXGATE_TEST_POSTGRES_URL); SQLite is one process"
-        );
+        eprintln!("not run: cross-instance control needs PostgreSQL (set VOXGATE_TEST_POSTGRES_URL); SQLite is one process");
         return;
     };
     let url = db.url.clone();
@@ -267,44 +157,21 @@ async fn postgres_only_control_reaches_a_call_on_another_instance() {
     let mut args = ServeArgs::for_tests(&url);
     args.role = Role::Agent;
     args.drain_timeout = 5;
-    let agent = serve::start_with(args, Arc::new(Fixed(p)))
-        .await
-        .expect("the agent starts");
-    let assistant = api
-        .create_assistant(json!({"name": "Far away", "firstMessageMode": "user-speaks-first"}))
-        .await;
+    let agent = serve::start_with(args, Arc::new(Fixed(p))).await.expect("the agent starts");
+    let assistant = api.create_assistant(json!({"name": "Far away", "firstMessageMode": "user-speaks-first"})).await;
     let (mut ws, call) = open(&agent.url(), &api.admin, &assistant).await;
 
-    let answer = accepted(
-        &api,
-        &call,
-        json!({"type": "say", "text": "Hello from the other side."}),
-    )
-    .await;
+    let answer = accepted(&api, &call, json!({"type": "say", "text": "Hello from the other side."})).await;
     assert_eq!(answer["delivery"], "notified");
-    event(&mut ws, "transcript", |v| {
-        v["role"] == "assistant" && v["text"] == "Hello from the other side."
-    })
-    .await;
+    event(&mut ws, "transcript", |v| v["role"] == "assistant" && v["text"] == "Hello from the other side.").await;
     event(&mut ws, "bot-speech-stopped", |_| true).await;
-    accepted(
-        &api,
-        &call,
-        json!({"type": "add-message", "role": "user", "content": "Anything new?"}),
-    )
-    .await;
-    event(&mut ws, "transcript", |v| {
-        v["role"] == "assistant" && v["text"] == "Relayed answer."
-    })
-    .await;
+    accepted(&api, &call, json!({"type": "add-message", "role": "user", "content": "Anything new?"})).await;
+    event(&mut ws, "transcript", |v| v["role"] == "assistant" && v["text"] == "Relayed answer.").await;
 
     accepted(&api, &call, json!({"type": "end"})).await;
     let (ended, _) = event(&mut ws, "call-ended", |_| true).await;
     assert_eq!(ended["reason"], "api-ended-call");
-    assert_eq!(
-        ended_call(&api, &call, ENDS_WITHIN).await["endedReason"],
-        "api-ended-call"
-    );
+    assert_eq!(ended_call(&api, &call, ENDS_WITHIN).await["endedReason"], "api-ended-call");
     agent.drain().await.unwrap();
     api.stop().await;
 }

@@ -228,12 +228,7 @@ async fn instances_on_port_0_are_named_by_the_port_they_bound() {
     use voxgate_server::session::providers::Fixed;
 
     let db = TestDb::chosen().await;
-    let first = serve::start_with(
-        ServeArgs::for_tests(&db.url),
-        Arc::new(Fixed(common::scripted())),
-    )
-    .await
-    .expect("the first starts");
+    let first = serve::start_with(ServeArgs::for_tests(&db.url), Arc::new(Fixed(common::scripted()))).await.expect("the first starts");
     let (store, key) = store_with_key(&db.url).await;
     let assistant: serde_json::Value = common::TestServer::http()
         .post(format!("{}/api/assistants", first.url()))
@@ -245,31 +240,17 @@ async fn instances_on_port_0_are_named_by_the_port_they_bound() {
         .json()
         .await
         .unwrap();
-    let assistant = assistant["id"]
-        .as_str()
-        .expect("the assistant is created")
-        .to_string();
+    let assistant = assistant["id"].as_str().expect("the assistant is created").to_string();
     let mut call = Caller::open(&first.url(), &key, &assistant).await;
-    let second = serve::start_with(
-        ServeArgs::for_tests(&db.url),
-        Arc::new(Fixed(common::scripted())),
-    )
-    .await
-    .expect("the second starts");
+    let second = serve::start_with(ServeArgs::for_tests(&db.url), Arc::new(Fixed(common::scripted()))).await.expect("the second starts");
 
     let mut ids = instance_ids(&store).await;
     ids.sort();
-    let mut expected: Vec<String> = [first.addr.port(), second.addr.port()]
-        .iter()
-        .map(|p| format!(":{p}"))
-        .collect();
+    let mut expected: Vec<String> = [first.addr.port(), second.addr.port()].iter().map(|p| format!(":{p}")).collect();
     expected.sort();
     assert_eq!(ids.len(), 2, "{ids:?}");
     for (id, port) in ids.iter().zip(&expected) {
-        assert!(
-            id.ends_with(port.as_str()),
-            "{id} is named by its port ({ids:?})"
-        );
+        assert!(id.ends_with(port.as_str()), "{id} is named by its port ({ids:?})");
     }
     // The first instance's call was not taken for a restarted one's.
     let record = store.get_call(&call.id).await.unwrap();

@@ -17,22 +17,11 @@ fn call() -> Call {
 fn turn(idx: i64) -> CallTurn {
     CallTurn {
         idx,
-        role: if idx % 2 == 0 {
-            TurnRole::User
-        } else {
-            TurnRole::Assistant
-        },
+        role: if idx % 2 == 0 { TurnRole::User } else { TurnRole::Assistant },
         text: format!("turn {idx}"),
         started_ms: idx * 1000,
         interrupted: false,
-        latency: if idx % 2 == 0 {
-            TurnLatency::default()
-        } else {
-            TurnLatency {
-                response_ms: Some(idx as f64),
-                ..Default::default()
-            }
-        },
+        latency: if idx % 2 == 0 { TurnLatency::default() } else { TurnLatency { response_ms: Some(idx as f64), ..Default::default() } },
         error: None,
     }
 }
@@ -56,9 +45,7 @@ async fn turns_of_many_calls_are_written_in_order_and_each_end_after_its_turns()
                         journal.turn(&id, turn(i)).await;
                         tokio::task::yield_now().await;
                     }
-                    journal
-                        .end(&id, "customer-ended-call", Duration::from_secs(20))
-                        .await
+                    journal.end(&id, "customer-ended-call", Duration::from_secs(20)).await
                 })
             })
             .collect();
@@ -74,10 +61,7 @@ async fn turns_of_many_calls_are_written_in_order_and_each_end_after_its_turns()
         // Everything written: a flush returns at once; dropping the journal ends the writer.
         assert!(journal.flush(Duration::from_secs(5)).await);
         drop(journal);
-        tokio::time::timeout(Duration::from_secs(5), writer)
-            .await
-            .expect("the writer ends")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), writer).await.expect("the writer ends").unwrap();
     }
 }
 
@@ -93,32 +77,13 @@ async fn a_refused_write_drops_only_itself() {
         // around it, all likely in one batch.
         journal.turn(&a.id, turn(0)).await;
         journal.turn(&b.id, turn(0)).await;
-        journal
-            .turn(
-                &a.id,
-                CallTurn {
-                    text: "again".into(),
-                    ..turn(0)
-                },
-            )
-            .await;
+        journal.turn(&a.id, CallTurn { text: "again".into(), ..turn(0) }).await;
         journal.turn(&b.id, turn(1)).await;
         journal.turn(&a.id, turn(1)).await;
-        assert!(
-            journal
-                .end(&b.id, "customer-ended-call", Duration::from_secs(20))
-                .await,
-            "{}",
-            db.name
-        );
+        assert!(journal.end(&b.id, "customer-ended-call", Duration::from_secs(20)).await, "{}", db.name);
         assert!(journal.flush(Duration::from_secs(20)).await);
         let a_turns = store.get_call(&a.id).await.unwrap().turns.unwrap();
-        assert_eq!(
-            a_turns,
-            vec![turn(0), turn(1)],
-            "{}: the duplicate alone is dropped",
-            db.name
-        );
+        assert_eq!(a_turns, vec![turn(0), turn(1)], "{}: the duplicate alone is dropped", db.name);
         let b_call = store.get_call(&b.id).await.unwrap();
         assert_eq!(b_call.turns.unwrap(), vec![turn(0), turn(1)], "{}", db.name);
         assert_eq!(b_call.status, CallStatus::Ended);

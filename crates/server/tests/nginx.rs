@@ -51,18 +51,11 @@ fn nginx_bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status();
 }
 
 // --- voxgate processes --------------------------------------------------------
@@ -78,13 +71,7 @@ struct Voxgate {
 impl Voxgate {
     /// Starts `role` named `name` (its INSTANCE_ID) with none of the caller's
     /// environment, and waits for its `voxgate is listening on` line.
-    async fn start(
-        dir: &Path,
-        name: &str,
-        role: &str,
-        db: Option<&str>,
-        env: &[(&str, String)],
-    ) -> Voxgate {
+    async fn start(dir: &Path, name: &str, role: &str, db: Option<&str>, env: &[(&str, String)]) -> Voxgate {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxgate"));
@@ -114,26 +101,13 @@ impl Voxgate {
         let began = Instant::now();
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let url = text.lines().find_map(|l| {
-                l.strip_prefix("voxgate is listening on ")
-                    .and_then(|r| r.split_whitespace().next())
-            });
+            let url = text.lines().find_map(|l| l.strip_prefix("voxgate is listening on ").and_then(|r| r.split_whitespace().next()));
             if let Some(url) = url {
-                let addr: SocketAddr = url
-                    .trim_start_matches("http://")
-                    .parse()
-                    .unwrap_or_else(|e| panic!("{name}: listening on {url}: {e}"));
-                return Voxgate {
-                    child,
-                    name: name.to_string(),
-                    addr,
-                    log,
-                };
+                let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap_or_else(|e| panic!("{name}: listening on {url}: {e}"));
+                return Voxgate { child, name: name.to_string(), addr, log };
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "voxgate {name} (role {role}) exited with {status} before listening:\n{text}"
-                );
+                panic!("voxgate {name} (role {role}) exited with {status} before listening:\n{text}");
             }
             if began.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
@@ -157,12 +131,7 @@ impl Voxgate {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(
-                began.elapsed() < within,
-                "{} still runs {within:?} after SIGTERM:\n{}",
-                self.name,
-                self.output()
-            );
+            assert!(began.elapsed() < within, "{} still runs {within:?} after SIGTERM:\n{}", self.name, self.output());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -187,19 +156,12 @@ struct Cert {
 
 impl Cert {
     fn new(dir: &Path) -> Cert {
-        let names = [SITE, APP, API, WS, "localhost", "127.0.0.1"]
-            .map(String::from)
-            .to_vec();
+        let names = [SITE, APP, API, WS, "localhost", "127.0.0.1"].map(String::from).to_vec();
         let ck = rcgen::generate_simple_self_signed(names).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert, ck.cert.pem()).unwrap();
         std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-        Cert {
-            pem: ck.cert.pem(),
-            der: ck.cert.der().clone(),
-            cert,
-            key,
-        }
+        Cert { pem: ck.cert.pem(), der: ck.cert.der().clone(), cert, key }
     }
 
     /// A rustls client configuration that trusts this certificate only.
@@ -207,11 +169,7 @@ impl Cert {
         voxgate_server::init_crypto();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
     }
 }
 
@@ -242,11 +200,7 @@ fn render(file: &str, template: &str, s: &Site) -> String {
             continue;
         } else if t == "listen 443 ssl http2;" {
             hit("listen 443 ssl http2;");
-            if s.tls {
-                format!("listen 127.0.0.1:{} ssl http2;", s.port)
-            } else {
-                format!("listen 127.0.0.1:{};", s.port)
-            }
+            if s.tls { format!("listen 127.0.0.1:{} ssl http2;", s.port) } else { format!("listen 127.0.0.1:{};", s.port) }
         } else if t == "listen 80;" {
             hit("listen 80;");
             format!("listen 127.0.0.1:{};", s.http_port)
@@ -289,10 +243,7 @@ fn render(file: &str, template: &str, s: &Site) -> String {
         "ssl_certificate_key",
         "/var/log/nginx/",
     ] {
-        assert!(
-            hits.contains_key(what),
-            "deploy/nginx/{file} has no `{what}` line any more: update render() in tests/nginx.rs"
-        );
+        assert!(hits.contains_key(what), "deploy/nginx/{file} has no `{what}` line any more: update render() in tests/nginx.rs");
     }
     out
 }
@@ -310,10 +261,7 @@ fn main_conf(dir: &Path) -> PathBuf {
     let d = dir.display();
     // Worker processes may run as another user (nobody, when the tests run as root):
     // they must reach the temp folders.
-    let _ = std::fs::set_permissions(
-        dir,
-        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
-    );
+    let _ = std::fs::set_permissions(dir, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755));
     let conf = format!(
         "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
          events {{ worker_connections 1024; }}\n\
@@ -327,12 +275,7 @@ fn main_conf(dir: &Path) -> PathBuf {
 
 fn nginx_command(dir: &Path, conf: &Path) -> Command {
     let mut cmd = Command::new(nginx_bin());
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(conf)
-        .arg("-e")
-        .arg(dir.join("error.log"));
+    cmd.arg("-p").arg(dir).arg("-c").arg(conf).arg("-e").arg(dir.join("error.log"));
     cmd
 }
 
@@ -342,23 +285,11 @@ impl Nginx {
         std::fs::write(dir.join("site.conf"), site).unwrap();
         let conf = main_conf(&dir);
         let out = std::fs::File::create(dir.join("nginx.out")).unwrap();
-        let mut child = nginx_command(&dir, &conf)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("nginx starts");
+        let mut child = nginx_command(&dir, &conf).stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out).spawn().expect("nginx starts");
         let began = Instant::now();
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-                && TcpStream::connect(("127.0.0.1", http_port)).await.is_ok()
-            {
-                return Nginx {
-                    child,
-                    dir,
-                    port,
-                    http_port,
-                };
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() && TcpStream::connect(("127.0.0.1", http_port)).await.is_ok() {
+                return Nginx { child, dir, port, http_port };
             }
             let log = || {
                 format!(
@@ -368,17 +299,11 @@ impl Nginx {
                 )
             };
             if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "nginx exited with {status}:\n{}\nconfiguration:\n{site}",
-                    log()
-                );
+                panic!("nginx exited with {status}:\n{}\nconfiguration:\n{site}", log());
             }
             if began.elapsed() > Duration::from_secs(10) {
                 let _ = child.kill();
-                panic!(
-                    "nginx did not listen on {port} and {http_port} within 10 s:\n{}",
-                    log()
-                );
+                panic!("nginx did not listen on {port} and {http_port} within 10 s:\n{}", log());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -435,111 +360,43 @@ impl Cluster {
         let db = TestDb::chosen().await;
         let origins = ("ALLOWED_ORIGINS", opts.allowed_origins.clone());
         // The api first: it migrates the database the others then share.
-        let api = Voxgate::start(
-            dir.path(),
-            "api-1",
-            "api",
-            Some(&db.url),
-            std::slice::from_ref(&origins),
-        )
-        .await;
-        let agent_1_env = [
-            origins.clone(),
-            ("DRAIN_TIMEOUT", opts.drain_agent_1.unwrap_or(5).to_string()),
-        ];
+        let api = Voxgate::start(dir.path(), "api-1", "api", Some(&db.url), std::slice::from_ref(&origins)).await;
+        let agent_1_env = [origins.clone(), ("DRAIN_TIMEOUT", opts.drain_agent_1.unwrap_or(5).to_string())];
         let (a1, a2, ui) = tokio::join!(
             Voxgate::start(dir.path(), "agent-1", "agent", Some(&db.url), &agent_1_env),
-            Voxgate::start(
-                dir.path(),
-                "agent-2",
-                "agent",
-                Some(&db.url),
-                std::slice::from_ref(&origins)
-            ),
+            Voxgate::start(dir.path(), "agent-2", "agent", Some(&db.url), std::slice::from_ref(&origins)),
             Voxgate::start(dir.path(), "ui-1", "ui", None, &opts.ui_env),
         );
-        let store = Store::connect(&db.url, &PoolOptions::default())
-            .await
-            .expect("connect to the shared database");
+        let store = Store::connect(&db.url, &PoolOptions::default()).await.expect("connect to the shared database");
         let admin = mint("nginx test", KeyKind::Private, vec![]);
         store.insert_key(&admin.key).await.unwrap();
         store.close().await;
         let cert = Cert::new(dir.path());
-        Cluster {
-            api,
-            agents: vec![a1, a2],
-            ui,
-            admin: admin.secret,
-            cert,
-            db,
-            dir,
-        }
+        Cluster { api, agents: vec![a1, a2], ui, admin: admin.secret, cert, db, dir }
     }
 
     fn site<'a>(&'a self, tls: bool, port: u16, http_port: u16, logs: &'a Path) -> Site<'a> {
-        Site {
-            tls,
-            port,
-            http_port,
-            ui: self.ui.addr,
-            api: self.api.addr,
-            agents: [self.agents[0].addr, self.agents[1].addr],
-            cert: &self.cert,
-            logs,
-        }
+        Site { tls, port, http_port, ui: self.ui.addr, api: self.api.addr, agents: [self.agents[0].addr, self.agents[1].addr], cert: &self.cert, logs }
     }
 
     /// nginx running `template` (single- or multi-domain) in front of this cluster.
-    async fn nginx(
-        &self,
-        name: &str,
-        template: &str,
-        tls: bool,
-        ports: Option<(u16, u16)>,
-    ) -> Nginx {
-        self.nginx_with_agents(
-            name,
-            template,
-            tls,
-            ports,
-            [self.agents[0].addr, self.agents[1].addr],
-        )
-        .await
+    async fn nginx(&self, name: &str, template: &str, tls: bool, ports: Option<(u16, u16)>) -> Nginx {
+        self.nginx_with_agents(name, template, tls, ports, [self.agents[0].addr, self.agents[1].addr]).await
     }
 
     /// As [`Cluster::nginx`], with the agent upstream's two servers at `agents`.
-    async fn nginx_with_agents(
-        &self,
-        name: &str,
-        template: &str,
-        tls: bool,
-        ports: Option<(u16, u16)>,
-        agents: [SocketAddr; 2],
-    ) -> Nginx {
+    async fn nginx_with_agents(&self, name: &str, template: &str, tls: bool, ports: Option<(u16, u16)>, agents: [SocketAddr; 2]) -> Nginx {
         let (port, http_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let file = if template == SINGLE {
-            "single-domain.conf"
-        } else {
-            "multi-domain.conf"
-        };
-        let site = render(
-            file,
-            template,
-            &Site {
-                agents,
-                ..self.site(tls, port, http_port, &dir)
-            },
-        );
+        let file = if template == SINGLE { "single-domain.conf" } else { "multi-domain.conf" };
+        let site = render(file, template, &Site { agents, ..self.site(tls, port, http_port, &dir) });
         Nginx::start(dir, &site, port, http_port).await
     }
 
     /// A public key for `assistant`.
     async fn public_key(&self, assistant: &str) -> String {
-        let store = Store::connect(&self.db.url, &PoolOptions::default())
-            .await
-            .unwrap();
+        let store = Store::connect(&self.db.url, &PoolOptions::default()).await.unwrap();
         let m = mint("browser", KeyKind::Public, vec![assistant.to_string()]);
         store.insert_key(&m.key).await.unwrap();
         store.close().await;
@@ -547,10 +404,7 @@ impl Cluster {
     }
 
     fn logs(&self) -> String {
-        [&self.api, &self.agents[0], &self.agents[1], &self.ui]
-            .iter()
-            .map(|v| format!("--- {}:\n{}", v.name, v.output()))
-            .collect()
+        [&self.api, &self.agents[0], &self.agents[1], &self.ui].iter().map(|v| format!("--- {}:\n{}", v.name, v.output())).collect()
     }
 }
 
@@ -570,25 +424,13 @@ fn http(cert: &Cert) -> reqwest::Client {
 
 /// Opens a WebSocket at `url` (whose host is one of the site names) through nginx
 /// on `port`, with `headers`; over TLS trusting `cert`.
-async fn ws_open(
-    url: &str,
-    port: u16,
-    headers: &[(&'static str, String)],
-    cert: &Cert,
-) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+async fn ws_open(url: &str, port: u16, headers: &[(&'static str, String)], cert: &Cert) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut()
-            .insert(*k, HeaderValue::from_str(v).unwrap());
+        req.headers_mut().insert(*k, HeaderValue::from_str(v).unwrap());
     }
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to nginx");
-    let connector = if url.starts_with("wss://") {
-        Connector::Rustls(cert.rustls())
-    } else {
-        Connector::Plain
-    };
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to nginx");
+    let connector = if url.starts_with("wss://") { Connector::Rustls(cert.rustls()) } else { Connector::Plain };
     tokio_tungstenite::client_async_tls_with_config(req, tcp, None, Some(connector)).await
 }
 
@@ -605,19 +447,8 @@ fn refused(r: Result<(Ws, tungstenite::handshake::client::Response), tungstenite
     }
 }
 
-async fn create_assistant(
-    http: &reqwest::Client,
-    api_base: &str,
-    admin: &str,
-    body: Value,
-) -> String {
-    let res = http
-        .post(format!("{api_base}/api/assistants"))
-        .bearer_auth(admin)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+async fn create_assistant(http: &reqwest::Client, api_base: &str, admin: &str, body: Value) -> String {
+    let res = http.post(format!("{api_base}/api/assistants")).bearer_auth(admin).json(&body).send().await.unwrap();
     let status = res.status();
     let body: Value = res.json().await.unwrap();
     assert_eq!(status, 201, "{body}");
@@ -632,12 +463,7 @@ fn quiet(name: &str) -> Value {
 /// The call record, once ended (fetched through nginx).
 async fn ended_call(http: &reqwest::Client, api_base: &str, admin: &str, id: &str) -> Value {
     for _ in 0..200 {
-        let res = http
-            .get(format!("{api_base}/api/calls/{id}"))
-            .bearer_auth(admin)
-            .send()
-            .await
-            .unwrap();
+        let res = http.get(format!("{api_base}/api/calls/{id}")).bearer_auth(admin).send().await.unwrap();
         assert_eq!(res.status(), 200, "GET /api/calls/{id}");
         let call: Value = res.json().await.unwrap();
         if call["status"] == "ended" {
@@ -650,17 +476,9 @@ async fn ended_call(http: &reqwest::Client, api_base: &str, admin: &str, id: &st
 
 /// The instance that holds (held) call `id`.
 async fn instance_of(http: &reqwest::Client, api_base: &str, admin: &str, id: &str) -> String {
-    let res = http
-        .get(format!("{api_base}/api/calls/{id}"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{api_base}/api/calls/{id}")).bearer_auth(admin).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    res.json::<Value>().await.unwrap()["instance"]
-        .as_str()
-        .expect("the call record names its instance")
-        .to_string()
+    res.json::<Value>().await.unwrap()["instance"].as_str().expect("the call record names its instance").to_string()
 }
 
 /// Reads until the server closes: the `call-ended` reason on the way and the close code.
@@ -668,9 +486,7 @@ async fn ending(ws: &mut Ws, within: Duration) -> (Option<String>, Option<u16>) 
     let mut reason = None;
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let m = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("the call did not close within {within:?}"));
+        let m = tokio::time::timeout_at(deadline, ws.next()).await.unwrap_or_else(|_| panic!("the call did not close within {within:?}"));
         match m {
             Some(Ok(Message::Close(frame))) => return (reason, frame.map(|f| u16::from(f.code))),
             Some(Ok(Message::Text(t))) => {
@@ -687,14 +503,9 @@ async fn ending(ws: &mut Ws, within: Duration) -> (Option<String>, Option<u16>) 
 
 /// Sends `end` and expects the normal close.
 async fn hang_up(ws: &mut Ws) {
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     let (reason, code) = ending(ws, Duration::from_secs(10)).await;
-    assert_eq!(
-        (reason.as_deref(), code),
-        (Some("customer-ended-call"), Some(1000))
-    );
+    assert_eq!((reason.as_deref(), code), (Some("customer-ended-call"), Some(1000)));
 }
 
 const QUESTION: &str = "What are your opening hours?";
@@ -704,16 +515,10 @@ const QUESTION: &str = "What are your opening hours?";
 async fn full_call(ws: &mut Ws) -> String {
     let started = common::start_call(ws).await;
     let id = started["callId"].as_str().expect("callId").to_string();
-    ws.send(Message::Text(
-        json!({"type": "text", "text": QUESTION}).to_string().into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(json!({"type": "text", "text": QUESTION}).to_string().into())).await.unwrap();
     let (mut audio, mut spoke) = (0usize, false);
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(15), ws.next())
-            .await
-            .expect("the reply within 15 s");
+        let m = tokio::time::timeout(Duration::from_secs(15), ws.next()).await.expect("the reply within 15 s");
         match m {
             Some(Ok(Message::Binary(b))) => {
                 assert!(spoke, "audio before bot-speech-started");
@@ -732,10 +537,7 @@ async fn full_call(ws: &mut Ws) -> String {
         }
     }
     // 16 kHz PCM16 out: 640 bytes per 20 ms frame, a whole number of frames.
-    assert!(
-        audio >= 640 * 25 && audio % 640 == 0,
-        "{audio} bytes of reply audio"
-    );
+    assert!(audio >= 640 * 25 && audio % 640 == 0, "{audio} bytes of reply audio");
     hang_up(ws).await;
     id
 }
@@ -748,14 +550,7 @@ fn check_record(call: &Value) {
     let instance = call["instance"].as_str().unwrap_or("");
     assert!(instance == "agent-1" || instance == "agent-2", "{call}");
     let turns = call["turns"].as_array().expect("turns");
-    let text = |role: &str| {
-        turns
-            .iter()
-            .filter(|t| t["role"] == role)
-            .map(|t| t["text"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let text = |role: &str| turns.iter().filter(|t| t["role"] == role).map(|t| t["text"].as_str().unwrap().to_string()).collect::<Vec<_>>().join(" ");
     assert_eq!(text("user"), QUESTION, "{call}");
     assert_eq!(text("assistant"), Scripted::REPLY, "{call}");
 }
@@ -773,86 +568,33 @@ fn the_deploy_files_pass_nginx_t() {
         for tls in [true, false] {
             let d = dir.path().join(format!("{file}-{tls}"));
             std::fs::create_dir_all(&d).unwrap();
-            let site = Site {
-                tls,
-                port: free_port(),
-                http_port: free_port(),
-                ui: lo(5175),
-                api: lo(3010),
-                agents: [lo(4010), lo(4011)],
-                cert: &cert,
-                logs: &d,
-            };
+            let site = Site { tls, port: free_port(), http_port: free_port(), ui: lo(5175), api: lo(3010), agents: [lo(4010), lo(4011)], cert: &cert, logs: &d };
             std::fs::write(d.join("site.conf"), render(file, template, &site)).unwrap();
             let conf = main_conf(&d);
-            let out = nginx_command(&d, &conf)
-                .arg("-t")
-                .output()
-                .expect("nginx runs");
+            let out = nginx_command(&d, &conf).arg("-t").output().expect("nginx runs");
             let text = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success(),
-                "nginx -t refuses deploy/nginx/{file} (tls {tls}):\n{text}"
-            );
-            assert!(
-                !text.contains("[warn]") && !text.contains("[emerg]"),
-                "deploy/nginx/{file}:\n{text}"
-            );
+            assert!(out.status.success(), "nginx -t refuses deploy/nginx/{file} (tls {tls}):\n{text}");
+            assert!(!text.contains("[warn]") && !text.contains("[emerg]"), "deploy/nginx/{file}:\n{text}");
         }
         // Broken on purpose: the check can fail.
         let d = dir.path().join(format!("{file}-broken"));
         std::fs::create_dir_all(&d).unwrap();
-        let site = Site {
-            tls: true,
-            port: free_port(),
-            http_port: free_port(),
-            ui: lo(1),
-            api: lo(2),
-            agents: [lo(3), lo(4)],
-            cert: &cert,
-            logs: &d,
-        };
-        std::fs::write(
-            d.join("site.conf"),
-            render(file, template, &site)
-                .replace("proxy_read_timeout 3600s;", "proxy_read_timeout;"),
-        )
-        .unwrap();
+        let site = Site { tls: true, port: free_port(), http_port: free_port(), ui: lo(1), api: lo(2), agents: [lo(3), lo(4)], cert: &cert, logs: &d };
+        std::fs::write(d.join("site.conf"), render(file, template, &site).replace("proxy_read_timeout 3600s;", "proxy_read_timeout;")).unwrap();
         let conf = main_conf(&d);
-        assert!(
-            !nginx_command(&d, &conf)
-                .arg("-t")
-                .output()
-                .unwrap()
-                .status
-                .success()
-        );
+        assert!(!nginx_command(&d, &conf).arg("-t").output().unwrap().status.success());
 
         // The body limits nginx enforces are voxgate's own defaults: BODY_LIMIT,
         // and UPLOAD_MAX_BYTES on uploads.
-        let api = voxgate_server::config::ServeArgs::for_tests("sqlite::memory:")
-            .api_config()
-            .unwrap();
-        let mb = |s: &str| {
-            s.trim_end_matches(';')
-                .strip_suffix('m')
-                .and_then(|n| n.parse::<usize>().ok())
-                .map(|n| n * 1024 * 1024)
-        };
-        let mut sizes: Vec<Option<usize>> = template
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("client_max_body_size "))
-            .map(mb)
-            .collect();
+        let api = voxgate_server::config::ServeArgs::for_tests("sqlite::memory:").api_config().unwrap();
+        let mb = |s: &str| s.trim_end_matches(';').strip_suffix('m').and_then(|n| n.parse::<usize>().ok()).map(|n| n * 1024 * 1024);
+        let mut sizes: Vec<Option<usize>> = template.lines().filter_map(|l| l.trim().strip_prefix("client_max_body_size ")).map(mb).collect();
         sizes.sort();
         sizes.dedup();
         let mut limits = vec![Some(api.body_limit), Some(api.upload_limit)];
         limits.sort();
         limits.dedup();
-        assert_eq!(
-            sizes, limits,
-            "deploy/nginx/{file}: client_max_body_size vs BODY_LIMIT and UPLOAD_MAX_BYTES"
-        );
+        assert_eq!(sizes, limits, "deploy/nginx/{file}: client_max_body_size vs BODY_LIMIT and UPLOAD_MAX_BYTES");
     }
 }
 
@@ -870,100 +612,42 @@ async fn a_call_through_nginx_over_ws_and_wss() {
 
     for (scheme, n) in [("ws", &plain), ("wss", &tls)] {
         let url = format!("{scheme}://{SITE}:{}/agent?assistantId={assistant}", n.port);
-        let (mut ws, res) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert)
-            .await
-            .unwrap_or_else(|e| panic!("{scheme}: {e}\n{}\n{}", n.error_log(), c.logs()));
+        let (mut ws, res) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await.unwrap_or_else(|e| panic!("{scheme}: {e}\n{}\n{}", n.error_log(), c.logs()));
         assert_eq!(res.status(), 101);
         let id = full_call(&mut ws).await;
-        let api_base = format!(
-            "{}://{SITE}:{}",
-            if scheme == "ws" { "http" } else { "https" },
-            n.port
-        );
+        let api_base = format!("{}://{SITE}:{}", if scheme == "ws" { "http" } else { "https" }, n.port);
         check_record(&ended_call(&http, &api_base, &c.admin, &id).await);
     }
 
     // The web app and its runtime configuration, from the ui instance.
     let res = http.get(format!("{https_base}/")).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
-    assert!(
-        res.headers().get("strict-transport-security").is_some(),
-        "HSTS from nginx over HTTPS"
-    );
-    let cfg: Value = http
-        .get(format!("{https_base}/config.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(res.headers().get("strict-transport-security").is_some(), "HSTS from nginx over HTTPS");
+    let cfg: Value = http.get(format!("{https_base}/config.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(cfg["apiBase"], "/api", "{cfg}");
 
     // The client's request id is kept end to end; without one nginx makes one.
-    let res = http
-        .get(format!("{https_base}/api/health"))
-        .header("x-request-id", "nginx-test-4711")
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{https_base}/api/health")).header("x-request-id", "nginx-test-4711").send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-request-id"], "nginx-test-4711");
-    let res = http
-        .get(format!("{https_base}/api/health"))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{https_base}/api/health")).send().await.unwrap();
     let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert!(
-        id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
-        "nginx's $request_id: {id}"
-    );
+    assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "nginx's $request_id: {id}");
 
     // Plain HTTP on the TLS layout's port 80: a redirect to HTTPS.
-    let res = http
-        .get(format!("http://{SITE}:{}/api/health", tls.http_port))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("http://{SITE}:{}/api/health", tls.http_port)).send().await.unwrap();
     assert_eq!(res.status(), 301);
-    assert_eq!(
-        res.headers()["location"],
-        format!("https://{SITE}/api/health")
-    );
+    assert_eq!(res.headers()["location"], format!("https://{SITE}/api/health"));
 
     // A body over BODY_LIMIT is refused by nginx before voxgate reads it; uploads
     // may be larger, up to UPLOAD_MAX_BYTES.
     let post = |path: &str, len: usize| {
-        http.post(format!("{https_base}{path}"))
-            .bearer_auth(&c.admin)
-            .header("content-type", "application/json")
-            .body("x".repeat(len))
-            .send()
+        http.post(format!("{https_base}{path}")).bearer_auth(&c.admin).header("content-type", "application/json").body("x".repeat(len)).send()
     };
-    let api = voxgate_server::config::ServeArgs::for_tests("sqlite::memory:")
-        .api_config()
-        .unwrap();
-    assert_eq!(
-        post("/api/assistants", api.body_limit + 1)
-            .await
-            .unwrap()
-            .status(),
-        413
-    );
-    assert_eq!(
-        post("/api/files", api.upload_limit + 1)
-            .await
-            .unwrap()
-            .status(),
-        413
-    );
+    let api = voxgate_server::config::ServeArgs::for_tests("sqlite::memory:").api_config().unwrap();
+    assert_eq!(post("/api/assistants", api.body_limit + 1).await.unwrap().status(), 413);
+    assert_eq!(post("/api/files", api.upload_limit + 1).await.unwrap().status(), 413);
     // A whole multipart upload of twice BODY_LIMIT (a file voxgate cannot read):
     // nginx passes it, voxgate reads it and answers with its own error.
     let boundary = "voxgate-nginx-test";
@@ -973,26 +657,15 @@ async fn a_call_through_nginx_over_ws_and_wss() {
     let res = http
         .post(format!("{https_base}/api/files"))
         .bearer_auth(&c.admin)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
         .body(body)
         .send()
         .await
         .unwrap();
     let status = res.status();
     let text = res.text().await.unwrap();
-    let answer: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
-        panic!(
-            "{status}: not voxgate's answer: {text}\n{}",
-            tls.error_log()
-        )
-    });
-    assert!(
-        status.is_client_error() && status != 413 && answer["error"]["code"].is_string(),
-        "{status}: {answer}"
-    );
+    let answer: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: not voxgate's answer: {text}\n{}", tls.error_log()));
+    assert!(status.is_client_error() && status != 413 && answer["error"]["code"].is_string(), "{status}: {answer}");
 }
 
 /// Two agents behind the hash upstream: new calls spread over both; a call whose
@@ -1014,41 +687,27 @@ async fn resumes_reach_the_agent_that_holds_the_call() {
         let (http, base, admin, cert) = (http.clone(), base.clone(), c.admin.clone(), &c.cert);
         let url = format!("wss://{SITE}:{port}/agent?assistantId={assistant}");
         async move {
-            let (mut ws, _) = ws_open(&url, port, &[bearer(&admin)], cert)
-                .await
-                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            let (mut ws, _) = ws_open(&url, port, &[bearer(&admin)], cert).await.unwrap_or_else(|e| panic!("{url}: {e}"));
             let started = common::start_call(&mut ws).await;
             let id = started["callId"].as_str().unwrap().to_string();
-            let mut token = started["resumeToken"]
-                .as_str()
-                .expect("call-started carries resumeToken")
-                .to_string();
+            let mut token = started["resumeToken"].as_str().expect("call-started carries resumeToken").to_string();
             let instance = instance_of(&http, &base, &admin, &id).await;
             for round in 0..2 {
                 drop(ws);
                 ws = resume(port, &id, &token, cert).await;
                 ws.send(Message::Text(common::START.into())).await.unwrap();
                 let resumed = loop {
-                    let ev = common::next_event(&mut ws).await.unwrap_or_else(|| {
-                        panic!("call {id}: closed before call-resumed (round {round})")
-                    });
+                    let ev = common::next_event(&mut ws).await.unwrap_or_else(|| panic!("call {id}: closed before call-resumed (round {round})"));
                     if ev["type"] == "call-resumed" {
                         break ev;
                     }
                 };
                 assert_eq!(resumed["callId"], id.as_str());
-                token = resumed["resumeToken"]
-                    .as_str()
-                    .expect("call-resumed carries the next token")
-                    .to_string();
+                token = resumed["resumeToken"].as_str().expect("call-resumed carries the next token").to_string();
             }
             hang_up(&mut ws).await;
             let call = ended_call(&http, &base, &admin, &id).await;
-            assert_eq!(
-                (call["endedReason"].as_str(), call["instance"].as_str()),
-                (Some("customer-ended-call"), Some(instance.as_str())),
-                "{call}"
-            );
+            assert_eq!((call["endedReason"].as_str(), call["instance"].as_str()), (Some("customer-ended-call"), Some(instance.as_str())), "{call}");
             instance
         }
     };
@@ -1058,33 +717,15 @@ async fn resumes_reach_the_agent_that_holds_the_call() {
     // nginx walked the ring for some resumes: the agent the call id hashes to said
     // 404 (not mine), the next one took it.
     let log = std::fs::read_to_string(n.dir.join("voxgate.access.log")).unwrap();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("GET /agent ") && l.contains("upstream_status=404, 101")),
-        "no resume passed from a 404 to its holder:\n{log}"
-    );
+    assert!(log.lines().any(|l| l.contains("GET /agent ") && l.contains("upstream_status=404, 101")), "no resume passed from a 404 to its holder:\n{log}");
 
     // /api reaches the api instance (an agent answers 404 there).
-    let res = http
-        .get(format!("{base}/api/assistants"))
-        .bearer_auth(&c.admin)
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{base}/api/assistants")).bearer_auth(&c.admin).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let list: Value = res.json().await.unwrap();
     assert!(list.to_string().contains(&assistant), "{list}");
-    let direct = reqwest::Client::new()
-        .get(format!("http://{}/api/assistants", c.agents[0].addr))
-        .bearer_auth(&c.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        direct.status(),
-        404,
-        "an agent alone does not serve the API"
-    );
+    let direct = reqwest::Client::new().get(format!("http://{}/api/assistants", c.agents[0].addr)).bearer_auth(&c.admin).send().await.unwrap();
+    assert_eq!(direct.status(), 404, "an agent alone does not serve the API");
 }
 
 /// Resumes call `id` through nginx on `port`; retries while the server has not yet
@@ -1094,9 +735,7 @@ async fn resume(port: u16, id: &str, token: &str, cert: &Cert) -> Ws {
     for _ in 0..100 {
         match ws_open(&url, port, &[], cert).await {
             Ok((ws, _)) => return ws,
-            Err(tungstenite::Error::Http(res)) if res.status() == 409 => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
+            Err(tungstenite::Error::Http(res)) if res.status() == 409 => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(e) => panic!("resuming {id}: {e}"),
         }
     }
@@ -1112,10 +751,7 @@ async fn multi_domain_cors_and_origin_through_nginx() {
     let evil = format!("https://evil.example.com:{port}");
     let c = Cluster::start(Opts {
         allowed_origins: app.clone(),
-        ui_env: vec![
-            ("PUBLIC_API_BASE", format!("https://{API}:{port}/api")),
-            ("PUBLIC_AGENT_URL", format!("wss://{WS}:{port}/agent")),
-        ],
+        ui_env: vec![("PUBLIC_API_BASE", format!("https://{API}:{port}/api")), ("PUBLIC_AGENT_URL", format!("wss://{WS}:{port}/agent"))],
         ..Opts::default()
     })
     .await;
@@ -1124,182 +760,65 @@ async fn multi_domain_cors_and_origin_through_nginx() {
     let api = format!("https://{API}:{port}");
 
     // The web app on its own host tells itself where the API and the agent are.
-    let cfg: Value = http
-        .get(format!("{app}/config.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (cfg["apiBase"].as_str(), cfg["agentUrl"].as_str()),
-        (
-            Some(format!("{api}/api").as_str()),
-            Some(format!("wss://{WS}:{port}/agent").as_str())
-        )
-    );
+    let cfg: Value = http.get(format!("{app}/config.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((cfg["apiBase"].as_str(), cfg["agentUrl"].as_str()), (Some(format!("{api}/api").as_str()), Some(format!("wss://{WS}:{port}/agent").as_str())));
 
-    let allow = |res: &reqwest::Response| {
-        res.headers()
-            .get_all("access-control-allow-origin")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
+    let allow = |res: &reqwest::Response| res.headers().get_all("access-control-allow-origin").iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
     let preflight = |origin: String| {
         http.request(reqwest::Method::OPTIONS, format!("{api}/api/assistants"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type",
-            )
+            .header("access-control-request-headers", "authorization,content-type")
             .send()
     };
     let res = preflight(app.clone()).await.unwrap();
     assert!(res.status().is_success(), "preflight: {}", res.status());
-    assert_eq!(
-        allow(&res),
-        vec![app.clone()],
-        "exactly one Access-Control-Allow-Origin, from voxgate"
-    );
-    assert!(
-        res.headers()["access-control-allow-methods"]
-            .to_str()
-            .unwrap()
-            .contains("POST")
-    );
+    assert_eq!(allow(&res), vec![app.clone()], "exactly one Access-Control-Allow-Origin, from voxgate");
+    assert!(res.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
     let res = preflight(evil.clone()).await.unwrap();
-    assert!(
-        allow(&res).is_empty()
-            && !res
-                .headers()
-                .keys()
-                .any(|k| k.as_str().starts_with("access-control-")),
-        "{:?}",
-        res.headers()
-    );
+    assert!(allow(&res).is_empty() && !res.headers().keys().any(|k| k.as_str().starts_with("access-control-")), "{:?}", res.headers());
 
     // Simple requests: the browser on the ui's origin reads them, a stranger does not.
-    let res = http
-        .post(format!("{api}/api/assistants"))
-        .header("origin", &app)
-        .bearer_auth(&c.admin)
-        .json(&quiet("Cross-origin"))
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(format!("{api}/api/assistants")).header("origin", &app).bearer_auth(&c.admin).json(&quiet("Cross-origin")).send().await.unwrap();
     assert_eq!(res.status(), 201);
     assert_eq!(allow(&res), vec![app.clone()]);
-    let assistant = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let res = http
-        .get(format!("{api}/api/assistants/{assistant}"))
-        .header("origin", &evil)
-        .bearer_auth(&c.admin)
-        .send()
-        .await
-        .unwrap();
+    let assistant = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let res = http.get(format!("{api}/api/assistants/{assistant}")).header("origin", &evil).bearer_auth(&c.admin).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(allow(&res).is_empty());
     // A 401 is readable by the allowed origin too.
-    let res = http
-        .get(format!("{api}/api/assistants"))
-        .header("origin", &app)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (res.status().as_u16(), allow(&res)),
-        (401, vec![app.clone()])
-    );
+    let res = http.get(format!("{api}/api/assistants")).header("origin", &app).send().await.unwrap();
+    assert_eq!((res.status().as_u16(), allow(&res)), (401, vec![app.clone()]));
 
     // Each host serves only its part.
-    assert_eq!(
-        http.get(format!("https://{WS}:{port}/api/assistants"))
-            .bearer_auth(&c.admin)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        http.get(format!("{api}/agent"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(http.get(format!("https://{WS}:{port}/api/assistants")).bearer_auth(&c.admin).send().await.unwrap().status(), 404);
+    assert_eq!(http.get(format!("{api}/agent")).send().await.unwrap().status(), 404);
 
     // The agent: a browser's public key from the ui's origin opens a call...
     let public = c.public_key(&assistant).await;
     let url = format!("wss://{WS}:{port}/agent?assistantId={assistant}&key={public}");
-    let (mut ws, res) = ws_open(&url, port, &[("origin", app.clone())], &c.cert)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", n.error_log(), c.logs()));
+    let (mut ws, res) = ws_open(&url, port, &[("origin", app.clone())], &c.cert).await.unwrap_or_else(|e| panic!("{e}\n{}\n{}", n.error_log(), c.logs()));
     assert_eq!(res.status(), 101);
     common::start_call(&mut ws).await;
     hang_up(&mut ws).await;
     // ...another origin is refused before the upgrade, and so is no origin with a public key.
-    assert_eq!(
-        refused(ws_open(&url, port, &[("origin", evil.clone())], &c.cert).await),
-        403
-    );
+    assert_eq!(refused(ws_open(&url, port, &[("origin", evil.clone())], &c.cert).await), 403);
     assert_eq!(refused(ws_open(&url, port, &[], &c.cert).await), 403);
 
     // The call-token flow: the page asks the API (cross-origin), then opens the token.
-    let res = http
-        .post(format!("{api}/api/calls"))
-        .header("origin", &app)
-        .bearer_auth(&c.admin)
-        .json(&json!({"assistantId": assistant}))
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(format!("{api}/api/calls")).header("origin", &app).bearer_auth(&c.admin).json(&json!({"assistantId": assistant})).send().await.unwrap();
     assert_eq!(allow(&res), vec![app.clone()]);
     let status = res.status();
     let token: Value = res.json().await.unwrap();
     assert!(status.is_success(), "{status}: {token}");
     let path = token["agentPath"].as_str().unwrap();
-    let (mut ws, _) = ws_open(
-        &format!("wss://{WS}:{port}{path}"),
-        port,
-        &[("origin", app.clone())],
-        &c.cert,
-    )
-    .await
-    .unwrap();
+    let (mut ws, _) = ws_open(&format!("wss://{WS}:{port}{path}"), port, &[("origin", app.clone())], &c.cert).await.unwrap();
     let id = full_call(&mut ws).await;
     check_record(&ended_call(&http, &api, &c.admin, &id).await);
     // A token from a stranger's page is refused by the Origin check.
-    let res = http
-        .post(format!("{api}/api/calls"))
-        .bearer_auth(&c.admin)
-        .json(&json!({"assistantId": assistant}))
-        .send()
-        .await
-        .unwrap();
-    let path = res.json::<Value>().await.unwrap()["agentPath"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        refused(
-            ws_open(
-                &format!("wss://{WS}:{port}{path}"),
-                port,
-                &[("origin", evil.clone())],
-                &c.cert
-            )
-            .await
-        ),
-        403
-    );
+    let res = http.post(format!("{api}/api/calls")).bearer_auth(&c.admin).json(&json!({"assistantId": assistant})).send().await.unwrap();
+    let path = res.json::<Value>().await.unwrap()["agentPath"].as_str().unwrap().to_string();
+    assert_eq!(refused(ws_open(&format!("wss://{WS}:{port}{path}"), port, &[("origin", evil.clone())], &c.cert).await), 403);
 }
 
 /// SIGTERM to an agent holding 20 calls behind nginx: it stops being ready, its
@@ -1308,11 +827,7 @@ async fn multi_domain_cors_and_origin_through_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_behind_nginx_finishes_every_call() {
     const DRAIN: u64 = 4;
-    let mut c = Cluster::start(Opts {
-        drain_agent_1: Some(DRAIN),
-        ..Opts::default()
-    })
-    .await;
+    let mut c = Cluster::start(Opts { drain_agent_1: Some(DRAIN), ..Opts::default() }).await;
     let n = c.nginx("tls", SINGLE, true, None).await;
     let http = http(&c.cert);
     let base = format!("https://{SITE}:{}", n.port);
@@ -1324,13 +839,8 @@ async fn drain_behind_nginx_finishes_every_call() {
     let mut elsewhere = 0;
     for k in 0.. {
         assert!(k < 400, "only {} of {k} calls reached agent-1", live.len());
-        let (mut ws, _) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert)
-            .await
-            .unwrap();
-        let id = common::start_call(&mut ws).await["callId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (mut ws, _) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await.unwrap();
+        let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
         if instance_of(&http, &base, &c.admin, &id).await == "agent-1" {
             live.push((ws, id));
             if live.len() == 20 {
@@ -1348,11 +858,7 @@ async fn drain_behind_nginx_finishes_every_call() {
     let a1 = c.agents[0].addr;
     let mut ready = true;
     for _ in 0..100 {
-        match reqwest::Client::new()
-            .get(format!("http://{a1}/api/ready"))
-            .send()
-            .await
-        {
+        match reqwest::Client::new().get(format!("http://{a1}/api/ready")).send().await {
             Ok(r) if r.status() == 200 => tokio::time::sleep(Duration::from_millis(20)).await,
             Ok(r) => {
                 assert_eq!(r.status(), 503);
@@ -1369,28 +875,17 @@ async fn drain_behind_nginx_finishes_every_call() {
 
     // The live calls still answer, through nginx.
     for (i, (ws, id)) in live.iter_mut().enumerate() {
-        ws.send(Message::Text(
-            json!({"type": "ping", "id": i}).to_string().into(),
-        ))
-        .await
-        .unwrap();
-        let pong = common::next_event(ws)
-            .await
-            .unwrap_or_else(|| panic!("call {id} closed at SIGTERM"));
+        ws.send(Message::Text(json!({"type": "ping", "id": i}).to_string().into())).await.unwrap();
+        let pong = common::next_event(ws).await.unwrap_or_else(|| panic!("call {id} closed at SIGTERM"));
         assert_eq!(pong, json!({"type": "pong", "id": i}));
     }
 
     // New calls all land on agent-2: those whose random key hashes to agent-1
     // find its listener closed and nginx passes them on.
     for _ in 0..8 {
-        let (mut ws, res) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", n.error_log()));
+        let (mut ws, res) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await.unwrap_or_else(|e| panic!("{e}\n{}", n.error_log()));
         assert_eq!(res.status(), 101);
-        let id = common::start_call(&mut ws).await["callId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
         assert_eq!(instance_of(&http, &base, &c.admin, &id).await, "agent-2");
         hang_up(&mut ws).await;
     }
@@ -1398,33 +893,17 @@ async fn drain_behind_nginx_finishes_every_call() {
     // Ten callers hang up on their own; the other ten are closed at the deadline.
     let (mut own, mut cut): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
     for (i, call) in live.into_iter().enumerate() {
-        if i % 2 == 0 {
-            own.push(call)
-        } else {
-            cut.push(call)
-        }
+        if i % 2 == 0 { own.push(call) } else { cut.push(call) }
     }
     for (ws, _) in own.iter_mut() {
         hang_up(ws).await;
     }
-    let endings = join_all(
-        cut.iter_mut()
-            .map(|(ws, _)| ending(ws, Duration::from_secs(DRAIN + 15))),
-    )
-    .await;
+    let endings = join_all(cut.iter_mut().map(|(ws, _)| ending(ws, Duration::from_secs(DRAIN + 15)))).await;
     for ((_, id), (reason, code)) in cut.iter().zip(endings) {
-        assert_eq!(
-            (reason.as_deref(), code),
-            (Some("server-shutdown"), Some(1012)),
-            "call {id}"
-        );
+        assert_eq!((reason.as_deref(), code), (Some("server-shutdown"), Some(1012)), "call {id}");
     }
     let status = c.agents[0].wait_exit(Duration::from_secs(30)).await;
-    assert!(
-        status.success(),
-        "agent-1 exited with {status}:\n{}",
-        c.agents[0].output()
-    );
+    assert!(status.success(), "agent-1 exited with {status}:\n{}", c.agents[0].output());
 
     // Every record is complete, read through nginx from the api instance.
     for (calls, reason) in [(&own, "customer-ended-call"), (&cut, "server-shutdown")] {
@@ -1432,10 +911,7 @@ async fn drain_behind_nginx_finishes_every_call() {
             let call = ended_call(&http, &base, &c.admin, id).await;
             assert_eq!(call["endedReason"], reason, "{call}");
             assert_eq!(call["instance"], "agent-1", "{call}");
-            assert!(
-                call["endedAt"].is_string() && call["durationMs"].is_number(),
-                "{call}"
-            );
+            assert!(call["endedAt"].is_string() && call["durationMs"].is_number(), "{call}");
         }
     }
 }
@@ -1481,60 +957,34 @@ async fn a_full_agent_passes_calls_on() {
     use std::sync::atomic::Ordering;
     let c = Cluster::start(Opts::default()).await;
     let (full, hits) = full_agent().await;
-    let n = c
-        .nginx_with_agents("one-full", SINGLE, true, None, [c.agents[0].addr, full])
-        .await;
+    let n = c.nginx_with_agents("one-full", SINGLE, true, None, [c.agents[0].addr, full]).await;
     let http = http(&c.cert);
     let base = format!("https://{SITE}:{}", n.port);
     let assistant = create_assistant(&http, &base, &c.admin, quiet("Busy")).await;
     for _ in 0..16 {
         let url = format!("wss://{SITE}:{}/agent?assistantId={assistant}", n.port);
-        let (mut ws, _) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert)
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}\n{}", n.error_log()));
-        let id = common::start_call(&mut ws).await["callId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (mut ws, _) = ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await.unwrap_or_else(|e| panic!("{url}: {e}\n{}", n.error_log()));
+        let id = common::start_call(&mut ws).await["callId"].as_str().unwrap().to_string();
         hang_up(&mut ws).await;
         assert_eq!(instance_of(&http, &base, &c.admin, &id).await, "agent-1");
     }
     // Some new calls were placed on the full agent: it was asked, and said no.
-    assert!(
-        hits.load(Ordering::SeqCst) >= 1,
-        "16 new calls never reached the full agent:\n{}",
-        n.error_log()
-    );
+    assert!(hits.load(Ordering::SeqCst) >= 1, "16 new calls never reached the full agent:\n{}", n.error_log());
 
     let (full_too, hits_too) = full_agent().await;
-    let n = c
-        .nginx_with_agents("all-full", SINGLE, true, None, [full, full_too])
-        .await;
+    let n = c.nginx_with_agents("all-full", SINGLE, true, None, [full, full_too]).await;
     let before = hits.load(Ordering::SeqCst);
     let url = format!("wss://{SITE}:{}/agent?assistantId={assistant}", n.port);
     match ws_open(&url, n.port, &[bearer(&c.admin)], &c.cert).await {
         Err(tungstenite::Error::Http(res)) => {
             assert_eq!(res.status(), 503);
-            assert_eq!(
-                res.headers()
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap()),
-                Some("2"),
-                "{:?}",
-                res.headers()
-            );
+            assert_eq!(res.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("2"), "{:?}", res.headers());
         }
         Err(e) => panic!("expected voxgate's 503, got {e}"),
         Ok(_) => panic!("a call opened with every agent full"),
     }
     // Both were tried, once each.
-    assert_eq!(
-        (
-            hits.load(Ordering::SeqCst) - before,
-            hits_too.load(Ordering::SeqCst)
-        ),
-        (1, 1)
-    );
+    assert_eq!((hits.load(Ordering::SeqCst) - before, hits_too.load(Ordering::SeqCst)), (1, 1));
 }
 
 /// docs/configuration.md names every environment variable the command line reads.
@@ -1556,25 +1006,7 @@ fn the_configuration_document_names_every_variable() {
     walk(&voxgate_server::config::Cli::command(), &mut vars);
     assert!(vars.len() > 30, "{vars:?}");
     // Read by the code outside clap.
-    vars.extend(
-        [
-            "SUPABASE_DB_URL",
-            "OPENAI_API_KEY",
-            "OPENAI_BASE_URL",
-            "RUST_LOG",
-            "VITE_SUPABASE_URL",
-            "VITE_SUPABASE_ANON_KEY",
-            "VOXGATE_PYTHON",
-            "XDG_CACHE_HOME",
-        ]
-        .map(String::from),
-    );
-    let missing: Vec<&String> = vars
-        .iter()
-        .filter(|v| !doc.contains(&format!("`{v}`")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "docs/configuration.md does not name {missing:?}"
-    );
+    vars.extend(["SUPABASE_DB_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "RUST_LOG", "VITE_SUPABASE_URL", "VITE_SUPABASE_ANON_KEY", "VOXGATE_PYTHON", "XDG_CACHE_HOME"].map(String::from));
+    let missing: Vec<&String> = vars.iter().filter(|v| !doc.contains(&format!("`{v}`"))).collect();
+    assert!(missing.is_empty(), "docs/configuration.md does not name {missing:?}");
 }

@@ -27,11 +27,7 @@ const ANSWER: &str = "The capital of France is Paris.";
 const LOCAL_ANSWER: &str = "Here is the local model speaking.";
 
 fn openai(fake: &Fake) -> OpenAi {
-    let mut config = OpenAiConfig {
-        api_key: Some(KEY.into()),
-        base_url: fake.base.clone(),
-        ..OpenAiConfig::default()
-    };
+    let mut config = OpenAiConfig { api_key: Some(KEY.into()), base_url: fake.base.clone(), ..OpenAiConfig::default() };
     config.retry.transient_pause = Duration::from_millis(5);
     OpenAi::with_own_client(config).unwrap()
 }
@@ -39,17 +35,9 @@ fn openai(fake: &Fake) -> OpenAi {
 /// The local stand-in: scripted, so that what it says is known.
 fn local(llm: ScriptedLlm) -> Arc<dyn ProviderFactory> {
     Arc::new(Fixed(Providers {
-        stt: Arc::new(ScriptedStt::new(
-            ["heard by the local model"],
-            Duration::ZERO,
-        )),
+        stt: Arc::new(ScriptedStt::new(["heard by the local model"], Duration::ZERO)),
         llm: Arc::new(llm),
-        tts: Arc::new(ToneTts {
-            rate: 22_050,
-            ms_per_char: 20,
-            chunk_ms: 40,
-            first_delay: Duration::ZERO,
-        }),
+        tts: Arc::new(ToneTts { rate: 22_050, ms_per_char: 20, chunk_ms: 40, first_delay: Duration::ZERO }),
         tools: None,
     }))
 }
@@ -75,12 +63,7 @@ async fn voxgate(args: &[&str]) -> Output {
 }
 
 async fn get_json(s: &TestServer, path: &str) -> Value {
-    let res = TestServer::http()
-        .get(s.at(path))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let res = TestServer::http().get(s.at(path)).bearer_auth(&s.admin).send().await.unwrap();
     assert_eq!(res.status(), 200, "{path}");
     res.json().await.unwrap()
 }
@@ -102,13 +85,7 @@ async fn last_call(s: &TestServer) -> Value {
 }
 
 fn turns(call: &Value, role: &str) -> Vec<String> {
-    call["turns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["role"] == role)
-        .map(|t| t["text"].as_str().unwrap_or_default().to_string())
-        .collect()
+    call["turns"].as_array().unwrap().iter().filter(|t| t["role"] == role).map(|t| t["text"].as_str().unwrap_or_default().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,8 +96,7 @@ async fn a_spoken_call_through_voxgate_call_runs_every_stage_on_the_openai_serve
     let answer_wav = dir.path().join("answer.wav");
     espeak(&answer_wav, ANSWER);
     let answer = voxgate_audio::wav::read_wav_file(&answer_wav).unwrap();
-    let voice =
-        voxgate_audio::resample::resample_all(answer.rate, 24_000, &answer.samples).unwrap();
+    let voice = voxgate_audio::resample::resample_all(answer.rate, 24_000, &answer.samples).unwrap();
     let voice_len = voice.len();
     fake.set_normal(|n| {
         n.transcript = QUESTION.into();
@@ -133,115 +109,43 @@ async fn a_spoken_call_through_voxgate_call_runs_every_stage_on_the_openai_serve
     espeak(&question, QUESTION);
     let reply = dir.path().join("reply.wav");
     let o = voxgate(&[
-        "call",
-        "--url",
-        &s.url,
-        "--key",
-        &s.admin,
-        "--assistant",
-        &id,
-        "--wav",
-        question.to_str().unwrap(),
-        "--speed",
-        "2",
-        "--wait",
-        "3",
-        "--json",
-        "--out",
-        reply.to_str().unwrap(),
+        "call", "--url", &s.url, "--key", &s.admin, "--assistant", &id, "--wav", question.to_str().unwrap(),
+        "--speed", "2", "--wait", "3", "--json", "--out", reply.to_str().unwrap(),
     ])
     .await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(
-        o.status.success(),
-        "exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        o.status
-    );
-    assert!(
-        !stdout.contains(KEY) && !stderr.contains(KEY),
-        "the provider key reached the caller"
-    );
-    let events: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "exit {}\nstdout:\n{stdout}\nstderr:\n{stderr}", o.status);
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY), "the provider key reached the caller");
+    let events: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(events.iter().all(|e| e["type"] != "error"), "{events:?}");
-    assert!(
-        events
-            .iter()
-            .any(|e| e["type"] == "transcript" && e["role"] == "user" && e["text"] == QUESTION),
-        "{events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["type"] == "transcript" && e["role"] == "assistant" && e["text"] == ANSWER),
-        "{events:?}"
-    );
-    let latency = events
-        .iter()
-        .find(|e| e["type"] == "latency")
-        .expect("a latency event");
-    for field in [
-        "sttMs",
-        "llmFirstTokenMs",
-        "ttsFirstAudioMs",
-        "voiceToVoiceMs",
-    ] {
-        assert!(
-            latency[field].as_f64().is_some(),
-            "{field} missing in {latency}"
-        );
+    assert!(events.iter().any(|e| e["type"] == "transcript" && e["role"] == "user" && e["text"] == QUESTION), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "transcript" && e["role"] == "assistant" && e["text"] == ANSWER), "{events:?}");
+    let latency = events.iter().find(|e| e["type"] == "latency").expect("a latency event");
+    for field in ["sttMs", "llmFirstTokenMs", "ttsFirstAudioMs", "voiceToVoiceMs"] {
+        assert!(latency[field].as_f64().is_some(), "{field} missing in {latency}");
     }
 
     // What the OpenAI server was asked: the caller's audio, the conversation, the answer's words.
     let stt = fake.seen(Route::Transcriptions);
     assert_eq!(stt.len(), 1);
-    assert_eq!(
-        stt[0].authorization.as_deref(),
-        Some(format!("Bearer {KEY}").as_str())
-    );
-    assert_eq!(
-        stt[0].fields.get("model").map(String::as_str),
-        Some("gpt-4o-transcribe")
-    );
-    assert_eq!(
-        stt[0].fields.get("language").map(String::as_str),
-        Some("en")
-    );
+    assert_eq!(stt[0].authorization.as_deref(), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(stt[0].fields.get("model").map(String::as_str), Some("gpt-4o-transcribe"));
+    assert_eq!(stt[0].fields.get("language").map(String::as_str), Some("en"));
     let (_, _, wav) = stt[0].file.clone().expect("the audio file");
     let heard = voxgate_audio::wav::read_wav_bytes(&wav).expect("a WAV upload");
     let seconds = heard.samples.len() as f64 / f64::from(heard.rate);
     let spoken = voxgate_audio::wav::read_wav_file(&question).unwrap();
     let question_seconds = spoken.samples.len() as f64 / f64::from(spoken.rate);
-    assert!(
-        seconds > question_seconds * 0.6 && seconds < question_seconds + 2.0,
-        "uploaded {seconds:.2} s of a {question_seconds:.2} s question"
-    );
+    assert!(seconds > question_seconds * 0.6 && seconds < question_seconds + 2.0, "uploaded {seconds:.2} s of a {question_seconds:.2} s question");
     let chat = fake.seen(Route::Chat);
     assert_eq!(chat.len(), 1);
     let body = chat[0].json.clone().unwrap();
     assert_eq!(body["model"], "gpt-4.1-mini");
     assert_eq!(body["stream"], true);
     let last = body["messages"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(
-        (last["role"].as_str(), last["content"].as_str()),
-        (Some("user"), Some(QUESTION)),
-        "{body}"
-    );
+    assert_eq!((last["role"].as_str(), last["content"].as_str()), (Some("user"), Some(QUESTION)), "{body}");
     let speech = fake.seen(Route::Speech);
-    let said: Vec<String> = speech
-        .iter()
-        .map(|r| {
-            r.json.as_ref().unwrap()["input"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let said: Vec<String> = speech.iter().map(|r| r.json.as_ref().unwrap()["input"].as_str().unwrap().to_string()).collect();
     assert_eq!(said.join(" "), ANSWER);
     assert_eq!(speech[0].json.as_ref().unwrap()["voice"], "coral");
     assert_eq!(speech[0].json.as_ref().unwrap()["response_format"], "pcm");
@@ -250,10 +154,7 @@ async fn a_spoken_call_through_voxgate_call_runs_every_stage_on_the_openai_serve
     let got = voxgate_audio::wav::read_wav_file(&reply).unwrap();
     let expected = voice_len as f64 / 24_000.0;
     let played = got.samples.len() as f64 / f64::from(got.rate);
-    assert!(
-        played >= expected * 0.95,
-        "played {played:.2} s of {expected:.2} s"
-    );
+    assert!(played >= expected * 0.95, "played {played:.2} s of {expected:.2} s");
 
     // The record, and the API's view of the assistant: no key anywhere.
     let call = last_call(&s).await;
@@ -266,29 +167,14 @@ async fn a_spoken_call_through_voxgate_call_runs_every_stage_on_the_openai_serve
 
 /// A live call driven by typed text: sends `text`, returns the events up to the turn's latency.
 struct Live {
-    tx: futures_util::stream::SplitSink<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-        Message,
-    >,
-    rx: futures_util::stream::SplitStream<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    >,
+    tx: futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, Message>,
+    rx: futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>,
 }
 
 impl Live {
     async fn open(s: &TestServer, id: &str) -> Live {
-        let mut req = s
-            .ws_url(&format!("assistantId={id}"))
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", s.admin).parse().unwrap(),
-        );
+        let mut req = s.ws_url(&format!("assistantId={id}")).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
         let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let (mut tx, rx) = ws.split();
         tx.send(Message::Text(common::START.into())).await.unwrap();
@@ -302,17 +188,12 @@ impl Live {
     async fn until(&mut self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut events = Vec::new();
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(20), self.rx.next())
-                .await
-                .expect("an event within 20 s");
+            let m = tokio::time::timeout(Duration::from_secs(20), self.rx.next()).await.expect("an event within 20 s");
             match m {
                 Some(Ok(Message::Text(t))) => {
                     let e: Value = serde_json::from_str(&t).unwrap();
                     let stop = done(&e);
-                    assert!(
-                        stop || e["type"] != "call-ended",
-                        "the call ended: {events:?} {e}"
-                    );
+                    assert!(stop || e["type"] != "call-ended", "the call ended: {events:?} {e}");
                     events.push(e);
                     if stop {
                         return events;
@@ -326,40 +207,22 @@ impl Live {
 
     /// One typed turn, up to the reply's end.
     async fn say(&mut self, text: &str) -> Vec<Value> {
-        self.tx
-            .send(Message::Text(
-                json!({"type": "text", "text": text}).to_string().into(),
-            ))
-            .await
-            .unwrap();
-        self.until(|e| e["type"] == "bot-speech-stopped" || e["type"] == "error")
-            .await
+        self.tx.send(Message::Text(json!({"type": "text", "text": text}).to_string().into())).await.unwrap();
+        self.until(|e| e["type"] == "bot-speech-stopped" || e["type"] == "error").await
     }
 
     async fn end(mut self) {
-        self.tx
-            .send(Message::Text(r#"{"type":"end"}"#.into()))
-            .await
-            .unwrap();
+        self.tx.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
         self.until(|e| e["type"] == "call-ended").await;
     }
 }
 
 fn assistant_said(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter(|e| e["type"] == "transcript" && e["role"] == "assistant")
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
+    events.iter().filter(|e| e["type"] == "transcript" && e["role"] == "assistant").map(|e| e["text"].as_str().unwrap().to_string()).collect::<Vec<_>>().join(" ")
 }
 
 fn server_error() -> Reply {
-    Reply::error(
-        500,
-        "server_error",
-        "The server had an error while processing your request.",
-    )
+    Reply::error(500, "server_error", "The server had an error while processing your request.")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,10 +240,7 @@ async fn the_local_provider_takes_over_the_turns_openai_fails_and_the_call_goes_
     fake.script(Route::Chat, [server_error(), server_error()]);
     let events = live.say("First question?").await;
     assert_eq!(assistant_said(&events), LOCAL_ANSWER, "{events:?}");
-    assert!(
-        events.iter().all(|e| e["type"] != "error"),
-        "a turn the fallback answered is no error: {events:?}"
-    );
+    assert!(events.iter().all(|e| e["type"] != "error"), "a turn the fallback answered is no error: {events:?}");
 
     // Turn 2: OpenAI is back.
     let events = live.say("Second question?").await;
@@ -388,22 +248,12 @@ async fn the_local_provider_takes_over_the_turns_openai_fails_and_the_call_goes_
 
     // Turn 3: the stream is cut after three words; they are kept, and the local model goes on.
     let cut = chat_events("It is sunny in Paris today.");
-    fake.script(
-        Route::Chat,
-        [Reply::sse(&cut[..4], Duration::from_millis(1), true)],
-    );
+    fake.script(Route::Chat, [Reply::sse(&cut[..4], Duration::from_millis(1), true)]);
     let events = live.say("Third question?").await;
-    assert_eq!(
-        assistant_said(&events),
-        "It is sunny and the rest from here.",
-        "{events:?}"
-    );
+    assert_eq!(assistant_said(&events), "It is sunny and the rest from here.", "{events:?}");
     let requests = local_llm.requests.lock().unwrap().clone();
     let last = requests[1].messages.last().unwrap();
-    assert_eq!(
-        last.content, "It is sunny ",
-        "the local model saw what was said"
-    );
+    assert_eq!(last.content, "It is sunny ", "the local model saw what was said");
 
     // Turn 4: speech fails twice: the local voice speaks the clause, resampled.
     fake.script(Route::Speech, [server_error(), server_error()]);
@@ -413,27 +263,10 @@ async fn the_local_provider_takes_over_the_turns_openai_fails_and_the_call_goes_
 
     let call = last_call(&s).await;
     assert_eq!(call["endedReason"], "customer-ended-call", "{call}");
-    assert_eq!(
-        turns(&call, "assistant"),
-        [
-            LOCAL_ANSWER,
-            ANSWER,
-            "It is sunny and the rest from here.",
-            ANSWER
-        ],
-        "{call}"
-    );
+    assert_eq!(turns(&call, "assistant"), [LOCAL_ANSWER, ANSWER, "It is sunny and the rest from here.", ANSWER], "{call}");
 
     // The takeovers and the pool are in the metrics.
-    let metrics = TestServer::http()
-        .get(s.at("/api/metrics"))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap().text().await.unwrap();
     let value = |name: &str, labels: &str| -> f64 {
         metrics
             .lines()
@@ -442,24 +275,15 @@ async fn the_local_provider_takes_over_the_turns_openai_fails_and_the_call_goes_
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} with {labels} in\n{metrics}"))
     };
-    assert_eq!(
-        value("voxgate_provider_fallbacks_total", "stage=\"llm\""),
-        2.0
-    );
-    assert_eq!(
-        value("voxgate_provider_fallbacks_total", "stage=\"tts\""),
-        1.0
-    );
+    assert_eq!(value("voxgate_provider_fallbacks_total", "stage=\"llm\""), 2.0);
+    assert_eq!(value("voxgate_provider_fallbacks_total", "stage=\"tts\""), 1.0);
     let requests: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("voxgate_openai_requests_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(requests >= 8.0, "{requests} requests counted:\n{metrics}");
-    assert!(
-        metrics.contains("voxgate_openai_connections_opened_total"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("voxgate_openai_connections_opened_total"), "{metrics}");
     assert!(!metrics.contains(KEY));
     s.stop().await;
 }
@@ -473,33 +297,15 @@ async fn a_refused_key_ends_the_turn_with_a_configuration_error_and_the_call_goe
     let mut live = Live::open(&s, &id).await;
 
     fake.script(Route::Chat, [Reply::EchoKey]);
-    live.tx
-        .send(Message::Text(
-            json!({"type": "text", "text": "Hello?"}).to_string().into(),
-        ))
-        .await
-        .unwrap();
+    live.tx.send(Message::Text(json!({"type": "text", "text": "Hello?"}).to_string().into())).await.unwrap();
     let events = live.until(|e| e["type"] == "error").await;
     let error = events.last().unwrap();
     assert_eq!(error["code"], "provider-unauthorized", "{error}");
     let message = error["message"].as_str().unwrap();
-    assert!(
-        message.contains("401") || message.to_lowercase().contains("not authorized"),
-        "{message}"
-    );
-    assert!(
-        !message.contains(KEY) && !message.contains("9f8e7d6c"),
-        "the key leaked: {message}"
-    );
-    assert!(
-        local_llm.requests.lock().unwrap().is_empty(),
-        "a refused key is not hidden behind the fallback"
-    );
-    assert_eq!(
-        fake.seen(Route::Chat).len(),
-        1,
-        "a refused key is not retried"
-    );
+    assert!(message.contains("401") || message.to_lowercase().contains("not authorized"), "{message}");
+    assert!(!message.contains(KEY) && !message.contains("9f8e7d6c"), "the key leaked: {message}");
+    assert!(local_llm.requests.lock().unwrap().is_empty(), "a refused key is not hidden behind the fallback");
+    assert_eq!(fake.seen(Route::Chat).len(), 1, "a refused key is not retried");
 
     // The call is still up, and the next turn is answered.
     let events = live.say("Are you there?").await;
@@ -522,9 +328,6 @@ async fn an_assistant_whose_openai_settings_are_unusable_cannot_start_a_call_and
         .await;
     let error = common::error_before_close(&s, &id).await;
     assert_eq!(error["code"], "providers-unavailable", "{error}");
-    assert!(
-        error["message"].as_str().unwrap().contains("base URL"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("base URL"), "{error}");
     s.stop().await;
 }

@@ -24,16 +24,10 @@ use voxgate_testkit::TestDb;
 const HEARD: &str = "What is the capital of France?";
 const ANSWER: &str = "The capital of France is Paris.";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn server(fake: &Fake) -> (TestServer, String) {
-    let openai = OpenAi::with_own_client(OpenAiConfig {
-        api_key: Some("sk-rt-test".into()),
-        base_url: fake.base.clone(),
-        ..OpenAiConfig::default()
-    })
-    .unwrap();
+    let openai = OpenAi::with_own_client(OpenAiConfig { api_key: Some("sk-rt-test".into()), base_url: fake.base.clone(), ..OpenAiConfig::default() }).unwrap();
     let factory = Arc::new(PerAssistant::new(Arc::new(Scripted), Ok(openai)));
     let s = TestServer::start_with_factory(TestDb::chosen().await, factory, |_| {}).await;
     let id = s
@@ -50,14 +44,8 @@ async fn server(fake: &Fake) -> (TestServer, String) {
 }
 
 async fn open(s: &TestServer, id: &str) -> Ws {
-    let mut req = s
-        .ws_url(&format!("assistantId={id}"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", s.admin).parse().unwrap(),
-    );
+    let mut req = s.ws_url(&format!("assistantId={id}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws.send(Message::Text(common::START.into())).await.unwrap();
     until(&mut ws, |e| e["type"] == "call-started").await;
@@ -68,16 +56,10 @@ async fn open(s: &TestServer, id: &str) -> Ws {
 async fn until(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> (Vec<Value>, usize) {
     let (mut events, mut audio) = (Vec::new(), 0);
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("an event within 20 s")
-        {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("an event within 20 s") {
             Some(Ok(Message::Text(t))) => {
                 let e: Value = serde_json::from_str(&t).unwrap();
-                assert!(
-                    e["type"] != "call-ended" || done(&e),
-                    "the call ended: {events:?} {e}"
-                );
+                assert!(e["type"] != "call-ended" || done(&e), "the call ended: {events:?} {e}");
                 let stop = done(&e);
                 events.push(e);
                 if stop {
@@ -92,15 +74,8 @@ async fn until(ws: &mut Ws, done: impl Fn(&Value) -> bool) -> (Vec<Value>, usize
 }
 
 fn said(events: &[Value], role: &str) -> String {
-    let all: Vec<String> = events
-        .iter()
-        .filter(|e| e["type"] == "transcript" && e["role"] == role)
-        .map(|e| e["text"].as_str().unwrap().to_string())
-        .collect();
-    all.join(" ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let all: Vec<String> = events.iter().filter(|e| e["type"] == "transcript" && e["role"] == role).map(|e| e["text"].as_str().unwrap().to_string()).collect();
+    all.join(" ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Streams `samples` (16 kHz) in real time, 20 ms a message.
@@ -108,9 +83,7 @@ async fn stream(ws: &mut Ws, samples: &[i16]) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     for chunk in samples.chunks(320) {
         tick.tick().await;
-        ws.send(Message::Binary(pcm_bytes(chunk).into()))
-            .await
-            .unwrap();
+        ws.send(Message::Binary(pcm_bytes(chunk).into())).await.unwrap();
     }
 }
 
@@ -127,36 +100,18 @@ async fn typed_and_spoken_turns_are_answered_by_the_realtime_model() {
     let mut ws = open(&s, &id).await;
 
     // The session as configured: our turn detection, the prompt, the voice.
-    let update = rt
-        .wait_for("session.update", 1, Duration::from_secs(5))
-        .await
-        .remove(0);
+    let update = rt.wait_for("session.update", 1, Duration::from_secs(5)).await.remove(0);
     let session = &update["session"];
-    assert_eq!(
-        session["instructions"], "Answer in one short sentence.",
-        "{update}"
-    );
+    assert_eq!(session["instructions"], "Answer in one short sentence.", "{update}");
     assert!(session.to_string().contains("marin"), "{update}");
-    assert!(
-        session["audio"]["input"]["turn_detection"].is_null(),
-        "our turn detection: {update}"
-    );
+    assert!(session["audio"]["input"]["turn_detection"].is_null(), "our turn detection: {update}");
     assert_eq!(rt.connections()[0].model.as_deref(), Some("gpt-realtime"));
 
     // A typed turn.
-    ws.send(Message::Text(
-        json!({"type": "text", "text": "Hello there?"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(json!({"type": "text", "text": "Hello there?"}).to_string().into())).await.unwrap();
     let (events, audio) = until(&mut ws, |e| e["type"] == "bot-speech-stopped").await;
     assert_eq!(said(&events, "assistant"), ANSWER, "{events:?}");
-    assert!(
-        audio >= 25,
-        "0.6 s of reply in 20 ms frames, got {audio} messages"
-    );
+    assert!(audio >= 25, "0.6 s of reply in 20 ms frames, got {audio} messages");
     let typed = rt.events_of("conversation.item.create");
     assert!(typed[0].to_string().contains("Hello there?"), "{typed:?}");
     let (events, _) = until(&mut ws, |e| e["type"] == "latency").await;
@@ -171,11 +126,7 @@ async fn typed_and_spoken_turns_are_answered_by_the_realtime_model() {
     assert_eq!(said(&events, "user"), HEARD, "{events:?}");
     assert_eq!(said(&events, "assistant"), ANSWER, "{events:?}");
     assert_eq!(rt.events_of("input_audio_buffer.commit").len(), 1);
-    assert_eq!(
-        rt.events_of("response.create").len(),
-        2,
-        "one response for each turn"
-    );
+    assert_eq!(rt.events_of("response.create").len(), 2, "one response for each turn");
     let appended: usize = rt
         .events_of("input_audio_buffer.append")
         .iter()
@@ -183,39 +134,18 @@ async fn typed_and_spoken_turns_are_answered_by_the_realtime_model() {
         .sum();
     // The caller's audio at 24 kHz (1.5x the 16 kHz samples), give or take the filter.
     let expected = audio_in.len() * 3 / 2;
-    assert!(
-        appended.abs_diff(expected) < 24_000,
-        "appended {appended} samples, expected about {expected}"
-    );
+    assert!(appended.abs_diff(expected) < 24_000, "appended {appended} samples, expected about {expected}");
 
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     until(&mut ws, |e| e["type"] == "call-ended").await;
 
     // The record: both turns of each side, the model's time on the assistant's turns.
     let http = TestServer::http();
     let mut call = Value::Null;
     for _ in 0..50 {
-        let list: Value = http
-            .get(s.at("/api/calls"))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = http.get(s.at("/api/calls")).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
         let id = list["items"][0]["id"].as_str().unwrap().to_string();
-        call = http
-            .get(s.at(&format!("/api/calls/{id}")))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        call = http.get(s.at(&format!("/api/calls/{id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
         if call["status"] == "ended" {
             break;
         }
@@ -225,22 +155,10 @@ async fn typed_and_spoken_turns_are_answered_by_the_realtime_model() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| {
-            (
-                t["role"].as_str().unwrap().to_string(),
-                t["text"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|t| (t["role"].as_str().unwrap().to_string(), t["text"].as_str().unwrap().to_string()))
         .collect();
-    let expected: Vec<(String, String)> = [
-        ("user", "Hello there?"),
-        ("assistant", ANSWER),
-        ("user", HEARD),
-        ("assistant", ANSWER),
-    ]
-    .iter()
-    .map(|(r, t)| (r.to_string(), t.to_string()))
-    .collect();
+    let expected: Vec<(String, String)> =
+        [("user", "Hello there?"), ("assistant", ANSWER), ("user", HEARD), ("assistant", ANSWER)].iter().map(|(r, t)| (r.to_string(), t.to_string())).collect();
     assert_eq!(turns, expected, "{call}");
     s.stop().await;
 }
@@ -259,13 +177,7 @@ async fn a_barge_in_cancels_the_response_and_truncates_it_at_the_audio_played() 
     let (mut s, id) = server(&fake).await;
     let mut ws = open(&s, &id).await;
 
-    ws.send(Message::Text(
-        json!({"type": "text", "text": "Tell me a story."})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(json!({"type": "text", "text": "Tell me a story."}).to_string().into())).await.unwrap();
     until(&mut ws, |e| e["type"] == "bot-speech-started").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     // The caller talks over it.
@@ -277,16 +189,12 @@ async fn a_barge_in_cancels_the_response_and_truncates_it_at_the_audio_played() 
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             for chunk in audio_in.chunks(320) {
                 tick.tick().await;
-                sink.send(Message::Binary(pcm_bytes(chunk).into()))
-                    .await
-                    .unwrap();
+                sink.send(Message::Binary(pcm_bytes(chunk).into())).await.unwrap();
             }
             sink
         });
         let mut seen = Vec::new();
-        while let Ok(Some(Ok(m))) =
-            tokio::time::timeout(Duration::from_secs(10), source.next()).await
-        {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), source.next()).await {
             if let Message::Text(t) = m {
                 let e: Value = serde_json::from_str(&t).unwrap();
                 let stop = e["type"] == "interruption";
@@ -299,44 +207,23 @@ async fn a_barge_in_cancels_the_response_and_truncates_it_at_the_audio_played() 
         (talker.await.unwrap().reunite(source).unwrap(), seen)
     };
     ws = tx_done;
-    assert!(
-        events.iter().any(|e| e["type"] == "interruption"),
-        "{events:?}"
-    );
+    assert!(events.iter().any(|e| e["type"] == "interruption"), "{events:?}");
 
-    let cancel = rt
-        .wait_for("response.cancel", 1, Duration::from_secs(5))
-        .await;
+    let cancel = rt.wait_for("response.cancel", 1, Duration::from_secs(5)).await;
     assert_eq!(cancel.len(), 1);
-    let truncate = rt
-        .wait_for("conversation.item.truncate", 1, Duration::from_secs(5))
-        .await
-        .remove(0);
+    let truncate = rt.wait_for("conversation.item.truncate", 1, Duration::from_secs(5)).await.remove(0);
     let at = truncate["audio_end_ms"].as_u64().unwrap();
-    assert!(
-        (500..4000).contains(&at),
-        "truncated at {at} ms of a reply interrupted after about 1 s of play"
-    );
+    assert!((500..4000).contains(&at), "truncated at {at} ms of a reply interrupted after about 1 s of play");
     assert_eq!(truncate["content_index"], 0);
 
     // What was played is what the record keeps: a part of the reply.
     if said(&events, "assistant").is_empty() {
-        let (more, _) = until(&mut ws, |e| {
-            e["type"] == "transcript" && e["role"] == "assistant"
-        })
-        .await;
+        let (more, _) = until(&mut ws, |e| e["type"] == "transcript" && e["role"] == "assistant").await;
         events.extend(more);
     }
     let spoken = said(&events, "assistant");
-    assert!(
-        !spoken.is_empty()
-            && spoken.len()
-                < "Here is a very long answer that goes on and on for many seconds.".len(),
-        "{spoken:?}"
-    );
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    assert!(!spoken.is_empty() && spoken.len() < "Here is a very long answer that goes on and on for many seconds.".len(), "{spoken:?}");
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     until(&mut ws, |e| e["type"] == "call-ended").await;
     s.stop().await;
 }
@@ -344,15 +231,11 @@ async fn a_barge_in_cancels_the_response_and_truncates_it_at_the_audio_played() 
 #[tokio::test]
 async fn a_realtime_session_that_cannot_start_ends_the_call_saying_why() {
     let fake = Fake::start().await;
-    fake.realtime()
-        .set(|s| s.require_key = Some("sk-another-key".into()));
+    fake.realtime().set(|s| s.require_key = Some("sk-another-key".into()));
     let (mut s, id) = server(&fake).await;
     let error = common::error_before_close(&s, &id).await;
     assert_eq!(error["code"], "providers-unavailable", "{error}");
     let message = error["message"].as_str().unwrap();
-    assert!(
-        message.contains("speech-to-speech") && !message.contains("sk-rt-test"),
-        "{message}"
-    );
+    assert!(message.contains("speech-to-speech") && !message.contains("sk-rt-test"), "{message}");
     s.stop().await;
 }

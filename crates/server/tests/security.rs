@@ -191,35 +191,17 @@ fn documented_operations() -> BTreeSet<(String, String)> {
 #[test]
 fn the_table_lists_every_route_of_the_api_and_nothing_else() {
     let documented = documented_operations();
-    let tabled: BTreeSet<(String, String)> = TABLE
-        .iter()
-        .filter(|r| r.0 == Kind::Api)
-        .map(|r| (r.1.to_string(), r.2.to_string()))
-        .collect();
+    let tabled: BTreeSet<(String, String)> = TABLE.iter().filter(|r| r.0 == Kind::Api).map(|r| (r.1.to_string(), r.2.to_string())).collect();
     let missing: Vec<_> = documented.difference(&tabled).collect();
-    assert!(
-        missing.is_empty(),
-        "routes missing from the security matrix (add a row to TABLE): {missing:?}"
-    );
+    assert!(missing.is_empty(), "routes missing from the security matrix (add a row to TABLE): {missing:?}");
     let stale: Vec<_> = tabled.difference(&documented).collect();
-    assert!(
-        stale.is_empty(),
-        "rows of the security matrix for routes that do not exist: {stale:?}"
-    );
-    assert_eq!(
-        TABLE.iter().filter(|r| r.0 == Kind::Api).count(),
-        tabled.len(),
-        "a route is listed twice"
-    );
+    assert!(stale.is_empty(), "rows of the security matrix for routes that do not exist: {stale:?}");
+    assert_eq!(TABLE.iter().filter(|r| r.0 == Kind::Api).count(), tabled.len(), "a route is listed twice");
     // The public routes are exactly the rows where no credential is needed.
     for (kind, method, path, row) in TABLE {
         if *kind == Kind::Api {
             let public = voxgate_api::auth::PUBLIC_ROUTES.contains(path);
-            assert_eq!(
-                row[0] != U,
-                public,
-                "{method} {path}: the table and PUBLIC_ROUTES disagree"
-            );
+            assert_eq!(row[0] != U, public, "{method} {path}: the table and PUBLIC_ROUTES disagree");
         }
     }
 }
@@ -228,12 +210,7 @@ fn the_table_lists_every_route_of_the_api_and_nothing_else() {
 // The server and its objects.
 
 fn sign(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&Header::default(), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
 }
 
 fn user_claims(email: &str) -> Value {
@@ -300,47 +277,19 @@ impl Matrix {
 
         let call_token = Self::mint_call_token(&s, &http, &s.admin, &assistant).await;
         let expired_call_token = format!("vg_ct_{}", random_token());
-        s.store
-            .create_call_token(&hash_secret(&expired_call_token), &assistant, None, -1_000)
-            .await
-            .unwrap();
-        let tampered_call_token =
-            tamper(&Self::mint_call_token(&s, &http, &s.admin, &assistant).await);
+        s.store.create_call_token(&hash_secret(&expired_call_token), &assistant, None, -1_000).await.unwrap();
+        let tampered_call_token = tamper(&Self::mint_call_token(&s, &http, &s.admin, &assistant).await);
         let used_call_token = Self::mint_call_token(&s, &http, &s.admin, &assistant).await;
-        assert!(
-            s.store
-                .consume_call_token(&hash_secret(&used_call_token))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(s.store.consume_call_token(&hash_secret(&used_call_token)).await.unwrap().is_some());
         // A private key mints a token, then is revoked before the token is used.
-        let res = http
-            .post(s.at("/api/keys"))
-            .bearer_auth(&s.admin)
-            .json(&json!({"name": "minter", "kind": "private"}))
-            .send()
-            .await
-            .unwrap();
+        let res = http.post(s.at("/api/keys")).bearer_auth(&s.admin).json(&json!({"name": "minter", "kind": "private"})).send().await.unwrap();
         let minter: Value = res.json().await.unwrap();
         let minter_secret = minter["secret"].as_str().unwrap().to_string();
-        let revoked_keys_call_token =
-            Self::mint_call_token(&s, &http, &minter_secret, &assistant).await;
-        let res = http
-            .delete(s.at(&format!(
-                "/api/keys/{}",
-                minter["key"]["id"].as_str().unwrap()
-            )))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap();
+        let revoked_keys_call_token = Self::mint_call_token(&s, &http, &minter_secret, &assistant).await;
+        let res = http.delete(s.at(&format!("/api/keys/{}", minter["key"]["id"].as_str().unwrap()))).bearer_auth(&s.admin).send().await.unwrap();
         assert_eq!(res.status(), 200);
 
-        let jwt_wrong = sign(
-            &user_claims(ADMIN_EMAIL),
-            "another-secret-of-sufficient-length-0123456789",
-        );
+        let jwt_wrong = sign(&user_claims(ADMIN_EMAIL), "another-secret-of-sufficient-length-0123456789");
         let jwt_admin = sign(&user_claims(ADMIN_EMAIL), JWT_SECRET);
         let jwt_user = sign(&user_claims("someone@example.org"), JWT_SECRET);
 
@@ -390,69 +339,25 @@ impl Matrix {
     }
 
     /// A key created and used through the API (so the auth cache holds it), then revoked.
-    async fn revoked(
-        s: &TestServer,
-        http: &reqwest::Client,
-        kind: KeyKind,
-        assistant: &str,
-    ) -> (String, String) {
+    async fn revoked(s: &TestServer, http: &reqwest::Client, kind: KeyKind, assistant: &str) -> (String, String) {
         let body = match kind {
             KeyKind::Public => {
                 json!({"name": "doomed", "kind": "public", "assistantIds": [assistant]})
             }
             KeyKind::Private => json!({"name": "doomed", "kind": "private"}),
         };
-        let created: Value = http
-            .post(s.at("/api/keys"))
-            .bearer_auth(&s.admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created: Value = http.post(s.at("/api/keys")).bearer_auth(&s.admin).json(&body).send().await.unwrap().json().await.unwrap();
         let secret = created["secret"].as_str().unwrap().to_string();
         let id = created["key"]["id"].as_str().unwrap().to_string();
-        assert_eq!(
-            http.get(s.at("/api/me"))
-                .bearer_auth(&secret)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            http.delete(s.at(&format!("/api/keys/{id}")))
-                .bearer_auth(&s.admin)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(http.get(s.at("/api/me")).bearer_auth(&secret).send().await.unwrap().status(), 200);
+        assert_eq!(http.delete(s.at(&format!("/api/keys/{id}"))).bearer_auth(&s.admin).send().await.unwrap().status(), 200);
         (secret, id)
     }
 
-    async fn mint_call_token(
-        s: &TestServer,
-        http: &reqwest::Client,
-        key: &str,
-        assistant: &str,
-    ) -> String {
-        let res = http
-            .post(s.at("/api/calls"))
-            .bearer_auth(key)
-            .json(&json!({"assistantId": assistant}))
-            .send()
-            .await
-            .unwrap();
+    async fn mint_call_token(s: &TestServer, http: &reqwest::Client, key: &str, assistant: &str) -> String {
+        let res = http.post(s.at("/api/calls")).bearer_auth(key).json(&json!({"assistantId": assistant})).send().await.unwrap();
         assert_eq!(res.status(), 201);
-        res.json::<Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        res.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
     }
 
     /// A webhook event given up on (state `failed`), which `retry` accepts.
@@ -472,23 +377,11 @@ impl Matrix {
             .unwrap();
         // No worker runs without WEBHOOK_SECRET: the claim is ours alone.
         let lease = now_ms() + 60_000;
-        let claimed = s
-            .store
-            .claim_webhooks(1000, now_ms() + 1, lease)
-            .await
-            .unwrap();
+        let claimed = s.store.claim_webhooks(1000, now_ms() + 1, lease).await.unwrap();
         for e in claimed {
-            assert!(
-                s.store
-                    .record_webhook_failure(&e.id, lease, Some(500), "matrix", None)
-                    .await
-                    .unwrap()
-            );
+            assert!(s.store.record_webhook_failure(&e.id, lease, Some(500), "matrix", None).await.unwrap());
         }
-        assert_eq!(
-            s.store.get_webhook(&id).await.unwrap().state.as_str(),
-            "failed"
-        );
+        assert_eq!(s.store.get_webhook(&id).await.unwrap().state.as_str(), "failed");
         id
     }
 
@@ -519,11 +412,7 @@ impl Matrix {
         let id = if !template.contains("{id}") {
             String::new()
         } else if template.starts_with("/api/assistants/") {
-            if fresh {
-                self.s.assistant("matrix fresh assistant").await
-            } else {
-                self.assistant.clone()
-            }
+            if fresh { self.s.assistant("matrix fresh assistant").await } else { self.assistant.clone() }
         } else if template == "/api/calls/{id}/control" {
             self.live_call.clone()
         } else if template == "/api/calls/{id}/recording" {
@@ -536,22 +425,13 @@ impl Matrix {
             };
             let wav = self.recordings.path().join(format!("{call}.wav"));
             if !wav.exists() {
-                let spec = hound::WavSpec {
-                    channels: 2,
-                    sample_rate: 16_000,
-                    bits_per_sample: 16,
-                    sample_format: hound::SampleFormat::Int,
-                };
+                let spec = hound::WavSpec { channels: 2, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
                 let mut w = hound::WavWriter::create(&wav, spec).unwrap();
                 for _ in 0..320 {
                     w.write_sample(0i16).unwrap();
                 }
                 w.finalize().unwrap();
-                self.s
-                    .store
-                    .set_recording(&call, &wav.to_string_lossy())
-                    .await
-                    .unwrap();
+                self.s.store.set_recording(&call, &wav.to_string_lossy()).await.unwrap();
             }
             call
         } else if template.starts_with("/api/calls/") {
@@ -579,37 +459,21 @@ impl Matrix {
                 self.file.clone()
             }
         } else if template.starts_with("/api/webhooks/") {
-            if fresh {
-                Self::failed_webhook(&self.s, &self.call, &self.assistant).await
-            } else {
-                self.webhook.clone()
-            }
+            if fresh { Self::failed_webhook(&self.s, &self.call, &self.assistant).await } else { self.webhook.clone() }
         } else {
-            panic!(
-                "{method} {template}: a path parameter the matrix does not know; teach Matrix::target about it"
-            );
+            panic!("{method} {template}: a path parameter the matrix does not know; teach Matrix::target about it");
         };
         let path = template.replace("{id}", &id);
         let body = match (method, template) {
             ("POST", "/api/assistants") => Some(Body::Json(json!({"name": "matrix created"}))),
-            ("PATCH", "/api/assistants/{id}") => {
-                Some(Body::Json(json!({"name": "matrix patched"})))
-            }
+            ("PATCH", "/api/assistants/{id}") => Some(Body::Json(json!({"name": "matrix patched"}))),
             ("POST", "/api/calls") => Some(Body::Json(json!({"assistantId": self.assistant}))),
-            ("POST", "/api/calls/{id}/control") => Some(Body::Json(
-                json!({"type": "add-message", "role": "system", "content": "Be brief."}),
-            )),
-            ("POST", "/api/keys") => Some(Body::Json(
-                json!({"name": "matrix created", "kind": "private"}),
-            )),
+            ("POST", "/api/calls/{id}/control") => Some(Body::Json(json!({"type": "add-message", "role": "system", "content": "Be brief."}))),
+            ("POST", "/api/keys") => Some(Body::Json(json!({"name": "matrix created", "kind": "private"}))),
             ("POST", "/api/auth/login") => {
                 // A fresh code each time: the route is public, the code is the credential.
                 let code = random_token();
-                self.s
-                    .store
-                    .create_login_code(&hash_secret(&code), 60_000)
-                    .await
-                    .unwrap();
+                self.s.store.create_login_code(&hash_secret(&code), 60_000).await.unwrap();
                 Some(Body::Json(json!({"code": code})))
             }
             ("POST", "/api/files") => Some(Body::Upload),
@@ -623,13 +487,7 @@ impl Matrix {
     }
 
     /// One `/api` or UI request with credential `c`.
-    async fn send_http(
-        &self,
-        c: Cred,
-        method: &str,
-        path: &str,
-        body: Option<Body>,
-    ) -> reqwest::Response {
+    async fn send_http(&self, c: Cred, method: &str, path: &str, body: Option<Body>) -> reqwest::Response {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let mut rb = self.http.request(method, self.s.at(path));
         if let Some(secret) = self.secret(c) {
@@ -638,12 +496,10 @@ impl Matrix {
         rb = match body {
             Some(Body::Json(v)) => rb.json(&v),
             Some(Body::Upload) => {
-                let part = reqwest::multipart::Part::bytes(
-                    b"The matrix upload: plain words about opening hours.".to_vec(),
-                )
-                .file_name("matrix.txt")
-                .mime_str("text/plain")
-                .unwrap();
+                let part = reqwest::multipart::Part::bytes(b"The matrix upload: plain words about opening hours.".to_vec())
+                    .file_name("matrix.txt")
+                    .mime_str("text/plain")
+                    .unwrap();
                 rb.multipart(reqwest::multipart::Form::new().part("file", part))
             }
             None => rb,
@@ -658,37 +514,19 @@ impl Matrix {
         let own_origin = self.s.url.clone();
         let (query, bearer, origin) = match c {
             Cred::None => (format!("assistantId={a}"), None, None),
-            Cred::Public | Cred::RevokedPublic => (
-                format!("assistantId={a}&key={}", self.secret(c).unwrap()),
-                None,
-                Some(own_origin),
-            ),
-            Cred::CallToken => (
-                format!(
-                    "token={}",
-                    Self::mint_call_token(&self.s, &self.http, &self.s.admin, a).await
-                ),
-                None,
-                None,
-            ),
-            Cred::ExpiredCallToken
-            | Cred::TamperedCallToken
-            | Cred::UsedCallToken
-            | Cred::RevokedKeysCallToken => {
+            Cred::Public | Cred::RevokedPublic => (format!("assistantId={a}&key={}", self.secret(c).unwrap()), None, Some(own_origin)),
+            Cred::CallToken => (format!("token={}", Self::mint_call_token(&self.s, &self.http, &self.s.admin, a).await), None, None),
+            Cred::ExpiredCallToken | Cred::TamperedCallToken | Cred::UsedCallToken | Cred::RevokedKeysCallToken => {
                 (format!("token={}", self.secret(c).unwrap()), None, None)
             }
             _ => (format!("assistantId={a}"), self.secret(c), None),
         };
         let mut req = self.s.ws_url(&query).into_client_request().unwrap();
         if let Some(b) = bearer {
-            req.headers_mut().insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {b}")).unwrap(),
-            );
+            req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {b}")).unwrap());
         }
         if let Some(o) = origin {
-            req.headers_mut()
-                .insert("origin", HeaderValue::from_str(&o).unwrap());
+            req.headers_mut().insert("origin", HeaderValue::from_str(&o).unwrap());
         }
         match tokio_tungstenite::connect_async(req).await {
             Ok((mut ws, res)) => {
@@ -714,14 +552,7 @@ enum Body {
 }
 
 fn pairs(h: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
+    h.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }
 
 fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -730,42 +561,19 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// The headers `headers.rs` promises on every answer (HSTS only under TLS).
 fn assert_security_headers(h: &[(String, String)], tls: bool, what: &str) {
-    assert_eq!(
-        header(h, "x-content-type-options"),
-        Some("nosniff"),
-        "{what}: {h:?}"
-    );
+    assert_eq!(header(h, "x-content-type-options"), Some("nosniff"), "{what}: {h:?}");
     assert_eq!(header(h, "x-frame-options"), Some("DENY"), "{what}: {h:?}");
-    assert_eq!(
-        header(h, "referrer-policy"),
-        Some("no-referrer"),
-        "{what}: {h:?}"
-    );
-    assert_eq!(
-        header(h, "cross-origin-opener-policy"),
-        Some("same-origin"),
-        "{what}: {h:?}"
-    );
-    let pp = header(h, "permissions-policy")
-        .unwrap_or_else(|| panic!("{what}: no permissions-policy: {h:?}"));
-    assert!(
-        pp.contains("camera=()") && pp.contains("geolocation=()"),
-        "{what}: {pp}"
-    );
-    let csp =
-        header(h, "content-security-policy").unwrap_or_else(|| panic!("{what}: no CSP: {h:?}"));
+    assert_eq!(header(h, "referrer-policy"), Some("no-referrer"), "{what}: {h:?}");
+    assert_eq!(header(h, "cross-origin-opener-policy"), Some("same-origin"), "{what}: {h:?}");
+    let pp = header(h, "permissions-policy").unwrap_or_else(|| panic!("{what}: no permissions-policy: {h:?}"));
+    assert!(pp.contains("camera=()") && pp.contains("geolocation=()"), "{what}: {pp}");
+    let csp = header(h, "content-security-policy").unwrap_or_else(|| panic!("{what}: no CSP: {h:?}"));
     assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
     let html = header(h, "content-type").is_some_and(|t| t.starts_with("text/html"));
     if html {
-        assert!(
-            csp.contains("script-src 'self'") && csp.contains("object-src 'none'"),
-            "{what}: the UI's CSP: {csp}"
-        );
+        assert!(csp.contains("script-src 'self'") && csp.contains("object-src 'none'"), "{what}: the UI's CSP: {csp}");
     } else {
-        assert!(
-            csp.starts_with("default-src 'none'"),
-            "{what}: a non-HTML answer allows nothing: {csp}"
-        );
+        assert!(csp.starts_with("default-src 'none'"), "{what}: a non-HTML answer allows nothing: {csp}");
     }
     match header(h, "strict-transport-security") {
         Some(v) => {
@@ -779,13 +587,7 @@ fn assert_security_headers(h: &[(String, String)], tls: bool, what: &str) {
 
 /// A refusal: the error shape, the right code, a challenge on 401, and nothing of
 /// the credential or of the objects it aimed at in its body.
-fn check_refusal(
-    status: u16,
-    h: &[(String, String)],
-    body: Option<&Value>,
-    raw: &str,
-    forbidden_words: &[String],
-) -> Result<(), String> {
+fn check_refusal(status: u16, h: &[(String, String)], body: Option<&Value>, raw: &str, forbidden_words: &[String]) -> Result<(), String> {
     let body = body.ok_or_else(|| format!("{status} without a JSON body: {raw:?}"))?;
     if !header(h, "content-type").is_some_and(|t| t.starts_with("application/json")) {
         return Err(format!("not JSON: {h:?}"));
@@ -796,22 +598,11 @@ fn check_refusal(
         404 => "not_found",
         other => return Err(format!("{other} is not a refusal")),
     };
-    if body["error"]["code"] != expected_code
-        || body["error"]["message"]
-            .as_str()
-            .is_none_or(|m| m.is_empty())
-    {
-        return Err(format!(
-            "not the error shape with code {expected_code}: {body}"
-        ));
+    if body["error"]["code"] != expected_code || body["error"]["message"].as_str().is_none_or(|m| m.is_empty()) {
+        return Err(format!("not the error shape with code {expected_code}: {body}"));
     }
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-    let inner: BTreeSet<&str> = body["error"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let inner: BTreeSet<&str> = body["error"].as_object().unwrap().keys().map(String::as_str).collect();
     if keys != ["error"] || inner != BTreeSet::from(["code", "message"]) {
         return Err(format!("more than the error shape: {body}"));
     }
@@ -833,19 +624,10 @@ async fn every_route_times_every_credential() {
     let http = m.http.clone();
 
     // A live call for the control route, its events drained in the background.
-    let mut req =
-        m.s.ws_url(&format!("assistantId={}", m.assistant))
-            .into_client_request()
-            .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", m.s.admin)).unwrap(),
-    );
+    let mut req = m.s.ws_url(&format!("assistantId={}", m.assistant)).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", m.s.admin)).unwrap());
     let (mut live, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    m.live_call = start_call(&mut live).await["callId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    m.live_call = start_call(&mut live).await["callId"].as_str().unwrap().to_string();
     let (mut live_tx, mut live_rx) = live.split();
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = live_rx.next().await {} });
 
@@ -866,30 +648,19 @@ async fn every_route_times_every_credential() {
                     (status, headers, body, raw, vec![m.assistant.clone()])
                 }
                 _ => {
-                    let (path, body) = if *kind == Kind::Api {
-                        m.target(method, template, succeeds).await
-                    } else {
-                        (template.to_string(), None)
-                    };
+                    let (path, body) = if *kind == Kind::Api { m.target(method, template, succeeds).await } else { (template.to_string(), None) };
                     let res = m.send_http(*cred, method, &path, body).await;
                     let status = res.status().as_u16();
                     let headers = pairs(res.headers());
                     let raw = String::from_utf8_lossy(&res.bytes().await.unwrap()).into_owned();
                     let body = serde_json::from_str::<Value>(&raw).ok();
-                    let ids: Vec<String> = path
-                        .split('/')
-                        .filter(|s| voxgate_domain::clock::is_id(s))
-                        .map(str::to_string)
-                        .collect();
+                    let ids: Vec<String> = path.split('/').filter(|s| voxgate_domain::clock::is_id(s)).map(str::to_string).collect();
                     (status, headers, body, raw, ids)
                 }
             };
             outcomes.entry((method, template)).or_default().push(status);
             if status != expected {
-                failures.push(format!(
-                    "{what}: expected {expected}, got {status}: {}",
-                    &raw[..raw.len().min(300)]
-                ));
+                failures.push(format!("{what}: expected {expected}, got {status}: {}", &raw[..raw.len().min(300)]));
                 continue;
             }
             assert_security_headers(&headers, false, &what);
@@ -897,28 +668,16 @@ async fn every_route_times_every_credential() {
                 refusals += 1;
                 let mut words = m.secrets.clone();
                 words.extend(aimed_at);
-                words.extend([
-                    "matrix shared assistant".to_string(),
-                    "matrix victim".into(),
-                    "notes.txt".into(),
-                    "hash".into(),
-                ]);
+                words.extend(["matrix shared assistant".to_string(), "matrix victim".into(), "notes.txt".into(), "hash".into()]);
                 if let Err(e) = check_refusal(status, &headers, body.as_ref(), &raw, &words) {
                     failures.push(format!("{what}: {e}"));
                 }
             }
         }
     }
-    let _ = live_tx
-        .send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await;
+    let _ = live_tx.send(Message::Text(r#"{"type":"end"}"#.into())).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
-    assert!(
-        failures.is_empty(),
-        "{} of {cells} cells of the security matrix failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {cells} cells of the security matrix failed:\n{}", failures.len(), failures.join("\n"));
 
     // Nothing a refused request aimed at changed.
     let get = |path: String| {
@@ -933,46 +692,19 @@ async fn every_route_times_every_credential() {
     };
     let a = get(format!("/api/assistants/{}", m.assistant)).await;
     assert_eq!(a["name"], "matrix shared assistant", "{a}");
-    assert!(
-        m.s.store
-            .get_key(&m.key_id)
-            .await
-            .unwrap()
-            .revoked_at
-            .is_none(),
-        "a refused request revoked the victim key"
-    );
+    assert!(m.s.store.get_key(&m.key_id).await.unwrap().revoked_at.is_none(), "a refused request revoked the victim key");
     get(format!("/api/files/{}", m.file)).await;
     let w = get(format!("/api/webhooks/{}", m.webhook)).await;
-    assert_eq!(
-        w["state"], "failed",
-        "a refused retry queued the event again: {w}"
-    );
+    assert_eq!(w["state"], "failed", "a refused retry queued the event again: {w}");
     // Only the cells that were allowed created anything.
     let created = |cells: &[u16]| cells.iter().filter(|s| (200..300).contains(*s)).count();
     let assistants = m.s.store.list_assistants(100, None).await.unwrap();
-    let made = assistants
-        .items
-        .iter()
-        .filter(|a| a.spec.name == "matrix created")
-        .count();
-    assert_eq!(
-        made,
-        created(&outcomes[&("POST", "/api/assistants")]),
-        "assistants created"
-    );
+    let made = assistants.items.iter().filter(|a| a.spec.name == "matrix created").count();
+    assert_eq!(made, created(&outcomes[&("POST", "/api/assistants")]), "assistants created");
     let keys = m.s.store.list_keys().await.unwrap();
     let made = keys.iter().filter(|k| k.name == "matrix created").count();
-    assert_eq!(
-        made,
-        created(&outcomes[&("POST", "/api/keys")]),
-        "keys created"
-    );
-    eprintln!(
-        "security matrix: {} rows x {} credentials = {cells} cells, {refusals} refusals checked",
-        TABLE.len(),
-        CREDS.len()
-    );
+    assert_eq!(made, created(&outcomes[&("POST", "/api/keys")]), "keys created");
+    eprintln!("security matrix: {} rows x {} credentials = {cells} cells, {refusals} refusals checked", TABLE.len(), CREDS.len());
     m.s.stop().await;
 }
 
@@ -999,97 +731,42 @@ struct OriginOutcome {
 async fn origin_outcome(s: &TestServer, origin: &str) -> OriginOutcome {
     let http = TestServer::http();
     let cors = |h: &reqwest::header::HeaderMap, what: &str| -> Option<String> {
-        let acao = h
-            .get("access-control-allow-origin")
-            .map(|v| v.to_str().unwrap().to_string());
-        let others: Vec<&str> = h
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|k| k.starts_with("access-control-"))
-            .collect();
+        let acao = h.get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_string());
+        let others: Vec<&str> = h.keys().map(|k| k.as_str()).filter(|k| k.starts_with("access-control-")).collect();
         if acao.is_none() {
-            assert!(
-                others.is_empty(),
-                "{origin} {what}: CORS headers without an allowed origin: {others:?}"
-            );
+            assert!(others.is_empty(), "{origin} {what}: CORS headers without an allowed origin: {others:?}");
         }
-        assert!(
-            h.get("access-control-allow-credentials").is_none(),
-            "{origin} {what}: credentials are bearer tokens, never cookies"
-        );
-        assert_ne!(
-            acao.as_deref(),
-            Some("*"),
-            "{origin} {what}: a wildcard without ALLOWED_ORIGINS=*"
-        );
+        assert!(h.get("access-control-allow-credentials").is_none(), "{origin} {what}: credentials are bearer tokens, never cookies");
+        assert_ne!(acao.as_deref(), Some("*"), "{origin} {what}: a wildcard without ALLOWED_ORIGINS=*");
         acao
     };
     let res = http
         .request(Method::OPTIONS, s.at("/api/assistants"))
         .header("origin", origin)
         .header("access-control-request-method", "DELETE")
-        .header(
-            "access-control-request-headers",
-            "authorization,content-type",
-        )
+        .header("access-control-request-headers", "authorization,content-type")
         .send()
         .await
         .unwrap();
-    assert!(
-        !res.status().is_server_error(),
-        "{origin}: preflight {}",
-        res.status()
-    );
+    assert!(!res.status().is_server_error(), "{origin}: preflight {}", res.status());
     let preflight = cors(res.headers(), "preflight");
     if preflight.is_some() {
-        let methods = res.headers()["access-control-allow-methods"]
-            .to_str()
-            .unwrap()
-            .to_ascii_uppercase();
+        let methods = res.headers()["access-control-allow-methods"].to_str().unwrap().to_ascii_uppercase();
         assert!(methods.contains("DELETE"), "{methods}");
-        let vary = res
-            .headers()
-            .get("vary")
-            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
-            .unwrap_or_default();
-        assert!(
-            vary.contains("origin"),
-            "{origin}: a per-origin answer varies on Origin: {vary:?}"
-        );
+        let vary = res.headers().get("vary").map(|v| v.to_str().unwrap().to_ascii_lowercase()).unwrap_or_default();
+        assert!(vary.contains("origin"), "{origin}: a per-origin answer varies on Origin: {vary:?}");
     }
-    let res = http
-        .get(s.at("/api/assistants"))
-        .header("origin", origin)
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        res.status(),
-        200,
-        "{origin}: CORS is the browser's check, the server still answers"
-    );
+    let res = http.get(s.at("/api/assistants")).header("origin", origin).bearer_auth(&s.admin).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{origin}: CORS is the browser's check, the server still answers");
     let simple = cors(res.headers(), "GET");
-    let res = http
-        .get(s.at("/api/assistants"))
-        .header("origin", origin)
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(s.at("/api/assistants")).header("origin", origin).send().await.unwrap();
     assert_eq!(res.status(), 401);
     let refusal = cors(res.headers(), "401");
 
     let a = s.assistant("origin check").await;
-    let mut req = s
-        .ws_url(&format!("assistantId={a}"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("origin", HeaderValue::from_str(origin).unwrap());
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap(),
-    );
+    let mut req = s.ws_url(&format!("assistantId={a}")).into_client_request().unwrap();
+    req.headers_mut().insert("origin", HeaderValue::from_str(origin).unwrap());
+    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap());
     let agent = match tokio_tungstenite::connect_async(req).await {
         Ok((mut ws, _)) => {
             start_call(&mut ws).await;
@@ -1097,65 +774,32 @@ async fn origin_outcome(s: &TestServer, origin: &str) -> OriginOutcome {
             101
         }
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
-            let body: Value = serde_json::from_slice(res.body().as_deref().unwrap_or_default())
-                .expect("a JSON refusal");
-            assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("ALLOWED_ORIGINS"),
-                "{body}"
-            );
+            let body: Value = serde_json::from_slice(res.body().as_deref().unwrap_or_default()).expect("a JSON refusal");
+            assert!(body["error"]["message"].as_str().unwrap().contains("ALLOWED_ORIGINS"), "{body}");
             res.status().as_u16()
         }
         Err(e) => panic!("{origin}: {e}"),
     };
-    OriginOutcome {
-        preflight,
-        simple,
-        refusal,
-        agent,
-    }
+    OriginOutcome { preflight, simple, refusal, agent }
 }
 
 fn allowed(origin: &str) -> OriginOutcome {
-    OriginOutcome {
-        preflight: Some(origin.into()),
-        simple: Some(origin.into()),
-        refusal: Some(origin.into()),
-        agent: 101,
-    }
+    OriginOutcome { preflight: Some(origin.into()), simple: Some(origin.into()), refusal: Some(origin.into()), agent: 101 }
 }
 
 fn refused() -> OriginOutcome {
-    OriginOutcome {
-        preflight: None,
-        simple: None,
-        refusal: None,
-        agent: 403,
-    }
+    OriginOutcome { preflight: None, simple: None, refusal: None, agent: 403 }
 }
 
 /// Same origin: no CORS headers needed (none sent), and calls open.
 fn same_origin() -> OriginOutcome {
-    OriginOutcome {
-        preflight: None,
-        simple: None,
-        refusal: None,
-        agent: 101,
-    }
+    OriginOutcome { preflight: None, simple: None, refusal: None, agent: 101 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_and_agent_origin_in_the_single_and_multi_domain_settings() {
-    for (setting, multi) in [
-        ("", false),
-        ("https://app.example.com, https://UI.example.com/", true),
-    ] {
-        let mut s = TestServer::start_with(TestDb::chosen().await, |a| {
-            a.allowed_origins = setting.into()
-        })
-        .await;
+    for (setting, multi) in [("", false), ("https://app.example.com, https://UI.example.com/", true)] {
+        let mut s = TestServer::start_with(TestDb::chosen().await, |a| a.allowed_origins = setting.into()).await;
         let own = s.url.clone();
         let cases: Vec<(&str, OriginOutcome)> = vec![
             (APP, if multi { allowed(APP) } else { refused() }),
@@ -1172,25 +816,11 @@ async fn cors_and_agent_origin_in_the_single_and_multi_domain_settings() {
         ];
         for (origin, expected) in cases {
             let got = origin_outcome(&s, origin).await;
-            assert_eq!(
-                got, expected,
-                "ALLOWED_ORIGINS={setting:?}, Origin: {origin}"
-            );
+            assert_eq!(got, expected, "ALLOWED_ORIGINS={setting:?}, Origin: {origin}");
         }
         // No call was recorded for a refused upgrade: only the allowed ones.
-        let calls = s
-            .store
-            .list_calls(&voxgate_store::calls::CallFilter {
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            calls.items.len(),
-            if multi { 3 } else { 1 },
-            "ALLOWED_ORIGINS={setting:?}"
-        );
+        let calls = s.store.list_calls(&voxgate_store::calls::CallFilter { limit: 100, ..Default::default() }).await.unwrap();
+        assert_eq!(calls.items.len(), if multi { 3 } else { 1 }, "ALLOWED_ORIGINS={setting:?}");
         s.stop().await;
     }
 }
@@ -1208,19 +838,11 @@ struct Cert {
 
 impl Cert {
     fn new() -> Cert {
-        let ck = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-        Cert {
-            pem: ck.cert.pem(),
-            der: Some(ck.cert.der().clone()),
-            dir,
-        }
+        Cert { pem: ck.cert.pem(), der: Some(ck.cert.der().clone()), dir }
     }
 
     /// An RSA certificate (rcgen makes ECDSA ones), so that RSA key exchange and
@@ -1228,17 +850,7 @@ impl Cert {
     async fn rsa() -> Cert {
         let dir = tempfile::tempdir().unwrap();
         let status = tokio::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-            ])
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
             .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
             .arg("-keyout")
             .arg(dir.path().join("key.pem"))
@@ -1251,21 +863,11 @@ impl Cert {
             .expect("openssl is installed (apt-get install openssl)");
         assert!(status.success());
         let pem = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap();
-        Cert {
-            pem,
-            der: None,
-            dir,
-        }
+        Cert { pem, der: None, dir }
     }
 
-    async fn server(
-        &self,
-        tweak: impl FnOnce(&mut voxgate_server::config::ServeArgs),
-    ) -> TestServer {
-        let (c, k) = (
-            self.dir.path().join("cert.pem"),
-            self.dir.path().join("key.pem"),
-        );
+    async fn server(&self, tweak: impl FnOnce(&mut voxgate_server::config::ServeArgs)) -> TestServer {
+        let (c, k) = (self.dir.path().join("cert.pem"), self.dir.path().join("key.pem"));
         TestServer::start_with(TestDb::chosen().await, move |a| {
             a.tls_cert = Some(c);
             a.tls_key = Some(k);
@@ -1276,23 +878,14 @@ impl Cert {
 
     fn http(&self) -> reqwest::Client {
         voxgate_server::init_crypto();
-        reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap()])
-            .build()
-            .unwrap()
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap()]).build().unwrap()
     }
 
     fn rustls(&self) -> Arc<rustls::ClientConfig> {
         voxgate_server::init_crypto();
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.der.clone().expect("an rcgen certificate"))
-            .unwrap();
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        roots.add(self.der.clone().expect("an rcgen certificate")).unwrap();
+        Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
     }
 }
 
@@ -1302,176 +895,42 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
     let mut s = cert
         .server(|a| {
             a.body_limit = 1024;
-            a.rate_limit_api_ip = voxgate_server::config::Rate0(
-                voxgate_api::ratelimit::Rate::parse("40/min").unwrap(),
-            );
+            a.rate_limit_api_ip = voxgate_server::config::Rate0(voxgate_api::ratelimit::Rate::parse("40/min").unwrap());
         })
         .await;
     let http = cert.http();
     let a = {
-        let res = http
-            .post(s.at("/api/assistants"))
-            .bearer_auth(&s.admin)
-            .json(&json!({"name": "headers"}))
-            .send()
-            .await
-            .unwrap();
+        let res = http.post(s.at("/api/assistants")).bearer_auth(&s.admin).json(&json!({"name": "headers"})).send().await.unwrap();
         assert_eq!(res.status(), 201);
-        res.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
     };
     let public = s.key(KeyKind::Public, &[&a]).await;
-    let index = http
-        .get(s.at("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let asset = index
-        .split('"')
-        .find(|p| p.starts_with("/assets/"))
-        .expect("an asset in index.html")
-        .to_string();
+    let index = http.get(s.at("/")).send().await.unwrap().text().await.unwrap();
+    let asset = index.split('"').find(|p| p.starts_with("/assets/")).expect("an asset in index.html").to_string();
 
     // (what, method, path, key, body, expected status)
-    type Case<'a> = (
-        &'a str,
-        Method,
-        String,
-        Option<&'a str>,
-        Option<String>,
-        u16,
-    );
+    type Case<'a> = (&'a str, Method, String, Option<&'a str>, Option<String>, u16);
     let big = "x".repeat(4096);
     let cases: Vec<Case> = vec![
         ("the UI", Method::GET, "/".into(), None, None, 200),
         ("a UI route", Method::GET, "/calls".into(), None, None, 200),
         ("a hashed asset", Method::GET, asset, None, None, 200),
-        (
-            "config.json",
-            Method::GET,
-            "/config.json".into(),
-            None,
-            None,
-            200,
-        ),
-        (
-            "a missing asset",
-            Method::GET,
-            "/assets/missing.js".into(),
-            None,
-            None,
-            404,
-        ),
-        (
-            "a write to the UI",
-            Method::POST,
-            "/".into(),
-            None,
-            None,
-            405,
-        ),
+        ("config.json", Method::GET, "/config.json".into(), None, None, 200),
+        ("a missing asset", Method::GET, "/assets/missing.js".into(), None, None, 404),
+        ("a write to the UI", Method::POST, "/".into(), None, None, 405),
         ("health", Method::GET, "/api/health".into(), None, None, 200),
-        (
-            "a JSON read",
-            Method::GET,
-            format!("/api/assistants/{a}"),
-            Some(&s.admin),
-            None,
-            200,
-        ),
-        (
-            "a 401",
-            Method::GET,
-            "/api/assistants".into(),
-            None,
-            None,
-            401,
-        ),
-        (
-            "a 403",
-            Method::GET,
-            "/api/keys".into(),
-            Some(&public),
-            None,
-            403,
-        ),
-        (
-            "a 404",
-            Method::GET,
-            "/api/nope".into(),
-            Some(&s.admin),
-            None,
-            404,
-        ),
-        (
-            "a 405",
-            Method::PUT,
-            "/api/health".into(),
-            Some(&s.admin),
-            None,
-            405,
-        ),
-        (
-            "a 400",
-            Method::POST,
-            "/api/assistants".into(),
-            Some(&s.admin),
-            Some("{nope".into()),
-            400,
-        ),
-        (
-            "a 413",
-            Method::POST,
-            "/api/assistants".into(),
-            Some(&s.admin),
-            Some(format!("{{\"name\":\"{big}\"}}")),
-            413,
-        ),
-        (
-            "a 415",
-            Method::POST,
-            "/api/files".into(),
-            Some(&s.admin),
-            Some("{}".into()),
-            415,
-        ),
-        (
-            "a 422",
-            Method::POST,
-            "/api/assistants".into(),
-            Some(&s.admin),
-            Some("{\"nope\":1}".into()),
-            422,
-        ),
-        (
-            "/agent without an upgrade",
-            Method::GET,
-            "/agent".into(),
-            None,
-            None,
-            400,
-        ),
-        (
-            "metrics text",
-            Method::GET,
-            "/api/metrics".into(),
-            Some(&s.admin),
-            None,
-            200,
-        ),
-        (
-            "a new key",
-            Method::POST,
-            "/api/keys".into(),
-            Some(&s.admin),
-            Some("{\"name\":\"fresh\",\"kind\":\"private\"}".into()),
-            201,
-        ),
+        ("a JSON read", Method::GET, format!("/api/assistants/{a}"), Some(&s.admin), None, 200),
+        ("a 401", Method::GET, "/api/assistants".into(), None, None, 401),
+        ("a 403", Method::GET, "/api/keys".into(), Some(&public), None, 403),
+        ("a 404", Method::GET, "/api/nope".into(), Some(&s.admin), None, 404),
+        ("a 405", Method::PUT, "/api/health".into(), Some(&s.admin), None, 405),
+        ("a 400", Method::POST, "/api/assistants".into(), Some(&s.admin), Some("{nope".into()), 400),
+        ("a 413", Method::POST, "/api/assistants".into(), Some(&s.admin), Some(format!("{{\"name\":\"{big}\"}}")), 413),
+        ("a 415", Method::POST, "/api/files".into(), Some(&s.admin), Some("{}".into()), 415),
+        ("a 422", Method::POST, "/api/assistants".into(), Some(&s.admin), Some("{\"nope\":1}".into()), 422),
+        ("/agent without an upgrade", Method::GET, "/agent".into(), None, None, 400),
+        ("metrics text", Method::GET, "/api/metrics".into(), Some(&s.admin), None, 200),
+        ("a new key", Method::POST, "/api/keys".into(), Some(&s.admin), Some("{\"name\":\"fresh\",\"kind\":\"private\"}".into()), 201),
     ];
     for (what, method, path, key, body, status) in &cases {
         let mut rb = http.request(method.clone(), s.at(path));
@@ -1479,9 +938,7 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
             rb = rb.bearer_auth(k);
         }
         if let Some(b) = body {
-            rb = rb
-                .header("content-type", "application/json")
-                .body(b.clone());
+            rb = rb.header("content-type", "application/json").body(b.clone());
         }
         let res = rb.send().await.unwrap();
         assert_eq!(res.status().as_u16(), *status, "{what}: {path}");
@@ -1489,22 +946,13 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
         assert_security_headers(&h, true, what);
         if path.starts_with("/api/") {
             // Keys, transcripts, recordings: never kept by a cache.
-            assert_eq!(
-                header(&h, "cache-control"),
-                Some("no-store"),
-                "{what}: {h:?}"
-            );
+            assert_eq!(header(&h, "cache-control"), Some("no-store"), "{what}: {h:?}");
         }
     }
     // A 429 (the per-address limit above), once the budget is spent.
     let mut limited = None;
     for _ in 0..60 {
-        let res = http
-            .get(s.at("/api/me"))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap();
+        let res = http.get(s.at("/api/me")).bearer_auth(&s.admin).send().await.unwrap();
         if res.status() == 429 {
             limited = Some(res);
             break;
@@ -1516,40 +964,21 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
 
     // The WebSocket: the 101 and a refused upgrade.
     let connector = || Some(tokio_tungstenite::Connector::Rustls(cert.rustls()));
-    let mut req = s
-        .ws_url(&format!("assistantId={a}"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap(),
-    );
-    let (mut ws, res) =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector())
-            .await
-            .unwrap();
+    let mut req = s.ws_url(&format!("assistantId={a}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap());
+    let (mut ws, res) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector()).await.unwrap();
     assert_security_headers(&pairs(res.headers()), true, "the 101 of /agent");
     start_call(&mut ws).await;
     let _ = ws.close(None).await;
-    let mut req = s
-        .ws_url(&format!("assistantId={a}"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("origin", HeaderValue::from_static(EVIL));
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap(),
-    );
+    let mut req = s.ws_url(&format!("assistantId={a}")).into_client_request().unwrap();
+    req.headers_mut().insert("origin", HeaderValue::from_static(EVIL));
+    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap());
     match tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
             assert_eq!(res.status(), 403);
             assert_security_headers(&pairs(res.headers()), true, "a refused upgrade");
         }
-        other => panic!(
-            "an upgrade from {EVIL}: {:?}",
-            other.map(|(_, r)| r.status())
-        ),
+        other => panic!("an upgrade from {EVIL}: {:?}", other.map(|(_, r)| r.status())),
     }
     s.stop().await;
 }
@@ -1557,28 +986,14 @@ async fn security_headers_on_every_kind_of_answer_under_tls() {
 /// `openssl s_client` against the server with `args`; (success, everything it printed).
 async fn s_client(port: u16, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-            "-servername",
-            "localhost",
-            "-brief",
-        ])
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "localhost", "-brief"])
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
         .await
         .expect("openssl is installed (apt-get install openssl)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success() && text.contains("Protocol version"),
-        text,
-    )
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success() && text.contains("Protocol version"), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1586,12 +1001,7 @@ async fn tls_accepts_only_1_2_and_1_3_with_modern_suites() {
     // With an ECDSA and with an RSA certificate: each suite below can only be
     // negotiated with a key of its kind, so each weak suite is offered where a
     // permissive server would take it.
-    let weak_ecdsa = [
-        "ECDHE-ECDSA-AES128-SHA",
-        "ECDHE-ECDSA-AES256-SHA",
-        "ECDHE-ECDSA-AES128-SHA256",
-        "ECDHE-ECDSA-AES256-SHA384",
-    ];
+    let weak_ecdsa = ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384"];
     let weak_rsa = [
         "ECDHE-RSA-AES128-SHA",
         "ECDHE-RSA-AES256-SHA384",
@@ -1602,82 +1012,40 @@ async fn tls_accepts_only_1_2_and_1_3_with_modern_suites() {
         "AES256-SHA256",
         "DES-CBC3-SHA",
     ];
-    for (cert, weak) in [
-        (Cert::new(), &weak_ecdsa[..]),
-        (Cert::rsa().await, &weak_rsa[..]),
-    ] {
+    for (cert, weak) in [(Cert::new(), &weak_ecdsa[..]), (Cert::rsa().await, &weak_rsa[..])] {
         let mut s = cert.server(|_| {}).await;
         let port = s.addr.port();
-        let key = if weak.len() == weak_rsa.len() {
-            "RSA"
-        } else {
-            "ECDSA"
-        };
+        let key = if weak.len() == weak_rsa.len() { "RSA" } else { "ECDSA" };
 
         // TLS 1.3, with each of its suites.
-        for suite in [
-            "TLS_AES_128_GCM_SHA256",
-            "TLS_AES_256_GCM_SHA384",
-            "TLS_CHACHA20_POLY1305_SHA256",
-        ] {
+        for suite in ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"] {
             let (ok, text) = s_client(port, &["-tls1_3", "-ciphersuites", suite]).await;
-            assert!(
-                ok && text.contains("Protocol version: TLSv1.3") && text.contains(suite),
-                "{key}: TLS 1.3 with {suite}:\n{text}"
-            );
+            assert!(ok && text.contains("Protocol version: TLSv1.3") && text.contains(suite), "{key}: TLS 1.3 with {suite}:\n{text}");
         }
         // TLS 1.2: a forward-secret AEAD suite, even when the client offers weak
         // ones too (at security level 0, every suite it has).
         for offer in ["DEFAULT", "ALL:@SECLEVEL=0"] {
             let (ok, text) = s_client(port, &["-tls1_2", "-cipher", offer]).await;
-            assert!(
-                ok && text.contains("Protocol version: TLSv1.2"),
-                "{key}: TLS 1.2 offering {offer}:\n{text}"
-            );
-            let suite = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Ciphersuite: "))
-                .expect("the suite")
-                .trim()
-                .to_string();
-            assert!(
-                suite.starts_with("ECDHE-")
-                    && (suite.contains("GCM") || suite.contains("CHACHA20")),
-                "{key}: TLS 1.2 negotiated {suite}"
-            );
+            assert!(ok && text.contains("Protocol version: TLSv1.2"), "{key}: TLS 1.2 offering {offer}:\n{text}");
+            let suite = text.lines().find_map(|l| l.strip_prefix("Ciphersuite: ")).expect("the suite").trim().to_string();
+            assert!(suite.starts_with("ECDHE-") && (suite.contains("GCM") || suite.contains("CHACHA20")), "{key}: TLS 1.2 negotiated {suite}");
         }
         // Weak TLS 1.2 suites alone: CBC, no forward secrecy, 3DES.
         for w in weak {
-            let (ok, text) =
-                s_client(port, &["-tls1_2", "-cipher", &format!("{w}:@SECLEVEL=0")]).await;
+            let (ok, text) = s_client(port, &["-tls1_2", "-cipher", &format!("{w}:@SECLEVEL=0")]).await;
             assert!(!ok, "{key}: TLS 1.2 with {w} was accepted:\n{text}");
-            assert!(
-                !text.contains("no ciphers available"),
-                "{key}: the client could not offer {w}, so this proves nothing:\n{text}"
-            );
+            assert!(!text.contains("no ciphers available"), "{key}: the client could not offer {w}, so this proves nothing:\n{text}");
         }
         // TLS 1.0 and 1.1: refused by the server ("no protocols available" would
         // mean the client refused, proving nothing).
         for (flag, name) in [("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")] {
             let (ok, text) = s_client(port, &[flag, "-cipher", "ALL:@SECLEVEL=0"]).await;
-            assert!(
-                !ok && !text.contains(&format!("Protocol version: {name}\n")),
-                "{key}: {name} was accepted:\n{text}"
-            );
-            assert!(
-                !text.contains("no protocols available"),
-                "{key}: the client did not offer {name}:\n{text}"
-            );
-            assert!(
-                text.to_lowercase().contains("alert") || text.contains("wrong version"),
-                "{key}: {name}: no refusal from the server?\n{text}"
-            );
+            assert!(!ok && !text.contains(&format!("Protocol version: {name}\n")), "{key}: {name} was accepted:\n{text}");
+            assert!(!text.contains("no protocols available"), "{key}: the client did not offer {name}:\n{text}");
+            assert!(text.to_lowercase().contains("alert") || text.contains("wrong version"), "{key}: {name}: no refusal from the server?\n{text}");
         }
         // The server is fine after all that.
-        assert!(
-            s_client(port, &["-tls1_3"]).await.0,
-            "{key}: the server stopped answering"
-        );
+        assert!(s_client(port, &["-tls1_3"]).await.0, "{key}: the server stopped answering");
         s.stop().await;
     }
 }
@@ -1696,14 +1064,10 @@ async fn hook_receiver() -> (String, Deliveries) {
     let app = axum::Router::new()
         .route(
             "/hook",
-            axum::routing::post(
-                |axum::extract::State(got): axum::extract::State<Deliveries>,
-                 headers: axum::http::HeaderMap,
-                 body: String| async move {
-                    got.lock().unwrap().push((format!("{headers:?}"), body));
-                    axum::http::StatusCode::NO_CONTENT
-                },
-            ),
+            axum::routing::post(|axum::extract::State(got): axum::extract::State<Deliveries>, headers: axum::http::HeaderMap, body: String| async move {
+                got.lock().unwrap().push((format!("{headers:?}"), body));
+                axum::http::StatusCode::NO_CONTENT
+            }),
         )
         .with_state(got.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1721,11 +1085,7 @@ async fn line_in(path: &std::path::Path, find: impl Fn(&str) -> Option<String>) 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!(
-        "not found in {}:\n{}",
-        path.display(),
-        std::fs::read_to_string(path).unwrap_or_default()
-    );
+    panic!("not found in {}:\n{}", path.display(), std::fs::read_to_string(path).unwrap_or_default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1739,16 +1099,8 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
     let (out_path, err_path) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
 
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxgate"));
-    cmd.args(["serve", "--bind", "127.0.0.1:0", "--providers", "cloud"])
-        .kill_on_drop(true);
-    for var in [
-        "RUST_LOG",
-        "ROLE",
-        "BIND",
-        "ALLOWED_ORIGINS",
-        "VOXGATE_KEY",
-        "SENTRY_DSN",
-    ] {
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--providers", "cloud"]).kill_on_drop(true);
+    for var in ["RUST_LOG", "ROLE", "BIND", "ALLOWED_ORIGINS", "VOXGATE_KEY", "SENTRY_DSN"] {
         cmd.env_remove(var);
     }
     cmd.env("DATABASE_URL", &db.url)
@@ -1768,17 +1120,8 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap());
     let mut child = cmd.spawn().expect("the binary starts");
-    let url = line_in(&out_path, |l| {
-        l.strip_prefix("voxgate is listening on ")
-            .and_then(|r| r.split_whitespace().next())
-            .map(str::to_owned)
-    })
-    .await;
-    let code = line_in(&out_path, |l| {
-        l.split_once("/login#code=")
-            .map(|(_, c)| c.trim().to_string())
-    })
-    .await;
+    let url = line_in(&out_path, |l| l.strip_prefix("voxgate is listening on ").and_then(|r| r.split_whitespace().next()).map(str::to_owned)).await;
+    let code = line_in(&out_path, |l| l.split_once("/login#code=").map(|(_, c)| c.trim().to_string())).await;
     let http = TestServer::http();
     let at = |p: &str| format!("{url}{p}");
     // Every answer the run got, headers and body.
@@ -1792,15 +1135,7 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
     }
 
     // Sign in with the login code; an assistant on the OpenAI-compatible server.
-    let (status, created) = keep(
-        &mut answers,
-        http.post(at("/api/auth/login"))
-            .json(&json!({"code": code}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, created) = keep(&mut answers, http.post(at("/api/auth/login")).json(&json!({"code": code})).send().await.unwrap()).await;
     assert_eq!(status, 201, "{created}");
     let sk = created["secret"].as_str().unwrap().to_string();
     let spec = json!({
@@ -1811,80 +1146,31 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
         "model": {"provider": "openai", "model": "gpt-4.1-mini"},
         "voice": {"provider": "openai", "model": "gpt-4o-mini-tts", "voice": "coral"},
     });
-    let (status, a) = keep(
-        &mut answers,
-        http.post(at("/api/assistants"))
-            .bearer_auth(&sk)
-            .json(&spec)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, a) = keep(&mut answers, http.post(at("/api/assistants")).bearer_auth(&sk).json(&spec).send().await.unwrap()).await;
     assert_eq!(status, 201, "{a}");
     let a = a["id"].as_str().unwrap().to_string();
     let (_, pk) = keep(
         &mut answers,
-        http.post(at("/api/keys"))
-            .bearer_auth(&sk)
-            .json(&json!({"name": "web", "kind": "public", "assistantIds": [a]}))
-            .send()
-            .await
-            .unwrap(),
+        http.post(at("/api/keys")).bearer_auth(&sk).json(&json!({"name": "web", "kind": "public", "assistantIds": [a]})).send().await.unwrap(),
     )
     .await;
     let pk = pk["secret"].as_str().unwrap().to_string();
     let jwt = sign(&user_claims(ADMIN_EMAIL), JWT_SECRET);
-    let (status, _) = keep(
-        &mut answers,
-        http.get(at("/api/assistants"))
-            .bearer_auth(&jwt)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = keep(&mut answers, http.get(at("/api/assistants")).bearer_auth(&jwt).send().await.unwrap()).await;
     assert_eq!(status, 200);
-    let (status, _) = keep(
-        &mut answers,
-        http.get(at("/api/me"))
-            .bearer_auth(&pk)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = keep(&mut answers, http.get(at("/api/me")).bearer_auth(&pk).send().await.unwrap()).await;
     assert_eq!(status, 200);
 
     // A call opened with a call token: a typed question answered by the provider,
     // then a turn the provider refuses (echoing the key, as OpenAI does).
-    let (status, token) = keep(
-        &mut answers,
-        http.post(at("/api/calls"))
-            .bearer_auth(&sk)
-            .json(&json!({"assistantId": a}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, token) = keep(&mut answers, http.post(at("/api/calls")).bearer_auth(&sk).json(&json!({"assistantId": a})).send().await.unwrap()).await;
     assert_eq!(status, 201);
     let call_token = token["token"].as_str().unwrap().to_string();
-    let ws_url = format!(
-        "{}{}",
-        url.replacen("http", "ws", 1),
-        token["agentPath"].as_str().unwrap()
-    );
+    let ws_url = format!("{}{}", url.replacen("http", "ws", 1), token["agentPath"].as_str().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     let mut events = vec![start_call(&mut ws).await];
     let call_id = events[0]["callId"].as_str().unwrap().to_string();
-    ws.send(Message::Text(
-        json!({"type": "text", "text": "What is the capital of France?"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(json!({"type": "text", "text": "What is the capital of France?"}).to_string().into())).await.unwrap();
     loop {
         let e = common::next_event(&mut ws).await.expect("the reply");
         events.push(e.clone());
@@ -1893,13 +1179,7 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
         }
     }
     fake.script(Route::Chat, [Reply::EchoKey]);
-    ws.send(Message::Text(
-        json!({"type": "text", "text": "And Spain?"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(json!({"type": "text", "text": "And Spain?"}).to_string().into())).await.unwrap();
     loop {
         let e = common::next_event(&mut ws).await.expect("the error");
         events.push(e.clone());
@@ -1907,87 +1187,33 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
             break;
         }
     }
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     while let Some(e) = common::next_event(&mut ws).await {
         events.push(e);
     }
     let seen = fake.seen(Route::Chat);
-    assert_eq!(
-        seen[0].authorization.as_deref(),
-        Some(format!("Bearer {OPENAI_KEY}").as_str()),
-        "the run used the provider key"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["type"] == "transcript" && e["role"] == "assistant"),
-        "{events:#?}"
-    );
+    assert_eq!(seen[0].authorization.as_deref(), Some(format!("Bearer {OPENAI_KEY}").as_str()), "the run used the provider key");
+    assert!(events.iter().any(|e| e["type"] == "transcript" && e["role"] == "assistant"), "{events:#?}");
 
     // The end-of-call report arrives, signed.
     for _ in 0..300 {
-        if hooks
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, b)| b.contains("end-of-call-report"))
-        {
+        if hooks.lock().unwrap().iter().any(|(_, b)| b.contains("end-of-call-report")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        hooks
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, b)| b.contains("end-of-call-report")),
-        "no end-of-call report delivered"
-    );
+    assert!(hooks.lock().unwrap().iter().any(|(_, b)| b.contains("end-of-call-report")), "no end-of-call report delivered");
 
     // What the API shows of it all, and refusals of every kind.
-    let (_, list) = keep(
-        &mut answers,
-        http.get(at("/api/webhooks?limit=100"))
-            .bearer_auth(&sk)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = keep(&mut answers, http.get(at("/api/webhooks?limit=100")).bearer_auth(&sk).send().await.unwrap()).await;
     for item in list["items"].as_array().unwrap() {
-        keep(
-            &mut answers,
-            http.get(at(&format!(
-                "/api/webhooks/{}",
-                item["id"].as_str().unwrap()
-            )))
-            .bearer_auth(&sk)
-            .send()
-            .await
-            .unwrap(),
-        )
-        .await;
+        keep(&mut answers, http.get(at(&format!("/api/webhooks/{}", item["id"].as_str().unwrap()))).bearer_auth(&sk).send().await.unwrap()).await;
     }
-    for path in [
-        format!("/api/calls/{call_id}"),
-        "/api/providers".into(),
-        "/api/keys".into(),
-        "/api/openapi.json".into(),
-    ] {
-        let (status, _) = keep(
-            &mut answers,
-            http.get(at(&path)).bearer_auth(&sk).send().await.unwrap(),
-        )
-        .await;
+    for path in [format!("/api/calls/{call_id}"), "/api/providers".into(), "/api/keys".into(), "/api/openapi.json".into()] {
+        let (status, _) = keep(&mut answers, http.get(at(&path)).bearer_auth(&sk).send().await.unwrap()).await;
         assert_eq!(status, 200, "{path}");
     }
-    let wrong_jwt = sign(
-        &user_claims(ADMIN_EMAIL),
-        "not-the-secret-but-long-enough-0123456789",
-    );
+    let wrong_jwt = sign(&user_claims(ADMIN_EMAIL), "not-the-secret-but-long-enough-0123456789");
     let refusals: Vec<(&str, Option<String>, u16)> = vec![
         ("/api/keys", None, 401),
         ("/api/keys", Some(pk.clone()), 403),
@@ -2008,70 +1234,31 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
         assert_eq!(status, expected, "{key:?}: {body}");
     }
     // A used call token, a bad one, a bad query: refusals of the upgrade.
-    for q in [
-        format!("token={call_token}"),
-        "token=vg_ct_guess".into(),
-        format!("assistantId={a}&key={sk}x"),
-    ] {
-        match tokio_tungstenite::connect_async(format!(
-            "{}/agent?{q}",
-            url.replacen("http", "ws", 1)
-        ))
-        .await
-        {
+    for q in [format!("token={call_token}"), "token=vg_ct_guess".into(), format!("assistantId={a}&key={sk}x")] {
+        match tokio_tungstenite::connect_async(format!("{}/agent?{q}", url.replacen("http", "ws", 1))).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
-                answers.push(format!(
-                    "{:?}\n{}",
-                    res.headers(),
-                    String::from_utf8_lossy(res.body().as_deref().unwrap_or_default())
-                ));
+                answers.push(format!("{:?}\n{}", res.headers(), String::from_utf8_lossy(res.body().as_deref().unwrap_or_default())));
             }
             other => panic!("{q}: {:?}", other.map(|(_, r)| r.status())),
         }
     }
-    let (status, _) = keep(
-        &mut answers,
-        http.get(at("/api/metrics"))
-            .bearer_auth(METRICS_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = keep(&mut answers, http.get(at("/api/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap()).await;
     assert_eq!(status, 200);
     let metrics = answers.last().unwrap().clone();
-    assert!(
-        metrics.contains("voxgate_http_requests_total") && metrics.contains("voxgate_webhook"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("voxgate_http_requests_total") && metrics.contains("voxgate_webhook"), "{metrics}");
 
     // Stop it, and read what it wrote.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status();
-    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("it stops")
-        .unwrap();
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().unwrap().to_string()]).status();
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("it stops").unwrap();
     assert!(exit.success(), "{exit}");
     let stdout = std::fs::read_to_string(&out_path).unwrap();
     let stderr = std::fs::read_to_string(&err_path).unwrap();
     // The login link is printed once, by design, for the person who starts the server.
     let login_line = format!("{url}/login#code={code}");
-    assert_eq!(
-        stdout.matches(&code).count(),
-        1,
-        "the login code is printed once, in the link"
-    );
+    assert_eq!(stdout.matches(&code).count(), 1, "the login code is printed once, in the link");
     let logs = format!("{}\n{stderr}", stdout.replace(&login_line, "<login link>"));
-    assert!(
-        logs.contains("call started") && logs.contains("request"),
-        "the logs are not what this test expects:\n{logs}"
-    );
-    assert!(
-        logs.lines().count() > 50,
-        "too few log lines to prove anything:\n{logs}"
-    );
+    assert!(logs.contains("call started") && logs.contains("request"), "the logs are not what this test expects:\n{logs}");
+    assert!(logs.lines().count() > 50, "too few log lines to prove anything:\n{logs}");
 
     // (what, the value, whether the API shows it once by design: a key in the answer
     // that creates it, a call token in the answer that mints it)
@@ -2085,48 +1272,21 @@ async fn no_secret_reaches_logs_events_errors_metrics_or_webhooks() {
         ("the private key's tail", sk[12..].into(), true),
         ("the public key's tail", pk[12..].into(), true),
         ("the call token's tail", call_token[12..].into(), true),
-        (
-            "the user token's signature",
-            jwt.rsplit('.').next().unwrap().into(),
-            false,
-        ),
+        ("the user token's signature", jwt.rsplit('.').next().unwrap().into(), false),
         ("the login code", code.clone(), false),
     ];
-    if let Some(password) = reqwest::Url::parse(&db.url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_owned))
-        .filter(|p| p.len() >= 4)
-    {
+    if let Some(password) = reqwest::Url::parse(&db.url).ok().and_then(|u| u.password().map(str::to_owned)).filter(|p| p.len() >= 4) {
         secrets.push(("the database password", password, false));
     }
-    let webhooks: Vec<String> = hooks
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(h, b)| format!("{h}\n{b}"))
-        .collect();
+    let webhooks: Vec<String> = hooks.lock().unwrap().iter().map(|(h, b)| format!("{h}\n{b}")).collect();
     let event_text: Vec<String> = events.iter().map(Value::to_string).collect();
-    let (showing, other_answers): (Vec<String>, Vec<String>) = answers
-        .into_iter()
-        .partition(|a| a.contains("\"secret\":") || a.contains("\"agentPath\":"));
-    assert_eq!(
-        showing.len(),
-        4,
-        "the login, the public key, the call token: {showing:#?}"
-    );
+    let (showing, other_answers): (Vec<String>, Vec<String>) = answers.into_iter().partition(|a| a.contains("\"secret\":") || a.contains("\"agentPath\":"));
+    assert_eq!(showing.len(), 4, "the login, the public key, the call token: {showing:#?}");
     let places: Vec<(&str, Vec<String>, bool)> = vec![
         ("the logs", vec![logs], false),
         ("the call's events", event_text, false),
-        (
-            "the API's answers (errors, metrics, webhook bodies)",
-            other_answers,
-            false,
-        ),
-        (
-            "the answers that create a key or a call token",
-            showing,
-            true,
-        ),
+        ("the API's answers (errors, metrics, webhook bodies)", other_answers, false),
+        ("the answers that create a key or a call token", showing, true),
         ("the webhook deliveries", webhooks, false),
     ];
     for (place, texts, shows_by_design) in &places {
@@ -2161,101 +1321,60 @@ async fn hostile_upload_names_write_nothing_outside_the_files_folder() {
     let names: Vec<(&str, Vec<u8>)> = vec![
         ("filename", format!("..%2F..%2F{escape}").into_bytes()),
         ("filename", format!("....//....//{escape}").into_bytes()),
-        (
-            "filename",
-            format!("..\u{2215}..\u{2215}{escape}").into_bytes(),
-        ),
-        (
-            "filename",
-            format!("C:\\Windows\\..\\..\\{escape}").into_bytes(),
-        ),
-        (
-            "filename",
-            format!("{}/{escape}", root.path().display()).into_bytes(),
-        ),
+        ("filename", format!("..\u{2215}..\u{2215}{escape}").into_bytes()),
+        ("filename", format!("C:\\Windows\\..\\..\\{escape}").into_bytes()),
+        ("filename", format!("{}/{escape}", root.path().display()).into_bytes()),
         ("filename", deep.clone().into_bytes()),
         ("filename", format!("../\0../{escape}").into_bytes()),
         ("filename", b"..".to_vec()),
         ("filename", b".".to_vec()),
         ("filename", b"".to_vec()),
         ("filename", b"\xff\xfe../..".to_vec()),
-        (
-            "filename*",
-            format!("UTF-8''..%2F..%2F{escape}").into_bytes(),
-        ),
-        (
-            "filename*",
-            format!("UTF-8''%2E%2E%2F%2E%2E%2F{escape}").into_bytes(),
-        ),
+        ("filename*", format!("UTF-8''..%2F..%2F{escape}").into_bytes()),
+        ("filename*", format!("UTF-8''%2E%2E%2F%2E%2E%2F{escape}").into_bytes()),
     ];
     let http = TestServer::http();
     let mut kept = 0;
     for (param, name) in &names {
         let mut body = Vec::new();
-        body.extend_from_slice(
-            b"--matrixboundary\r\nContent-Disposition: form-data; name=\"file\"; ",
-        );
+        body.extend_from_slice(b"--matrixboundary\r\nContent-Disposition: form-data; name=\"file\"; ");
         body.extend_from_slice(param.as_bytes());
         body.extend_from_slice(if *param == "filename" { b"=\"" } else { b"=" });
         body.extend_from_slice(name);
-        body.extend_from_slice(if *param == "filename" {
-            b"\"\r\n"
-        } else {
-            b"\r\n"
-        });
+        body.extend_from_slice(if *param == "filename" { b"\"\r\n" } else { b"\r\n" });
         body.extend_from_slice(b"Content-Type: text/plain\r\n\r\nPlain words about the opening hours of the pool.\r\n--matrixboundary--\r\n");
         let res = http
             .post(s.at("/api/files"))
             .bearer_auth(&s.admin)
-            .header(
-                "content-type",
-                "multipart/form-data; boundary=matrixboundary",
-            )
+            .header("content-type", "multipart/form-data; boundary=matrixboundary")
             .body(body)
             .send()
             .await
             .unwrap();
         let status = res.status().as_u16();
-        let what = format!(
-            "{param} {:?}",
-            String::from_utf8_lossy(&name[..name.len().min(40)])
-        );
+        let what = format!("{param} {:?}", String::from_utf8_lossy(&name[..name.len().min(40)]));
         let text = res.text().await.unwrap();
         assert!((200..500).contains(&status), "{what}: {status} {text}");
-        let v: Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
         if status == 202 {
             kept += 1;
             let shown = v["name"].as_str().unwrap();
             // A display name only (the bytes go under the id): one harmless component.
-            let harmless =
-                !shown.is_empty() && !shown.starts_with('.') && !shown.contains(['/', '\\', '\0']);
+            let harmless = !shown.is_empty() && !shown.starts_with('.') && !shown.contains(['/', '\\', '\0']);
             assert!(harmless, "{what}: kept as {shown:?}");
-            assert!(
-                files.join(v["id"].as_str().unwrap()).is_file(),
-                "{what}: the bytes are kept under the id"
-            );
+            assert!(files.join(v["id"].as_str().unwrap()).is_file(), "{what}: the bytes are kept under the id");
         } else {
             assert!(v["error"]["code"].is_string(), "{what}: {text}");
         }
     }
     assert!(kept > 0, "every upload was refused: this proves nothing");
     // Only the files folder, holding only files named by their id.
-    let top: Vec<String> = std::fs::read_dir(root.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let top: Vec<String> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(top, ["files"], "an upload wrote beside the files folder");
     for e in std::fs::read_dir(&files).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        assert!(
-            voxgate_domain::clock::is_id(&name) && e.file_type().unwrap().is_file(),
-            "{name:?} in the files folder"
-        );
+        assert!(voxgate_domain::clock::is_id(&name) && e.file_type().unwrap().is_file(), "{name:?} in the files folder");
     }
-    assert!(
-        !std::env::temp_dir().join(&escape).exists()
-            && !std::path::Path::new("/").join(&escape).exists()
-    );
+    assert!(!std::env::temp_dir().join(&escape).exists() && !std::path::Path::new("/").join(&escape).exists());
 }

@@ -31,9 +31,7 @@ fn envelopes(received: &Received) -> Vec<String> {
             assert_eq!(project, "1", "the project id of the DSN");
             match encoding.as_deref() {
                 None | Some("identity") => String::from_utf8_lossy(body).into_owned(),
-                Some(other) => panic!(
-                    "the Sentry transport now sends {other}-encoded envelopes; decode them here"
-                ),
+                Some(other) => panic!("the Sentry transport now sends {other}-encoded envelopes; decode them here"),
             }
         })
         .collect()
@@ -47,22 +45,13 @@ fn a_server_error_is_reported_with_its_request_id_and_route_and_no_secrets() {
     listener.set_nonblocking(true).unwrap();
 
     // As in main.rs: Sentry first, on the main thread, then the runtime.
-    let guard =
-        voxgate_server::telemetry::init_sentry(Some(&format!("http://public@127.0.0.1:{port}/1")))
-            .expect("a valid DSN")
-            .expect("Sentry is on with a DSN");
+    let guard = voxgate_server::telemetry::init_sentry(Some(&format!("http://public@127.0.0.1:{port}/1")))
+        .expect("a valid DSN")
+        .expect("Sentry is on with a DSN");
     assert!(voxgate_server::telemetry::init_sentry(Some("not a dsn")).is_err());
-    assert!(
-        voxgate_server::telemetry::init_sentry(None)
-            .unwrap()
-            .is_none()
-    );
+    assert!(voxgate_server::telemetry::init_sentry(None).unwrap().is_none());
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let received: Received = Arc::default();
     let (key, request_id, not_reported_id, raw_id) = rt.block_on(async {
         let got = received.clone();
@@ -112,30 +101,18 @@ fn a_server_error_is_reported_with_its_request_id_and_route_and_no_secrets() {
     });
 
     // Flushing blocks; the fake server lives on the runtime's workers meanwhile.
-    let client = sentry::Hub::current()
-        .client()
-        .expect("a Sentry client on the main hub");
-    assert!(
-        client.flush(Some(Duration::from_secs(5))),
-        "Sentry flushed its queue"
-    );
+    let client = sentry::Hub::current().client().expect("a Sentry client on the main hub");
+    assert!(client.flush(Some(Duration::from_secs(5))), "Sentry flushed its queue");
     let mut found = None;
     for _ in 0..50 {
-        found = envelopes(&received)
-            .into_iter()
-            .find(|e| e.contains(&request_id));
+        found = envelopes(&received).into_iter().find(|e| e.contains(&request_id));
         if found.is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let all = envelopes(&received);
-    let envelope = found.unwrap_or_else(|| {
-        panic!(
-            "no envelope carries request id {request_id}; received {}: {all:#?}",
-            all.len()
-        )
-    });
+    let envelope = found.unwrap_or_else(|| panic!("no envelope carries request id {request_id}; received {}: {all:#?}", all.len()));
 
     // The envelope: a header line, then item header and payload lines.
     let event = envelope
@@ -147,23 +124,13 @@ fn a_server_error_is_reported_with_its_request_id_and_route_and_no_secrets() {
     assert_eq!(event["tags"]["route"], "/api/assistants/{id}", "{event}");
     assert_eq!(event["tags"]["status"], "500", "{event}");
     // Sentry omits the level when it is the default, error.
-    assert!(
-        event.get("level").is_none_or(|l| l == "error"),
-        "{}",
-        event["level"]
-    );
+    assert!(event.get("level").is_none_or(|l| l == "error"), "{}", event["level"]);
     assert_eq!(event["message"], "GET /api/assistants/{id} answered 500");
-    assert!(
-        event.get("request").is_none(),
-        "the request (headers, query) is not attached: {event}"
-    );
+    assert!(event.get("request").is_none(), "the request (headers, query) is not attached: {event}");
 
     for e in &all {
         assert!(!e.contains(&key), "an envelope carries the bearer key");
-        assert!(
-            !e.contains(&key[key.len() - 12..]),
-            "an envelope carries part of the bearer key"
-        );
+        assert!(!e.contains(&key[key.len() - 12..]), "an envelope carries part of the bearer key");
         assert!(!e.contains(&not_reported_id), "a 404 was reported");
     }
     let reports = all.iter().filter(|e| e.contains(&request_id)).count();

@@ -33,8 +33,7 @@ impl Llm for Fragile {
         if n == 1 {
             panic!("the model blew up (test)");
         }
-        futures_util::stream::iter([Ok(LlmEvent::Token("Fine.".into())), Ok(LlmEvent::Done)])
-            .boxed()
+        futures_util::stream::iter([Ok(LlmEvent::Token("Fine.".into())), Ok(LlmEvent::Done)]).boxed()
     }
 }
 
@@ -43,15 +42,8 @@ fn a_panicking_stage_ends_only_its_call_and_is_reported() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
-    let guard =
-        voxgate_server::telemetry::init_sentry(Some(&format!("http://public@127.0.0.1:{port}/1")))
-            .unwrap()
-            .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let guard = voxgate_server::telemetry::init_sentry(Some(&format!("http://public@127.0.0.1:{port}/1"))).unwrap().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let received: Arc<Mutex<Vec<String>>> = Arc::default();
     let (first, second) = rt.block_on(async {
         let got = received.clone();
@@ -121,44 +113,20 @@ fn a_panicking_stage_ends_only_its_call_and_is_reported() {
         s.stop().await;
         (ends[0].clone(), ends[1].clone())
     });
-    assert_eq!(
-        first,
-        (
-            Some("pipeline-error".into()),
-            Some(1011),
-            Some("pipeline-error".into())
-        ),
-        "the call whose model panicked"
-    );
-    assert_eq!(
-        second,
-        (
-            Some("customer-ended-call".into()),
-            Some(1000),
-            Some("customer-ended-call".into())
-        ),
-        "the next call"
-    );
+    assert_eq!(first, (Some("pipeline-error".into()), Some(1011), Some("pipeline-error".into())), "the call whose model panicked");
+    assert_eq!(second, (Some("customer-ended-call".into()), Some(1000), Some("customer-ended-call".into())), "the next call");
 
     let client = sentry::Hub::current().client().expect("a Sentry client");
     assert!(client.flush(Some(Duration::from_secs(5))));
     let mut found = false;
     for _ in 0..50 {
-        found = received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| e.contains("the model blew up (test)"));
+        found = received.lock().unwrap().iter().any(|e| e.contains("the model blew up (test)"));
         if found {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        found,
-        "the panic reached Sentry; got {:?}",
-        received.lock().unwrap()
-    );
+    assert!(found, "the panic reached Sentry; got {:?}", received.lock().unwrap());
     drop(guard);
     rt.shutdown_timeout(Duration::from_secs(2));
 }

@@ -27,20 +27,11 @@ struct RawResponse {
 
 impl RawResponse {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {}: body is not JSON: {e}: {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("status {}: body is not JSON: {e}: {:?}", self.status, String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -53,22 +44,14 @@ async fn read_response(s: &mut TcpStream) -> RawResponse {
             break i;
         }
         let n = s.read(&mut chunk).await.expect("read the response head");
-        assert!(
-            n > 0,
-            "the connection closed before a response head; got {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(n > 0, "the connection closed before a response head; got {:?}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8(buf[..head_end].to_vec()).expect("an ASCII head");
     let mut rest = buf[head_end + 4..].to_vec();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("status line {status_line:?}"));
+    let status: u16 = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("status line {status_line:?}"));
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -93,8 +76,7 @@ async fn read_response(s: &mut TcpStream) -> RawResponse {
                 rest.extend_from_slice(&chunk[..n]);
             }
             let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
-                .unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
             rest.drain(..eol + 2);
             while rest.len() < size + 2 {
                 let n = s.read(&mut chunk).await.expect("read a chunk");
@@ -112,20 +94,13 @@ async fn read_response(s: &mut TcpStream) -> RawResponse {
         s.read_to_end(&mut rest).await.unwrap();
         rest
     };
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+    RawResponse { status, headers, body }
 }
 
 /// True once the peer has closed `s` (EOF or reset), within `within`.
 async fn closed_by_peer(s: &mut TcpStream, within: Duration) -> bool {
     let mut b = [0u8; 64];
-    matches!(
-        tokio::time::timeout(within, s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
+    matches!(tokio::time::timeout(within, s.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -140,9 +115,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A second store on the test database (the server's own is closed by the drain).
 async fn fresh_store(db: &TestDb) -> Store {
-    Store::connect(&db.url, &PoolOptions::default())
-        .await
-        .expect("reconnect to the test database")
+    Store::connect(&db.url, &PoolOptions::default()).await.expect("reconnect to the test database")
 }
 
 #[tokio::test]
@@ -152,16 +125,9 @@ async fn drain_lets_an_in_flight_request_finish_and_refuses_new_connections() {
 
     // An idle keep-alive connection that has served one request.
     let mut idle = TcpStream::connect(s.addr).await.unwrap();
-    idle.write_all(b"GET /api/ready HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
+    idle.write_all(b"GET /api/ready HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
     let ready = read_response(&mut idle).await;
-    assert_eq!(
-        ready.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&ready.body)
-    );
+    assert_eq!(ready.status, 200, "{}", String::from_utf8_lossy(&ready.body));
     assert_eq!(ready.json()["status"], "ready");
 
     // A create whose body is half sent.
@@ -186,10 +152,7 @@ async fn drain_lets_an_in_flight_request_finish_and_refuses_new_connections() {
     wait_until("the lifecycle reports draining", || lifecycle.is_draining()).await;
 
     // The idle keep-alive connection is closed rather than holding the drain up.
-    assert!(
-        closed_by_peer(&mut idle, Duration::from_secs(3)).await,
-        "an idle keep-alive connection stays open during the drain"
-    );
+    assert!(closed_by_peer(&mut idle, Duration::from_secs(3)).await, "an idle keep-alive connection stays open during the drain");
 
     // New connections are refused once the listener stops.
     let mut refused = false;
@@ -202,54 +165,29 @@ async fn drain_lets_an_in_flight_request_finish_and_refuses_new_connections() {
             Ok(mut c) => {
                 // Accepted by the kernel's backlog before the listener closed: it must
                 // not be served.
-                let _ = c
-                    .write_all(b"GET /api/health HTTP/1.1\r\nHost: test\r\n\r\n")
-                    .await;
+                let _ = c.write_all(b"GET /api/health HTTP/1.1\r\nHost: test\r\n\r\n").await;
                 let mut b = [0u8; 16];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await
-                {
-                    assert_eq!(
-                        n,
-                        0,
-                        "a new connection was served during the drain: {:?}",
-                        String::from_utf8_lossy(&b[..n])
-                    );
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await {
+                    assert_eq!(n, 0, "a new connection was served during the drain: {:?}", String::from_utf8_lossy(&b[..n]));
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        refused,
-        "new connections are still accepted during the drain"
-    );
-    assert!(
-        !drain.is_finished(),
-        "the drain ended with a request in flight"
-    );
+    assert!(refused, "new connections are still accepted during the drain");
+    assert!(!drain.is_finished(), "the drain ended with a request in flight");
 
     // The rest of the body: the request completes normally.
     slow.write_all(&body[half..]).await.unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(5), read_response(&mut slow))
-        .await
-        .expect("an answer to the in-flight request");
+    let res = tokio::time::timeout(Duration::from_secs(5), read_response(&mut slow)).await.expect("an answer to the in-flight request");
     assert_eq!(res.status, 201, "{}", String::from_utf8_lossy(&res.body));
-    assert!(
-        res.header("content-type")
-            .is_some_and(|t| t.starts_with("application/json")),
-        "{:?}",
-        res.headers
-    );
+    assert!(res.header("content-type").is_some_and(|t| t.starts_with("application/json")), "{:?}", res.headers);
     let created = res.json();
     assert_eq!(created["name"], "Drained but delivered");
     assert_eq!(created["firstMessage"], "Hello from the drain test");
     let id = created["id"].as_str().expect("an id").to_string();
     // No more requests on a draining connection.
-    assert!(
-        closed_by_peer(&mut slow, Duration::from_secs(3)).await,
-        "the in-flight connection stays open after its answer"
-    );
+    assert!(closed_by_peer(&mut slow, Duration::from_secs(3)).await, "the in-flight connection stays open after its answer");
 
     tokio::time::timeout(drain_timeout + Duration::from_secs(5), drain)
         .await
@@ -259,15 +197,7 @@ async fn drain_lets_an_in_flight_request_finish_and_refuses_new_connections() {
 
     // The assistant was stored, not just answered.
     let store = fresh_store(&s.db).await;
-    assert_eq!(
-        store
-            .get_assistant(&id)
-            .await
-            .expect("the created assistant is stored")
-            .spec
-            .name,
-        "Drained but delivered"
-    );
+    assert_eq!(store.get_assistant(&id).await.expect("the created assistant is stored").spec.name, "Drained but delivered");
 }
 
 #[tokio::test]
@@ -283,29 +213,17 @@ async fn readiness_is_503_while_draining_and_new_calls_are_refused() {
     let lifecycle = s.running.as_ref().unwrap().lifecycle.clone();
     lifecycle.start_draining();
     let res = http.get(s.at("/api/ready")).send().await.unwrap();
-    let retry = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
+    let retry = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
     let (status, code, _) = error_code(res).await;
     assert_eq!((status, code.as_str()), (503, "unavailable"));
-    let retry: u64 = retry
-        .expect("Retry-After on a draining 503")
-        .parse()
-        .expect("Retry-After in whole seconds");
+    let retry: u64 = retry.expect("Retry-After on a draining 503").parse().expect("Retry-After in whole seconds");
     assert!(retry >= 1);
     // Liveness is unaffected: the process is fine, just leaving.
-    assert_eq!(
-        http.get(s.at("/api/health")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(http.get(s.at("/api/health")).send().await.unwrap().status(), 200);
 
     // And no new calls are admitted while draining.
     let id = s.assistant("Draining").await;
-    let err =
-        tokio_tungstenite::connect_async(s.ws_with_key(&format!("assistantId={id}"), &s.admin))
-            .await
-            .expect_err("a call opened while draining");
+    let err = tokio_tungstenite::connect_async(s.ws_with_key(&format!("assistantId={id}"), &s.admin)).await.expect_err("a call opened while draining");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 503),
         other => panic!("expected an HTTP 503 refusal, got {other}"),
@@ -318,10 +236,7 @@ async fn readiness_is_503_while_draining_and_new_calls_are_refused() {
 async fn readiness_is_503_when_the_database_is_unreachable() {
     let mut s = TestServer::start().await;
     let http = TestServer::http();
-    assert_eq!(
-        http.get(s.at("/api/ready")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(http.get(s.at("/api/ready")).send().await.unwrap().status(), 200);
 
     // The server's pools are the test's pools: closing them takes the database away
     // from the running server.
@@ -331,27 +246,13 @@ async fn readiness_is_503_when_the_database_is_unreachable() {
     let (status, code, body) = error_code(res).await;
     assert_eq!((status, code.as_str()), (503, "unavailable"), "{body}");
     assert!(has_retry, "Retry-After on a 503");
-    assert_eq!(
-        http.get(s.at("/api/health")).send().await.unwrap().status(),
-        200,
-        "liveness does not depend on the database"
-    );
+    assert_eq!(http.get(s.at("/api/health")).send().await.unwrap().status(), 200, "liveness does not depend on the database");
 
     s.stop().await;
 }
 
-async fn open_call(
-    s: &TestServer,
-    assistant: &str,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    String,
-) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(
-        s.ws_with_key(&format!("assistantId={assistant}"), &s.admin),
-    )
-    .await
-    .unwrap();
+async fn open_call(s: &TestServer, assistant: &str) -> (tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_with_key(&format!("assistantId={assistant}"), &s.admin)).await.unwrap();
     let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started");
     (ws, hello["callId"].as_str().unwrap().to_string())
@@ -359,17 +260,13 @@ async fn open_call(
 
 /// Reads until the close frame (skipping audio and events) and returns its code
 /// (None: closed without one).
-async fn close_code_of(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-) -> Option<u16> {
+async fn close_code_of(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>) -> Option<u16> {
     ending_of(ws).await.1
 }
 
 /// Reads until the server closes: the `reason` of the `call-ended` event on the way
 /// (if any) and the close code (None: closed without a close frame).
-async fn ending_of(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-) -> (Option<String>, Option<u16>) {
+async fn ending_of(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>) -> (Option<String>, Option<u16>) {
     let mut ended = None;
     while let Some(m) = ws.next().await {
         match m {
@@ -395,40 +292,20 @@ async fn drain_deadline_closes_live_calls_with_1012_and_ends_their_records() {
     for _ in 0..5 {
         calls.push(open_call(&s, &assistant).await);
     }
-    let live = s
-        .store
-        .list_calls(&CallFilter {
-            assistant_id: Some(assistant.clone()),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let live = s.store.list_calls(&CallFilter { assistant_id: Some(assistant.clone()), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(live.items.len(), 5);
-    assert!(
-        live.items
-            .iter()
-            .all(|c| c.status == voxgate_domain::CallStatus::InProgress)
-    );
+    assert!(live.items.iter().all(|c| c.status == voxgate_domain::CallStatus::InProgress));
 
     let r = s.running.take().unwrap();
     let drain = tokio::spawn(r.drain());
 
     // The calls are not cut at once: they get the deadline.
     let mut ws0 = calls.remove(0);
-    ws0.0
-        .send(Message::Text(r#"{"type":"ping","id":1}"#.into()))
-        .await
-        .unwrap();
+    ws0.0.send(Message::Text(r#"{"type":"ping","id":1}"#.into())).await.unwrap();
     // The greeting's audio and events come first; the pong follows, before any close.
     loop {
-        let ev = common::next_event(&mut ws0.0)
-            .await
-            .expect("a live call still answers during the drain, but it closed");
-        assert_ne!(
-            ev["type"], "call-ended",
-            "a live call still answers during the drain, got {ev}"
-        );
+        let ev = common::next_event(&mut ws0.0).await.expect("a live call still answers during the drain, but it closed");
+        assert_ne!(ev["type"], "call-ended", "a live call still answers during the drain, got {ev}");
         if ev["type"] == "pong" {
             assert_eq!(ev["id"], 1);
             break;
@@ -437,19 +314,9 @@ async fn drain_deadline_closes_live_calls_with_1012_and_ends_their_records() {
     calls.insert(0, ws0);
 
     for (ws, id) in calls.iter_mut() {
-        let (ended, code) = tokio::time::timeout(Duration::from_secs(10), ending_of(ws))
-            .await
-            .expect("the call closes after the deadline");
-        assert_eq!(
-            code,
-            Some(u16::from(CloseCode::Restart)),
-            "call {id} closed with {code:?}, not 1012"
-        );
-        assert_eq!(
-            ended.as_deref(),
-            Some("server-shutdown"),
-            "call {id}: call-ended before the close"
-        );
+        let (ended, code) = tokio::time::timeout(Duration::from_secs(10), ending_of(ws)).await.expect("the call closes after the deadline");
+        assert_eq!(code, Some(u16::from(CloseCode::Restart)), "call {id} closed with {code:?}, not 1012");
+        assert_eq!(ended.as_deref(), Some("server-shutdown"), "call {id}: call-ended before the close");
     }
     tokio::time::timeout(Duration::from_secs(1 + 15), drain)
         .await
@@ -458,14 +325,7 @@ async fn drain_deadline_closes_live_calls_with_1012_and_ends_their_records() {
         .expect("the drain succeeds");
 
     let store = fresh_store(&s.db).await;
-    let page = store
-        .list_calls(&CallFilter {
-            assistant_id: Some(assistant.clone()),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page = store.list_calls(&CallFilter { assistant_id: Some(assistant.clone()), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(page.items.len(), 5);
     for c in &page.items {
         assert_eq!(c.status, voxgate_domain::CallStatus::Ended, "{c:?}");
@@ -491,18 +351,11 @@ async fn drain_returns_once_calls_end_on_their_own() {
     let drain = tokio::spawn(r.drain());
     wait_until("draining", || lifecycle.is_draining()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !drain.is_finished(),
-        "the drain returned while calls were live"
-    );
+    assert!(!drain.is_finished(), "the drain returned while calls were live");
 
     for (ws, id) in calls.iter_mut() {
-        ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-            .await
-            .unwrap();
-        let code = tokio::time::timeout(Duration::from_secs(5), close_code_of(ws))
-            .await
-            .expect("the call closes");
+        ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+        let code = tokio::time::timeout(Duration::from_secs(5), close_code_of(ws)).await.expect("the call closes");
         assert_eq!(code, Some(1000), "call {id}");
     }
     tokio::time::timeout(Duration::from_secs(20), drain)
@@ -512,21 +365,10 @@ async fn drain_returns_once_calls_end_on_their_own() {
         .expect("the drain succeeds");
 
     let store = fresh_store(&s.db).await;
-    let page = store
-        .list_calls(&CallFilter {
-            assistant_id: Some(assistant),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page = store.list_calls(&CallFilter { assistant_id: Some(assistant), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(page.items.len(), 3);
     for c in &page.items {
         assert_eq!(c.status, voxgate_domain::CallStatus::Ended, "{c:?}");
-        assert_eq!(
-            c.ended_reason.as_deref(),
-            Some("customer-ended-call"),
-            "{c:?}"
-        );
+        assert_eq!(c.ended_reason.as_deref(), Some("customer-ended-call"), "{c:?}");
     }
 }

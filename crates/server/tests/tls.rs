@@ -26,19 +26,11 @@ struct Cert {
 
 impl Cert {
     fn new() -> Cert {
-        let ck = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-        Cert {
-            pem: ck.cert.pem(),
-            der: ck.cert.der().clone(),
-            dir,
-        }
+        Cert { pem: ck.cert.pem(), der: ck.cert.der().clone(), dir }
     }
     fn cert(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
@@ -59,11 +51,7 @@ impl Cert {
         voxgate_server::init_crypto();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
     }
 }
 
@@ -85,36 +73,16 @@ async fn https_round_trip_with_hsts() {
 
     let res = http.get(s.at("/api/health")).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    let hsts = res
-        .headers()
-        .get("strict-transport-security")
-        .expect("HSTS under TLS")
-        .to_str()
-        .unwrap()
-        .to_string();
+    let hsts = res.headers().get("strict-transport-security").expect("HSTS under TLS").to_str().unwrap().to_string();
     assert!(hsts.contains("max-age="), "{hsts}");
 
     // A write and a read back, over TLS, by the name in the certificate too.
-    let res = http
-        .post(s.at("/api/assistants"))
-        .bearer_auth(&s.admin)
-        .json(&json!({"name": "Over TLS"}))
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(s.at("/api/assistants")).bearer_auth(&s.admin).json(&json!({"name": "Over TLS"})).send().await.unwrap();
     assert_eq!(res.status(), 201);
     assert!(res.headers().contains_key("strict-transport-security"));
-    let id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let by_name = format!("https://localhost:{}/api/assistants/{id}", s.addr.port());
-    let res = http
-        .get(&by_name)
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(&by_name).bearer_auth(&s.admin).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["name"], "Over TLS");
 
@@ -131,18 +99,9 @@ async fn https_round_trip_with_hsts() {
     assert!(untrusting.get(s.at("/api/health")).send().await.is_err());
 
     // Plain HTTP to the TLS port gets no answer from the app (and the server survives it).
-    let plain = TestServer::http()
-        .get(format!("http://127.0.0.1:{}/api/health", s.addr.port()))
-        .send()
-        .await;
-    assert!(
-        plain.as_ref().map_or(true, |r| !r.status().is_success()),
-        "{plain:?}"
-    );
-    assert_eq!(
-        http.get(s.at("/api/health")).send().await.unwrap().status(),
-        200
-    );
+    let plain = TestServer::http().get(format!("http://127.0.0.1:{}/api/health", s.addr.port())).send().await;
+    assert!(plain.as_ref().map_or(true, |r| !r.status().is_success()), "{plain:?}");
+    assert_eq!(http.get(s.at("/api/health")).send().await.unwrap().status(), 200);
     s.stop().await;
 }
 
@@ -153,11 +112,7 @@ async fn no_hsts_on_plain_http() {
     let http = TestServer::http();
     for path in ["/api/health", "/", "/api/assistants"] {
         let res = http.get(s.at(path)).send().await.unwrap();
-        assert!(
-            !res.headers().contains_key("strict-transport-security"),
-            "{path}: {:?}",
-            res.headers()
-        );
+        assert!(!res.headers().contains_key("strict-transport-security"), "{path}: {:?}", res.headers());
     }
     s.stop().await;
 }
@@ -167,57 +122,33 @@ async fn wss_round_trip_on_agent() {
     let cert = Cert::new();
     let mut s = tls_server(&cert).await;
     // (TestServer::assistant's client does not trust our certificate.)
-    let res = cert
-        .http()
-        .post(s.at("/api/assistants"))
-        .bearer_auth(&s.admin)
-        .json(&json!({"name": "Secure line"}))
-        .send()
-        .await
-        .unwrap();
+    let res = cert.http().post(s.at("/api/assistants")).bearer_auth(&s.admin).json(&json!({"name": "Secure line"})).send().await.unwrap();
     assert_eq!(res.status(), 201);
-    let id = res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
     let url = s.ws_url(&format!("assistantId={id}"));
     assert!(url.starts_with("wss://"), "{url}");
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap(),
-    );
+    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap());
     let connector = tokio_tungstenite::Connector::Rustls(cert.rustls());
-    let (mut ws, res) =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
-            .await
-            .unwrap();
+    let (mut ws, res) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await.unwrap();
     assert_eq!(res.status(), 101);
     assert!(res.headers().contains_key("strict-transport-security"));
 
     let hello = common::start_call(&mut ws).await;
     assert_eq!(hello["type"], "call-started");
     let call_id = hello["callId"].as_str().unwrap().to_string();
-    ws.send(Message::Text(r#"{"type":"ping","id":"tls"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Text(r#"{"type":"ping","id":"tls"}"#.into())).await.unwrap();
     // Skips the greeting's audio and events, which arrive interleaved.
     let pong = loop {
-        let ev = common::next_event(&mut ws)
-            .await
-            .expect("a pong before the socket closes");
+        let ev = common::next_event(&mut ws).await.expect("a pong before the socket closes");
         if ev["type"] == "pong" {
             break ev;
         }
     };
     assert_eq!(pong, json!({"type": "pong", "id": "tls"}));
-    ws.send(Message::Binary(vec![0u8; 640].into()))
-        .await
-        .unwrap();
-    ws.send(Message::Text(r#"{"type":"end"}"#.into()))
-        .await
-        .unwrap();
+    ws.send(Message::Binary(vec![0u8; 640].into())).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
     let mut close = None;
     while let Some(Ok(m)) = ws.next().await {
         if let Message::Close(f) = m {
@@ -231,28 +162,11 @@ async fn wss_round_trip_on_agent() {
     assert_eq!(call.ended_reason.as_deref(), Some("customer-ended-call"));
 
     // A WSS client that does not trust the certificate is refused, and no call is recorded for it.
-    let mut req = s
-        .ws_url(&format!("assistantId={id}"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap(),
-    );
+    let mut req = s.ws_url(&format!("assistantId={id}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {}", s.admin)).unwrap());
     let stranger = tokio_tungstenite::Connector::Rustls(Cert::new().rustls());
-    assert!(
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(stranger))
-            .await
-            .is_err()
-    );
-    let calls = s
-        .store
-        .list_calls(&CallFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    assert!(tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(stranger)).await.is_err());
+    let calls = s.store.list_calls(&CallFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(calls.items.len(), 1);
     s.stop().await;
 }
@@ -279,19 +193,11 @@ async fn start_fails(cert: &Path, key: &Path, expect_named: &Path) {
         Ok(r) => {
             let url = r.url();
             r.drain().await.unwrap();
-            panic!(
-                "started at {url} with cert {} and key {}",
-                cert.display(),
-                key.display()
-            );
+            panic!("started at {url} with cert {} and key {}", cert.display(), key.display());
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            assert!(
-                msg.contains(&expect_named.display().to_string()),
-                "the error does not name {}: {msg}",
-                expect_named.display()
-            );
+            assert!(msg.contains(&expect_named.display().to_string()), "the error does not name {}: {msg}", expect_named.display());
         }
     }
 }

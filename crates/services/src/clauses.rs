@@ -11,9 +11,8 @@
 
 /// Words that end with a period without ending a sentence (compared lowercased).
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "no",
-    "approx", "inc", "ltd", "co", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
-    "oct", "nov", "dec", "a.m", "p.m", "u.s",
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "no", "approx", "inc", "ltd", "co",
+    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "a.m", "p.m", "u.s",
 ];
 
 /// Splits tokens into clauses.
@@ -29,12 +28,7 @@ pub struct ClauseAggregator {
 
 impl Default for ClauseAggregator {
     fn default() -> Self {
-        ClauseAggregator {
-            buf: String::new(),
-            min_clause_chars: 40,
-            min_first_clause_chars: 12,
-            emitted: 0,
-        }
+        ClauseAggregator { buf: String::new(), min_clause_chars: 40, min_first_clause_chars: 12, emitted: 0 }
     }
 }
 
@@ -83,11 +77,7 @@ impl ClauseAggregator {
 
     /// Byte index just past the first boundary in the buffer, if there is one.
     fn boundary(&self) -> Option<usize> {
-        let min_soft = if self.emitted == 0 {
-            self.min_first_clause_chars
-        } else {
-            self.min_clause_chars
-        };
+        let min_soft = if self.emitted == 0 { self.min_first_clause_chars } else { self.min_clause_chars };
         let mut chars = self.buf.char_indices().peekable();
         let mut count = 0usize;
         while let Some((i, c)) = chars.next() {
@@ -116,10 +106,7 @@ impl ClauseAggregator {
         if !self.buf[i..].starts_with('.') {
             return false;
         }
-        let word = self.buf[..i]
-            .rsplit(|c: char| c.is_whitespace() || c == '(' || c == '"')
-            .next()
-            .unwrap_or("");
+        let word = self.buf[..i].rsplit(|c: char| c.is_whitespace() || c == '(' || c == '"').next().unwrap_or("");
         let lower = word.to_lowercase();
         (word.chars().count() == 1 && word.chars().all(|c| c.is_alphabetic() && c.is_uppercase()))
             || ABBREVIATIONS.contains(&lower.as_str())
@@ -139,53 +126,36 @@ mod tests {
 
     #[test]
     fn sentences_split_at_terminators_followed_by_space() {
-        assert_eq!(
-            feed(&["Hello", " there", ".", " How", " are you", "?", " Fine!"]),
-            vec!["Hello there.", "How are you?", "Fine!"]
-        );
+        assert_eq!(feed(&["Hello", " there", ".", " How", " are you", "?", " Fine!"]), vec!["Hello there.", "How are you?", "Fine!"]);
     }
 
     #[test]
     fn the_first_sentence_comes_out_before_the_reply_ends() {
         let mut a = ClauseAggregator::default();
         assert!(a.push("Sure").is_empty());
-        assert!(
-            a.push(".").is_empty(),
-            "a terminator at the end waits for the next token"
-        );
+        assert!(a.push(".").is_empty(), "a terminator at the end waits for the next token");
         assert_eq!(a.push(" The"), vec!["Sure."]);
     }
 
     #[test]
     fn decimals_abbreviations_and_initials_do_not_split() {
-        assert_eq!(
-            feed(&["It costs 3.50 today. Dr. Smith and J. R. R. Tolkien agree, e.g. here."]),
-            vec![
-                "It costs 3.50 today.",
-                "Dr. Smith and J. R. R. Tolkien agree, e.g. here."
-            ]
-        );
+        assert_eq!(feed(&["It costs 3.50 today. Dr. Smith and J. R. R. Tolkien agree, e.g. here."]), vec![
+            "It costs 3.50 today.",
+            "Dr. Smith and J. R. R. Tolkien agree, e.g. here."
+        ]);
     }
 
     #[test]
     fn commas_split_long_clauses_and_the_first_one_early() {
-        let out = feed(&[
-            "Well, let me check that for you, it will only take a moment, thanks for waiting.",
-        ]);
+        let out = feed(&["Well, let me check that for you, it will only take a moment, thanks for waiting."]);
         assert_eq!(out[0], "Well, let me check that for you,");
         assert!(out.len() >= 2, "{out:?}");
-        assert_eq!(
-            out.concat().replace(' ', ""),
-            "Well,letmecheckthatforyou,itwillonlytakeamoment,thanksforwaiting."
-        );
+        assert_eq!(out.concat().replace(' ', ""), "Well,letmecheckthatforyou,itwillonlytakeamoment,thanksforwaiting.");
     }
 
     #[test]
     fn unicode_and_cjk() {
-        assert_eq!(
-            feed(&["你好。", "今天天气很好！", "Ça va? Très bien…"]),
-            vec!["你好。", "今天天气很好！", "Ça va?", "Très bien…"]
-        );
+        assert_eq!(feed(&["你好。", "今天天气很好！", "Ça va? Très bien…"]), vec!["你好。", "今天天气很好！", "Ça va?", "Très bien…"]);
     }
 
     #[test]

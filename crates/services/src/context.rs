@@ -14,10 +14,7 @@ pub struct Conversation {
 
 impl Conversation {
     pub fn new(system_prompt: impl Into<String>) -> Conversation {
-        Conversation {
-            system_prompt: system_prompt.into(),
-            messages: Vec::new(),
-        }
+        Conversation { system_prompt: system_prompt.into(), messages: Vec::new() }
     }
 
     /// Appends what the caller said (joined to the previous user message if the
@@ -53,10 +50,7 @@ impl Conversation {
 
     /// What the caller said last, if the conversation ends with their words.
     pub fn last_user_text(&self) -> Option<String> {
-        self.messages
-            .last()
-            .filter(|m| m.role == Role::User)
-            .map(|m| m.content.clone())
+        self.messages.last().filter(|m| m.role == Role::User).map(|m| m.content.clone())
     }
 
     pub fn push(&mut self, m: ChatMessage) {
@@ -68,12 +62,7 @@ impl Conversation {
         let mut messages = Vec::with_capacity(self.messages.len() + 1);
         messages.push(ChatMessage::new(Role::System, self.system_prompt.clone()));
         messages.extend(self.messages.iter().cloned());
-        ChatRequest {
-            messages,
-            tools: tools.to_vec(),
-            temperature,
-            max_tokens,
-        }
+        ChatRequest { messages, tools: tools.to_vec(), temperature, max_tokens }
     }
 }
 
@@ -86,29 +75,15 @@ pub fn truncate_to_played(text: &str, played: Duration, total: Duration) -> &str
     let fraction = played.as_secs_f64() / total.as_secs_f64();
     let target = (text.chars().count() as f64 * fraction).round() as usize;
     // Byte index of the `target`-th char.
-    let cut = text
-        .char_indices()
-        .nth(target)
-        .map(|(i, _)| i)
-        .unwrap_or(text.len());
+    let cut = text.char_indices().nth(target).map(|(i, _)| i).unwrap_or(text.len());
     // Scripts written without spaces (Chinese, Japanese, Thai) are cut at the character.
     if !text.contains(char::is_whitespace) {
         return &text[..cut];
     }
     // Keep the word under the cut if at least half of it is before the cut.
-    let word_start = text[..cut]
-        .rfind(char::is_whitespace)
-        .map(|i| i + 1)
-        .unwrap_or(0);
-    let word_end = text[cut..]
-        .find(char::is_whitespace)
-        .map(|i| cut + i)
-        .unwrap_or(text.len());
-    let end = if cut - word_start >= (word_end - word_start).div_ceil(2) {
-        word_end
-    } else {
-        word_start
-    };
+    let word_start = text[..cut].rfind(char::is_whitespace).map(|i| i + 1).unwrap_or(0);
+    let word_end = text[cut..].find(char::is_whitespace).map(|i| cut + i).unwrap_or(text.len());
+    let end = if cut - word_start >= (word_end - word_start).div_ceil(2) { word_end } else { word_start };
     text[..end].trim_end()
 }
 
@@ -124,10 +99,7 @@ mod tests {
         assert_eq!(truncate_to_played(t, ms(1800), ms(1800)), t);
         assert_eq!(truncate_to_played(t, ms(900), ms(1800)), "one two");
         assert_eq!(truncate_to_played(t, ms(1100), ms(1800)), "one two three");
-        assert_eq!(
-            truncate_to_played("日本語のテキスト", ms(500), ms(1000)),
-            "日本語の"
-        );
+        assert_eq!(truncate_to_played("日本語のテキスト", ms(500), ms(1000)), "日本語の");
     }
 
     #[test]

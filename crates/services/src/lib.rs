@@ -16,11 +16,11 @@
 pub mod clauses;
 pub mod context;
 pub mod llm;
-pub mod processors;
 pub mod scripted;
 pub mod stt;
 pub mod tts;
 pub mod turn;
+pub mod processors;
 
 /// What a provider can fail with. The pipeline decides (per stage, per issue 5)
 /// whether to retry, fall back, or end the turn.
@@ -28,28 +28,16 @@ pub mod turn;
 pub enum ServiceError {
     /// Credentials refused (401, 403): a configuration problem, never retried.
     #[error("{provider}: not authorized: {message}")]
-    Unauthorized {
-        provider: &'static str,
-        message: String,
-    },
+    Unauthorized { provider: &'static str, message: String },
     /// Rate limited (429), with the wait the provider asked for.
     #[error("{provider}: rate limited")]
-    RateLimited {
-        provider: &'static str,
-        retry_after: Option<std::time::Duration>,
-    },
+    RateLimited { provider: &'static str, retry_after: Option<std::time::Duration> },
     /// A failure worth one retry (5xx, a timeout, a cut stream).
     #[error("{provider}: {message}")]
-    Transient {
-        provider: &'static str,
-        message: String,
-    },
+    Transient { provider: &'static str, message: String },
     /// The request itself is wrong (bad audio, a model that does not exist).
     #[error("{provider}: {message}")]
-    Invalid {
-        provider: &'static str,
-        message: String,
-    },
+    Invalid { provider: &'static str, message: String },
 }
 
 impl ServiceError {
@@ -67,10 +55,7 @@ impl ServiceError {
     /// rate limits and transient failures, false for refused credentials and bad
     /// requests (configuration problems to show, not to hide behind a fallback).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ServiceError::RateLimited { .. } | ServiceError::Transient { .. }
-        )
+        matches!(self, ServiceError::RateLimited { .. } | ServiceError::Transient { .. })
     }
 
     /// Logs a failure of `what`: refused credentials as an error naming the fix

@@ -32,12 +32,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: Role, content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role,
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-        }
+        ChatMessage { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
     }
 }
 

@@ -30,14 +30,9 @@ pub struct ScriptedStt {
 }
 
 impl ScriptedStt {
-    pub fn new<S: Into<String>>(
-        transcripts: impl IntoIterator<Item = S>,
-        delay: Duration,
-    ) -> ScriptedStt {
+    pub fn new<S: Into<String>>(transcripts: impl IntoIterator<Item = S>, delay: Duration) -> ScriptedStt {
         ScriptedStt {
-            transcripts: Arc::new(Mutex::new(
-                transcripts.into_iter().map(Into::into).collect(),
-            )),
+            transcripts: Arc::new(Mutex::new(transcripts.into_iter().map(Into::into).collect())),
             repeat: None,
             word_audio: None,
             delay,
@@ -54,34 +49,19 @@ impl ScriptedStt {
     }
 
     fn next(&self) -> String {
-        self.transcripts
-            .lock()
-            .expect("lock")
-            .pop_front()
-            .or_else(|| self.repeat.clone())
-            .unwrap_or_default()
+        self.transcripts.lock().expect("lock").pop_front().or_else(|| self.repeat.clone()).unwrap_or_default()
     }
 
     /// Answers every utterance with `transcript`, for as long as the call lasts
     /// (benchmarks and load tests). Keeps no record of what it heard, so a long
     /// call does not grow.
     pub fn repeating(transcript: impl Into<String>, delay: Duration) -> ScriptedStt {
-        ScriptedStt {
-            transcripts: Arc::default(),
-            repeat: Some(transcript.into()),
-            word_audio: None,
-            delay,
-            heard: Arc::default(),
-        }
+        ScriptedStt { transcripts: Arc::default(), repeat: Some(transcript.into()), word_audio: None, delay, heard: Arc::default() }
     }
 }
 
 impl Stt for ScriptedStt {
-    fn transcribe(
-        &self,
-        audio: Vec<i16>,
-        _rate: u32,
-    ) -> BoxFuture<'static, Result<String, ServiceError>> {
+    fn transcribe(&self, audio: Vec<i16>, _rate: u32) -> BoxFuture<'static, Result<String, ServiceError>> {
         if self.repeat.is_none() {
             self.heard.lock().expect("lock").push(audio.len());
         }
@@ -135,9 +115,7 @@ impl SttSession for ScriptedSession {
         let due = ((self.pushed / self.per_word) as usize).min(self.words.len());
         if due > self.given {
             self.given = due;
-            let _ = self
-                .tx
-                .send(Ok(SttEvent::Partial(self.words[..due].join(" "))));
+            let _ = self.tx.send(Ok(SttEvent::Partial(self.words[..due].join(" "))));
         }
         Ok(())
     }
@@ -152,9 +130,7 @@ impl SttSession for ScriptedSession {
 
     fn events(&mut self) -> BoxStream<'static, Result<SttEvent, ServiceError>> {
         match self.rx.take() {
-            Some(rx) => {
-                stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
-            }
+            Some(rx) => stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed(),
             None => stream::empty().boxed(),
         }
     }
@@ -174,11 +150,7 @@ pub enum Step {
     /// A token, after a delay.
     Token(String, Duration),
     /// A tool call, after a delay.
-    Tool {
-        name: String,
-        arguments: String,
-        delay: Duration,
-    },
+    Tool { name: String, arguments: String, delay: Duration },
     /// A failure, after a delay.
     Fail(ServiceError, Duration),
 }
@@ -196,22 +168,14 @@ pub struct ScriptedLlm {
 
 impl ScriptedLlm {
     pub fn new(replies: impl IntoIterator<Item = Vec<Step>>) -> ScriptedLlm {
-        ScriptedLlm {
-            replies: Arc::new(Mutex::new(replies.into_iter().collect())),
-            repeat: None,
-            requests: Arc::default(),
-        }
+        ScriptedLlm { replies: Arc::new(Mutex::new(replies.into_iter().collect())), repeat: None, requests: Arc::default() }
     }
 
     /// Answers every request with `reply`, for as long as the call lasts
     /// (benchmarks and load tests). Keeps no record of the requests: each holds the
     /// whole conversation, so recording them would grow a long call quadratically.
     pub fn repeating(reply: Vec<Step>) -> ScriptedLlm {
-        ScriptedLlm {
-            replies: Arc::default(),
-            repeat: Some(reply),
-            requests: Arc::default(),
-        }
+        ScriptedLlm { replies: Arc::default(), repeat: Some(reply), requests: Arc::default() }
     }
 
     /// A reply of whitespace-separated tokens, each `gap` after the previous.
@@ -232,13 +196,7 @@ impl Llm for ScriptedLlm {
         if self.repeat.is_none() {
             self.requests.lock().expect("lock").push(request);
         }
-        let steps = self
-            .replies
-            .lock()
-            .expect("lock")
-            .pop_front()
-            .or_else(|| self.repeat.clone())
-            .unwrap_or_default();
+        let steps = self.replies.lock().expect("lock").pop_front().or_else(|| self.repeat.clone()).unwrap_or_default();
         let mut n = 0usize;
         stream::iter(steps)
             .then(move |step| {
@@ -250,17 +208,9 @@ impl Llm for ScriptedLlm {
                             pause(d).await;
                             Ok(LlmEvent::Token(t))
                         }
-                        Step::Tool {
-                            name,
-                            arguments,
-                            delay,
-                        } => {
+                        Step::Tool { name, arguments, delay } => {
                             pause(delay).await;
-                            Ok(LlmEvent::ToolCall(ToolCallRequest {
-                                id,
-                                name,
-                                arguments,
-                            }))
+                            Ok(LlmEvent::ToolCall(ToolCallRequest { id, name, arguments }))
                         }
                         Step::Fail(e, d) => {
                             pause(d).await;
@@ -286,12 +236,7 @@ pub struct ToneTts {
 
 impl Default for ToneTts {
     fn default() -> Self {
-        ToneTts {
-            rate: 24_000,
-            ms_per_char: 60,
-            chunk_ms: 40,
-            first_delay: Duration::ZERO,
-        }
+        ToneTts { rate: 24_000, ms_per_char: 60, chunk_ms: 40, first_delay: Duration::ZERO }
     }
 }
 
@@ -305,19 +250,15 @@ impl Tts for ToneTts {
     }
 
     fn synthesize(&self, text: String) -> BoxStream<'static, Result<Vec<i16>, ServiceError>> {
-        let total = (text.chars().count() as u64 * self.ms_per_char as u64 * self.rate as u64
-            / 1000) as usize;
+        let total = (text.chars().count() as u64 * self.ms_per_char as u64 * self.rate as u64 / 1000) as usize;
         let chunk = (self.chunk_ms as usize * self.rate as usize / 1000).max(1);
         let first = self.first_delay;
         // One exact cycle of whole periods (600 samples at 24 kHz), computed once a
         // clause: a sine per sample would make load tests measure this fake voice.
         let rate = u64::from(self.rate.max(1));
         let cycle = (rate / gcd(rate, 440)) as usize;
-        let table: Arc<[i16]> = (0..cycle)
-            .map(|n| {
-                ((n as f64 * 440.0 * std::f64::consts::TAU / rate as f64).sin() * 8000.0) as i16
-            })
-            .collect();
+        let table: Arc<[i16]> =
+            (0..cycle).map(|n| ((n as f64 * 440.0 * std::f64::consts::TAU / rate as f64).sin() * 8000.0) as i16).collect();
         let starts: Vec<usize> = (0..total).step_by(chunk).collect();
         stream::iter(starts.into_iter().enumerate())
             .then(move |(i, start)| {
@@ -327,9 +268,7 @@ impl Tts for ToneTts {
                         pause(first).await;
                     }
                     let end = (start + chunk).min(total);
-                    Ok((start..end)
-                        .map(|n| table[n % table.len()])
-                        .collect::<Vec<i16>>())
+                    Ok((start..end).map(|n| table[n % table.len()]).collect::<Vec<i16>>())
                 }
             })
             .boxed()
@@ -342,20 +281,12 @@ mod tests {
     use crate::llm::{ChatMessage, Role};
 
     fn req() -> ChatRequest {
-        ChatRequest {
-            messages: vec![ChatMessage::new(Role::User, "hi")],
-            tools: vec![],
-            temperature: 0.0,
-            max_tokens: 10,
-        }
+        ChatRequest { messages: vec![ChatMessage::new(Role::User, "hi")], tools: vec![], temperature: 0.0, max_tokens: 10 }
     }
 
     #[tokio::test(start_paused = true)]
     async fn llm_plays_tokens_with_their_delays_and_records_requests() {
-        let llm = ScriptedLlm::new([ScriptedLlm::words(
-            "Hello there friend",
-            Duration::from_millis(30),
-        )]);
+        let llm = ScriptedLlm::new([ScriptedLlm::words("Hello there friend", Duration::from_millis(30))]);
         let start = tokio::time::Instant::now();
         let events: Vec<_> = llm.chat(req()).collect().await;
         assert_eq!(start.elapsed(), Duration::from_millis(60));
@@ -370,20 +301,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tone_lasts_by_the_character() {
-        let tts = ToneTts {
-            rate: 16_000,
-            ms_per_char: 50,
-            chunk_ms: 20,
-            first_delay: Duration::from_millis(5),
-        };
+        let tts = ToneTts { rate: 16_000, ms_per_char: 50, chunk_ms: 20, first_delay: Duration::from_millis(5) };
         let chunks: Vec<_> = tts.synthesize("abcd".into()).collect().await;
         let samples: usize = chunks.iter().map(|c| c.as_ref().unwrap().len()).sum();
         assert_eq!(samples, 16_000 * 200 / 1000);
         assert_eq!(chunks.len(), 10);
-        assert!(
-            chunks[0].as_ref().unwrap().iter().any(|&s| s.abs() > 4000),
-            "a real tone"
-        );
+        assert!(chunks[0].as_ref().unwrap().iter().any(|&s| s.abs() > 4000), "a real tone");
     }
 
     #[tokio::test(start_paused = true)]
@@ -401,10 +324,7 @@ mod tests {
         let llm = ScriptedLlm::repeating(ScriptedLlm::words("Hi! How can I help?", Duration::ZERO));
         let start = tokio::time::Instant::now();
         for _ in 0..3 {
-            assert_eq!(
-                stt.transcribe(vec![0; 320], 16_000).await.unwrap(),
-                "hello there"
-            );
+            assert_eq!(stt.transcribe(vec![0; 320], 16_000).await.unwrap(), "hello there");
             let events: Vec<_> = llm.chat(req()).collect().await;
             let text: String = events
                 .iter()
@@ -424,17 +344,12 @@ mod tests {
     #[test]
     fn zero_delays_do_not_touch_the_timer() {
         // A runtime without a timer: a zero sleep would panic, a skipped one cannot.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let stt = ScriptedStt::repeating("hi", Duration::ZERO);
         assert_eq!(rt.block_on(stt.transcribe(vec![], 16_000)).unwrap(), "hi");
         let llm = ScriptedLlm::repeating(ScriptedLlm::words("a b", Duration::ZERO));
         assert_eq!(rt.block_on(llm.chat(req()).collect::<Vec<_>>()).len(), 3);
         let tts = ToneTts::default();
-        assert!(
-            !rt.block_on(tts.synthesize("ab".into()).collect::<Vec<_>>())
-                .is_empty()
-        );
+        assert!(!rt.block_on(tts.synthesize("ab".into()).collect::<Vec<_>>()).is_empty());
     }
 }

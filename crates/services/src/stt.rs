@@ -9,11 +9,7 @@ use crate::ServiceError;
 /// Transcribes a whole utterance.
 pub trait Stt: Send + Sync + 'static {
     /// `audio` is mono PCM16 at `rate`.
-    fn transcribe(
-        &self,
-        audio: Vec<i16>,
-        rate: u32,
-    ) -> BoxFuture<'static, Result<String, ServiceError>>;
+    fn transcribe(&self, audio: Vec<i16>, rate: u32) -> BoxFuture<'static, Result<String, ServiceError>>;
 
     /// A streaming session, for providers that can stream: audio goes in as the
     /// caller speaks and partial transcripts come out (what the interruption rule's

@@ -41,9 +41,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use voxgate_audio::{
-    AudioError, EarshotDetector, VadEvent, VadMachine, VadParams, VadState, VoiceDetector,
-};
+use voxgate_audio::{AudioError, EarshotDetector, VadEvent, VadMachine, VadParams, VadState, VoiceDetector};
 use voxgate_frames::{AudioFrame, Direction, EndReason, Frame, Stage};
 use voxgate_pipeline::{Outlet, PipelineError, Processor};
 
@@ -161,8 +159,7 @@ impl<D: VoiceDetector + 'static> TurnProcessor<D> {
         }
         let room = self.hold_len();
         let samples = std::mem::replace(&mut self.held, Vec::with_capacity(room));
-        out.down(Frame::InputAudio(AudioFrame::new(samples, self.rate)))
-            .await
+        out.down(Frame::InputAudio(AudioFrame::new(samples, self.rate))).await
     }
 
     /// Runs `f` on the state machine; returns the frames it produced, and wakes the
@@ -181,21 +178,14 @@ impl<D: VoiceDetector + 'static> TurnProcessor<D> {
     fn spawn_timers(&mut self, out: &Outlet) {
         self.spawned = true;
         let cancel = CancellationToken::new();
-        tokio::spawn(run_timers(
-            self.core.clone(),
-            self.wake.clone(),
-            out.clone(),
-            cancel.clone(),
-        ));
+        tokio::spawn(run_timers(self.core.clone(), self.wake.clone(), out.clone(), cancel.clone()));
         self.timers = Some(cancel.drop_guard());
     }
 }
 
 impl<D: VoiceDetector + 'static> std::fmt::Debug for TurnProcessor<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TurnProcessor")
-            .field("rate", &self.rate)
-            .finish_non_exhaustive()
+        f.debug_struct("TurnProcessor").field("rate", &self.rate).finish_non_exhaustive()
     }
 }
 
@@ -204,12 +194,7 @@ impl<D: VoiceDetector + 'static> Processor for TurnProcessor<D> {
         "turn"
     }
 
-    async fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> Result<(), PipelineError> {
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
         if !self.spawned && !matches!(frame, Frame::Cancel(_)) {
             self.spawn_timers(out);
         }
@@ -219,16 +204,8 @@ impl<D: VoiceDetector + 'static> Processor for TurnProcessor<D> {
                 if audio.rate != self.rate {
                     if self.bad_rate.replace(audio.rate) != Some(audio.rate) {
                         tracing::warn!(rate = audio.rate, "input audio at the wrong rate; skipped");
-                        let message = format!(
-                            "input audio at {} Hz; expected {} Hz",
-                            audio.rate, self.rate
-                        );
-                        out.up(Frame::Error {
-                            code: "bad-audio-rate",
-                            message,
-                            fatal: false,
-                        })
-                        .await?;
+                        let message = format!("input audio at {} Hz; expected {} Hz", audio.rate, self.rate);
+                        out.up(Frame::Error { code: "bad-audio-rate", message, fatal: false }).await?;
                     }
                     return Ok(());
                 }
@@ -250,9 +227,7 @@ impl<D: VoiceDetector + 'static> Processor for TurnProcessor<D> {
             Frame::Start => self.step(|c, now| c.start(now)),
             Frame::BotStartedSpeaking => self.step(|c, _| c.bot_started()),
             Frame::BotStoppedSpeaking => self.step(|c, now| c.bot_stopped(now)),
-            Frame::Transcript(t) if !down => {
-                self.step(|c, _| c.heard(t.text.split_whitespace().count()))
-            }
+            Frame::Transcript(t) if !down => self.step(|c, _| c.heard(t.text.split_whitespace().count())),
             Frame::UserText(_) if down => self.step(|c, now| c.typed(now)),
             Frame::End(_) if down => self.step(|c, _| c.ended()),
             Frame::Cancel(_) => {
@@ -281,8 +256,7 @@ async fn apply(actions: Vec<Action>, out: &Outlet) -> Result<(), PipelineError> 
     for action in actions {
         match action {
             Action::Down(Frame::EndOfTurn) => {
-                out.down(Frame::TurnEnded(tokio::time::Instant::now().into_std()))
-                    .await?;
+                out.down(Frame::TurnEnded(tokio::time::Instant::now().into_std())).await?;
                 out.down(Frame::EndOfTurn).await?
             }
             Action::Down(frame) => out.down(frame).await?,
@@ -313,9 +287,7 @@ async fn run_timers<D: VoiceDetector + 'static>(
             c.on_timer(now);
             // A deadline already past would spin; the state machine clears what it
             // handles, so this guard only matters if that ever breaks.
-            let next = c
-                .next_deadline()
-                .map(|n| n.max(now + Duration::from_millis(1)));
+            let next = c.next_deadline().map(|n| n.max(now + Duration::from_millis(1)));
             c.armed = next;
             (std::mem::take(&mut c.actions), next)
         };
@@ -439,9 +411,7 @@ impl<D: VoiceDetector> Core<D> {
     /// Rounded up, so that `samples(duration(n)) >= n` and a timer set from it never
     /// wakes a hair too early.
     fn duration(&self, samples: u64) -> Duration {
-        Duration::from_nanos(
-            (u128::from(samples) * 1_000_000_000).div_ceil(u128::from(self.rate)) as u64,
-        )
+        Duration::from_nanos((u128::from(samples) * 1_000_000_000).div_ceil(u128::from(self.rate)) as u64)
     }
 
     fn start(&mut self, now: Instant) {
@@ -531,10 +501,7 @@ impl<D: VoiceDetector> Core<D> {
         self.yielded = true;
         self.backoff_until = t + self.backoff;
         metrics::counter!("voxgate_interruptions_total").increment(1);
-        tracing::debug!(
-            audio_ms = t * 1000 / self.rate,
-            "caller barged in; the bot yields"
-        );
+        tracing::debug!(audio_ms = t * 1000 / self.rate, "caller barged in; the bot yields");
         self.actions.push(Action::Interrupt);
         if self.vad.state() == VadState::Quiet {
             // The words came after the caller stopped: the turn ends from that stop.
@@ -549,9 +516,7 @@ impl<D: VoiceDetector> Core<D> {
     /// Ends the turn if its deadline has passed at audio time `now`. While the VAD is
     /// deciding whether speech has resumed (starting), the decision waits for it.
     fn check_endpoint(&mut self, now: u64) {
-        let Some(deadline) = self.endpoint else {
-            return;
-        };
+        let Some(deadline) = self.endpoint else { return };
         if self.done {
             self.endpoint = None;
             return;
@@ -562,10 +527,7 @@ impl<D: VoiceDetector> Core<D> {
         self.endpoint = None;
         let value = self.duration(now.saturating_sub(self.last_voiced_end));
         tracing::debug!(?value, "end of turn");
-        self.actions.push(Action::Down(Frame::Metric {
-            stage: Stage::Endpointing,
-            value,
-        }));
+        self.actions.push(Action::Down(Frame::Metric { stage: Stage::Endpointing, value }));
         self.actions.push(Action::Down(Frame::EndOfTurn));
     }
 
@@ -652,8 +614,7 @@ impl<D: VoiceDetector> Core<D> {
             }
             self.prompted = true;
             self.silence_since = Some(now);
-            self.actions
-                .push(Action::Down(Frame::Say(self.silence_prompt.clone())));
+            self.actions.push(Action::Down(Frame::Say(self.silence_prompt.clone())));
         }
         if let (Some(max), Some(started)) = (self.max_duration, self.started)
             && now >= started + max

@@ -25,12 +25,7 @@ impl Store {
     /// Stores a new assistant (the spec is assumed validated).
     pub async fn create_assistant(&self, spec: AssistantSpec) -> Result<Assistant> {
         let now = now_ms();
-        let a = Assistant {
-            id: new_id(),
-            spec,
-            created_at: now,
-            updated_at: now,
-        };
+        let a = Assistant { id: new_id(), spec, created_at: now, updated_at: now };
         let mut c = self.writer().await?;
         sqlx::query("INSERT INTO assistants (id, name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&a.id)
@@ -45,21 +40,16 @@ impl Store {
 
     pub async fn get_assistant(&self, id: &str) -> Result<Assistant> {
         let mut c = self.reader().await?;
-        let row =
-            sqlx::query("SELECT id, spec, created_at, updated_at FROM assistants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *c)
-                .await?
-                .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query("SELECT id, spec, created_at, updated_at FROM assistants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         from_row(&row)
     }
 
     /// Newest first. `cursor` is the last id of the previous page.
-    pub async fn list_assistants(
-        &self,
-        limit: u32,
-        cursor: Option<&str>,
-    ) -> Result<Page<Assistant>> {
+    pub async fn list_assistants(&self, limit: u32, cursor: Option<&str>) -> Result<Page<Assistant>> {
         let mut c = self.reader().await?;
         let limit = limit.clamp(1, 100) as i64;
         // Two statements rather than a sentinel cursor: no string sorts after every id
@@ -102,15 +92,8 @@ impl Store {
 
     pub async fn delete_assistant(&self, id: &str) -> Result<()> {
         let mut c = self.writer().await?;
-        let done = sqlx::query("DELETE FROM assistants WHERE id = $1")
-            .bind(id)
-            .execute(&mut *c)
-            .await?;
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        let done = sqlx::query("DELETE FROM assistants WHERE id = $1").bind(id).execute(&mut *c).await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 }
 
@@ -122,15 +105,7 @@ pub(crate) fn page<T>(
     cursor_of: impl Fn(&T) -> String,
 ) -> Result<Page<T>> {
     let more = rows.len() as i64 > limit;
-    let items = rows
-        .iter()
-        .take(limit as usize)
-        .map(decode)
-        .collect::<Result<Vec<T>>>()?;
-    let next_cursor = if more {
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
+    let items = rows.iter().take(limit as usize).map(decode).collect::<Result<Vec<T>>>()?;
+    let next_cursor = if more { items.last().map(cursor_of) } else { None };
     Ok(Page { items, next_cursor })
 }

@@ -30,8 +30,7 @@ fn from_row(r: &AnyRow) -> Result<Call> {
         id: r.try_get("id")?,
         assistant_id: r.try_get("assistant_id")?,
         key_id: r.try_get("key_id")?,
-        status: CallStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("calls.status {status:?}")))?,
+        status: CallStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("calls.status {status:?}")))?,
         ended_reason: r.try_get("ended_reason")?,
         started_at: r.try_get("started_at")?,
         ended_at: r.try_get("ended_at")?,
@@ -39,22 +38,17 @@ fn from_row(r: &AnyRow) -> Result<Call> {
         instance: r.try_get("instance")?,
         metadata: json_col(&meta, "calls.metadata")?,
         turns: None,
-        recording_url: r.try_get::<Option<String>, _>("recording_path")?.map(|_| {
-            format!(
-                "/api/calls/{id}/recording",
-                id = r.try_get::<String, _>("id").unwrap_or_default()
-            )
-        }),
+        recording_url: r.try_get::<Option<String>, _>("recording_path")?.map(|_| format!("/api/calls/{id}/recording", id = r.try_get::<String, _>("id").unwrap_or_default())),
     })
 }
 
 fn turn_from_row(r: &AnyRow) -> Result<CallTurn> {
     let role: String = r.try_get("role")?;
     let interrupted: i64 = r.try_get("interrupted")?;
+    let (error_code, error_message): (Option<String>, Option<String>) = (r.try_get("error_code")?, r.try_get("error_message")?);
     Ok(CallTurn {
         idx: r.try_get("idx")?,
-        role: TurnRole::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("call_turns.role {role:?}")))?,
+        role: TurnRole::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("call_turns.role {role:?}")))?,
         text: r.try_get("text")?,
         started_ms: r.try_get("started_ms")?,
         interrupted: interrupted != 0,
@@ -68,16 +62,7 @@ fn turn_from_row(r: &AnyRow) -> Result<CallTurn> {
             response_ms: r.try_get("response_ms")?,
             retrieval_ms: r.try_get("retrieval_ms")?,
         },
-        error: match (
-            r.try_get::<Option<String>, _>("error_code")?,
-            r.try_get::<Option<String>, _>("error_message")?,
-        ) {
-            (Some(code), message) => Some(TurnError {
-                code,
-                message: message.unwrap_or_default(),
-            }),
-            (None, _) => None,
-        },
+        error: error_code.map(|code| TurnError { code, message: error_message.unwrap_or_default() }),
     })
 }
 
@@ -135,11 +120,7 @@ impl Store {
     /// Notes where a call's recording was written.
     pub async fn set_recording(&self, call_id: &str, path: &str) -> Result<()> {
         let mut c = self.writer().await?;
-        sqlx::query("UPDATE calls SET recording_path = $1 WHERE id = $2")
-            .bind(path)
-            .bind(call_id)
-            .execute(&mut *c)
-            .await?;
+        sqlx::query("UPDATE calls SET recording_path = $1 WHERE id = $2").bind(path).bind(call_id).execute(&mut *c).await?;
         Ok(())
     }
 
@@ -147,23 +128,18 @@ impl Store {
     pub async fn recording_path(&self, call_id: &str) -> Result<Option<String>> {
         let mut c = self.reader().await?;
         let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT recording_path FROM calls WHERE id = $1")
-                .bind(call_id)
-                .fetch_optional(&mut *c)
-                .await?;
+            sqlx::query_as("SELECT recording_path FROM calls WHERE id = $1").bind(call_id).fetch_optional(&mut *c).await?;
         row.ok_or(StoreError::NotFound).map(|r| r.0)
     }
 
     /// A call with its transcript.
     pub async fn get_call(&self, id: &str) -> Result<Call> {
         let mut c = self.reader().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM calls WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM calls WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let mut call = from_row(&row)?;
         let turns = sqlx::query("SELECT * FROM call_turns WHERE call_id = $1 ORDER BY idx")
             .bind(id)

@@ -7,19 +7,16 @@ use voxgate_domain::{FileError, FileRecord, FileStatus};
 use crate::assistants::page;
 use crate::{Page, Result, Store, StoreError};
 
-pub(crate) const COLS: &str = "id, name, content_type, size_bytes, sha256, purpose, assistant_id, storage_path, created_at, status, error_code, error_message, chunk_count, processed_at";
+pub(crate) const COLS: &str =
+    "id, name, content_type, size_bytes, sha256, purpose, assistant_id, storage_path, created_at, status, error_code, error_message, chunk_count, processed_at";
 
 pub(crate) fn from_row(r: &AnyRow) -> Result<FileRecord> {
     let status: String = r.try_get("status")?;
     let code: Option<String> = r.try_get("error_code")?;
     let message: Option<String> = r.try_get("error_message")?;
     Ok(FileRecord {
-        status: FileStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("file status `{status}`")))?,
-        error: code.map(|code| FileError {
-            code,
-            message: message.unwrap_or_default(),
-        }),
+        status: FileStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("file status `{status}`")))?,
+        error: code.map(|code| FileError { code, message: message.unwrap_or_default() }),
         chunk_count: r.try_get("chunk_count")?,
         processed_at: r.try_get("processed_at")?,
         id: r.try_get("id")?,
@@ -65,13 +62,11 @@ impl Store {
 
     pub async fn get_file(&self, id: &str) -> Result<FileRecord> {
         let mut c = self.reader().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM files WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         from_row(&row)
     }
 
@@ -80,21 +75,17 @@ impl Store {
         let mut c = self.reader().await?;
         let rows = match cursor {
             Some(cursor) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLS} FROM files WHERE id < $1 ORDER BY id DESC LIMIT $2"
-                )))
-                .bind(cursor.to_string())
-                .bind(limit + 1)
-                .fetch_all(&mut *c)
-                .await?
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE id < $1 ORDER BY id DESC LIMIT $2")))
+                    .bind(cursor.to_string())
+                    .bind(limit + 1)
+                    .fetch_all(&mut *c)
+                    .await?
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLS} FROM files ORDER BY id DESC LIMIT $1"
-                )))
-                .bind(limit + 1)
-                .fetch_all(&mut *c)
-                .await?
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files ORDER BY id DESC LIMIT $1")))
+                    .bind(limit + 1)
+                    .fetch_all(&mut *c)
+                    .await?
             }
         };
         page(rows, limit, from_row, |f| f.id.clone())
@@ -106,17 +97,12 @@ impl Store {
         use sqlx::Connection;
         let mut c = self.writer().await?;
         let mut tx = c.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM files WHERE id = $1 RETURNING {COLS}"
-        )))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        sqlx::query("DELETE FROM knowledge_chunks WHERE file_id = $1")
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM files WHERE id = $1 RETURNING {COLS}")))
             .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        sqlx::query("DELETE FROM knowledge_chunks WHERE file_id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         from_row(&row)
     }

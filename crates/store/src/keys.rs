@@ -2,8 +2,8 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use voxgate_domain::clock::now_ms;
 use voxgate_domain::key::{ApiKey, KeyKind};
+use voxgate_domain::clock::now_ms;
 
 use crate::{Result, Store, StoreError, json_col};
 
@@ -15,8 +15,7 @@ fn from_row(r: &AnyRow) -> Result<ApiKey> {
     Ok(ApiKey {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
-        kind: KeyKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("api_keys.kind {kind:?}")))?,
+        kind: KeyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("api_keys.kind {kind:?}")))?,
         prefix: r.try_get("prefix")?,
         hash: r.try_get("hash")?,
         assistant_ids: json_col(&ids, "api_keys.assistant_ids")?,
@@ -48,35 +47,29 @@ impl Store {
     /// The live (not revoked) key with this hash.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
         let mut c = self.reader().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM api_keys WHERE hash = $1 AND revoked_at IS NULL"
-        )))
-        .bind(hash)
-        .fetch_optional(&mut *c)
-        .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM api_keys WHERE hash = $1 AND revoked_at IS NULL")))
+            .bind(hash)
+            .fetch_optional(&mut *c)
+            .await?;
         row.as_ref().map(from_row).transpose()
     }
 
     pub async fn get_key(&self, id: &str) -> Result<ApiKey> {
         let mut c = self.reader().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM api_keys WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM api_keys WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         from_row(&row)
     }
 
     /// Every key, newest first, revoked ones included.
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>> {
         let mut c = self.reader().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM api_keys ORDER BY id DESC"
-        )))
-        .fetch_all(&mut *c)
-        .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM api_keys ORDER BY id DESC")))
+            .fetch_all(&mut *c)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -95,9 +88,7 @@ impl Store {
 
     pub async fn count_live_keys(&self) -> Result<i64> {
         let mut c = self.reader().await?;
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
-            .fetch_one(&mut *c)
-            .await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL").fetch_one(&mut *c).await?;
         Ok(n)
     }
 
@@ -105,9 +96,7 @@ impl Store {
     pub async fn create_login_code(&self, hash: &str, ttl_ms: i64) -> Result<()> {
         let now = now_ms();
         let mut c = self.writer().await?;
-        sqlx::query("DELETE FROM login_codes WHERE used_at IS NULL")
-            .execute(&mut *c)
-            .await?;
+        sqlx::query("DELETE FROM login_codes WHERE used_at IS NULL").execute(&mut *c).await?;
         sqlx::query("INSERT INTO login_codes (hash, created_at, expires_at) VALUES ($1, $2, $3)")
             .bind(hash)
             .bind(now)
@@ -132,21 +121,12 @@ impl Store {
 
 impl Store {
     /// Stores a call token (by hash) for one call to `assistant_id`.
-    pub async fn create_call_token(
-        &self,
-        hash: &str,
-        assistant_id: &str,
-        key_id: Option<&str>,
-        ttl_ms: i64,
-    ) -> Result<i64> {
+    pub async fn create_call_token(&self, hash: &str, assistant_id: &str, key_id: Option<&str>, ttl_ms: i64) -> Result<i64> {
         let now = now_ms();
         let expires = now + ttl_ms;
         let mut c = self.writer().await?;
         // Expired tokens are of no use to anyone: sweep them as new ones come.
-        sqlx::query("DELETE FROM call_tokens WHERE expires_at < $1")
-            .bind(now - 3_600_000)
-            .execute(&mut *c)
-            .await?;
+        sqlx::query("DELETE FROM call_tokens WHERE expires_at < $1").bind(now - 3_600_000).execute(&mut *c).await?;
         sqlx::query("INSERT INTO call_tokens (hash, assistant_id, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(hash)
             .bind(assistant_id)

@@ -41,14 +41,9 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        sqlx::query("DELETE FROM knowledge_chunks WHERE file_id = $1")
-            .bind(file_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM knowledge_chunks WHERE file_id = $1").bind(file_id).execute(&mut *tx).await?;
         for (batch_no, batch) in chunks.chunks(INSERT_BATCH).enumerate() {
-            let mut sql = String::from(
-                "INSERT INTO knowledge_chunks (file_id, idx, text, embedding) VALUES ",
-            );
+            let mut sql = String::from("INSERT INTO knowledge_chunks (file_id, idx, text, embedding) VALUES ");
             for n in 0..batch.len() {
                 let p = n * 4;
                 if n > 0 {
@@ -58,11 +53,7 @@ impl Store {
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (n, (text, embedding)) in batch.iter().enumerate() {
-                q = q
-                    .bind(file_id)
-                    .bind((batch_no * INSERT_BATCH + n) as i64)
-                    .bind(text.as_str())
-                    .bind(embedding.as_slice());
+                q = q.bind(file_id).bind((batch_no * INSERT_BATCH + n) as i64).bind(text.as_str()).bind(embedding.as_slice());
             }
             q.execute(&mut *tx).await?;
         }
@@ -92,11 +83,9 @@ impl Store {
     /// Files still `processing` (oldest first): after a restart their jobs run again.
     pub async fn processing_files(&self) -> Result<Vec<FileRecord>> {
         let mut c = self.reader().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM files WHERE status = 'processing' ORDER BY id"
-        )))
-        .fetch_all(&mut *c)
-        .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE status = 'processing' ORDER BY id")))
+            .fetch_all(&mut *c)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -108,13 +97,8 @@ impl Store {
         let mut c = self.reader().await?;
         let mut out = Vec::with_capacity(ids.len());
         for batch in ids.chunks(INSERT_BATCH) {
-            let marks = (1..=batch.len())
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLS} FROM files WHERE id IN ({marks})"
-            )));
+            let marks = (1..=batch.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM files WHERE id IN ({marks})")));
             for id in batch {
                 q = q.bind(id.as_str());
             }

@@ -61,12 +61,8 @@ impl StoreError {
     pub fn is_permanent(&self) -> bool {
         match self {
             StoreError::Conflict(_) | StoreError::Corrupt(_) | StoreError::NotFound => true,
-            StoreError::Database(sqlx::Error::Database(db)) => {
-                !matches!(db.kind(), sqlx::error::ErrorKind::Other)
-            }
-            StoreError::Database(
-                sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_),
-            ) => true,
+            StoreError::Database(sqlx::Error::Database(db)) => !matches!(db.kind(), sqlx::error::ErrorKind::Other),
+            StoreError::Database(sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_)) => true,
             _ => false,
         }
     }
@@ -79,9 +75,7 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 StoreError::Unavailable(e.to_string())
             }
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict(db.message().to_string())
-            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_string()),
             _ => StoreError::Database(e),
         }
     }

@@ -9,12 +9,7 @@ use crate::{Backend, Result, Store};
 
 /// (version, description, SQLite SQL, PostgreSQL SQL), in order.
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../migrations/sqlite/0001_init.sql"),
-        include_str!("../migrations/postgres/0001_init.sql"),
-    ),
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql"), include_str!("../migrations/postgres/0001_init.sql")),
     (
         2,
         "call tokens",
@@ -61,19 +56,10 @@ fn migrator(backend: Backend) -> Migrator {
                 Backend::Sqlite => *sqlite,
                 Backend::Postgres => *pg,
             };
-            Migration::new(
-                *version,
-                Cow::Borrowed(*desc),
-                MigrationType::Simple,
-                sqlx::SqlSafeStr::into_sql_str(sql),
-                false,
-            )
+            Migration::new(*version, Cow::Borrowed(*desc), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(sql), false)
         })
         .collect::<Vec<_>>();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
 impl Store {
@@ -87,10 +73,7 @@ impl Store {
     /// The versions applied so far.
     pub async fn applied_migrations(&self) -> Result<Vec<i64>> {
         let mut c = self.reader().await?;
-        let rows: Vec<(i64,)> =
-            sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
-                .fetch_all(&mut *c)
-                .await?;
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(&mut *c).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }

@@ -116,8 +116,7 @@ fn from_row(r: &AnyRow) -> Result<OutboxEvent> {
         created_at: r.try_get("created_at")?,
         attempts: r.try_get("attempts")?,
         next_attempt_at: r.try_get("next_attempt_at")?,
-        state: OutboxState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("webhook_outbox.state {state:?}")))?,
+        state: OutboxState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("webhook_outbox.state {state:?}")))?,
         delivered_at: r.try_get("delivered_at")?,
         last_status: r.try_get("last_status")?,
         last_error: r.try_get("last_error")?,
@@ -161,12 +160,7 @@ impl Store {
 
     /// Claims up to `limit` pending events that are due at `now_ms` and not leased
     /// by anyone, leasing them until `lease_until_ms`. Oldest due first.
-    pub async fn claim_webhooks(
-        &self,
-        limit: u32,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Vec<OutboxEvent>> {
+    pub async fn claim_webhooks(&self, limit: u32, now_ms: i64, lease_until_ms: i64) -> Result<Vec<OutboxEvent>> {
         let lock = match self.backend() {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -283,13 +277,11 @@ impl Store {
     /// One event with its delivery status.
     pub async fn get_webhook(&self, id: &str) -> Result<OutboxEvent> {
         let mut c = self.reader().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLS} FROM webhook_outbox WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&mut *c)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM webhook_outbox WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         from_row(&row)
     }
 
@@ -336,9 +328,7 @@ impl Store {
     pub async fn count_pending_webhooks(&self) -> Result<i64> {
         let mut c = self.reader().await?;
         let (n,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'")
-                .fetch_one(&mut *c)
-                .await?;
+            sqlx::query_as("SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'").fetch_one(&mut *c).await?;
         Ok(n)
     }
 }

@@ -3,9 +3,9 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
+use futures_util::future::BoxFuture;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor};
 
 use crate::{Result, StoreError};
@@ -81,19 +81,13 @@ pub fn normalize_url(url: &str) -> Result<(Backend, String)> {
     if path == ":memory:" {
         // The writer and the readers are separate connections: each would get a
         // database of its own.
-        return Err(StoreError::Unavailable(
-            "an in-memory SQLite database cannot be shared by the pool; use a file".into(),
-        ));
+        return Err(StoreError::Unavailable("an in-memory SQLite database cannot be shared by the pool; use a file".into()));
     }
     let mut query: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
     if !query.iter().any(|p| p.starts_with("mode=")) && path != ":memory:" {
         query.push("mode=rwc");
     }
-    let q = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", query.join("&"))
-    };
+    let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
     Ok((Backend::Sqlite, format!("sqlite://{path}{q}")))
 }
 
@@ -103,9 +97,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (backend, url) = normalize_url(url)?;
         let connect = AnyConnectOptions::from_str(&url)
-            .map_err(|e| {
-                StoreError::Unavailable(format!("bad DATABASE_URL: {}", redact(&e.to_string())))
-            })?
+            .map_err(|e| StoreError::Unavailable(format!("bad DATABASE_URL: {}", redact(&e.to_string()))))?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
 
@@ -125,21 +117,13 @@ impl Store {
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {stmt_ms};"
                 );
-                let write = base(1)
-                    .after_connect(run_on_connect(pragmas.clone()))
-                    .connect_with(connect.clone())
-                    .await
-                    .map_err(connect_err)?;
+                let write = base(1).after_connect(run_on_connect(pragmas.clone())).connect_with(connect.clone()).await.map_err(connect_err)?;
                 let read = base(opts.max_connections.max(1))
                     .after_connect(run_on_connect(pragmas))
                     .connect_with(connect)
                     .await
                     .map_err(connect_err)?;
-                Ok(Store {
-                    backend,
-                    read,
-                    write,
-                })
+                Ok(Store { backend, read, write })
             }
             Backend::Postgres => {
                 let pool = base(opts.max_connections.max(1))
@@ -147,11 +131,7 @@ impl Store {
                     .connect_with(connect)
                     .await
                     .map_err(connect_err)?;
-                Ok(Store {
-                    backend,
-                    read: pool.clone(),
-                    write: pool,
-                })
+                Ok(Store { backend, read: pool.clone(), write: pool })
             }
         }
     }
@@ -205,10 +185,7 @@ impl Store {
 /// A hook that runs `sql` on every new connection.
 fn run_on_connect(
     sql: String,
-) -> impl for<'c> Fn(
-    &'c mut sqlx::AnyConnection,
-    sqlx::pool::PoolConnectionMetadata,
-) -> BoxFuture<'c, std::result::Result<(), sqlx::Error>>
+) -> impl for<'c> Fn(&'c mut sqlx::AnyConnection, sqlx::pool::PoolConnectionMetadata) -> BoxFuture<'c, std::result::Result<(), sqlx::Error>>
 + Send
 + Sync
 + 'static {
@@ -224,8 +201,7 @@ fn run_on_connect(
 async fn acquire(pool: &AnyPool, which: &'static str) -> Result<PoolConnection<Any>> {
     let t = Instant::now();
     let conn = pool.acquire().await;
-    metrics::histogram!("voxgate_db_acquire_seconds", "pool" => which)
-        .record(t.elapsed().as_secs_f64());
+    metrics::histogram!("voxgate_db_acquire_seconds", "pool" => which).record(t.elapsed().as_secs_f64());
     Ok(conn?)
 }
 
@@ -258,22 +234,10 @@ mod tests {
 
     #[test]
     fn urls_are_normalized() {
-        assert_eq!(
-            normalize_url("voxgate.db").unwrap(),
-            (Backend::Sqlite, "sqlite://voxgate.db?mode=rwc".into())
-        );
-        assert_eq!(
-            normalize_url("sqlite:x.db").unwrap().1,
-            "sqlite://x.db?mode=rwc"
-        );
-        assert_eq!(
-            normalize_url("sqlite://x.db?mode=ro").unwrap().1,
-            "sqlite://x.db?mode=ro"
-        );
-        assert_eq!(
-            normalize_url("postgresql://u:p@h/db").unwrap().0,
-            Backend::Postgres
-        );
+        assert_eq!(normalize_url("voxgate.db").unwrap(), (Backend::Sqlite, "sqlite://voxgate.db?mode=rwc".into()));
+        assert_eq!(normalize_url("sqlite:x.db").unwrap().1, "sqlite://x.db?mode=rwc");
+        assert_eq!(normalize_url("sqlite://x.db?mode=ro").unwrap().1, "sqlite://x.db?mode=ro");
+        assert_eq!(normalize_url("postgresql://u:p@h/db").unwrap().0, Backend::Postgres);
         assert!(normalize_url("mysql://h/db").is_err());
         assert!(normalize_url("").is_err());
     }

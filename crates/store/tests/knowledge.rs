@@ -11,14 +11,7 @@ fn processing_file() -> FileRecord {
 
 fn chunks(n: usize) -> Vec<(String, Vec<u8>)> {
     // Bytes of every value, NUL included: the blob must come back as it went in.
-    (0..n)
-        .map(|i| {
-            (
-                format!("chunk {i} — ünïcode"),
-                (0..=255u8).map(|b| b.wrapping_add(i as u8)).collect(),
-            )
-        })
-        .collect()
+    (0..n).map(|i| (format!("chunk {i} — ünïcode"), (0..=255u8).map(|b| b.wrapping_add(i as u8)).collect())).collect()
 }
 
 #[tokio::test]
@@ -27,18 +20,7 @@ async fn a_processed_file_keeps_its_chunks_in_order_until_deleted() {
         let store = db.store().await;
         let f = processing_file();
         store.insert_file(&f).await.unwrap();
-        assert_eq!(
-            store
-                .processing_files()
-                .await
-                .unwrap()
-                .iter()
-                .filter(|p| p.id == f.id)
-                .count(),
-            1,
-            "{}",
-            db.name
-        );
+        assert_eq!(store.processing_files().await.unwrap().iter().filter(|p| p.id == f.id).count(), 1, "{}", db.name);
 
         // More than one INSERT batch.
         let want = chunks(450);
@@ -50,33 +32,15 @@ async fn a_processed_file_keeps_its_chunks_in_order_until_deleted() {
         let stored = store.file_chunks(&f.id).await.unwrap();
         assert_eq!(stored.len(), 450);
         for (n, (c, (text, bytes))) in stored.iter().zip(&want).enumerate() {
-            assert_eq!(
-                (c.idx, &c.text, &c.embedding),
-                (n as i64, text, bytes),
-                "{}",
-                db.name
-            );
+            assert_eq!((c.idx, &c.text, &c.embedding), (n as i64, text, bytes), "{}", db.name);
         }
         // Finished once: a second completion is refused and changes nothing.
-        assert!(matches!(
-            store.complete_file(&f.id, &chunks(2)).await,
-            Err(StoreError::NotFound)
-        ));
+        assert!(matches!(store.complete_file(&f.id, &chunks(2)).await, Err(StoreError::NotFound)));
         assert_eq!(store.file_chunks(&f.id).await.unwrap().len(), 450);
 
         store.delete_file(&f.id).await.unwrap();
-        assert!(
-            store.file_chunks(&f.id).await.unwrap().is_empty(),
-            "{}: chunks outlived their file",
-            db.name
-        );
-        assert!(
-            store
-                .files_by_ids(std::slice::from_ref(&f.id))
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.file_chunks(&f.id).await.unwrap().is_empty(), "{}: chunks outlived their file", db.name);
+        assert!(store.files_by_ids(std::slice::from_ref(&f.id)).await.unwrap().is_empty());
     }
 }
 
@@ -87,23 +51,9 @@ async fn a_file_deleted_while_processing_gets_no_chunks() {
         let f = processing_file();
         store.insert_file(&f).await.unwrap();
         store.delete_file(&f.id).await.unwrap();
-        assert!(
-            matches!(
-                store.complete_file(&f.id, &chunks(3)).await,
-                Err(StoreError::NotFound)
-            ),
-            "{}",
-            db.name
-        );
-        assert!(
-            store.file_chunks(&f.id).await.unwrap().is_empty(),
-            "{}",
-            db.name
-        );
-        assert!(matches!(
-            store.fail_file(&f.id, "x", "y").await,
-            Err(StoreError::NotFound)
-        ));
+        assert!(matches!(store.complete_file(&f.id, &chunks(3)).await, Err(StoreError::NotFound)), "{}", db.name);
+        assert!(store.file_chunks(&f.id).await.unwrap().is_empty(), "{}", db.name);
+        assert!(matches!(store.fail_file(&f.id, "x", "y").await, Err(StoreError::NotFound)));
     }
 }
 
@@ -113,31 +63,12 @@ async fn a_failed_file_says_why_and_leaves_the_queue() {
         let store = db.store().await;
         let f = processing_file();
         store.insert_file(&f).await.unwrap();
-        store
-            .fail_file(
-                &f.id,
-                "unsupported-type",
-                "the file is a zip archive, not a PDF",
-            )
-            .await
-            .unwrap();
+        store.fail_file(&f.id, "unsupported-type", "the file is a zip archive, not a PDF").await.unwrap();
         let got = store.get_file(&f.id).await.unwrap();
         assert_eq!(got.status, FileStatus::Failed);
         let e = got.error.clone().expect("an error");
-        assert_eq!(
-            (e.code.as_str(), e.message.as_str()),
-            ("unsupported-type", "the file is a zip archive, not a PDF")
-        );
-        assert!(
-            !store
-                .processing_files()
-                .await
-                .unwrap()
-                .iter()
-                .any(|p| p.id == f.id),
-            "{}",
-            db.name
-        );
+        assert_eq!((e.code.as_str(), e.message.as_str()), ("unsupported-type", "the file is a zip archive, not a PDF"));
+        assert!(!store.processing_files().await.unwrap().iter().any(|p| p.id == f.id), "{}", db.name);
         let json = serde_json::to_value(&got).unwrap();
         assert_eq!(json["status"], "failed");
         assert_eq!(json["error"]["code"], "unsupported-type");
@@ -156,13 +87,7 @@ async fn files_by_ids_returns_only_those_that_exist() {
         ids.push(a.id.clone());
         ids.push(b.id.clone());
         ids.push("'; DROP TABLE files; --".into());
-        let mut got: Vec<String> = store
-            .files_by_ids(&ids)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|f| f.id)
-            .collect();
+        let mut got: Vec<String> = store.files_by_ids(&ids).await.unwrap().into_iter().map(|f| f.id).collect();
         got.sort();
         let mut want = vec![a.id, b.id];
         want.sort();

@@ -27,12 +27,7 @@ async fn migrations_twice_change_nothing() {
         store.migrate().await.unwrap();
         let again = Store::connect(&db.url, &Default::default()).await.unwrap();
         again.migrate().await.unwrap();
-        assert_eq!(
-            store.applied_migrations().await.unwrap(),
-            before,
-            "{}",
-            db.name
-        );
+        assert_eq!(store.applied_migrations().await.unwrap(), before, "{}", db.name);
         assert!(!before.is_empty());
     }
 }
@@ -44,10 +39,7 @@ async fn sqlite_runs_in_wal_mode() {
     // Another connection sees the mode the store set on the file.
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
-    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(&pool).await.unwrap();
     assert_eq!(mode.to_lowercase(), "wal");
     pool.close().await;
 }
@@ -58,12 +50,7 @@ async fn assistants_crud_and_pagination() {
         let store = db.store().await;
         let hostile = "Robert'); DROP TABLE assistants;-- \u{1F600} \u{202E}";
         let a = store.create_assistant(spec(hostile)).await.unwrap();
-        assert_eq!(
-            store.get_assistant(&a.id).await.unwrap().spec.name,
-            hostile,
-            "{}",
-            db.name
-        );
+        assert_eq!(store.get_assistant(&a.id).await.unwrap().spec.name, hostile, "{}", db.name);
 
         let mut s2 = a.spec.clone();
         s2.system_prompt = "changed".into();
@@ -72,34 +59,19 @@ async fn assistants_crud_and_pagination() {
         assert_eq!(b.created_at, a.created_at);
 
         for n in 0..5 {
-            store
-                .create_assistant(spec(&format!("a{n}")))
-                .await
-                .unwrap();
+            store.create_assistant(spec(&format!("a{n}"))).await.unwrap();
         }
         let p1 = store.list_assistants(4, None).await.unwrap();
         assert_eq!(p1.items.len(), 4);
-        let p2 = store
-            .list_assistants(4, p1.next_cursor.as_deref())
-            .await
-            .unwrap();
+        let p2 = store.list_assistants(4, p1.next_cursor.as_deref()).await.unwrap();
         assert_eq!(p2.items.len(), 2, "{}", db.name);
         assert!(p2.next_cursor.is_none());
         assert_eq!(p1.items[0].spec.name, "a4", "newest first");
 
         store.delete_assistant(&a.id).await.unwrap();
-        assert!(matches!(
-            store.get_assistant(&a.id).await,
-            Err(StoreError::NotFound)
-        ));
-        assert!(matches!(
-            store.delete_assistant(&a.id).await,
-            Err(StoreError::NotFound)
-        ));
-        assert!(matches!(
-            store.update_assistant("nope", spec("x")).await,
-            Err(StoreError::NotFound)
-        ));
+        assert!(matches!(store.get_assistant(&a.id).await, Err(StoreError::NotFound)));
+        assert!(matches!(store.delete_assistant(&a.id).await, Err(StoreError::NotFound)));
+        assert!(matches!(store.update_assistant("nope", spec("x")).await, Err(StoreError::NotFound)));
     }
 }
 
@@ -113,11 +85,7 @@ async fn keys_hash_lookup_revoke_and_login_codes() {
         assert_eq!(found.assistant_ids, vec!["a1".to_string()]);
         assert_eq!(store.count_live_keys().await.unwrap(), 1);
         // The same hash twice is a conflict, not a crash.
-        assert!(
-            matches!(store.insert_key(&m.key).await, Err(StoreError::Conflict(_))),
-            "{}",
-            db.name
-        );
+        assert!(matches!(store.insert_key(&m.key).await, Err(StoreError::Conflict(_))), "{}", db.name);
 
         let revoked = store.revoke_key(&m.key.id).await.unwrap();
         assert!(revoked.revoked_at.is_some());
@@ -126,38 +94,15 @@ async fn keys_hash_lookup_revoke_and_login_codes() {
 
         store.create_login_code("h1", 60_000).await.unwrap();
         assert!(store.consume_login_code("h1").await.unwrap());
-        assert!(
-            !store.consume_login_code("h1").await.unwrap(),
-            "a login code works once"
-        );
+        assert!(!store.consume_login_code("h1").await.unwrap(), "a login code works once");
         store.create_login_code("h2", -1).await.unwrap();
-        assert!(
-            !store.consume_login_code("h2").await.unwrap(),
-            "an expired code never works"
-        );
+        assert!(!store.consume_login_code("h2").await.unwrap(), "an expired code never works");
 
-        store
-            .create_call_token("t1", "asst", Some("key"), 60_000)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.consume_call_token("t1").await.unwrap(),
-            Some(("asst".into(), Some("key".into())))
-        );
-        assert_eq!(
-            store.consume_call_token("t1").await.unwrap(),
-            None,
-            "a call token works once"
-        );
-        store
-            .create_call_token("t2", "asst", None, -1)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.consume_call_token("t2").await.unwrap(),
-            None,
-            "an expired token never works"
-        );
+        store.create_call_token("t1", "asst", Some("key"), 60_000).await.unwrap();
+        assert_eq!(store.consume_call_token("t1").await.unwrap(), Some(("asst".into(), Some("key".into()))));
+        assert_eq!(store.consume_call_token("t1").await.unwrap(), None, "a call token works once");
+        store.create_call_token("t2", "asst", None, -1).await.unwrap();
+        assert_eq!(store.consume_call_token("t2").await.unwrap(), None, "an expired token never works");
     }
 }
 
@@ -180,16 +125,7 @@ async fn turns_with_and_without_latency_follow_each_other() {
             response_ms: Some(38.8),
             retrieval_ms: Some(14.2),
         };
-        let latencies = [
-            TurnLatency::default(),
-            full.clone(),
-            TurnLatency {
-                queue_wait_ms: None,
-                ..full.clone()
-            },
-            TurnLatency::default(),
-            full,
-        ];
+        let latencies = [TurnLatency::default(), full.clone(), TurnLatency { queue_wait_ms: None, ..full.clone() }, TurnLatency::default(), full];
         for (idx, latency) in latencies.iter().enumerate() {
             let turn = CallTurn {
                 idx: idx as i64,
@@ -204,10 +140,7 @@ async fn turns_with_and_without_latency_follow_each_other() {
                     message: format!("turn {idx}: the provider said 'no' ; --"),
                 }),
             };
-            store
-                .add_turn(&c.id, &turn)
-                .await
-                .unwrap_or_else(|e| panic!("{}: turn {idx}: {e}", db.name));
+            store.add_turn(&c.id, &turn).await.unwrap_or_else(|e| panic!("{}: turn {idx}: {e}", db.name));
         }
         let got = store.get_call(&c.id).await.unwrap().turns.unwrap();
         let errors: Vec<Option<String>> = got
@@ -244,19 +177,12 @@ async fn calls_turns_and_filters() {
             text: "héllo ' \" ; --".into(),
             started_ms: 12,
             interrupted: true,
-            latency: TurnLatency {
-                llm_first_token_ms: Some(81.5),
-                voice_to_voice_ms: Some(420.0),
-                ..Default::default()
-            },
+            latency: TurnLatency { llm_first_token_ms: Some(81.5), voice_to_voice_ms: Some(420.0), ..Default::default() },
             error: None,
         };
         store.add_turn(&c1.id, &turn).await.unwrap();
         store.end_call(&c1.id, "customer-ended-call").await.unwrap();
-        store
-            .end_call(&c1.id, "second reason is ignored")
-            .await
-            .unwrap();
+        store.end_call(&c1.id, "second reason is ignored").await.unwrap();
 
         let got = store.get_call(&c1.id).await.unwrap();
         assert_eq!(got.status, CallStatus::Ended, "{}", db.name);
@@ -264,54 +190,18 @@ async fn calls_turns_and_filters() {
         assert!(got.duration_ms.unwrap() >= 0);
         assert_eq!(got.turns.unwrap(), vec![turn]);
 
-        let by_asst = store
-            .list_calls(&CallFilter {
-                assistant_id: Some("asst-2".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let by_asst = store.list_calls(&CallFilter { assistant_id: Some("asst-2".into()), limit: 10, ..Default::default() }).await.unwrap();
         assert_eq!(by_asst.items.len(), 1);
         assert_eq!(by_asst.items[0].id, c2.id);
-        let live = store
-            .list_calls(&CallFilter {
-                status: Some(CallStatus::InProgress),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            live.items.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
-            vec![c2.id.as_str()]
-        );
-        let none = store
-            .list_calls(&CallFilter {
-                started_before: Some(0),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let live = store.list_calls(&CallFilter { status: Some(CallStatus::InProgress), limit: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(live.items.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec![c2.id.as_str()]);
+        let none = store.list_calls(&CallFilter { started_before: Some(0), limit: 10, ..Default::default() }).await.unwrap();
         assert!(none.items.is_empty());
-        let page = store
-            .list_calls(&CallFilter {
-                limit: 1,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let page = store.list_calls(&CallFilter { limit: 1, ..Default::default() }).await.unwrap();
         assert_eq!(page.items.len(), 1);
         assert!(page.next_cursor.is_some());
 
-        assert_eq!(
-            store
-                .end_calls_of_instance("agent-1", "server-shutdown")
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(store.end_calls_of_instance("agent-1", "server-shutdown").await.unwrap(), 1);
     }
 }
 
@@ -338,11 +228,7 @@ async fn files_records() {
         assert_eq!(store.get_file(&f.id).await.unwrap(), f);
         assert_eq!(store.list_files(10, None).await.unwrap().items.len(), 1);
         assert_eq!(store.delete_file(&f.id).await.unwrap().id, f.id);
-        assert!(
-            matches!(store.get_file(&f.id).await, Err(StoreError::NotFound)),
-            "{}",
-            db.name
-        );
+        assert!(matches!(store.get_file(&f.id).await, Err(StoreError::NotFound)), "{}", db.name);
     }
 }
 
@@ -366,9 +252,7 @@ async fn fifty_concurrent_writers() {
             }));
         }
         for t in tasks {
-            t.await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{}: {e}", db.name));
+            t.await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", db.name));
         }
         let mut all = 0;
         let mut cursor = None;
@@ -386,17 +270,12 @@ async fn fifty_concurrent_writers() {
 
 #[tokio::test]
 async fn bad_database_urls_are_clear_errors() {
-    let e = Store::connect("mysql://root:hunter2@h/db", &Default::default())
-        .await
-        .unwrap_err();
+    let e = Store::connect("mysql://root:hunter2@h/db", &Default::default()).await.unwrap_err();
     assert!(e.to_string().contains("sqlite:// or postgres://"), "{e}");
-    let e = Store::connect(
-        "postgres://u:hunter2@127.0.0.1:1/db",
-        &voxgate_store::PoolOptions {
-            acquire_timeout: std::time::Duration::from_millis(500),
-            ..Default::default()
-        },
-    )
+    let e = Store::connect("postgres://u:hunter2@127.0.0.1:1/db", &voxgate_store::PoolOptions {
+        acquire_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    })
     .await
     .unwrap_err();
     assert!(!e.to_string().contains("hunter2"), "{e}");

@@ -14,9 +14,7 @@ pub struct TestDb {
 
 /// The PostgreSQL server for tests, if configured.
 pub fn postgres_url() -> Option<String> {
-    std::env::var("VOXGATE_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
+    std::env::var("VOXGATE_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty())
 }
 
 /// In CI, PostgreSQL tests are required, not skipped.
@@ -28,46 +26,28 @@ impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("voxgate.db").display());
-        TestDb {
-            name: "sqlite",
-            url,
-            _dir: Some(dir),
-        }
+        TestDb { name: "sqlite", url, _dir: Some(dir) }
     }
 
     /// A fresh schema on the test PostgreSQL server, reached through `search_path`.
     pub async fn postgres() -> Option<TestDb> {
         let Some(base) = postgres_url() else {
-            assert!(
-                !postgres_required(),
-                "CI must set VOXGATE_TEST_POSTGRES_URL"
-            );
+            assert!(!postgres_required(), "CI must set VOXGATE_TEST_POSTGRES_URL");
             return None;
         };
         let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = sqlx::PgConnection::connect(&base)
-            .await
-            .expect("connect to the test PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&mut conn)
-            .await
-            .expect("create schema");
+        let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect to the test PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut conn).await.expect("create schema");
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
-        Some(TestDb {
-            name: "postgres",
-            url,
-            _dir: None,
-        })
+        Some(TestDb { name: "postgres", url, _dir: None })
     }
 
     /// The backend a test run asked for with `VOXGATE_TEST_BACKEND` (`sqlite`, the
     /// default, or `postgres`), so one suite runs against each in turn.
     pub async fn chosen() -> TestDb {
         match std::env::var("VOXGATE_TEST_BACKEND").as_deref() {
-            Ok("postgres") => TestDb::postgres()
-                .await
-                .expect("VOXGATE_TEST_BACKEND=postgres needs VOXGATE_TEST_POSTGRES_URL"),
+            Ok("postgres") => TestDb::postgres().await.expect("VOXGATE_TEST_BACKEND=postgres needs VOXGATE_TEST_POSTGRES_URL"),
             Ok("sqlite") | Err(_) => TestDb::sqlite(),
             Ok(other) => panic!("VOXGATE_TEST_BACKEND={other:?}: expected sqlite or postgres"),
         }
@@ -82,9 +62,7 @@ impl TestDb {
 
     /// A migrated store on this database.
     pub async fn store(&self) -> Store {
-        let store = Store::connect(&self.url, &PoolOptions::default())
-            .await
-            .expect("connect");
+        let store = Store::connect(&self.url, &PoolOptions::default()).await.expect("connect");
         store.migrate().await.expect("migrate");
         store
     }
@@ -110,3 +88,4 @@ pub fn file_record(status: voxgate_domain::FileStatus) -> voxgate_domain::FileRe
         processed_at: None,
     }
 }
+

@@ -140,9 +140,7 @@ pub fn close_for(reason: &EndReason) -> Option<Close> {
         EndReason::SlowClient => Close::new(code::SLOW_CLIENT, reason.as_str()),
         EndReason::ProtocolError => Close::new(code::INVALID, reason.as_str()),
         EndReason::ServerShutdown => Close::new(code::RESTART, "server restarting; reconnect"),
-        EndReason::KeyRevoked => {
-            Close::new(code::POLICY, "the key that opened this call was revoked")
-        }
+        EndReason::KeyRevoked => Close::new(code::POLICY, "the key that opened this call was revoked"),
         EndReason::PipelineError(_) => Close::new(code::INTERNAL, "internal error"),
         other => Close::new(code::NORMAL, other.as_str()),
     })

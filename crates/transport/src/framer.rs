@@ -98,11 +98,7 @@ impl Framer {
     /// returned last.
     pub fn last_frame_samples(&self) -> &[i16] {
         let n = self.frame_samples();
-        if self.read >= n {
-            &self.pending[self.read - n..self.read]
-        } else {
-            &[]
-        }
+        if self.read >= n { &self.pending[self.read - n..self.read] } else { &[] }
     }
 
     /// The reply is over: push the resampler's tail through and pad what is left to
@@ -156,10 +152,7 @@ mod tests {
 
     #[test]
     fn a_second_finish_adds_nothing() {
-        let mut f = Framer::new(AudioFormat {
-            encoding: Encoding::Pcm16,
-            rate: SampleRate::Hz48000,
-        });
+        let mut f = Framer::new(AudioFormat { encoding: Encoding::Pcm16, rate: SampleRate::Hz48000 });
         // 100 ms at 24 kHz, resampled to 48 kHz: five frames, and the tail.
         f.push(&AudioFrame::new(vec![1000i16; 2400], 24_000));
         f.finish();

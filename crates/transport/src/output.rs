@@ -39,8 +39,8 @@ use voxgate_pipeline::{Outlet, PipelineError, Processor};
 use voxgate_services::context::truncate_to_played;
 
 use crate::framer::Framer;
-use crate::protocol::{AudioFormat, Role, ServerEvent};
 use crate::recording::{CallRecording, Side};
+use crate::protocol::{AudioFormat, Role, ServerEvent};
 use crate::wire::WireOut;
 
 const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
@@ -211,19 +211,11 @@ impl OutputStage {
             if let Some(r) = &self.recording
                 && !self.gone
             {
-                r.add(
-                    Side::Assistant,
-                    self.framer.last_frame_samples(),
-                    self.cfg.format.rate.hz(),
-                );
+                r.add(Side::Assistant, self.framer.last_frame_samples(), self.cfg.format.rate.hz());
             }
             if first && let Some(at) = self.turn_ended.take() {
                 let value = Instant::now().into_std().saturating_duration_since(at);
-                out.down(Frame::Metric {
-                    stage: Stage::Response,
-                    value,
-                })
-                .await?;
+                out.down(Frame::Metric { stage: Stage::Response, value }).await?;
             }
             if let Some(c) = &mut self.clock {
                 c.sent += 1;
@@ -435,13 +427,7 @@ impl Processor for OutputStage {
                 out.down(Frame::ToolCall(c)).await
             }
             (Frame::Transfer(destination), Down) => {
-                self.event(
-                    ServerEvent::Transfer {
-                        destination: destination.clone(),
-                    },
-                    out,
-                )
-                .await?;
+                self.event(ServerEvent::Transfer { destination: destination.clone() }, out).await?;
                 out.down(Frame::Transfer(destination)).await
             }
             (f, dir) => out.push(f, dir).await,

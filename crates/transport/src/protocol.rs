@@ -284,9 +284,7 @@ impl ServerEvent {
     /// The event as a text message, with a `resumeToken` field added (for
     /// `call-started` on a call that may be resumed).
     pub fn to_wire_with_resume_token(&self, token: Option<&str>) -> WireOut {
-        let Some(token) = token else {
-            return self.to_wire();
-        };
+        let Some(token) = token else { return self.to_wire() };
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("resumeToken".into(), Value::String(token.into()));

@@ -45,14 +45,7 @@ struct Track {
 impl Track {
     fn create(path: PathBuf) -> std::io::Result<Track> {
         let out = BufWriter::with_capacity(32 * 1024, File::create(&path)?);
-        Ok(Track {
-            path,
-            out,
-            len: 0,
-            resampler: None,
-            scratch: Vec::new(),
-            bytes: Vec::new(),
-        })
+        Ok(Track { path, out, len: 0, resampler: None, scratch: Vec::new(), bytes: Vec::new() })
     }
 
     fn write(&mut self, samples: &[i16]) -> std::io::Result<()> {
@@ -101,14 +94,7 @@ impl CallRecording {
         std::fs::create_dir_all(dir)?;
         let caller = Track::create(dir.join(format!(".{name}.caller.raw")))?;
         let assistant = Track::create(dir.join(format!(".{name}.assistant.raw")))?;
-        Ok(CallRecording {
-            inner: Arc::new(Mutex::new(Inner {
-                start: Instant::now(),
-                caller,
-                assistant,
-                failed: None,
-            })),
-        })
+        Ok(CallRecording { inner: Arc::new(Mutex::new(Inner { start: Instant::now(), caller, assistant, failed: None })) })
     }
 
     /// Adds `samples` at `rate` to one side, as heard now.
@@ -124,8 +110,7 @@ impl CallRecording {
         };
         let res = (|| {
             // Place the audio where it started, not where it ends.
-            let dur =
-                Duration::from_nanos(samples.len() as u64 * 1_000_000_000 / u64::from(rate.max(1)));
+            let dur = Duration::from_nanos(samples.len() as u64 * 1_000_000_000 / u64::from(rate.max(1)));
             let at = elapsed.saturating_sub(dur);
             let pos = at.as_nanos() as u64 * u64::from(RATE) / 1_000_000_000;
             let slack = SLACK.as_millis() as u64 * u64::from(RATE) / 1000;
@@ -136,10 +121,7 @@ impl CallRecording {
                 return track.write(samples);
             }
             if track.resampler.as_ref().is_none_or(|r| r.from_hz() != rate) {
-                track.resampler = Some(
-                    Resampler::with_rates(rate, RATE)
-                        .map_err(|e| std::io::Error::other(e.to_string()))?,
-                );
+                track.resampler = Some(Resampler::with_rates(rate, RATE).map_err(|e| std::io::Error::other(e.to_string()))?);
             }
             let mut scratch = std::mem::take(&mut track.scratch);
             scratch.clear();
@@ -183,12 +165,7 @@ fn finish(g: &mut Inner, path: &Path) -> std::io::Result<u64> {
     g.assistant.pad_to(len)?;
     g.caller.out.flush()?;
     g.assistant.out.flush()?;
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
+    let spec = hound::WavSpec { channels: 2, sample_rate: RATE, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let tmp = path.with_extension("wav.part");
     let mut w = hound::WavWriter::create(&tmp, spec).map_err(std::io::Error::other)?;
     let mut left = BufReader::new(File::open(&g.caller.path)?);
@@ -197,10 +174,8 @@ fn finish(g: &mut Inner, path: &Path) -> std::io::Result<u64> {
     for _ in 0..len {
         left.read_exact(&mut l)?;
         right.read_exact(&mut r)?;
-        w.write_sample(i16::from_le_bytes(l))
-            .map_err(std::io::Error::other)?;
-        w.write_sample(i16::from_le_bytes(r))
-            .map_err(std::io::Error::other)?;
+        w.write_sample(i16::from_le_bytes(l)).map_err(std::io::Error::other)?;
+        w.write_sample(i16::from_le_bytes(r)).map_err(std::io::Error::other)?;
     }
     w.finalize().map_err(std::io::Error::other)?;
     std::fs::rename(&tmp, path)?;
@@ -224,12 +199,7 @@ impl Processor for RecordTap {
         "record"
     }
 
-    async fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> Result<(), PipelineError> {
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
         if let (Frame::InputAudio(a), Direction::Downstream) = (&frame, dir) {
             self.recording.add(Side::Caller, &a.samples, a.rate);
         }
@@ -262,23 +232,10 @@ mod tests {
         // The caller at the start; the assistant only after ~200 ms of silence.
         assert!(left[..1500].iter().all(|&v| v == 1000));
         let first_voice = right.iter().position(|&v| v.abs() > 500).unwrap();
-        assert!(
-            (3000..=4400).contains(&first_voice),
-            "assistant starts at sample {first_voice}"
-        );
-        assert!(
-            right[first_voice..]
-                .iter()
-                .filter(|&&v| v.abs() > 500)
-                .count()
-                >= 1400,
-            "100 ms of the answer"
-        );
+        assert!((3000..=4400).contains(&first_voice), "assistant starts at sample {first_voice}");
+        assert!(right[first_voice..].iter().filter(|&&v| v.abs() > 500).count() >= 1400, "100 ms of the answer");
         // The side files are gone.
-        let left_over: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left_over: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left_over, vec![std::ffi::OsString::from("c1.wav")]);
     }
 

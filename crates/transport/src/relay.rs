@@ -187,8 +187,7 @@ pub async fn relay<E>(
                     if last {
                         return Ok(());
                     }
-                    metrics::counter!("voxgate_dropped_frames_total", "reason" => "detached")
-                        .increment(1);
+                    metrics::counter!("voxgate_dropped_frames_total", "reason" => "detached").increment(1);
                     continue;
                 };
                 let flush = rx.is_empty();
@@ -218,12 +217,7 @@ pub async fn relay<E>(
         match link {
             None => links_open = false,
             Some(Link::Detach) => current = None,
-            Some(Link::Attach {
-                id,
-                sink,
-                first,
-                convert,
-            }) => {
+            Some(Link::Attach { id, sink, first, convert }) => {
                 // What was queued for the lost socket (or for no one) is stale.
                 let mut closing = None;
                 while let Ok(m) = rx.try_recv() {
@@ -307,9 +301,7 @@ mod tests {
             .unwrap();
         tokio::task::yield_now().await;
         tx.send(WireOut::Text("next".into())).await.unwrap();
-        tx.send(WireOut::Close(crate::close::Close::new(1000, "bye")))
-            .await
-            .unwrap();
+        tx.send(WireOut::Close(crate::close::Close::new(1000, "bye"))).await.unwrap();
         task.await.unwrap().unwrap();
         let mut got = Vec::new();
         while let Ok(m) = sink_rx.try_recv() {
@@ -328,14 +320,7 @@ mod tests {
         let (lost, _) = mpsc::unbounded_channel();
         let (sink_tx, mut sink_rx) = futures_channel_like();
         let every = std::time::Duration::from_secs(15);
-        let task = tokio::spawn(relay(
-            rx,
-            links,
-            Some((1, Box::pin(sink_tx) as BoxSink<_>)),
-            lost,
-            false,
-            Some(every),
-        ));
+        let task = tokio::spawn(relay(rx, links, Some((1, Box::pin(sink_tx) as BoxSink<_>)), lost, false, Some(every)));
         tx.send(WireOut::Text("hello".into())).await.unwrap();
         tokio::time::sleep(every * 2 + std::time::Duration::from_millis(10)).await;
         // Detached: no socket, no pings.
@@ -347,10 +332,7 @@ mod tests {
         while let Ok(m) = sink_rx.try_recv() {
             got.push(m);
         }
-        assert_eq!(
-            got,
-            [WireOut::Text("hello".into()), WireOut::Ping, WireOut::Ping]
-        );
+        assert_eq!(got, [WireOut::Text("hello".into()), WireOut::Ping, WireOut::Ping]);
     }
 
     /// A sink that never fails, into an unbounded channel.

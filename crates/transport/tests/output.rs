@@ -549,10 +549,7 @@ async fn the_response_time_runs_from_the_turn_decision_to_the_first_frame_writte
     // The turn was decided 30 ms before the reply's audio comes; one reply, then a
     // second one with no decision of its own (a greeting or a prompt): one metric.
     let decided = Instant::now();
-    c.io.head
-        .send(Frame::TurnEnded(decided.into_std()))
-        .await
-        .unwrap();
+    c.io.head.send(Frame::TurnEnded(decided.into_std())).await.unwrap();
     tokio::time::sleep(MS(30)).await;
     let mut frames = reply(&[("one", 3)], 16_000, 20);
     frames.extend(reply(&[("two", 3)], 16_000, 20));
@@ -563,23 +560,13 @@ async fn the_response_time_runs_from_the_turn_decision_to_the_first_frame_writte
     let responses: Vec<Duration> = down
         .iter()
         .filter_map(|f| match f {
-            Frame::Metric {
-                stage: Stage::Response,
-                value,
-            } => Some(*value),
+            Frame::Metric { stage: Stage::Response, value } => Some(*value),
             _ => None,
         })
         .collect();
-    assert_eq!(
-        responses,
-        vec![first - decided],
-        "one response time, to the first frame written"
-    );
+    assert_eq!(responses, vec![first - decided], "one response time, to the first frame written");
     assert!(responses[0] >= MS(30), "{responses:?}");
-    assert!(
-        down.iter().any(|f| matches!(f, Frame::TurnEnded(_))),
-        "the decision travels on"
-    );
+    assert!(down.iter().any(|f| matches!(f, Frame::TurnEnded(_))), "the decision travels on");
 }
 
 #[tokio::test(start_paused = true)]

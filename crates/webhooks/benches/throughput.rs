@@ -26,43 +26,19 @@ async fn main() {
     for i in 0..n {
         last = sign(SECRET.as_bytes(), 1_733_000_000 + i, body.as_bytes());
     }
-    println!(
-        "sign, 2 KB body: {:.2} us per signature",
-        t.elapsed().as_secs_f64() * 1e6 / n as f64
-    );
+    println!("sign, 2 KB body: {:.2} us per signature", t.elapsed().as_secs_f64() * 1e6 / n as f64);
     let t = Instant::now();
     for _ in 0..n {
-        verify(
-            SECRET.as_bytes(),
-            Some(&last),
-            body.as_bytes(),
-            1_733_000_000 + n - 1,
-            300,
-        )
-        .unwrap();
+        verify(SECRET.as_bytes(), Some(&last), body.as_bytes(), 1_733_000_000 + n - 1, 300).unwrap();
     }
-    println!(
-        "verify, 2 KB body: {:.2} us per check",
-        t.elapsed().as_secs_f64() * 1e6 / n as f64
-    );
+    println!("verify, 2 KB body: {:.2} us per check", t.elapsed().as_secs_f64() * 1e6 / n as f64);
 
     let rx = Receiver::start(Mode::Ok).await;
     for db in TestDb::all().await {
         let store = db.store().await;
-        let opts = Options {
-            poll_interval: Duration::from_millis(100),
-            ..Options::default()
-        };
+        let opts = Options { poll_interval: Duration::from_millis(100), ..Options::default() };
         let w = Webhooks::new(store.clone(), SECRET, opts.clone()).unwrap();
-        let event = |i: usize| {
-            Event::new(
-                kinds::TRANSCRIPT,
-                Some("call"),
-                Some("asst"),
-                &rx.url(),
-                json!({ "transcript": format!("turn {i} {}", "w".repeat(300)) }),
-            )
-        };
+        let event = |i: usize| Event::new(kinds::TRANSCRIPT, Some("call"), Some("asst"), &rx.url(), json!({ "transcript": format!("turn {i} {}", "w".repeat(300)) }));
 
         // Enqueue alone (no worker): one durable insert per event.
         let t = Instant::now();
@@ -106,10 +82,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         lat.sort_by(f64::total_cmp);
-        println!(
-            "{}: enqueue to receiver, idle worker: p50 {:.2} ms, p95 {:.2} ms (50 events)",
-            db.name, lat[25], lat[47]
-        );
+        println!("{}: enqueue to receiver, idle worker: p50 {:.2} ms, p95 {:.2} ms (50 events)", db.name, lat[25], lat[47]);
         stop.cancel();
         run.await.unwrap();
     }

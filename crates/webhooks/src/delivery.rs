@@ -45,9 +45,7 @@ impl WebhookDelivery {
     /// The view of an outbox row; `with_body` includes the sent JSON.
     pub fn from_event(e: OutboxEvent, with_body: bool) -> WebhookDelivery {
         let pending = e.state == voxgate_store::outbox::OutboxState::Pending;
-        let body = with_body.then(|| {
-            serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body.clone()))
-        });
+        let body = with_body.then(|| serde_json::from_str(&e.body).unwrap_or(serde_json::Value::String(e.body.clone())));
         WebhookDelivery {
             id: e.id,
             kind: e.event_type,

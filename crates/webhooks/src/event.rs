@@ -36,13 +36,7 @@ impl Event {
     /// an object payload's fields go into `message` (its own `type` and `timestamp` are
     /// overwritten; its `call`/`assistant` objects get the ids added); any other
     /// payload goes under `message.data`.
-    pub fn new(
-        kind: &str,
-        call_id: Option<&str>,
-        assistant_id: Option<&str>,
-        url: &str,
-        payload: Value,
-    ) -> Event {
+    pub fn new(kind: &str, call_id: Option<&str>, assistant_id: Option<&str>, url: &str, payload: Value) -> Event {
         let id = new_id();
         let created_at = now_ms();
         let mut message = match payload {
@@ -63,8 +57,7 @@ impl Event {
                 }
             }
         }
-        let body = json!({ "id": id, "createdAt": ms_to_rfc3339(created_at), "message": message })
-            .to_string();
+        let body = json!({ "id": id, "createdAt": ms_to_rfc3339(created_at), "message": message }).to_string();
         Event {
             id,
             kind: kind.to_string(),

@@ -65,17 +65,11 @@ pub mod headers {
 /// What can go wrong when setting up webhooks or enqueueing an event.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error(
-        "webhooks need a signing secret: set one (e.g. VOXGATE_WEBHOOK_SECRET) or leave webhooks off"
-    )]
+    #[error("webhooks need a signing secret: set one (e.g. VOXGATE_WEBHOOK_SECRET) or leave webhooks off")]
     NoSecret,
-    #[error(
-        "the webhook URL is unusable ({0}); give an absolute http:// or https:// URL as the server URL"
-    )]
+    #[error("the webhook URL is unusable ({0}); give an absolute http:// or https:// URL as the server URL")]
     BadUrl(&'static str),
-    #[error(
-        "the event body is {bytes} bytes, more than the {max} allowed; send less in the payload"
-    )]
+    #[error("the event body is {bytes} bytes, more than the {max} allowed; send less in the payload")]
     TooLarge { bytes: usize, max: usize },
     #[error("cannot build the HTTP client for webhooks: {0}")]
     Client(String),

@@ -23,9 +23,7 @@ const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x254
 /// Whether no webhook or tool call may connect to `ip` (see the module doc).
 pub fn forbidden(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast()
-        }
+        IpAddr::V4(v4) => v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => forbidden(IpAddr::V4(v4)),
             None => {
@@ -39,14 +37,9 @@ pub fn forbidden(ip: IpAddr) -> bool {
 /// Refuses a URL whose host is an IP literal that [`forbidden`] names.
 pub fn check_host(url: &reqwest::Url) -> Result<(), &'static str> {
     let host = url.host_str().unwrap_or_default();
-    let literal = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     match literal.parse::<IpAddr>() {
-        Ok(ip) if forbidden(ip) => {
-            Err("the host is a link-local, metadata, multicast or unspecified address")
-        }
+        Ok(ip) if forbidden(ip) => Err("the host is a link-local, metadata, multicast or unspecified address"),
         _ => Ok(()),
     }
 }
@@ -60,15 +53,11 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let mut allowed: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut allowed: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let found = allowed.len();
             allowed.retain(|a| !forbidden(a.ip()));
             if allowed.is_empty() && found > 0 {
-                tracing::warn!(
-                    host,
-                    "a webhook or tool host resolves only to forbidden addresses; not connecting"
-                );
+                tracing::warn!(host, "a webhook or tool host resolves only to forbidden addresses; not connecting");
                 return Err(format!("{host} resolves only to link-local, metadata, multicast or unspecified addresses").into());
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
@@ -84,32 +73,10 @@ mod tests {
 
     #[test]
     fn metadata_and_link_local_are_forbidden_loopback_and_private_are_not() {
-        for bad in [
-            "169.254.169.254",
-            "169.254.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::",
-            "fe80::1",
-            "febf::1",
-            "ff02::1",
-            "fd00:ec2::254",
-            "::ffff:169.254.169.254",
-        ] {
+        for bad in ["169.254.169.254", "169.254.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "fe80::1", "febf::1", "ff02::1", "fd00:ec2::254", "::ffff:169.254.169.254"] {
             assert!(forbidden(bad.parse().unwrap()), "{bad}");
         }
-        for good in [
-            "127.0.0.1",
-            "10.0.0.5",
-            "192.168.1.1",
-            "172.16.0.1",
-            "8.8.8.8",
-            "::1",
-            "fd00::1",
-            "2001:db8::1",
-            "fec0::1",
-        ] {
+        for good in ["127.0.0.1", "10.0.0.5", "192.168.1.1", "172.16.0.1", "8.8.8.8", "::1", "fd00::1", "2001:db8::1", "fec0::1"] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
         }
     }
@@ -119,18 +86,9 @@ mod tests {
         let url = |u: &str| reqwest::Url::parse(u).unwrap();
         assert!(check_host(&url("http://169.254.169.254/latest/meta-data/")).is_err());
         assert!(check_host(&url("http://[fd00:ec2::254]/")).is_err());
-        assert!(
-            check_host(&url("http://[::ffff:a9fe:a9fe]/")).is_err(),
-            "169.254.169.254, mapped"
-        );
-        assert!(
-            check_host(&url("http://0x7f.1/")).is_ok(),
-            "the URL parser reads it as 127.0.0.1"
-        );
-        assert!(
-            check_host(&url("http://2852039166/")).is_err(),
-            "169.254.169.254 as one number"
-        );
+        assert!(check_host(&url("http://[::ffff:a9fe:a9fe]/")).is_err(), "169.254.169.254, mapped");
+        assert!(check_host(&url("http://0x7f.1/")).is_ok(), "the URL parser reads it as 127.0.0.1");
+        assert!(check_host(&url("http://2852039166/")).is_err(), "169.254.169.254 as one number");
         assert!(check_host(&url("http://127.0.0.1:8080/hook")).is_ok());
         assert!(check_host(&url("https://example.com/hook")).is_ok());
     }
@@ -138,21 +96,10 @@ mod tests {
     #[tokio::test]
     async fn names_lose_their_forbidden_addresses() {
         let r = GuardedResolver;
-        let err = r
-            .resolve(Name::from_str("169.254.169.254").unwrap())
-            .await
-            .err()
-            .expect("refused");
+        let err = r.resolve(Name::from_str("169.254.169.254").unwrap()).await.err().expect("refused");
         assert!(err.to_string().contains("link-local"), "{err}");
-        let ok: Vec<SocketAddr> = r
-            .resolve(Name::from_str("localhost").unwrap())
-            .await
-            .unwrap()
-            .collect();
-        assert!(
-            !ok.is_empty() && ok.iter().all(|a| a.ip().is_loopback()),
-            "{ok:?}"
-        );
+        let ok: Vec<SocketAddr> = r.resolve(Name::from_str("localhost").unwrap()).await.unwrap().collect();
+        assert!(!ok.is_empty() && ok.iter().all(|a| a.ip().is_loopback()), "{ok:?}");
     }
 
     #[tokio::test]
@@ -164,21 +111,10 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 1024];
             let _ = socket.read(&mut buf).await;
-            socket
-                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
-                .await
-                .unwrap();
+            socket.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").await.unwrap();
         });
         let client = crate::default_client().unwrap();
-        let res = client
-            .get(format!("http://localhost:{port}/hook"))
-            .send()
-            .await
-            .expect("resolved and connected");
-        assert_eq!(
-            res.status(),
-            204,
-            "the resolver's addresses get the URL's port"
-        );
+        let res = client.get(format!("http://localhost:{port}/hook")).send().await.expect("resolved and connected");
+        assert_eq!(res.status(), 204, "the resolver's addresses get the URL's port");
     }
 }

@@ -14,13 +14,9 @@ pub const MAX_HEADER_LEN: usize = 1024;
 pub enum VerifyError {
     #[error("no X-Voxgate-Signature header: the request was not signed by voxgate")]
     Missing,
-    #[error(
-        "the X-Voxgate-Signature header is malformed ({0}); expected t=<unix seconds>,v1=<hex>"
-    )]
+    #[error("the X-Voxgate-Signature header is malformed ({0}); expected t=<unix seconds>,v1=<hex>")]
     Malformed(&'static str),
-    #[error(
-        "the signature's timestamp is {age_secs} s away from now (more than the {tolerance_secs} s allowed): a replay, or a clock off"
-    )]
+    #[error("the signature's timestamp is {age_secs} s away from now (more than the {tolerance_secs} s allowed): a replay, or a clock off")]
     Expired { age_secs: i64, tolerance_secs: i64 },
     #[error("the signature does not match the body: wrong secret, or the body was changed")]
     Mismatch,
@@ -44,15 +40,9 @@ pub fn sign(secret: &[u8], timestamp_secs: i64, body: &[u8]) -> String {
 
 /// `request` with `body` signed now: the `X-Voxgate-Timestamp` and
 /// `X-Voxgate-Signature` headers (webhook events and tool calls alike).
-pub fn signed(
-    request: reqwest::RequestBuilder,
-    secret: &[u8],
-    body: &[u8],
-) -> reqwest::RequestBuilder {
+pub fn signed(request: reqwest::RequestBuilder, secret: &[u8], body: &[u8]) -> reqwest::RequestBuilder {
     let t = voxgate_domain::clock::now_ms().div_euclid(1000);
-    request
-        .header(crate::headers::TIMESTAMP, t.to_string())
-        .header(crate::headers::SIGNATURE, sign(secret, t, body))
+    request.header(crate::headers::TIMESTAMP, t.to_string()).header(crate::headers::SIGNATURE, sign(secret, t, body))
 }
 
 /// Checks a signature header (`None` when the request had none) against the raw
@@ -73,26 +63,20 @@ pub fn verify(
     let mut t = None;
     let mut tags = Vec::new();
     for part in header.split(',') {
-        let (k, v) = part
-            .trim()
-            .split_once('=')
-            .ok_or(VerifyError::Malformed("an entry without '='"))?;
+        let (k, v) = part.trim().split_once('=').ok_or(VerifyError::Malformed("an entry without '='"))?;
         match k {
             "t" => {
                 if t.is_some() {
                     return Err(VerifyError::Malformed("more than one t="));
                 }
-                let ts = if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() && v.len() <= 12
-                {
+                let ts = if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() && v.len() <= 12 {
                     v.parse::<i64>().ok()
                 } else {
                     None
                 };
                 t = Some(ts.ok_or(VerifyError::Malformed("t= is not a Unix time in seconds"))?);
             }
-            "v1" => {
-                tags.push(hex::decode(v).map_err(|_| VerifyError::Malformed("v1= is not hex"))?)
-            }
+            "v1" => tags.push(hex::decode(v).map_err(|_| VerifyError::Malformed("v1= is not hex"))?),
             _ => {}
         }
     }
@@ -102,17 +86,11 @@ pub fn verify(
     }
     let age = now_secs.saturating_sub(t);
     if age.unsigned_abs() > tolerance_secs.max(0) as u64 {
-        return Err(VerifyError::Expired {
-            age_secs: age,
-            tolerance_secs,
-        });
+        return Err(VerifyError::Expired { age_secs: age, tolerance_secs });
     }
     let expected = mac(secret, t, body);
     // `verify_slice` compares in constant time; a tag of the wrong length fails.
-    if tags
-        .iter()
-        .any(|tag| expected.clone().verify_slice(tag).is_ok())
-    {
+    if tags.iter().any(|tag| expected.clone().verify_slice(tag).is_ok()) {
         Ok(())
     } else {
         Err(VerifyError::Mismatch)

@@ -70,10 +70,7 @@ impl Options {
     /// are not hit by every sender at once.
     pub fn backoff(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(30);
-        let full = self
-            .backoff_base
-            .saturating_mul(1 << exp)
-            .min(self.backoff_max);
+        let full = self.backoff_base.saturating_mul(1 << exp).min(self.backoff_max);
         let half = full / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)
     }
@@ -88,11 +85,7 @@ impl Options {
 enum Outcome {
     Delivered(u16),
     /// Not delivered; try again later (or give up when attempts run out).
-    Retry {
-        status: Option<u16>,
-        error: String,
-        retry_after: Option<Duration>,
-    },
+    Retry { status: Option<u16>, error: String, retry_after: Option<Duration> },
     /// 410 Gone: the receiver says the endpoint no longer exists; give up now.
     Gone(u16, String),
 }
@@ -115,10 +108,7 @@ pub struct Webhooks {
 
 impl std::fmt::Debug for Webhooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhooks")
-            .field("secret", &"***")
-            .field("opts", &self.inner.opts)
-            .finish()
+        f.debug_struct("Webhooks").field("secret", &"***").field("opts", &self.inner.opts).finish()
     }
 }
 
@@ -152,25 +142,12 @@ impl Webhooks {
 
     /// The same with a client of the caller's. It should not follow redirects (see
     /// [`default_client`]); the per-attempt timeout is applied here.
-    pub fn with_client(
-        store: Store,
-        client: reqwest::Client,
-        secret: &str,
-        opts: Options,
-    ) -> Result<Webhooks, WebhookError> {
+    pub fn with_client(store: Store, client: reqwest::Client, secret: &str, opts: Options) -> Result<Webhooks, WebhookError> {
         if secret.is_empty() {
             return Err(WebhookError::NoSecret);
         }
-        let inner = Inner {
-            store,
-            client,
-            secret: secret.as_bytes().to_vec(),
-            opts,
-            wake: Notify::new(),
-        };
-        Ok(Webhooks {
-            inner: Arc::new(inner),
-        })
+        let inner = Inner { store, client, secret: secret.as_bytes().to_vec(), opts, wake: Notify::new() };
+        Ok(Webhooks { inner: Arc::new(inner) })
     }
 
     pub fn options(&self) -> &Options {
@@ -183,10 +160,7 @@ impl Webhooks {
     pub async fn enqueue(&self, event: Event) -> Result<String, WebhookError> {
         check_url(&event.url)?;
         if event.body.len() > self.inner.opts.max_body_bytes {
-            return Err(WebhookError::TooLarge {
-                bytes: event.body.len(),
-                max: self.inner.opts.max_body_bytes,
-            });
+            return Err(WebhookError::TooLarge { bytes: event.body.len(), max: self.inner.opts.max_body_bytes });
         }
         let row = NewOutboxEvent {
             id: event.id,
@@ -216,11 +190,7 @@ impl Webhooks {
         let opts = &self.inner.opts;
         let now = now_ms();
         let lease_until = now + opts.lease().as_millis() as i64;
-        let events = self
-            .inner
-            .store
-            .claim_webhooks(opts.batch_size, now, lease_until)
-            .await?;
+        let events = self.inner.store.claim_webhooks(opts.batch_size, now, lease_until).await?;
         let n = events.len();
         let mut tasks = JoinSet::new();
         let limit = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
@@ -250,11 +220,7 @@ impl Webhooks {
         let mut leases: HashMap<tokio::task::Id, (String, i64)> = HashMap::new();
         let mut next_due: Option<i64> = None;
         let mut gauge_at: Option<Instant> = None;
-        tracing::info!(
-            concurrency,
-            max_attempts = opts.max_attempts,
-            "webhook delivery started"
-        );
+        tracing::info!(concurrency, max_attempts = opts.max_attempts, "webhook delivery started");
 
         while !shutdown.is_cancelled() {
             let now = now_ms();
@@ -263,12 +229,7 @@ impl Webhooks {
             if free > 0 {
                 let want = (free as u32).min(opts.batch_size.max(1));
                 let lease_until = now + opts.lease().as_millis() as i64;
-                match self
-                    .inner
-                    .store
-                    .claim_webhooks(want, now, lease_until)
-                    .await
-                {
+                match self.inner.store.claim_webhooks(want, now, lease_until).await {
                     Ok(events) => {
                         full = events.len() as u32 == want;
                         for ev in events {
@@ -278,9 +239,7 @@ impl Webhooks {
                             leases.insert(handle.id(), key);
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhooks: cannot claim events from the outbox")
-                    }
+                    Err(e) => tracing::warn!(error = %e, "webhooks: cannot claim events from the outbox"),
                 }
             }
             if gauge_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -336,13 +295,8 @@ impl Webhooks {
         let abandoned: Vec<(String, i64)> = leases.into_values().collect();
         if !abandoned.is_empty() {
             match self.inner.store.release_webhook_leases(&abandoned).await {
-                Ok(n) => tracing::info!(
-                    released = n,
-                    "webhooks: gave back the leases of attempts cut by shutdown"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhooks: cannot give back leases; they run out by themselves")
-                }
+                Ok(n) => tracing::info!(released = n, "webhooks: gave back the leases of attempts cut by shutdown"),
+                Err(e) => tracing::warn!(error = %e, "webhooks: cannot give back leases; they run out by themselves"),
             }
         }
         tracing::info!("webhook delivery stopped");
@@ -355,21 +309,13 @@ impl Webhooks {
         let lease = ev.lease_until.unwrap_or_default();
         let started = Instant::now();
         let outcome = self.attempt(&ev).await;
-        metrics::histogram!("voxgate_webhook_delivery_seconds")
-            .record(started.elapsed().as_secs_f64());
-        let failures = u32::try_from(ev.attempts)
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
+        metrics::histogram!("voxgate_webhook_delivery_seconds").record(started.elapsed().as_secs_f64());
+        let failures = u32::try_from(ev.attempts).unwrap_or(u32::MAX).saturating_add(1);
         let (status, error, next) = match outcome {
             Outcome::Delivered(status) => {
-                metrics::counter!("voxgate_webhook_deliveries_total", "outcome" => "delivered")
-                    .increment(1);
+                metrics::counter!("voxgate_webhook_deliveries_total", "outcome" => "delivered").increment(1);
                 metrics::gauge!("voxgate_webhook_outbox_pending").decrement(1.0);
-                if let Err(e) = inner
-                    .store
-                    .mark_webhook_delivered(&ev.id, status, now_ms())
-                    .await
-                {
+                if let Err(e) = inner.store.mark_webhook_delivered(&ev.id, status, now_ms()).await {
                     // The lease runs out and the event is sent again: at least once.
                     tracing::warn!(event = %ev.id, error = %e, "webhooks: delivered but cannot record it");
                 }
@@ -377,18 +323,11 @@ impl Webhooks {
                 return None;
             }
             Outcome::Gone(status, error) => (Some(status), error, None),
-            Outcome::Retry {
-                status,
-                error,
-                retry_after,
-            } => {
+            Outcome::Retry { status, error, retry_after } => {
                 if failures >= inner.opts.max_attempts {
                     (status, error, None)
                 } else {
-                    let wait = inner
-                        .opts
-                        .backoff(failures)
-                        .max(retry_after.unwrap_or_default().min(inner.opts.backoff_max));
+                    let wait = inner.opts.backoff(failures).max(retry_after.unwrap_or_default().min(inner.opts.backoff_max));
                     (status, error, Some(now_ms() + wait.as_millis() as i64))
                 }
             }
@@ -401,11 +340,7 @@ impl Webhooks {
         } else {
             tracing::debug!(event = %ev.id, attempts = failures, status, error = %error, "webhook attempt failed");
         }
-        if let Err(e) = inner
-            .store
-            .record_webhook_failure(&ev.id, lease, status, &error, next)
-            .await
-        {
+        if let Err(e) = inner.store.record_webhook_failure(&ev.id, lease, status, &error, next).await {
             tracing::warn!(event = %ev.id, error = %e, "webhooks: cannot record a failed attempt");
         }
         next
@@ -421,8 +356,7 @@ impl Webhooks {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(headers::EVENT_ID, &ev.id)
             .header(headers::EVENT_TYPE, &ev.event_type);
-        let request =
-            sign::signed(request, &inner.secret, ev.body.as_bytes()).body(ev.body.clone());
+        let request = sign::signed(request, &inner.secret, ev.body.as_bytes()).body(ev.body.clone());
         let exchange = async {
             let mut resp = request.send().await.map_err(describe)?;
             let status = resp.status().as_u16();
@@ -443,27 +377,16 @@ impl Webhooks {
                 }
             }
             body.truncate(ERROR_BODY_BYTES);
-            let text: String = String::from_utf8_lossy(&body)
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
+            let text: String = String::from_utf8_lossy(&body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
             let error = format!("HTTP {status}: {}", text.trim());
             if status == 410 {
                 return Ok(Outcome::Gone(status, error));
             }
-            Ok(Outcome::Retry {
-                status: Some(status),
-                error,
-                retry_after,
-            })
+            Ok(Outcome::Retry { status: Some(status), error, retry_after })
         };
         match tokio::time::timeout(inner.opts.timeout, exchange).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(error)) => Outcome::Retry {
-                status: None,
-                error,
-                retry_after: None,
-            },
+            Ok(Err(error)) => Outcome::Retry { status: None, error, retry_after: None },
             Err(_) => Outcome::Retry {
                 status: None,
                 error: format!("no answer within {} ms", inner.opts.timeout.as_millis()),
@@ -505,8 +428,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn check_url(url: &str) -> Result<(), WebhookError> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|_| WebhookError::BadUrl("not an absolute URL"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|_| WebhookError::BadUrl("not an absolute URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(WebhookError::BadUrl("the scheme must be http or https"));
     }

@@ -16,32 +16,16 @@ fn round_trip_and_tampering() {
     assert_eq!(h.len(), format!("t={NOW},v1=").len() + 64);
     assert_eq!(verify(SECRET, Some(&h), body, NOW, 300), Ok(()));
     assert_eq!(verify(SECRET, Some(&h), body, NOW + 300, 300), Ok(()));
-    assert_eq!(
-        verify(SECRET, Some(&h), body, NOW - 300, 300),
-        Ok(()),
-        "a clock a little behind"
-    );
+    assert_eq!(verify(SECRET, Some(&h), body, NOW - 300, 300), Ok(()), "a clock a little behind");
 
     let mut tampered = body.to_vec();
     tampered[10] ^= 1;
-    assert_eq!(
-        verify(SECRET, Some(&h), &tampered, NOW, 300),
-        Err(VerifyError::Mismatch)
-    );
-    assert_eq!(
-        verify(SECRET, Some(&h), &body[..body.len() - 1], NOW, 300),
-        Err(VerifyError::Mismatch)
-    );
-    assert_eq!(
-        verify(b"another secret", Some(&h), body, NOW, 300),
-        Err(VerifyError::Mismatch)
-    );
+    assert_eq!(verify(SECRET, Some(&h), &tampered, NOW, 300), Err(VerifyError::Mismatch));
+    assert_eq!(verify(SECRET, Some(&h), &body[..body.len() - 1], NOW, 300), Err(VerifyError::Mismatch));
+    assert_eq!(verify(b"another secret", Some(&h), body, NOW, 300), Err(VerifyError::Mismatch));
     // The timestamp is signed: moving it breaks the signature.
     let moved = h.replacen(&NOW.to_string(), &(NOW + 1).to_string(), 1);
-    assert_eq!(
-        verify(SECRET, Some(&moved), body, NOW, 300),
-        Err(VerifyError::Mismatch)
-    );
+    assert_eq!(verify(SECRET, Some(&moved), body, NOW, 300), Err(VerifyError::Mismatch));
     // Another time signs differently.
     assert_ne!(sign(SECRET, NOW + 1, body), h);
 }
@@ -50,20 +34,11 @@ fn round_trip_and_tampering() {
 fn old_and_future_timestamps_are_refused() {
     let body = b"{}";
     let old = sign(SECRET, NOW - 301, body);
-    assert!(matches!(
-        verify(SECRET, Some(&old), body, NOW, 300),
-        Err(VerifyError::Expired { age_secs: 301, .. })
-    ));
+    assert!(matches!(verify(SECRET, Some(&old), body, NOW, 300), Err(VerifyError::Expired { age_secs: 301, .. })));
     let future = sign(SECRET, NOW + 3600, body);
-    assert!(matches!(
-        verify(SECRET, Some(&future), body, NOW, 300),
-        Err(VerifyError::Expired { .. })
-    ));
+    assert!(matches!(verify(SECRET, Some(&future), body, NOW, 300), Err(VerifyError::Expired { .. })));
     let zero = sign(SECRET, 0, body);
-    assert!(matches!(
-        verify(SECRET, Some(&zero), body, NOW, 300),
-        Err(VerifyError::Expired { .. })
-    ));
+    assert!(matches!(verify(SECRET, Some(&zero), body, NOW, 300), Err(VerifyError::Expired { .. })));
 }
 
 #[test]
@@ -95,10 +70,7 @@ fn hostile_headers_never_panic_and_never_pass() {
         format!("t={NOW},v1={}", &v1[..63]),
         format!("t={NOW},v1={}", &v1[..62]),
         format!("t={NOW},v1={v1}00"),
-        format!(
-            "t={NOW},v1={}",
-            v1.to_uppercase().replace(char::is_numeric, "G")
-        ),
+        format!("t={NOW},v1={}", v1.to_uppercase().replace(char::is_numeric, "G")),
         format!("t=-{NOW},v1={v1}"),
         format!("t=+{NOW},v1={v1}"),
         format!("t={NOW}.5,v1={v1}"),
@@ -120,15 +92,9 @@ fn hostile_headers_never_panic_and_never_pass() {
         // Every refusal says what to do in words.
         assert!(!r.unwrap_err().to_string().is_empty());
     }
-    assert_eq!(
-        verify(SECRET, None, body, NOW, 300),
-        Err(VerifyError::Missing)
-    );
+    assert_eq!(verify(SECRET, None, body, NOW, 300), Err(VerifyError::Missing));
     // Whitespace around entries is tolerated (some proxies fold headers).
-    assert_eq!(
-        verify(SECRET, Some(&good.replace(',', ", ")), body, NOW, 300),
-        Ok(())
-    );
+    assert_eq!(verify(SECRET, Some(&good.replace(',', ", ")), body, NOW, 300), Ok(()));
 }
 
 #[test]
@@ -139,40 +105,19 @@ fn event_body_is_vapi_style() {
         "status": "in-progress",
         "call": { "status": "in-progress" },
     });
-    let e = Event::new(
-        "status-update",
-        Some("call-1"),
-        Some("asst-1"),
-        "https://example.test/h",
-        payload,
-    );
+    let e = Event::new("status-update", Some("call-1"), Some("asst-1"), "https://example.test/h", payload);
     let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
     assert_eq!(v["id"], e.id.as_str());
     assert_eq!(e.id.len(), 36);
-    assert_eq!(
-        v["createdAt"],
-        voxgate_domain::clock::ms_to_rfc3339(e.created_at).as_str()
-    );
+    assert_eq!(v["createdAt"], voxgate_domain::clock::ms_to_rfc3339(e.created_at).as_str());
     assert_eq!(v["message"]["type"], "status-update");
     assert_eq!(v["message"]["timestamp"], e.created_at);
     assert_eq!(v["message"]["status"], "in-progress");
-    assert_eq!(
-        v["message"]["call"],
-        json!({ "id": "call-1", "status": "in-progress" })
-    );
+    assert_eq!(v["message"]["call"], json!({ "id": "call-1", "status": "in-progress" }));
     assert_eq!(v["message"]["assistant"], json!({ "id": "asst-1" }));
-    assert_eq!(
-        (e.kind.as_str(), e.call_id.as_deref(), e.url.as_str()),
-        ("status-update", Some("call-1"), "https://example.test/h")
-    );
+    assert_eq!((e.kind.as_str(), e.call_id.as_deref(), e.url.as_str()), ("status-update", Some("call-1"), "https://example.test/h"));
 
-    let bare = Event::new(
-        "transcript",
-        None,
-        None,
-        "http://h/",
-        json!(["not", "an", "object"]),
-    );
+    let bare = Event::new("transcript", None, None, "http://h/", json!(["not", "an", "object"]));
     let v: serde_json::Value = serde_json::from_str(&bare.body).unwrap();
     assert_eq!(v["message"]["data"], json!(["not", "an", "object"]));
     assert!(v["message"].get("call").is_none());
@@ -182,26 +127,11 @@ fn event_body_is_vapi_style() {
 
 #[test]
 fn backoff_doubles_with_jitter_and_is_capped() {
-    let o = Options {
-        backoff_base: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(1),
-        ..Options::default()
-    };
+    let o = Options { backoff_base: Duration::from_millis(100), backoff_max: Duration::from_secs(1), ..Options::default() };
     for _ in 0..50 {
-        for (failures, full) in [
-            (1, 100),
-            (2, 200),
-            (3, 400),
-            (4, 800),
-            (5, 1000),
-            (40, 1000),
-            (u32::MAX, 1000),
-        ] {
+        for (failures, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000), (u32::MAX, 1000)] {
             let d = o.backoff(failures).as_millis() as u64;
-            assert!(
-                (full / 2..=full).contains(&d),
-                "after {failures} failures: {d} ms"
-            );
+            assert!((full / 2..=full).contains(&d), "after {failures} failures: {d} ms");
         }
     }
     let spread: std::collections::HashSet<_> = (0..50).map(|_| o.backoff(3)).collect();

@@ -18,13 +18,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
 fn speak(text: &str) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("speech.wav");
-    let ok = std::process::Command::new("espeak-ng")
-        .arg("-w")
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .unwrap()
-        .success();
+    let ok = std::process::Command::new("espeak-ng").arg("-w").arg(&wav).arg(text).status().unwrap().success();
     assert!(ok, "espeak-ng failed");
     let mut reader = hound::WavReader::open(&wav).unwrap();
     let rate = reader.spec().sample_rate;
@@ -35,11 +29,7 @@ fn speak(text: &str) -> Vec<f32> {
 
 fn main() {
     let dir = voxgate_models::model_dir(voxgate_models::WHISPER);
-    assert!(
-        dir.join("model.bin").is_file(),
-        "{} is missing: run `voxgate models fetch`",
-        dir.display()
-    );
+    assert!(dir.join("model.bin").is_file(), "{} is missing: run `voxgate models fetch`", dir.display());
 
     let mut loads = Vec::new();
     let mut whisper = None;

@@ -63,17 +63,13 @@ impl DType {
 pub enum Ct2Error {
     #[error("the file ends early, inside {what} at byte {offset}")]
     Truncated { what: &'static str, offset: usize },
-    #[error(
-        "binary version {0} is not supported (this reader handles {MIN_VERSION} to {MAX_VERSION})"
-    )]
+    #[error("binary version {0} is not supported (this reader handles {MIN_VERSION} to {MAX_VERSION})")]
     Version(u32),
     #[error("variable `{name}` has unknown data type id {id}")]
     UnknownDType { name: String, id: u8 },
     #[error("variable `{name}` has rank {rank}, over the limit of {MAX_RANK}")]
     Rank { name: String, rank: usize },
-    #[error(
-        "variable `{name}` declares {found} bytes, but its dims {dims:?} of {dtype:?} need {expected}"
-    )]
+    #[error("variable `{name}` declares {found} bytes, but its dims {dims:?} of {dtype:?} need {expected}")]
     ByteCount {
         name: String,
         dims: Vec<usize>,
@@ -108,11 +104,7 @@ impl Variable {
         // A zero dim first: the product of the others may overflow (the byte count
         // check lets `[u32::MAX, u32::MAX, u32::MAX, 0]` through, rightly: it is empty).
         // Without a zero dim the parser has checked that the product fits.
-        if self.dims.contains(&0) {
-            0
-        } else {
-            self.dims.iter().product()
-        }
+        if self.dims.contains(&0) { 0 } else { self.dims.iter().product() }
     }
 
     /// True when a dim is zero.
@@ -145,30 +137,18 @@ impl fmt::Debug for Model {
 impl Model {
     /// Reads and parses a `model.bin`.
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let io = |source| Error::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |source| Error::Io { path: path.to_owned(), source };
         let size = std::fs::metadata(path).map_err(io)?.len();
         if size > MAX_FILE_BYTES {
-            return Err(Error::Ct2 {
-                path: path.to_owned(),
-                source: Ct2Error::TooLarge(size),
-            });
+            return Err(Error::Ct2 { path: path.to_owned(), source: Ct2Error::TooLarge(size) });
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        Self::parse(bytes).map_err(|source| Error::Ct2 {
-            path: path.to_owned(),
-            source,
-        })
+        Self::parse(bytes).map_err(|source| Error::Ct2 { path: path.to_owned(), source })
     }
 
     /// Parses the bytes of a `model.bin`.
     pub fn parse(bytes: Vec<u8>) -> Result<Self, Ct2Error> {
-        let mut c = Cursor {
-            bytes: &bytes,
-            pos: 0,
-        };
+        let mut c = Cursor { bytes: &bytes, pos: 0 };
         let version = c.u32("the binary version")?;
         if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
             return Err(Ct2Error::Version(version));
@@ -200,14 +180,7 @@ impl Model {
         if c.remaining() != 0 {
             return Err(Ct2Error::TrailingBytes(c.remaining()));
         }
-        Ok(Self {
-            version,
-            spec,
-            revision,
-            variables,
-            by_name,
-            bytes,
-        })
+        Ok(Self { version, spec, revision, variables, by_name, bytes })
     }
 
     /// The variables in file order (aliases not repeated).
@@ -244,10 +217,7 @@ impl Model {
     pub fn to_f32(&self, var: &Variable) -> Option<Vec<f32>> {
         let d = self.data(var);
         Some(match var.dtype {
-            DType::F32 => d
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
+            DType::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             DType::F16 => d
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -273,10 +243,7 @@ impl Cursor<'_> {
 
     fn take(&mut self, n: usize, what: &'static str) -> Result<Range<usize>, Ct2Error> {
         if n > self.remaining() {
-            return Err(Ct2Error::Truncated {
-                what,
-                offset: self.pos,
-            });
+            return Err(Ct2Error::Truncated { what, offset: self.pos });
         }
         let r = self.pos..self.pos + n;
         self.pos += n;
@@ -290,16 +257,12 @@ impl Cursor<'_> {
 
     fn u16(&mut self, what: &'static str) -> Result<u16, Ct2Error> {
         let r = self.take(2, what)?;
-        Ok(u16::from_le_bytes(
-            self.bytes[r].try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.bytes[r].try_into().expect("2 bytes")))
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32, Ct2Error> {
         let r = self.take(4, what)?;
-        Ok(u32::from_le_bytes(
-            self.bytes[r].try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.bytes[r].try_into().expect("4 bytes")))
     }
 
     fn string(&mut self, what: &'static str) -> Result<String, Ct2Error> {
@@ -334,20 +297,9 @@ impl Cursor<'_> {
             .iter()
             .fold(dtype.size() as u64, |acc, &d| acc.saturating_mul(d as u64));
         if expected != found {
-            return Err(Ct2Error::ByteCount {
-                name,
-                dims,
-                dtype,
-                expected,
-                found,
-            });
+            return Err(Ct2Error::ByteCount { name, dims, dtype, expected, found });
         }
         let range = self.take(found as usize, "variable data")?;
-        Ok(Variable {
-            name,
-            dims,
-            dtype,
-            range,
-        })
+        Ok(Variable { name, dims, dtype, range })
     }
 }

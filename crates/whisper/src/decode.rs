@@ -42,10 +42,7 @@ impl Default for Window {
     /// short questions looped; with 4 s, "four five six seven" ended in "7 7"; from 5 s
     /// on, every transcript was as good as the 30 s window's (a few were better).
     fn default() -> Self {
-        Self::Trimmed {
-            pad_seconds: 1.0,
-            min_seconds: 5.0,
-        }
+        Self::Trimmed { pad_seconds: 1.0, min_seconds: 5.0 }
     }
 }
 
@@ -55,18 +52,12 @@ impl Window {
     fn samples(self, len: usize) -> usize {
         let want = match self {
             Self::Full => WINDOW_SAMPLES,
-            Self::Trimmed {
-                pad_seconds,
-                min_seconds,
-            } => {
+            Self::Trimmed { pad_seconds, min_seconds } => {
                 let secs = |s: f32| (s.clamp(0.0, 30.0) * SAMPLE_RATE as f32) as usize;
                 (len + secs(pad_seconds)).max(secs(min_seconds))
             }
         };
-        want.div_ceil(2 * HOP)
-            .saturating_mul(2 * HOP)
-            .min(WINDOW_SAMPLES)
-            .max(len.min(WINDOW_SAMPLES))
+        want.div_ceil(2 * HOP).saturating_mul(2 * HOP).min(WINDOW_SAMPLES).max(len.min(WINDOW_SAMPLES))
     }
 }
 
@@ -90,12 +81,7 @@ struct Config {
 }
 
 impl Tokens {
-    pub(crate) fn new(
-        vocab: &Vocab,
-        vocab_path: &Path,
-        config_path: &Path,
-        n_vocab: usize,
-    ) -> Result<Self, Error> {
+    pub(crate) fn new(vocab: &Vocab, vocab_path: &Path, config_path: &Path, n_vocab: usize) -> Result<Self, Error> {
         let special = |name: &str| {
             vocab.special(name).ok_or_else(|| Error::Vocabulary {
                 path: vocab_path.to_owned(),
@@ -104,18 +90,10 @@ impl Tokens {
         };
         let (sot, eot) = (special("<|startoftranscript|>")?, special("<|endoftext|>")?);
         let no_timestamps = special("<|notimestamps|>")?;
-        let no_speech = vocab
-            .special("<|nospeech|>")
-            .or_else(|| vocab.special("<|nocaptions|>"));
+        let no_speech = vocab.special("<|nospeech|>").or_else(|| vocab.special("<|nocaptions|>"));
 
-        let io = |source| Error::Io {
-            path: config_path.to_owned(),
-            source,
-        };
-        let bad = |reason: String| Error::Config {
-            path: config_path.to_owned(),
-            reason,
-        };
+        let io = |source| Error::Io { path: config_path.to_owned(), source };
+        let bad = |reason: String| Error::Config { path: config_path.to_owned(), reason };
         let size = std::fs::metadata(config_path).map_err(io)?.len();
         if size > 1 << 20 {
             return Err(bad(format!("it is {size} bytes, over the 1 MiB limit")));
@@ -126,9 +104,7 @@ impl Tokens {
             list.iter()
                 .map(|&id| match usize::try_from(id) {
                     Ok(id) if id < n_vocab => Ok(id),
-                    _ => Err(bad(format!(
-                        "`{field}` holds {id}, not a token id below {n_vocab}"
-                    ))),
+                    _ => Err(bad(format!("`{field}` holds {id}, not a token id below {n_vocab}"))),
                 })
                 .collect()
         };
@@ -137,29 +113,16 @@ impl Tokens {
         suppress.sort_unstable();
         suppress.dedup();
         let suppress_begin = ids("suppress_ids_begin", &config.suppress_ids_begin)?;
-        Ok(Self {
-            sot,
-            eot,
-            no_timestamps,
-            no_speech,
-            suppress,
-            suppress_begin,
-        })
+        Ok(Self { sot, eot, no_timestamps, no_speech, suppress, suppress_begin })
     }
 }
 
 pub(crate) fn transcribe(w: &Whisper, pcm: &[f32], window: Window) -> Result<String, Error> {
     let max = MAX_AUDIO_SECONDS as usize * SAMPLE_RATE;
     if pcm.len() > max {
-        return Err(Error::AudioTooLong {
-            seconds: pcm.len() as f64 / SAMPLE_RATE as f64,
-            max: MAX_AUDIO_SECONDS,
-        });
+        return Err(Error::AudioTooLong { seconds: pcm.len() as f64 / SAMPLE_RATE as f64, max: MAX_AUDIO_SECONDS });
     }
-    let clean: Vec<f32> = pcm
-        .iter()
-        .map(|&x| if x.is_nan() { 0.0 } else { x.clamp(-1.0, 1.0) })
-        .collect();
+    let clean: Vec<f32> = pcm.iter().map(|&x| if x.is_nan() { 0.0 } else { x.clamp(-1.0, 1.0) }).collect();
     let mut texts = Vec::new();
     for piece in pieces(&clean) {
         let text = segment(w, piece, window)?;
@@ -263,15 +226,7 @@ fn segment(w: &Whisper, pcm: &[f32], window: Window) -> Result<String, Error> {
     let text_tokens = &tokens[prompt..];
     let avg_logprob = sum_logprob / (text_tokens.len() + 1) as f32;
     let decoded = started.elapsed() - encoded;
-    tracing::debug!(
-        frames,
-        tokens = text_tokens.len(),
-        no_speech_prob,
-        avg_logprob,
-        ?encoded,
-        ?decoded,
-        "whisper segment"
-    );
+    tracing::debug!(frames, tokens = text_tokens.len(), no_speech_prob, avg_logprob, ?encoded, ?decoded, "whisper segment");
     if no_speech_prob > NO_SPEECH_THRESHOLD && avg_logprob < LOGPROB_THRESHOLD {
         return Ok(String::new());
     }
@@ -284,9 +239,7 @@ fn segment(w: &Whisper, pcm: &[f32], window: Window) -> Result<String, Error> {
 fn repeated_tail(tokens: &[u32]) -> Option<usize> {
     const MIN_RUN: usize = 4;
     let n = tokens.len();
-    (MIN_RUN..=n / 2)
-        .find(|&run| tokens[n - 2 * run..n - run] == tokens[n - run..])
-        .map(|run| n - run)
+    (MIN_RUN..=n / 2).find(|&run| tokens[n - 2 * run..n - run] == tokens[n - run..]).map(|run| n - run)
 }
 
 /// Index of the largest finite logit.
@@ -301,16 +254,8 @@ fn argmax(logits: &[f32]) -> Option<usize> {
 
 /// `log_softmax(logits)[index]`, ignoring -inf entries.
 fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits
-        .iter()
-        .filter(|v| v.is_finite())
-        .map(|&v| (v - max).exp())
-        .sum();
+    let max = logits.iter().copied().filter(|v| v.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().filter(|v| v.is_finite()).map(|&v| (v - max).exp()).sum();
     logits[index] - max - sum.ln()
 }
 
@@ -320,20 +265,14 @@ mod tests {
 
     #[test]
     fn window_lengths() {
-        let w = Window::Trimmed {
-            pad_seconds: 1.0,
-            min_seconds: 4.0,
-        };
+        let w = Window::Trimmed { pad_seconds: 1.0, min_seconds: 4.0 };
         assert_eq!(Window::default().samples(3 * 16_000), 80_000);
         assert_eq!(w.samples(16_000), 64_000);
         assert_eq!(w.samples(48_000), 64_000);
         assert_eq!(w.samples(64_001), 80_320);
         assert_eq!(w.samples(29 * 16_000 + 5), WINDOW_SAMPLES);
         assert_eq!(Window::Full.samples(10), WINDOW_SAMPLES);
-        let odd = Window::Trimmed {
-            pad_seconds: f32::NAN,
-            min_seconds: -3.0,
-        };
+        let odd = Window::Trimmed { pad_seconds: f32::NAN, min_seconds: -3.0 };
         assert_eq!(odd.samples(1000), 1280);
         assert_eq!(odd.samples(1000) % (2 * HOP), 0);
     }
@@ -347,10 +286,7 @@ mod tests {
         assert!(p.iter().all(|s| s.len() <= WINDOW_SAMPLES));
         assert_eq!(p.iter().map(|s| s.len()).sum::<usize>(), pcm.len());
         let first = p[0].len();
-        assert!(
-            (25 * SAMPLE_RATE..25 * SAMPLE_RATE + SAMPLE_RATE / 5).contains(&first),
-            "cut at {first}"
-        );
+        assert!((25 * SAMPLE_RATE..25 * SAMPLE_RATE + SAMPLE_RATE / 5).contains(&first), "cut at {first}");
         assert_eq!(pieces(&pcm[..WINDOW_SAMPLES]).len(), 1);
     }
 
@@ -364,11 +300,7 @@ mod tests {
     fn repeats_are_cut() {
         assert_eq!(repeated_tail(&[1, 2, 3, 4, 5, 1, 2, 3, 4, 5]), Some(5));
         assert_eq!(repeated_tail(&[9, 1, 2, 3, 4, 1, 2, 3, 4]), Some(5));
-        assert_eq!(
-            repeated_tail(&[1, 2, 3, 1, 2, 3]),
-            None,
-            "runs under 4 tokens are speech (\"no, no\")"
-        );
+        assert_eq!(repeated_tail(&[1, 2, 3, 1, 2, 3]), None, "runs under 4 tokens are speech (\"no, no\")");
         assert_eq!(repeated_tail(&[1, 2, 3, 4, 5, 6, 7, 8]), None);
         assert_eq!(repeated_tail(&[]), None);
     }

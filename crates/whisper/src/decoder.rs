@@ -123,28 +123,13 @@ impl Decoder {
     /// Takes the decoder tensors from `t` (candle's names, as `convert` writes them).
     pub(crate) fn new(t: &HashMap<String, Tensor>, layers: usize, heads: usize) -> Result<Self> {
         let get = |name: String| {
-            t.get(&name)
-                .cloned()
-                .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} is missing")))
+            t.get(&name).cloned().ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} is missing")))
         };
-        let lin = |p: String| -> Result<Linear> {
-            Linear::new(
-                &get(format!("{p}.weight"))?,
-                t.get(&format!("{p}.bias")).cloned(),
-            )
-        };
-        let dense = |p: String| -> Result<Dense> {
-            Ok(Dense {
-                w: get(format!("{p}.weight"))?,
-                b: t.get(&format!("{p}.bias")).cloned(),
-            })
-        };
-        let norm = |p: String| -> Result<Norm> {
-            Ok(Norm {
-                gamma: get(format!("{p}.weight"))?,
-                beta: get(format!("{p}.bias"))?,
-            })
-        };
+        let lin = |p: String| -> Result<Linear> { Linear::new(&get(format!("{p}.weight"))?, t.get(&format!("{p}.bias")).cloned()) };
+        let dense =
+            |p: String| -> Result<Dense> { Ok(Dense { w: get(format!("{p}.weight"))?, b: t.get(&format!("{p}.bias")).cloned() }) };
+        let norm =
+            |p: String| -> Result<Norm> { Ok(Norm { gamma: get(format!("{p}.weight"))?, beta: get(format!("{p}.bias"))? }) };
         let layers = (0..layers)
             .map(|i| {
                 let p = format!("model.decoder.layers.{i}");
@@ -184,9 +169,7 @@ impl Decoder {
     /// `[n, d]` to `[heads, n, d / heads]`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (n, d) = x.dims2()?;
-        x.reshape((n, self.heads, d / self.heads))?
-            .transpose(0, 1)?
-            .contiguous()
+        x.reshape((n, self.heads, d / self.heads))?.transpose(0, 1)?.contiguous()
     }
 
     /// Starts an utterance: projects the encoder output `[1, frames, d]` for
@@ -196,18 +179,9 @@ impl Decoder {
         let cross = self
             .layers
             .iter()
-            .map(|l| {
-                Ok((
-                    self.split_heads(&l.cross_k.forward(&audio)?)?,
-                    self.split_heads(&l.cross_v.forward(&audio)?)?,
-                ))
-            })
+            .map(|l| Ok((self.split_heads(&l.cross_k.forward(&audio)?)?, self.split_heads(&l.cross_v.forward(&audio)?)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(State {
-            cross,
-            cache: vec![None; self.layers.len()],
-            len: 0,
-        })
+        Ok(State { cross, cache: vec![None; self.layers.len()], len: 0 })
     }
 
     /// Attention of one query `[1, d]` over keys and values `[heads, n, d / heads]`.
@@ -222,14 +196,10 @@ impl Decoder {
     /// Feeds one token; returns the final hidden state `[1, d]` at its position.
     pub(crate) fn step(&self, state: &mut State, token: u32) -> Result<Tensor> {
         let pos = state.len;
-        let mut x =
-            (self.embed.narrow(0, token as usize, 1)? + self.positions.narrow(0, pos, 1)?)?;
+        let mut x = (self.embed.narrow(0, token as usize, 1)? + self.positions.narrow(0, pos, 1)?)?;
         for (i, l) in self.layers.iter().enumerate() {
             let h = l.attn_ln.forward(&x)?;
-            let (k, v) = (
-                self.split_heads(&l.k.forward(&h)?)?,
-                self.split_heads(&l.v.forward(&h)?)?,
-            );
+            let (k, v) = (self.split_heads(&l.k.forward(&h)?)?, self.split_heads(&l.v.forward(&h)?)?);
             let (k, v) = match state.cache[i].take() {
                 Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 1)?, Tensor::cat(&[&cv, &v], 1)?),
                 None => (k, v),

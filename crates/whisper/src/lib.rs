@@ -13,8 +13,8 @@
 //! # Ok(()) }
 //! ```
 
-mod convert;
 pub mod ct2;
+mod convert;
 mod decode;
 mod decoder;
 mod error;
@@ -22,7 +22,7 @@ pub mod mel;
 /// Public for the fuzz targets (`fuzz/`); the loader is its only user here.
 pub mod vocab;
 
-pub use decode::{MAX_AUDIO_SECONDS, Window};
+pub use decode::{Window, MAX_AUDIO_SECONDS};
 pub use error::Error;
 
 use std::path::Path;
@@ -51,9 +51,7 @@ pub struct Whisper {
 
 impl std::fmt::Debug for Whisper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Whisper")
-            .field("config", &self.model.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Whisper").field("config", &self.model.config).finish_non_exhaustive()
     }
 }
 
@@ -70,39 +68,17 @@ impl Whisper {
         if vocab.len() != config.vocab_size {
             return Err(Error::Vocabulary {
                 path: vocab_path,
-                reason: format!(
-                    "it has {} tokens, the model {}",
-                    vocab.len(),
-                    config.vocab_size
-                ),
+                reason: format!("it has {} tokens, the model {}", vocab.len(), config.vocab_size),
             });
         }
-        let tokens = Tokens::new(
-            &vocab,
-            &vocab_path,
-            &dir.join("config.json"),
-            config.vocab_size,
-        )?;
-        let bad = |e: candle_core::Error| Error::Model {
-            path: bin.clone(),
-            reason: e.to_string(),
-        };
-        let decoder = Decoder::new(
-            &tensors,
-            config.decoder_layers,
-            config.decoder_attention_heads,
-        )
-        .map_err(bad)?;
+        let tokens = Tokens::new(&vocab, &vocab_path, &dir.join("config.json"), config.vocab_size)?;
+        let bad = |e: candle_core::Error| Error::Model { path: bin.clone(), reason: e.to_string() };
+        let decoder =
+            Decoder::new(&tensors, config.decoder_layers, config.decoder_attention_heads).map_err(bad)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let model = model::Whisper::load(&vb, config).map_err(bad)?;
         let mel = Mel::new(model.config.num_mel_bins);
-        Ok(Self {
-            model,
-            decoder,
-            mel,
-            vocab,
-            tokens,
-        })
+        Ok(Self { model, decoder, mel, vocab, tokens })
     }
 
     /// Transcribes mono 16 kHz audio (samples in [-1, 1]) with the default [`Window`].

@@ -18,11 +18,7 @@ fn hz_to_mel(hz: f64) -> f64 {
     const MIN_LOG_HZ: f64 = 1000.0;
     let min_log_mel = MIN_LOG_HZ / F_SP;
     let logstep = 6.4f64.ln() / 27.0;
-    if hz >= MIN_LOG_HZ {
-        min_log_mel + (hz / MIN_LOG_HZ).ln() / logstep
-    } else {
-        hz / F_SP
-    }
+    if hz >= MIN_LOG_HZ { min_log_mel + (hz / MIN_LOG_HZ).ln() / logstep } else { hz / F_SP }
 }
 
 fn mel_to_hz(mel: f64) -> f64 {
@@ -30,11 +26,7 @@ fn mel_to_hz(mel: f64) -> f64 {
     const MIN_LOG_HZ: f64 = 1000.0;
     let min_log_mel = MIN_LOG_HZ / F_SP;
     let logstep = 6.4f64.ln() / 27.0;
-    if mel >= min_log_mel {
-        MIN_LOG_HZ * (logstep * (mel - min_log_mel)).exp()
-    } else {
-        F_SP * mel
-    }
+    if mel >= min_log_mel { MIN_LOG_HZ * (logstep * (mel - min_log_mel)).exp() } else { F_SP * mel }
 }
 
 /// The `[n_mels][N_FFT / 2 + 1]` filterbank librosa's
@@ -43,12 +35,9 @@ fn mel_to_hz(mel: f64) -> f64 {
 pub fn filters(n_mels: usize) -> Vec<f32> {
     let fmax = SAMPLE_RATE as f64 / 2.0;
     let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(fmax));
-    let mel_f: Vec<f64> = (0..n_mels + 2)
-        .map(|i| mel_to_hz(lo + (hi - lo) * i as f64 / (n_mels + 1) as f64))
-        .collect();
-    let fft_f: Vec<f64> = (0..N_BINS)
-        .map(|k| fmax * k as f64 / (N_BINS - 1) as f64)
-        .collect();
+    let mel_f: Vec<f64> =
+        (0..n_mels + 2).map(|i| mel_to_hz(lo + (hi - lo) * i as f64 / (n_mels + 1) as f64)).collect();
+    let fft_f: Vec<f64> = (0..N_BINS).map(|k| fmax * k as f64 / (N_BINS - 1) as f64).collect();
     let mut out = vec![0f32; n_mels * N_BINS];
     for m in 0..n_mels {
         let (left, centre, right) = (mel_f[m], mel_f[m + 1], mel_f[m + 2]);
@@ -73,17 +62,10 @@ pub struct Mel {
 impl Mel {
     pub fn new(n_mels: usize) -> Self {
         let window = (0..N_FFT)
-            .map(|n| {
-                (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32
-            })
+            .map(|n| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32)
             .collect();
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
-        Self {
-            n_mels,
-            filters: filters(n_mels),
-            window,
-            fft,
-        }
+        Self { n_mels, filters: filters(n_mels), window, fft }
     }
 
     /// The normalised log-mel of `samples`, `[n_mels][n_frames]` row-major, with
@@ -161,41 +143,26 @@ mod tests {
         let f = filters(80);
         for &(m, k, want) in REFERENCE {
             let got = f[m * N_BINS + k];
-            assert!(
-                (got - want).abs() < 1e-6,
-                "band {m} bin {k}: {got} vs {want}"
-            );
+            assert!((got - want).abs() < 1e-6, "band {m} bin {k}: {got} vs {want}");
         }
         // Band 0 only touches bin 1; band 40 only bins 42..=44.
         assert_eq!(f[..N_BINS].iter().filter(|&&v| v > 0.0).count(), 1);
-        assert_eq!(
-            f[40 * N_BINS..41 * N_BINS]
-                .iter()
-                .filter(|&&v| v > 0.0)
-                .count(),
-            3
-        );
+        assert_eq!(f[40 * N_BINS..41 * N_BINS].iter().filter(|&&v| v > 0.0).count(), 3);
     }
 
     #[test]
     fn log_mel_shape_and_range() {
         let mel = Mel::new(80);
-        let tone: Vec<f32> = (0..16_000)
-            .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin() * 0.5)
-            .collect();
+        let tone: Vec<f32> =
+            (0..16_000).map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin() * 0.5).collect();
         let (m, frames) = mel.log_mel(&tone);
         assert_eq!(frames, 100);
         assert_eq!(m.len(), 80 * 100);
         let max = m.iter().copied().fold(f32::MIN, f32::max);
         let min = m.iter().copied().fold(f32::MAX, f32::min);
-        assert!(
-            max - min <= 2.0 + 1e-6,
-            "floor at max - 8 in log10 is 2 after /4"
-        );
+        assert!(max - min <= 2.0 + 1e-6, "floor at max - 8 in log10 is 2 after /4");
         // 440 Hz is FFT bin 11 (40 Hz per bin), which bands 10 and 11 cover.
-        let loudest = (0..80)
-            .max_by(|&a, &b| m[a * 100 + 50].total_cmp(&m[b * 100 + 50]))
-            .unwrap();
+        let loudest = (0..80).max_by(|&a, &b| m[a * 100 + 50].total_cmp(&m[b * 100 + 50])).unwrap();
         assert!((10..=11).contains(&loudest), "loudest band {loudest}");
     }
 

@@ -37,19 +37,11 @@ fn char_to_byte() -> HashMap<char, u8> {
 
 impl Vocab {
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let io = |source| Error::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |source| Error::Io { path: path.to_owned(), source };
         let size = std::fs::metadata(path).map_err(io)?.len();
-        let bad = |reason: String| Error::Vocabulary {
-            path: path.to_owned(),
-            reason,
-        };
+        let bad = |reason: String| Error::Vocabulary { path: path.to_owned(), reason };
         if size > MAX_FILE_BYTES {
-            return Err(bad(format!(
-                "it is {size} bytes, over the {MAX_FILE_BYTES}-byte limit"
-            )));
+            return Err(bad(format!("it is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")));
         }
         let bytes = std::fs::read(path).map_err(io)?;
         let text = String::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
@@ -71,9 +63,7 @@ impl Vocab {
                 .chars()
                 .map(|c| map.get(&c).copied())
                 .collect::<Option<Vec<u8>>>()
-                .ok_or_else(|| {
-                    format!("line {} ({line:?}) is not a byte-level BPE token", id + 1)
-                })?;
+                .ok_or_else(|| format!("line {} ({line:?}) is not a byte-level BPE token", id + 1))?;
             if bytes.is_empty() {
                 return Err(format!("line {} is empty", id + 1));
             }
@@ -97,12 +87,8 @@ impl Vocab {
 
     /// Text of the given ids, special tokens and unknown ids left out, trimmed.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .filter_map(|&id| self.tokens.get(id as usize))
-            .flatten()
-            .copied()
-            .collect();
+        let bytes: Vec<u8> =
+            ids.iter().filter_map(|&id| self.tokens.get(id as usize)).flatten().copied().collect();
         String::from_utf8_lossy(&bytes).trim().to_owned()
     }
 }

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use voxgate_whisper::Error;
 use voxgate_whisper::ct2::{Ct2Error, DType, MAX_RANK, Model};
+use voxgate_whisper::Error;
 
 /// Writes a model.bin field by field.
 #[derive(Default, Clone)]
@@ -21,8 +21,7 @@ impl File {
         self
     }
     fn string(&mut self, s: &str) -> &mut Self {
-        self.0
-            .extend_from_slice(&(s.len() as u16 + 1).to_le_bytes());
+        self.0.extend_from_slice(&(s.len() as u16 + 1).to_le_bytes());
         self.0.extend_from_slice(s.as_bytes());
         self.0.push(0);
         self
@@ -39,10 +38,7 @@ impl File {
         self
     }
     fn f16_var(&mut self, name: &str, dims: &[u32], values: &[f32]) -> &mut Self {
-        let data: Vec<u8> = values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect();
+        let data: Vec<u8> = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
         self.var(name, dims, 4, data.len() as u32, &data)
     }
     /// A valid file: two variables, one alias.
@@ -78,27 +74,15 @@ fn parse_err(bytes: &[u8]) -> Ct2Error {
 fn reads_a_crafted_file() {
     let dir = tempfile::tempdir().unwrap();
     let model = Model::read(&write(dir.path(), &File::valid().0)).unwrap();
-    assert_eq!(
-        (model.version, model.spec.as_str(), model.revision),
-        (6, "WhisperSpec", 3)
-    );
+    assert_eq!((model.version, model.spec.as_str(), model.revision), (6, "WhisperSpec", 3));
     assert_eq!(model.variables().len(), 3);
     let w = model.get("a/weight").unwrap();
     assert_eq!((w.dims.as_slice(), w.dtype), (&[2usize, 3][..], DType::F16));
-    assert_eq!(
-        model.to_f32(w).unwrap(),
-        vec![1.0, -2.0, 0.5, 0.0, 3.25, -0.125]
-    );
+    assert_eq!(model.to_f32(w).unwrap(), vec![1.0, -2.0, 0.5, 0.0, 3.25, -0.125]);
     assert_eq!(model.get("alias/weight").unwrap().name, "a/weight");
     assert_eq!(model.scalar_int("a/heads"), Some(6));
-    assert_eq!(
-        model.to_f32(model.get("b/f32").unwrap()).unwrap(),
-        vec![1.0, 2.0]
-    );
-    assert!(
-        model.to_f32(model.get("a/heads").unwrap()).is_none(),
-        "integers are not floats"
-    );
+    assert_eq!(model.to_f32(model.get("b/f32").unwrap()).unwrap(), vec![1.0, 2.0]);
+    assert!(model.to_f32(model.get("a/heads").unwrap()).is_none(), "integers are not floats");
 }
 
 #[test]
@@ -132,13 +116,7 @@ fn wrong_versions_are_refused() {
 fn unknown_dtype_is_refused() {
     let mut f = File::header(6, "WhisperSpec", 3, 1);
     f.var("x", &[1], 9, 1, &[0]).u32(0);
-    assert_eq!(
-        parse_err(&f.0),
-        Ct2Error::UnknownDType {
-            name: "x".into(),
-            id: 9
-        }
-    );
+    assert_eq!(parse_err(&f.0), Ct2Error::UnknownDType { name: "x".into(), id: 9 });
 }
 
 #[test]
@@ -146,11 +124,7 @@ fn byte_count_must_match_dims() {
     let mut f = File::header(6, "WhisperSpec", 3, 1);
     f.var("x", &[2, 3], 4, 10, &[0; 10]).u32(0);
     match parse_err(&f.0) {
-        Ct2Error::ByteCount {
-            expected: 12,
-            found: 10,
-            ..
-        } => {}
+        Ct2Error::ByteCount { expected: 12, found: 10, .. } => {}
         other => panic!("{other:?}"),
     }
 }
@@ -164,13 +138,7 @@ fn absurd_headers_allocate_nothing() {
     // A rank over the limit.
     let mut f = File::header(6, "WhisperSpec", 3, 1);
     f.var("x", &[1; MAX_RANK + 1], 0, 4, &[0; 4]).u32(0);
-    assert_eq!(
-        parse_err(&f.0),
-        Ct2Error::Rank {
-            name: "x".into(),
-            rank: MAX_RANK + 1
-        }
-    );
+    assert_eq!(parse_err(&f.0), Ct2Error::Rank { name: "x".into(), rank: MAX_RANK + 1 });
     // Four billion variables in a file of a few bytes: truncated, not out of memory.
     let f = File::header(6, "WhisperSpec", 3, u32::MAX);
     assert!(matches!(parse_err(&f.0), Ct2Error::Truncated { .. }));
@@ -193,8 +161,7 @@ fn absurd_headers_allocate_nothing() {
 #[test]
 fn an_empty_variable_with_huge_dims_has_no_elements() {
     let mut f = File::header(6, "WhisperSpec", 3, 1);
-    f.var("x", &[u32::MAX, u32::MAX, u32::MAX, 0], 0, 0, &[])
-        .u32(0);
+    f.var("x", &[u32::MAX, u32::MAX, u32::MAX, 0], 0, 0, &[]).u32(0);
     let model = Model::parse(f.0).unwrap();
     let x = model.get("x").unwrap();
     assert_eq!((x.len(), x.is_empty()), (0, true));
@@ -209,17 +176,8 @@ fn bad_names_and_aliases_are_refused() {
     assert_eq!(parse_err(&f.0), Ct2Error::Duplicate("x".into()));
 
     let mut f = File::header(6, "WhisperSpec", 3, 1);
-    f.var("x", &[], 1, 1, &[0])
-        .u32(1)
-        .string("y")
-        .string("missing");
-    assert_eq!(
-        parse_err(&f.0),
-        Ct2Error::DanglingAlias {
-            alias: "y".into(),
-            target: "missing".into()
-        }
-    );
+    f.var("x", &[], 1, 1, &[0]).u32(1).string("y").string("missing");
+    assert_eq!(parse_err(&f.0), Ct2Error::DanglingAlias { alias: "y".into(), target: "missing".into() });
 
     let mut f = File::header(6, "WhisperSpec", 3, 1);
     f.0.extend_from_slice(&3u16.to_le_bytes());
@@ -229,10 +187,7 @@ fn bad_names_and_aliases_are_refused() {
     let mut f = File::header(6, "WhisperSpec", 3, 1);
     f.0.extend_from_slice(&1u16.to_le_bytes());
     f.0.push(0);
-    assert!(
-        matches!(parse_err(&f.0), Ct2Error::BadString { .. }),
-        "an empty name"
-    );
+    assert!(matches!(parse_err(&f.0), Ct2Error::BadString { .. }), "an empty name");
 }
 
 #[test]
@@ -242,10 +197,7 @@ fn missing_file_names_the_path() {
     let err = Model::read(&path).unwrap_err();
     assert!(matches!(err, Error::Io { .. }));
     let msg = err.to_string();
-    assert!(
-        msg.contains("model.bin") && msg.contains("voxgate models fetch"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.bin") && msg.contains("voxgate models fetch"), "{msg}");
 }
 
 #[test]
@@ -275,37 +227,13 @@ fn reads_the_real_whisper_file() {
     let model = Model::read(&real_model_dir().join("model.bin")).unwrap();
     assert_eq!(model.spec, "WhisperSpec");
     let embed = model.get("decoder/embeddings/weight").unwrap();
-    assert_eq!(
-        (embed.dims.as_slice(), embed.dtype),
-        (&[51_864usize, 384][..], DType::F16)
-    );
+    assert_eq!((embed.dims.as_slice(), embed.dtype), (&[51_864usize, 384][..], DType::F16));
     // The output projection is stored once, as an alias of the embeddings.
-    assert_eq!(
-        model.get("decoder/projection/weight").unwrap().name,
-        "decoder/embeddings/weight"
-    );
+    assert_eq!(model.get("decoder/projection/weight").unwrap().name, "decoder/embeddings/weight");
     assert_eq!(model.scalar_int("encoder/num_heads"), Some(6));
-    assert_eq!(
-        model
-            .get("decoder/layer_0/self_attention/linear_0/weight")
-            .unwrap()
-            .dims,
-        vec![1152, 384]
-    );
-    assert_eq!(
-        model
-            .get("decoder/layer_0/attention/linear_1/weight")
-            .unwrap()
-            .dims,
-        vec![768, 384]
-    );
-    let layers = (0..)
-        .take_while(|i| {
-            model
-                .get(&format!("encoder/layer_{i}/ffn/linear_0/bias"))
-                .is_some()
-        })
-        .count();
+    assert_eq!(model.get("decoder/layer_0/self_attention/linear_0/weight").unwrap().dims, vec![1152, 384]);
+    assert_eq!(model.get("decoder/layer_0/attention/linear_1/weight").unwrap().dims, vec![768, 384]);
+    let layers = (0..).take_while(|i| model.get(&format!("encoder/layer_{i}/ffn/linear_0/bias")).is_some()).count();
     assert_eq!(layers, 4);
     // The weights are sane numbers.
     let w = model.to_f32(embed).unwrap();
@@ -325,10 +253,7 @@ fn stored_encoder_positions_are_whisper_sinusoids() {
     for pos in [0, 1, 7, 150, len - 1] {
         for c in 0..half_c {
             let t = pos as f64 * (-(c as f64) * step).exp();
-            let (sin, cos) = (
-                stored[pos * channels + c],
-                stored[pos * channels + half_c + c],
-            );
+            let (sin, cos) = (stored[pos * channels + c], stored[pos * channels + half_c + c]);
             assert!((sin as f64 - t.sin()).abs() < 2e-3, "pos {pos} ch {c}");
             assert!((cos as f64 - t.cos()).abs() < 2e-3, "pos {pos} ch {c}");
         }

@@ -8,11 +8,7 @@ use voxgate_whisper::{Error, Whisper, Window};
 fn model_dir() -> PathBuf {
     let dir = voxgate_models::model_dir(voxgate_models::WHISPER);
     for file in ["model.bin", "config.json", "vocabulary.txt"] {
-        assert!(
-            dir.join(file).is_file(),
-            "{} is missing: run `voxgate models fetch`",
-            dir.join(file).display()
-        );
+        assert!(dir.join(file).is_file(), "{} is missing: run `voxgate models fetch`", dir.join(file).display());
     }
     dir
 }
@@ -50,25 +46,16 @@ fn read_wav(path: &Path) -> Vec<f32> {
 fn assert_words(transcript: &str, words: &[&str]) {
     let lower = transcript.to_lowercase();
     for word in words {
-        assert!(
-            word.split('|').any(|w| lower.contains(w)),
-            "{word:?} is missing from {transcript:?}"
-        );
+        assert!(word.split('|').any(|w| lower.contains(w)), "{word:?} is missing from {transcript:?}");
     }
 }
 
 const SENTENCES: &[(&str, &[&str])] = &[
     ("What is the capital of France?", &["capital", "france"]),
     // espeak-ng's "book" comes out as "look" or "work", even with the 30 s window.
-    (
-        "Please book a table for two at seven.",
-        &["table", "seven|7"],
-    ),
+    ("Please book a table for two at seven.", &["table", "seven|7"]),
     ("How is the weather today?", &["weather", "today"]),
-    (
-        "I would like to cancel my appointment on Monday.",
-        &["cancel", "appointment", "monday"],
-    ),
+    ("I would like to cancel my appointment on Monday.", &["cancel", "appointment", "monday"]),
 ];
 
 #[test]
@@ -76,10 +63,7 @@ fn transcribes_spoken_sentences() {
     for (text, words) in SENTENCES {
         let transcript = whisper().transcribe(&speak(text)).unwrap();
         assert_words(&transcript, words);
-        assert!(
-            transcript.len() < 3 * text.len(),
-            "runaway output: {transcript:?}"
-        );
+        assert!(transcript.len() < 3 * text.len(), "runaway output: {transcript:?}");
     }
 }
 
@@ -134,10 +118,7 @@ fn hostile_samples_do_not_panic() {
         assert!(text.len() < 200, "{bad}: {text:?}");
     }
     // Loud speech far outside [-1, 1] is clipped, still transcribed without a panic.
-    let loud: Vec<f32> = speak("How is the weather today?")
-        .iter()
-        .map(|s| s * 1e6)
-        .collect();
+    let loud: Vec<f32> = speak("How is the weather today?").iter().map(|s| s * 1e6).collect();
     w.transcribe(&loud).unwrap();
 }
 
@@ -190,29 +171,16 @@ fn broken_model_folders_fail_with_clear_errors() {
     std::fs::write(dir.path().join("model.bin"), &bytes).unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
     std::fs::write(dir.path().join("vocabulary.txt"), "a\nb\n").unwrap();
-    assert!(matches!(
-        Whisper::load(dir.path()).unwrap_err(),
-        Error::Vocabulary { .. }
-    ));
+    assert!(matches!(Whisper::load(dir.path()).unwrap_err(), Error::Vocabulary { .. }));
 
     // A config whose suppressed ids are out of range.
-    std::fs::copy(
-        src.join("vocabulary.txt"),
-        dir.path().join("vocabulary.txt"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        r#"{"suppress_ids": [99999999], "suppress_ids_begin": []}"#,
-    )
-    .unwrap();
+    std::fs::copy(src.join("vocabulary.txt"), dir.path().join("vocabulary.txt")).unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"suppress_ids": [99999999], "suppress_ids_begin": []}"#)
+        .unwrap();
     let err = Whisper::load(dir.path()).unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err}");
     std::fs::write(dir.path().join("config.json"), "not json").unwrap();
-    assert!(matches!(
-        Whisper::load(dir.path()).unwrap_err(),
-        Error::Config { .. }
-    ));
+    assert!(matches!(Whisper::load(dir.path()).unwrap_err(), Error::Config { .. }));
 
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
     Whisper::load(dir.path()).expect("the repaired folder loads");

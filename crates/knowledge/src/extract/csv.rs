@@ -5,23 +5,14 @@
 use crate::error::ExtractError;
 use crate::extract::Limits;
 
-pub(crate) fn to_text(
-    text: &str,
-    tsv: bool,
-    name: &str,
-    limits: &Limits,
-) -> Result<String, ExtractError> {
+pub(crate) fn to_text(text: &str, tsv: bool, name: &str, limits: &Limits) -> Result<String, ExtractError> {
     let delimiter = if tsv { b'\t' } else { sniff_delimiter(text) };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    let malformed = |e: csv::Error| ExtractError::Malformed {
-        name: name.to_string(),
-        kind: "CSV",
-        detail: e.to_string(),
-    };
+    let malformed = |e: csv::Error| ExtractError::Malformed { name: name.to_string(), kind: "CSV", detail: e.to_string() };
     let mut records = reader.records();
     let Some(header) = records.next().transpose().map_err(malformed)? else {
         return Ok(String::new());
@@ -30,13 +21,7 @@ pub(crate) fn to_text(
     let header: Vec<String> = header
         .iter()
         .enumerate()
-        .map(|(i, h)| {
-            if h.trim().is_empty() {
-                format!("column {}", i + 1)
-            } else {
-                h.trim().to_string()
-            }
-        })
+        .map(|(i, h)| if h.trim().is_empty() { format!("column {}", i + 1) } else { h.trim().to_string() })
         .collect();
     let mut out = String::with_capacity(text.len() * 2);
     let mut rows = 0usize;

@@ -14,16 +14,10 @@ const WIDTH: usize = 10_000;
 pub(crate) const MAX_DEPTH: usize = 512;
 
 pub(crate) fn to_text(html: &str, name: &str) -> Result<String, ExtractError> {
-    let malformed = |detail: String| ExtractError::Malformed {
-        name: name.to_string(),
-        kind: "HTML",
-        detail,
-    };
+    let malformed = |detail: String| ExtractError::Malformed { name: name.to_string(), kind: "HTML", detail };
     let depth = max_depth(html);
     if depth > MAX_DEPTH {
-        return Err(malformed(format!(
-            "elements are nested {depth} deep, more than {MAX_DEPTH}"
-        )));
+        return Err(malformed(format!("elements are nested {depth} deep, more than {MAX_DEPTH}")));
     }
     html2text::config::plain_no_decorate()
         .allow_width_overflow()
@@ -38,49 +32,15 @@ pub(crate) fn to_text(html: &str, name: &str) -> Result<String, ExtractError> {
 fn never_nests(tag: &str) -> bool {
     matches!(
         tag,
-        "area"
-            | "base"
-            | "br"
-            | "col"
-            | "embed"
-            | "hr"
-            | "img"
-            | "input"
-            | "link"
-            | "meta"
-            | "source"
-            | "track"
-            | "wbr"
-            | "p"
-            | "li"
-            | "dt"
-            | "dd"
-            | "tr"
-            | "td"
-            | "th"
-            | "option"
-            | "optgroup"
-            | "thead"
-            | "tbody"
-            | "tfoot"
-            | "colgroup"
-            | "caption"
-            | "rb"
-            | "rt"
-            | "rtc"
-            | "rp"
-            | "html"
-            | "head"
-            | "body"
+        "area" | "base" | "br" | "col" | "embed" | "hr" | "img" | "input" | "link" | "meta" | "source" | "track" | "wbr"
+            | "p" | "li" | "dt" | "dd" | "tr" | "td" | "th" | "option" | "optgroup" | "thead" | "tbody" | "tfoot"
+            | "colgroup" | "caption" | "rb" | "rt" | "rtc" | "rp" | "html" | "head" | "body"
     )
 }
 
 /// Elements whose content is raw text up to their end tag.
 fn raw_text(tag: &str) -> bool {
-    matches!(
-        tag,
-        "script" | "style" | "textarea" | "title" | "xmp" | "iframe" | "noembed" | "noframes"
-    )
+    matches!(tag, "script" | "style" | "textarea" | "title" | "xmp" | "iframe" | "noembed" | "noframes")
 }
 
 /// An upper estimate of how deep the elements of `html` nest, from its tags alone.
@@ -99,19 +59,13 @@ fn max_depth(html: &str) -> usize {
         if closing {
             j += 1;
         }
-        let name_len = b[j..]
-            .iter()
-            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b':')
-            .count();
+        let name_len = b[j..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b':').count();
         if name_len == 0 {
             i = j;
             continue;
         }
         let tag = &lower[j..j + name_len];
-        let end = b[j..]
-            .iter()
-            .position(|&c| c == b'>')
-            .map_or(b.len(), |e| j + e);
+        let end = b[j..].iter().position(|&c| c == b'>').map_or(b.len(), |e| j + e);
         let self_closing = end > 0 && b.get(end - 1) == Some(&b'/');
         i = (end + 1).min(b.len());
         if closing {
@@ -124,9 +78,7 @@ fn max_depth(html: &str) -> usize {
             continue;
         }
         if raw_text(tag) {
-            i = lower[i..]
-                .find(&format!("</{tag}"))
-                .map_or(b.len(), |e| i + e);
+            i = lower[i..].find(&format!("</{tag}")).map_or(b.len(), |e| i + e);
             continue;
         }
         if never_nests(tag) || (self_closing && foreign > 0) {

@@ -85,11 +85,7 @@ pub struct Document {
 /// content that cannot be read. Third-party parsers (PDF) run behind
 /// `catch_unwind`-style isolation, so a bug in them is a `Malformed` error, not a
 /// crash.
-pub fn extract(
-    bytes: &[u8],
-    declared_name: &str,
-    limits: &Limits,
-) -> Result<Document, ExtractError> {
+pub fn extract(bytes: &[u8], declared_name: &str, limits: &Limits) -> Result<Document, ExtractError> {
     let name = safe_file_name(declared_name);
     if bytes.len() > limits.max_input_bytes {
         return Err(ExtractError::TooLarge {
@@ -104,10 +100,9 @@ pub fn extract(
         (Kind::Pdf, pdf::extract(bytes, &name, limits)?)
     } else {
         let text = decode_text(bytes, &name).map_err(|e| match infer::get(bytes) {
-            Some(t) if t.matcher_type() != infer::MatcherType::Text => ExtractError::Unsupported {
-                name: name.clone(),
-                detected: t.mime_type().to_string(),
-            },
+            Some(t) if t.matcher_type() != infer::MatcherType::Text => {
+                ExtractError::Unsupported { name: name.clone(), detected: t.mime_type().to_string() }
+            }
             _ => e,
         })?;
         match text_kind(&ext, &text) {
@@ -134,9 +129,7 @@ pub fn extract(
 }
 
 fn is_pdf(bytes: &[u8]) -> bool {
-    bytes[..bytes.len().min(1024)]
-        .windows(5)
-        .any(|w| w == b"%PDF-")
+    bytes[..bytes.len().min(1024)].windows(5).any(|w| w == b"%PDF-")
 }
 
 fn text_kind(ext: &str, text: &str) -> Kind {
@@ -145,12 +138,7 @@ fn text_kind(ext: &str, text: &str) -> Kind {
         "csv" | "tsv" => Kind::Csv,
         "html" | "htm" | "xhtml" => Kind::Html,
         _ => {
-            let head: String = text
-                .trim_start()
-                .chars()
-                .take(14)
-                .collect::<String>()
-                .to_ascii_lowercase();
+            let head: String = text.trim_start().chars().take(14).collect::<String>().to_ascii_lowercase();
             if head.starts_with("<!doctype html") || head.starts_with("<html") {
                 Kind::Html
             } else {
@@ -172,22 +160,14 @@ fn decode_text(bytes: &[u8], name: &str) -> Result<String, ExtractError> {
     } else {
         utf8(bytes, name, 0)?
     };
-    let binary = |reason: String| ExtractError::Binary {
-        name: name.to_string(),
-        reason,
-    };
+    let binary = |reason: String| ExtractError::Binary { name: name.to_string(), reason };
     if text.contains('\0') {
         return Err(binary("it contains NUL characters".into()));
     }
     let total = text.chars().count();
-    let control = text
-        .chars()
-        .filter(|&c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\x0c'))
-        .count();
+    let control = text.chars().filter(|&c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\x0c')).count();
     if control > 0 && control * 20 > total {
-        return Err(binary(format!(
-            "{control} of its {total} characters are control characters"
-        )));
+        return Err(binary(format!("{control} of its {total} characters are control characters")));
     }
     Ok(text)
 }
@@ -195,30 +175,20 @@ fn decode_text(bytes: &[u8], name: &str) -> Result<String, ExtractError> {
 fn utf8(bytes: &[u8], name: &str, skipped: usize) -> Result<String, ExtractError> {
     match std::str::from_utf8(bytes) {
         Ok(s) => Ok(s.to_string()),
-        Err(_) if bytes.contains(&0) => Err(ExtractError::Binary {
-            name: name.to_string(),
-            reason: "it contains NUL bytes".into(),
-        }),
-        Err(e) => Err(ExtractError::NotUtf8 {
-            name: name.to_string(),
-            offset: skipped + e.valid_up_to(),
-        }),
+        Err(_) if bytes.contains(&0) => {
+            Err(ExtractError::Binary { name: name.to_string(), reason: "it contains NUL bytes".into() })
+        }
+        Err(e) => Err(ExtractError::NotUtf8 { name: name.to_string(), offset: skipped + e.valid_up_to() }),
     }
 }
 
 fn utf16(bytes: &[u8], name: &str, unit: fn([u8; 2]) -> u16) -> Result<String, ExtractError> {
-    let malformed = |detail: &str| ExtractError::Malformed {
-        name: name.to_string(),
-        kind: "UTF-16 text",
-        detail: detail.into(),
-    };
+    let malformed = |detail: &str| ExtractError::Malformed { name: name.to_string(), kind: "UTF-16 text", detail: detail.into() };
     if !bytes.len().is_multiple_of(2) {
         return Err(malformed("an odd number of bytes"));
     }
     let units = bytes.chunks_exact(2).map(|b| unit([b[0], b[1]]));
-    char::decode_utf16(units)
-        .collect::<Result<String, _>>()
-        .map_err(|_| malformed("an unpaired surrogate"))
+    char::decode_utf16(units).collect::<Result<String, _>>().map_err(|_| malformed("an unpaired surrogate"))
 }
 
 /// Normalises extracted text: `\n` line ends, no control characters but `\n` and
@@ -228,10 +198,7 @@ fn tidy(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut blank_run = 0;
     for line in text.split('\n') {
-        let line: String = line
-            .chars()
-            .filter(|&c| !c.is_control() || c == '\t')
-            .collect();
+        let line: String = line.chars().filter(|&c| !c.is_control() || c == '\t').collect();
         let line = line.trim_end();
         if line.trim().is_empty() {
             blank_run += 1;

@@ -41,9 +41,7 @@ const MAX_PARENT_DEPTH: usize = 64;
 
 pub(crate) fn extract(bytes: &[u8], name: &str, limits: &Limits) -> Result<String, ExtractError> {
     if mentions_encrypt(bytes) {
-        return Err(ExtractError::Encrypted {
-            name: name.to_string(),
-        });
+        return Err(ExtractError::Encrypted { name: name.to_string() });
     }
     let mut budget = limits.max_decompressed_bytes;
     prescan(bytes, &mut budget).map_err(|()| too_much_inflated(name, limits))?;
@@ -56,23 +54,13 @@ pub(crate) fn extract(bytes: &[u8], name: &str, limits: &Limits) -> Result<Strin
     });
     match joined {
         Ok(Ok(result)) => result,
-        Ok(Err(panic)) => Err(malformed(
-            name,
-            format!("the PDF reader failed on it ({})", panic_message(&*panic)),
-        )),
-        Err(e) => Err(malformed(
-            name,
-            format!("could not start the PDF reader: {e}"),
-        )),
+        Ok(Err(panic)) => Err(malformed(name, format!("the PDF reader failed on it ({})", panic_message(&*panic)))),
+        Err(e) => Err(malformed(name, format!("could not start the PDF reader: {e}"))),
     }
 }
 
 fn malformed(name: &str, detail: String) -> ExtractError {
-    ExtractError::Malformed {
-        name: name.to_string(),
-        kind: "PDF",
-        detail,
-    }
+    ExtractError::Malformed { name: name.to_string(), kind: "PDF", detail }
 }
 
 fn too_much_inflated(name: &str, limits: &Limits) -> ExtractError {
@@ -96,9 +84,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 fn load_and_extract(bytes: &[u8], name: &str, limits: &Limits) -> Result<String, ExtractError> {
     let mut doc = Document::load_mem(bytes).map_err(|e| malformed(name, e.to_string()))?;
     if doc.is_encrypted() || doc.trailer.get(b"Encrypt").is_ok() {
-        return Err(ExtractError::Encrypted {
-            name: name.to_string(),
-        });
+        return Err(ExtractError::Encrypted { name: name.to_string() });
     }
     let pages = doc.get_pages();
     if pages.is_empty() {
@@ -113,23 +99,11 @@ fn load_and_extract(bytes: &[u8], name: &str, limits: &Limits) -> Result<String,
         });
     }
     inflate_in_place(&mut doc, name, limits)?;
-    let mut walk = Walk {
-        doc: &doc,
-        name,
-        limits,
-        draws: 0,
-        bytes: 0,
-        names: HashMap::new(),
-    };
+    let mut walk = Walk { doc: &doc, name, limits, draws: 0, bytes: 0, names: HashMap::new() };
     for &page in pages.values() {
         walk.page(page)?;
     }
-    let mut out = BoundedText {
-        bytes: Vec::new(),
-        chars: 0,
-        max_chars: limits.max_output_chars,
-        overflow: false,
-    };
+    let mut out = BoundedText { bytes: Vec::new(), chars: 0, max_chars: limits.max_output_chars, overflow: false };
     let result = {
         let sink: &mut dyn std::io::Write = &mut out;
         let mut output = pdf_extract::PlainTextOutput::new(sink);
@@ -148,8 +122,7 @@ fn load_and_extract(bytes: &[u8], name: &str, limits: &Limits) -> Result<String,
             limit: limits.max_output_chars as u64,
         });
     }
-    String::from_utf8(out.bytes)
-        .map_err(|_| malformed(name, "the extracted text is not UTF-8".into()))
+    String::from_utf8(out.bytes).map_err(|_| malformed(name, "the extracted text is not UTF-8".into()))
 }
 
 /// Whether any PDF name in the bytes is `/Encrypt` (with `#xx` escapes decoded).
@@ -292,13 +265,7 @@ fn lzw(data: &[u8], early_change: bool, budget: &mut u64, keep: bool) -> Result<
         let r = decoder.decode_bytes(input, &mut buf);
         input = &input[r.consumed_in..];
         *budget = budget.checked_sub(r.consumed_out as u64).ok_or(())?;
-        out.extend_from_slice(
-            &buf[..if keep {
-                r.consumed_out
-            } else {
-                1.min(r.consumed_out)
-            }],
-        );
+        out.extend_from_slice(&buf[..if keep { r.consumed_out } else { 1.min(r.consumed_out) }]);
         match r.status {
             Ok(LzwStatus::Ok) if r.consumed_in > 0 || r.consumed_out > 0 => {}
             _ => return Ok(out),
@@ -307,16 +274,8 @@ fn lzw(data: &[u8], early_change: bool, budget: &mut u64, keep: bool) -> Result<
 }
 
 fn looks_ascii85(data: &[u8]) -> bool {
-    let head: Vec<u8> = data
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .take(16)
-        .collect();
-    head.len() >= 5
-        && head
-            .iter()
-            .all(|&b| (b'!'..=b'u').contains(&b) || b == b'z' || b == b'~' || b == b'<')
+    let head: Vec<u8> = data.iter().copied().filter(|b| !b.is_ascii_whitespace()).take(16).collect();
+    head.len() >= 5 && head.iter().all(|&b| (b'!'..=b'u').contains(&b) || b == b'z' || b == b'~' || b == b'<')
 }
 
 /// ASCII85 as lopdf decodes it (whitespace skipped, `z` is four zeros, any other
@@ -353,49 +312,23 @@ fn ascii85(data: &[u8], work: &mut u64) -> Result<Vec<u8>, ()> {
 fn inflate_in_place(doc: &mut Document, name: &str, limits: &Limits) -> Result<(), ExtractError> {
     let mut budget = limits.max_decompressed_bytes;
     for object in doc.objects.values_mut() {
-        let Object::Stream(stream) = object else {
-            continue;
-        };
-        let get_name = |key: &[u8]| {
-            stream
-                .dict
-                .get(key)
-                .and_then(Object::as_name)
-                .map(<[u8]>::to_vec)
-                .ok()
-        };
+        let Object::Stream(stream) = object else { continue };
+        let get_name = |key: &[u8]| stream.dict.get(key).and_then(Object::as_name).map(<[u8]>::to_vec).ok();
         let kind = get_name(b"Type");
         let subtype = get_name(b"Subtype");
         let unread = matches!(subtype.as_deref(), Some(b"Image" | b"XML"))
-            || matches!(
-                kind.as_deref(),
-                Some(b"EmbeddedFile" | b"Metadata" | b"XRef" | b"ObjStm")
-            );
+            || matches!(kind.as_deref(), Some(b"EmbeddedFile" | b"Metadata" | b"XRef" | b"ObjStm"));
         if unread {
             stream.set_plain_content(Vec::new());
             continue;
         }
-        let filters: Vec<Vec<u8>> = stream
-            .filters()
-            .map(|f| f.into_iter().map(<[u8]>::to_vec).collect())
-            .unwrap_or_default();
+        let filters: Vec<Vec<u8>> = stream.filters().map(|f| f.into_iter().map(<[u8]>::to_vec).collect()).unwrap_or_default();
         if filters.len() > MAX_FILTER_LAYERS {
-            return Err(malformed(
-                name,
-                format!("a stream has {} filters", filters.len()),
-            ));
+            return Err(malformed(name, format!("a stream has {} filters", filters.len())));
         }
-        let params = stream
-            .dict
-            .get(b"DecodeParms")
-            .and_then(Object::as_dict)
-            .ok();
-        let early_change = params
-            .and_then(|p| p.get(b"EarlyChange").and_then(Object::as_i64).ok())
-            .is_none_or(|v| v != 0);
-        let predictor = params
-            .and_then(|p| p.get(b"Predictor").and_then(Object::as_i64).ok())
-            .is_some_and(|v| v > 1);
+        let params = stream.dict.get(b"DecodeParms").and_then(Object::as_dict).ok();
+        let early_change = params.and_then(|p| p.get(b"EarlyChange").and_then(Object::as_i64).ok()).is_none_or(|v| v != 0);
+        let predictor = params.and_then(|p| p.get(b"Predictor").and_then(Object::as_i64).ok()).is_some_and(|v| v > 1);
         let mut decoded: Option<Vec<u8>> = None;
         let mut decodable = !filters.is_empty();
         for filter in &filters {
@@ -443,18 +376,10 @@ struct Walk<'a> {
 
 impl<'a> Walk<'a> {
     fn page(&mut self, page: ObjectId) -> Result<(), ExtractError> {
-        let dict = self
-            .doc
-            .get_dictionary(page)
-            .map_err(|e| malformed(self.name, format!("page {page:?}: {e}")))?;
+        let dict = self.doc.get_dictionary(page).map_err(|e| malformed(self.name, format!("page {page:?}: {e}")))?;
         let resources = self.inherited_resources(dict)?;
         for id in self.doc.get_page_contents(page) {
-            let len = self
-                .doc
-                .get_object(id)
-                .and_then(Object::as_stream)
-                .map(|s| s.content.len())
-                .unwrap_or(0);
+            let len = self.doc.get_object(id).and_then(Object::as_stream).map(|s| s.content.len()).unwrap_or(0);
             self.add_bytes(len)?;
         }
         let content = self.doc.get_page_content(page).unwrap_or_default();
@@ -465,58 +390,29 @@ impl<'a> Walk<'a> {
 
     /// The page's resources, looking up `/Parent` chains as pdf-extract does, but
     /// refusing loops and chains deeper than [`MAX_PARENT_DEPTH`].
-    fn inherited_resources(
-        &self,
-        mut dict: &'a Dictionary,
-    ) -> Result<Option<&'a Dictionary>, ExtractError> {
+    fn inherited_resources(&self, mut dict: &'a Dictionary) -> Result<Option<&'a Dictionary>, ExtractError> {
         let mut seen = HashSet::new();
         loop {
-            if let Ok(resources) = dict
-                .get(b"Resources")
-                .and_then(|o| self.doc.dereference(o))
-                .and_then(|(_, o)| o.as_dict())
-            {
+            if let Ok(resources) = dict.get(b"Resources").and_then(|o| self.doc.dereference(o)).and_then(|(_, o)| o.as_dict()) {
                 return Ok(Some(resources));
             }
-            let Ok(parent) = dict.get(b"Parent").and_then(Object::as_reference) else {
-                return Ok(None);
-            };
+            let Ok(parent) = dict.get(b"Parent").and_then(Object::as_reference) else { return Ok(None) };
             if !seen.insert(parent) || seen.len() > MAX_PARENT_DEPTH {
-                return Err(malformed(
-                    self.name,
-                    "its page tree loops (a page is its own ancestor)".into(),
-                ));
+                return Err(malformed(self.name, "its page tree loops (a page is its own ancestor)".into()));
             }
-            let Ok(next) = self.doc.get_dictionary(parent) else {
-                return Ok(None);
-            };
+            let Ok(next) = self.doc.get_dictionary(parent) else { return Ok(None) };
             dict = next;
         }
     }
 
-    fn draw(
-        &mut self,
-        drawn: &[Vec<u8>],
-        resources: Option<&'a Dictionary>,
-        stack: &mut Vec<ObjectId>,
-    ) -> Result<(), ExtractError> {
-        let Some(resources) = resources else {
-            return Ok(());
-        };
-        let Ok(xobjects) = resources
-            .get(b"XObject")
-            .and_then(|o| self.doc.dereference(o))
-            .and_then(|(_, o)| o.as_dict())
-        else {
+    fn draw(&mut self, drawn: &[Vec<u8>], resources: Option<&'a Dictionary>, stack: &mut Vec<ObjectId>) -> Result<(), ExtractError> {
+        let Some(resources) = resources else { return Ok(()) };
+        let Ok(xobjects) = resources.get(b"XObject").and_then(|o| self.doc.dereference(o)).and_then(|(_, o)| o.as_dict()) else {
             return Ok(());
         };
         for name in drawn {
-            let Ok(id) = xobjects.get(name).and_then(Object::as_reference) else {
-                continue;
-            };
-            let Ok(stream) = self.doc.get_object(id).and_then(Object::as_stream) else {
-                continue;
-            };
+            let Ok(id) = xobjects.get(name).and_then(Object::as_reference) else { continue };
+            let Ok(stream) = self.doc.get_object(id).and_then(Object::as_stream) else { continue };
             self.draws += 1;
             if self.draws > self.limits.max_xobject_draws {
                 return Err(ExtractError::TooLarge {
@@ -530,10 +426,7 @@ impl<'a> Walk<'a> {
                 return Err(malformed(self.name, "a form XObject draws itself".into()));
             }
             if stack.len() >= MAX_XOBJECT_DEPTH {
-                return Err(malformed(
-                    self.name,
-                    format!("form XObjects are nested more than {MAX_XOBJECT_DEPTH} deep"),
-                ));
+                return Err(malformed(self.name, format!("form XObjects are nested more than {MAX_XOBJECT_DEPTH} deep")));
             }
             self.add_bytes(stream.content.len())?;
             let inner = stream
@@ -543,11 +436,7 @@ impl<'a> Walk<'a> {
                 .and_then(|(_, o)| o.as_dict())
                 .ok()
                 .or(Some(resources));
-            let names = self
-                .names
-                .entry(id)
-                .or_insert_with(|| do_names(&stream.content))
-                .clone();
+            let names = self.names.entry(id).or_insert_with(|| do_names(&stream.content)).clone();
             stack.push(id);
             self.draw(&names, inner, stack)?;
             stack.pop();
@@ -571,19 +460,12 @@ impl<'a> Walk<'a> {
 
 /// The names a content stream draws with `Do`.
 fn do_names(content: &[u8]) -> Vec<Vec<u8>> {
-    let Ok(content) = lopdf::content::Content::decode(content) else {
-        return Vec::new();
-    };
+    let Ok(content) = lopdf::content::Content::decode(content) else { return Vec::new() };
     content
         .operations
         .iter()
         .filter(|op| op.operator == "Do")
-        .filter_map(|op| {
-            op.operands
-                .first()
-                .and_then(|o| o.as_name().ok())
-                .map(<[u8]>::to_vec)
-        })
+        .filter_map(|op| op.operands.first().and_then(|o| o.as_name().ok()).map(<[u8]>::to_vec))
         .collect()
 }
 

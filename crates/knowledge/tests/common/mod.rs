@@ -31,12 +31,7 @@ pub fn pdf(objects: &[Vec<u8>], trailer_extra: &str) -> Vec<u8> {
     for offset in offsets {
         writeln!(out, "{offset:010} 00000 n ").unwrap();
     }
-    write!(
-        out,
-        "trailer\n<< /Size {} /Root 1 0 R {trailer_extra} >>\nstartxref\n{xref}\n%%EOF\n",
-        objects.len() + 1
-    )
-    .unwrap();
+    write!(out, "trailer\n<< /Size {} /Root 1 0 R {trailer_extra} >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).unwrap();
     out
 }
 
@@ -77,10 +72,7 @@ pub fn text_pdf(lines: &[&str]) -> Vec<u8> {
 pub fn show(lines: &[&str]) -> Vec<u8> {
     let mut content = String::from("BT /F1 12 Tf 72 720 Td 14 TL\n");
     for line in lines {
-        content.push_str(&format!(
-            "({}) Tj T*\n",
-            line.replace('(', "\\(").replace(')', "\\)")
-        ));
+        content.push_str(&format!("({}) Tj T*\n", line.replace('(', "\\(").replace(')', "\\)")));
     }
     content.push_str("ET");
     content.into_bytes()
@@ -109,14 +101,6 @@ pub fn zlib(data: &[u8]) -> Vec<u8> {
 /// Peak resident memory of this test process, in bytes (Linux).
 pub fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/self/status");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }

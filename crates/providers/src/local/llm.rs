@@ -32,21 +32,12 @@ impl Llm for LocalLlm {
         let messages = to_messages(&request);
         let params = GenParams {
             max_tokens: request.max_tokens.clamp(1, MAX_TOKENS),
-            temperature: if request.temperature.is_finite() {
-                request.temperature.clamp(0.0, 2.0) as f32
-            } else {
-                0.0
-            },
+            temperature: if request.temperature.is_finite() { request.temperature.clamp(0.0, 2.0) as f32 } else { 0.0 },
             seed: SEED.fetch_add(1, Ordering::Relaxed),
             ..GenParams::default()
         };
         let (tx, rx) = mpsc::channel::<Result<LlmEvent, ServiceError>>(64);
-        let (llama, pool, waits, baseline) = (
-            self.llama.clone(),
-            self.pool.clone(),
-            self.waits.clone(),
-            self.baseline,
-        );
+        let (llama, pool, waits, baseline) = (self.llama.clone(), self.pool.clone(), self.waits.clone(), self.baseline);
         tokio::spawn(async move {
             let job_tx = tx.clone();
             let result = pool
@@ -58,10 +49,7 @@ impl Llm for LocalLlm {
                             return !job_tx.is_closed();
                         }
                         // A dropped stream (the caller barged in) stops generation at once.
-                        job_tx
-                            .blocking_send(Ok(LlmEvent::Token(piece.to_string())))
-                            .is_ok()
-                            && turn.yield_if_contended()
+                        job_tx.blocking_send(Ok(LlmEvent::Token(piece.to_string()))).is_ok() && turn.yield_if_contended()
                     });
                     if baseline && !whole.is_empty() {
                         let _ = job_tx.blocking_send(Ok(LlmEvent::Token(whole)));
@@ -71,10 +59,7 @@ impl Llm for LocalLlm {
                 .await;
             let last = match result {
                 Ok(Ok(_stats)) => Ok(LlmEvent::Done),
-                Ok(Err(e)) => Err(ServiceError::Invalid {
-                    provider: PROVIDER,
-                    message: e.to_string(),
-                }),
+                Ok(Err(e)) => Err(ServiceError::Invalid { provider: PROVIDER, message: e.to_string() }),
                 Err(e) => Err(super::pool_error(PROVIDER, e)),
             };
             let _ = tx.send(last).await;

@@ -45,14 +45,7 @@ pub struct LocalOptions {
 impl Default for LocalOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        LocalOptions {
-            workers: 1,
-            threads: cores.clamp(1, 4),
-            llm_sessions: 16,
-            llm_context: 2048,
-            baseline: false,
-            pool: None,
-        }
+        LocalOptions { workers: 1, threads: cores.clamp(1, 4), llm_sessions: 16, llm_context: 2048, baseline: false, pool: None }
     }
 }
 
@@ -81,10 +74,7 @@ pub struct LocalModels {
 
 impl std::fmt::Debug for LocalModels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalModels")
-            .field("pool", &self.pool)
-            .field("load_time", &self.load_time)
-            .finish()
+        f.debug_struct("LocalModels").field("pool", &self.pool).field("load_time", &self.load_time).finish()
     }
 }
 
@@ -113,53 +103,21 @@ impl LocalModels {
             },
         )?);
         let load_time = started.elapsed();
-        tracing::info!(
-            seconds = load_time.as_secs_f64(),
-            workers = options.workers,
-            threads = options.threads,
-            "local models loaded"
-        );
+        tracing::info!(seconds = load_time.as_secs_f64(), workers = options.workers, threads = options.threads, "local models loaded");
         if options.baseline {
-            tracing::warn!(
-                "local models in baseline mode: the naive pipeline, for benchmarks only"
-            );
+            tracing::warn!("local models in baseline mode: the naive pipeline, for benchmarks only");
         }
-        let pool = options
-            .pool
-            .clone()
-            .unwrap_or_else(|| InferencePool::new(options.workers));
-        Ok(LocalModels {
-            whisper,
-            llama,
-            piper,
-            pool,
-            baseline: options.baseline,
-            load_time,
-        })
+        let pool = options.pool.clone().unwrap_or_else(|| InferencePool::new(options.workers));
+        Ok(LocalModels { whisper, llama, piper, pool, baseline: options.baseline, load_time })
     }
 
     /// One call's providers: they share the models and the pool, and meter this
     /// call's waits for a worker.
     pub fn services(&self) -> (Arc<LocalStt>, Arc<LocalLlm>, Arc<LocalTts>) {
         (
-            Arc::new(LocalStt {
-                whisper: self.whisper.clone(),
-                pool: self.pool.clone(),
-                waits: WaitMeter::default(),
-                baseline: self.baseline,
-            }),
-            Arc::new(LocalLlm {
-                llama: self.llama.clone(),
-                pool: self.pool.clone(),
-                waits: WaitMeter::default(),
-                baseline: self.baseline,
-            }),
-            Arc::new(LocalTts {
-                piper: self.piper.clone(),
-                pool: self.pool.clone(),
-                waits: WaitMeter::default(),
-                baseline: self.baseline,
-            }),
+            Arc::new(LocalStt { whisper: self.whisper.clone(), pool: self.pool.clone(), waits: WaitMeter::default(), baseline: self.baseline }),
+            Arc::new(LocalLlm { llama: self.llama.clone(), pool: self.pool.clone(), waits: WaitMeter::default(), baseline: self.baseline }),
+            Arc::new(LocalTts { piper: self.piper.clone(), pool: self.pool.clone(), waits: WaitMeter::default(), baseline: self.baseline }),
         )
     }
 
@@ -169,19 +127,11 @@ impl LocalModels {
 }
 
 /// The items a model job sends, as the stream a service trait returns.
-fn receiver_stream<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> futures_util::stream::BoxStream<'static, T> {
+fn receiver_stream<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> futures_util::stream::BoxStream<'static, T> {
     use futures_util::StreamExt;
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed()
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
 fn pool_error(provider: &'static str, e: PoolError) -> ServiceError {
-    ServiceError::Transient {
-        provider,
-        message: e.to_string(),
-    }
+    ServiceError::Transient { provider, message: e.to_string() }
 }

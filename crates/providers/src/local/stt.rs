@@ -22,30 +22,15 @@ pub struct LocalStt {
 }
 
 impl Stt for LocalStt {
-    fn transcribe(
-        &self,
-        audio: Vec<i16>,
-        rate: u32,
-    ) -> BoxFuture<'static, Result<String, ServiceError>> {
+    fn transcribe(&self, audio: Vec<i16>, rate: u32) -> BoxFuture<'static, Result<String, ServiceError>> {
         let (whisper, pool, waits) = (self.whisper.clone(), self.pool.clone(), self.waits.clone());
-        let window = if self.baseline {
-            voxgate_whisper::Window::Full
-        } else {
-            voxgate_whisper::Window::default()
-        };
+        let window = if self.baseline { voxgate_whisper::Window::Full } else { voxgate_whisper::Window::default() };
         async move {
             let pcm = to_whisper_input(&audio, rate)?;
-            let result = pool
-                .run("stt", &waits, move |_| {
-                    whisper.transcribe_with(&pcm, window)
-                })
-                .await;
+            let result = pool.run("stt", &waits, move |_| whisper.transcribe_with(&pcm, window)).await;
             match result {
                 Ok(Ok(text)) => Ok(text),
-                Ok(Err(e)) => Err(ServiceError::Invalid {
-                    provider: PROVIDER,
-                    message: e.to_string(),
-                }),
+                Ok(Err(e)) => Err(ServiceError::Invalid { provider: PROVIDER, message: e.to_string() }),
                 Err(e) => Err(super::pool_error(PROVIDER, e)),
             }
         }
@@ -69,11 +54,8 @@ fn to_whisper_input(audio: &[i16], rate: u32) -> Result<Vec<f32>, ServiceError> 
     let samples = if rate == WHISPER_RATE {
         audio
     } else {
-        let mut r =
-            Resampler::with_rates(rate, WHISPER_RATE).map_err(|e| ServiceError::Invalid {
-                provider: PROVIDER,
-                message: format!("audio at {rate} Hz: {e}"),
-            })?;
+        let mut r = Resampler::with_rates(rate, WHISPER_RATE)
+            .map_err(|e| ServiceError::Invalid { provider: PROVIDER, message: format!("audio at {rate} Hz: {e}") })?;
         let mut out = Vec::with_capacity(r.max_output_len(audio.len()) + 64);
         r.process(audio, &mut out);
         r.flush(&mut out);

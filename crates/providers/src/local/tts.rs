@@ -29,34 +29,20 @@ impl Tts for LocalTts {
 
     fn synthesize(&self, text: String) -> BoxStream<'static, Result<Vec<i16>, ServiceError>> {
         let (tx, rx) = mpsc::channel::<Result<Vec<i16>, ServiceError>>(8);
-        let (piper, pool, waits, baseline) = (
-            self.piper.clone(),
-            self.pool.clone(),
-            self.waits.clone(),
-            self.baseline,
-        );
+        let (piper, pool, waits, baseline) = (self.piper.clone(), self.pool.clone(), self.waits.clone(), self.baseline);
         tokio::spawn(async move {
             let job_tx = tx.clone();
             let result = pool
                 .run("tts", &waits, move |turn| {
                     if baseline {
-                        let audio = piper.synthesize(&text).map_err(|e| ServiceError::Invalid {
-                            provider: PROVIDER,
-                            message: e.to_string(),
-                        });
+                        let audio = piper.synthesize(&text).map_err(|e| ServiceError::Invalid { provider: PROVIDER, message: e.to_string() });
                         let _ = job_tx.blocking_send(audio);
                         return;
                     }
                     for piece in piper.stream(&text, Chunking::Sentence) {
-                        let item = piece.map_err(|e| ServiceError::Invalid {
-                            provider: PROVIDER,
-                            message: e.to_string(),
-                        });
+                        let item = piece.map_err(|e| ServiceError::Invalid { provider: PROVIDER, message: e.to_string() });
                         let failed = item.is_err();
-                        if job_tx.blocking_send(item).is_err()
-                            || failed
-                            || !turn.yield_if_contended()
-                        {
+                        if job_tx.blocking_send(item).is_err() || failed || !turn.yield_if_contended() {
                             return;
                         }
                     }

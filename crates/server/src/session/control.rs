@@ -46,18 +46,9 @@ pub struct Control {
 impl Control {
     /// `database_url` is used for notifications when it is a PostgreSQL URL; the
     /// pool connects on first use.
-    pub fn new(
-        registry: Option<Registry>,
-        database_url: &str,
-        postgres: bool,
-    ) -> anyhow::Result<Control> {
+    pub fn new(registry: Option<Registry>, database_url: &str, postgres: bool) -> anyhow::Result<Control> {
         let notify = if postgres {
-            Some(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_lazy(database_url)?,
-            )
+            Some(PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(5)).connect_lazy(database_url)?)
         } else {
             None
         };
@@ -66,11 +57,7 @@ impl Control {
 }
 
 impl CallControl for Control {
-    fn deliver(
-        &self,
-        call_id: &str,
-        msg: ControlMessage,
-    ) -> BoxFuture<'_, Result<Delivery, String>> {
+    fn deliver(&self, call_id: &str, msg: ControlMessage) -> BoxFuture<'_, Result<Delivery, String>> {
         let call_id = call_id.to_owned();
         async move {
             let msg = match &self.registry {
@@ -80,27 +67,13 @@ impl CallControl for Control {
                 },
                 None => msg,
             };
-            let Some(pool) = &self.notify else {
-                return Ok(Delivery::NotLive);
-            };
-            let payload = serde_json::to_string(&Envelope {
-                call_id,
-                message: msg,
-            })
-            .map_err(|e| e.to_string())?;
+            let Some(pool) = &self.notify else { return Ok(Delivery::NotLive) };
+            let payload = serde_json::to_string(&Envelope { call_id, message: msg }).map_err(|e| e.to_string())?;
             if payload.len() > MAX_PAYLOAD {
                 // The API limits the text; escapes can still swell it.
-                return Err(format!(
-                    "the message is {} bytes as a notification (at most {MAX_PAYLOAD})",
-                    payload.len()
-                ));
+                return Err(format!("the message is {} bytes as a notification (at most {MAX_PAYLOAD})", payload.len()));
             }
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&payload)
-                .execute(pool)
-                .await
-                .map_err(|e| e.to_string())?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(&payload).execute(pool).await.map_err(|e| e.to_string())?;
             Ok(Delivery::Notified)
         }
         .boxed()
@@ -110,12 +83,7 @@ impl CallControl for Control {
 /// Listens for control messages on `database_url` (PostgreSQL) and hands those for
 /// calls of `registry` to them, until `stop`. A dropped connection is opened again
 /// (with a pause that grows to 5 s); `ready` is cancelled once listening.
-pub async fn listen(
-    database_url: String,
-    registry: Registry,
-    stop: CancellationToken,
-    ready: CancellationToken,
-) {
+pub async fn listen(database_url: String, registry: Registry, stop: CancellationToken, ready: CancellationToken) {
     let mut pause = Duration::from_millis(100);
     loop {
         let connected = tokio::select! {
@@ -145,9 +113,7 @@ pub async fn listen(
             match got {
                 Ok(Some(n)) => deliver(&registry, n.payload()),
                 // The connection dropped; the listener opens it again on the next call.
-                Ok(None) => {
-                    tracing::warn!("the control listener's connection dropped; reconnecting")
-                }
+                Ok(None) => tracing::warn!("the control listener's connection dropped; reconnecting"),
                 Err(e) => {
                     tracing::warn!(error = %e, "the control listener failed; reconnecting");
                     break;
@@ -177,12 +143,8 @@ fn deliver(registry: &Registry, payload: &str) {
         return;
     }
     match registry.control(&env.call_id, env.message) {
-        Delivery::Local => {
-            tracing::info!(call_id = %env.call_id, "control message delivered from another instance")
-        }
-        Delivery::Busy => {
-            tracing::warn!(call_id = %env.call_id, "a call's control queue is full; message dropped")
-        }
+        Delivery::Local => tracing::info!(call_id = %env.call_id, "control message delivered from another instance"),
+        Delivery::Busy => tracing::warn!(call_id = %env.call_id, "a call's control queue is full; message dropped"),
         // Another instance's call.
         _ => {}
     }
@@ -196,20 +158,11 @@ mod tests {
     fn hostile_notifications_are_ignored() {
         let r = Registry::new(4);
         let mut reg = r.register("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
-        for bad in [
-            "",
-            "{",
-            "null",
-            r#"{"callId":"x"}"#,
-            r#"{"callId":"01ARZ3NDEKTSV4RRFFQ69G5FAV","message":{"type":"say","text":""}}"#,
-        ] {
+        for bad in ["", "{", "null", r#"{"callId":"x"}"#, r#"{"callId":"01ARZ3NDEKTSV4RRFFQ69G5FAV","message":{"type":"say","text":""}}"#] {
             deliver(&r, bad);
         }
         assert!(reg.commands.try_recv().is_err(), "nothing delivered");
-        deliver(
-            &r,
-            r#"{"callId":"01ARZ3NDEKTSV4RRFFQ69G5FAV","message":{"type":"end"}}"#,
-        );
+        deliver(&r, r#"{"callId":"01ARZ3NDEKTSV4RRFFQ69G5FAV","message":{"type":"end"}}"#);
         assert!(reg.commands.try_recv().is_ok());
     }
 }

@@ -20,37 +20,20 @@ pub struct Notifier {
 
 impl Notifier {
     /// The notifier of a call, if webhooks are on and a URL applies.
-    pub fn for_call(
-        webhooks: Option<&Webhooks>,
-        default_url: Option<&str>,
-        call: &Call,
-        server_url: Option<&str>,
-    ) -> Option<Notifier> {
+    pub fn for_call(webhooks: Option<&Webhooks>, default_url: Option<&str>, call: &Call, server_url: Option<&str>) -> Option<Notifier> {
         let url = server_url.or(default_url).filter(|u| !u.is_empty())?;
-        Some(Notifier {
-            webhooks: webhooks?.clone(),
-            url: url.to_string(),
-            call_id: call.id.clone(),
-            assistant_id: call.assistant_id.clone(),
-        })
+        Some(Notifier { webhooks: webhooks?.clone(), url: url.to_string(), call_id: call.id.clone(), assistant_id: call.assistant_id.clone() })
     }
 
     fn event(&self, kind: &str, payload: Value) -> Event {
-        Event::new(
-            kind,
-            Some(&self.call_id),
-            Some(&self.assistant_id),
-            &self.url,
-            payload,
-        )
+        Event::new(kind, Some(&self.call_id), Some(&self.assistant_id), &self.url, payload)
     }
 
     /// Writes the event to the outbox (and so never blocks the call on the
     /// receiver). A database that refuses it is logged and counted.
     pub async fn send(&self, kind: &str, payload: Value) {
         if let Err(e) = self.webhooks.enqueue(self.event(kind, payload)).await {
-            metrics::counter!("voxgate_webhook_events_lost_total", "type" => kind.to_string())
-                .increment(1);
+            metrics::counter!("voxgate_webhook_events_lost_total", "type" => kind.to_string()).increment(1);
             tracing::error!(error = %e, kind, "a webhook event could not be queued");
         }
     }
@@ -71,23 +54,15 @@ impl Notifier {
     }
 
     pub fn tool_call(&self, id: &str, name: &str, arguments: &Value) {
-        self.spawn(
-            kinds::TOOL_CALLS,
-            json!({ "toolCallList": [{ "id": id, "name": name, "arguments": arguments }] }),
-        );
+        self.spawn(kinds::TOOL_CALLS, json!({ "toolCallList": [{ "id": id, "name": name, "arguments": arguments }] }));
     }
 
     /// The call's end: a status update and the report, both awaited (the call's
     /// task is ending anyway), built from the stored record.
     pub async fn ended(&self, call: &Call, turns: &[CallTurn]) {
         let reason = call.ended_reason.clone().unwrap_or_default();
-        self.send(
-            kinds::STATUS_UPDATE,
-            json!({ "status": "ended", "endedReason": reason }),
-        )
-        .await;
-        self.send(kinds::END_OF_CALL_REPORT, report(call, turns))
-            .await;
+        self.send(kinds::STATUS_UPDATE, json!({ "status": "ended", "endedReason": reason })).await;
+        self.send(kinds::END_OF_CALL_REPORT, report(call, turns)).await;
     }
 }
 
@@ -119,10 +94,7 @@ pub fn report(call: &Call, turns: &[CallTurn]) -> Value {
 
 /// Per latency field over the assistant's turns: count, mean, p50, p95, max (ms).
 fn latency_summary(turns: &[CallTurn]) -> Value {
-    let replies: Vec<&CallTurn> = turns
-        .iter()
-        .filter(|t| t.role == TurnRole::Assistant)
-        .collect();
+    let replies: Vec<&CallTurn> = turns.iter().filter(|t| t.role == TurnRole::Assistant).collect();
     type Get = fn(&CallTurn) -> Option<f64>;
     let fields: [(&str, Get); 6] = [
         ("voiceToVoiceMs", |t| t.latency.voice_to_voice_ms),
@@ -134,11 +106,7 @@ fn latency_summary(turns: &[CallTurn]) -> Value {
     ];
     let mut out = serde_json::Map::new();
     for (name, get) in fields {
-        let mut v: Vec<f64> = replies
-            .iter()
-            .filter_map(|t| get(t))
-            .filter(|x| x.is_finite())
-            .collect();
+        let mut v: Vec<f64> = replies.iter().filter_map(|t| get(t)).filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             continue;
         }

@@ -56,8 +56,7 @@ impl Journal {
     /// false if it is not written by then (it may still be, later).
     pub async fn create(&self, call: Call, within: Duration) -> bool {
         let (done, written) = oneshot::channel();
-        self.push(Some(CallWrite::Create(Box::new(call))), Some(done))
-            .await;
+        self.push(Some(CallWrite::Create(Box::new(call))), Some(done)).await;
         matches!(tokio::time::timeout(within, written).await, Ok(Ok(true)))
     }
 
@@ -65,14 +64,7 @@ impl Journal {
     /// (`false`, or a closed channel, if it was given up or could not be queued).
     pub async fn turn(&self, call_id: &str, turn: CallTurn) -> oneshot::Receiver<bool> {
         let (done, written) = oneshot::channel();
-        self.push(
-            Some(CallWrite::Turn {
-                call_id: call_id.to_string(),
-                turn,
-            }),
-            Some(done),
-        )
-        .await;
+        self.push(Some(CallWrite::Turn { call_id: call_id.to_string(), turn }), Some(done)).await;
         written
     }
 
@@ -80,14 +72,7 @@ impl Journal {
     /// queued before it is written; false if it was not.
     pub async fn end(&self, call_id: &str, reason: &str, within: Duration) -> bool {
         let (done, written) = oneshot::channel();
-        self.push(
-            Some(CallWrite::End {
-                call_id: call_id.to_string(),
-                reason: reason.to_string(),
-            }),
-            Some(done),
-        )
-        .await;
+        self.push(Some(CallWrite::End { call_id: call_id.to_string(), reason: reason.to_string() }), Some(done)).await;
         matches!(tokio::time::timeout(within, written).await, Ok(Ok(true)))
     }
 
@@ -118,8 +103,7 @@ impl Journal {
             }
             Err(mpsc::error::TrySendError::Closed(item)) => Err(item),
         };
-        metrics::gauge!("voxgate_call_write_queue")
-            .set(self.capacity.saturating_sub(self.tx.capacity()) as f64);
+        metrics::gauge!("voxgate_call_write_queue").set(self.capacity.saturating_sub(self.tx.capacity()) as f64);
         if res.is_err() {
             lost("the call-record writer has stopped");
         }
@@ -148,10 +132,7 @@ async fn write_all(store: Store, mut rx: mpsc::Receiver<Item>) {
             Applied::Refused if writes.len() > 1 => {
                 let mut oks = Vec::with_capacity(writes.len());
                 for w in &writes {
-                    oks.push(matches!(
-                        apply(&store, std::slice::from_ref(w), &rx).await,
-                        Applied::Ok
-                    ));
+                    oks.push(matches!(apply(&store, std::slice::from_ref(w), &rx).await, Applied::Ok));
                 }
                 oks
             }
@@ -165,11 +146,7 @@ async fn write_all(store: Store, mut rx: mpsc::Receiver<Item>) {
         let mut oks = oks.into_iter();
         for item in batch.drain(..) {
             // A barrier is written when what came before it was dealt with.
-            let ok = if item.write.is_some() {
-                oks.next().unwrap_or(false)
-            } else {
-                true
-            };
+            let ok = if item.write.is_some() { oks.next().unwrap_or(false) } else { true };
             if let Some(done) = item.done {
                 let _ = done.send(ok);
             }

@@ -26,10 +26,7 @@ pub struct KeyChecks {
 impl KeyChecks {
     /// Answers reused for `fresh`.
     pub fn new(fresh: Duration) -> KeyChecks {
-        KeyChecks {
-            fresh,
-            last: Mutex::new(HashMap::new()),
-        }
+        KeyChecks { fresh, last: Mutex::new(HashMap::new()) }
     }
 
     /// How long an answer is reused.

@@ -40,9 +40,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use voxgate_api::control::{ControlMessage, MessageRole};
-use voxgate_domain::Assistant;
 use voxgate_domain::assistant::{FirstMessageMode, ToolKind};
 use voxgate_domain::call::{Call, CallTurn, TurnRole};
+use voxgate_domain::Assistant;
 use voxgate_frames::{EndReason, Frame};
 use voxgate_pipeline::{Capacity, Pipeline};
 use voxgate_services::llm::{ChatMessage, Role as ChatRole, ToolSpec};
@@ -139,12 +139,7 @@ impl From<EndReason> for CallEnd {
 impl SessionDeps {
     /// Where a call's webhook events go, if anywhere.
     pub fn notifier_for(&self, call: &Call, assistant: &Assistant) -> Option<events::Notifier> {
-        events::Notifier::for_call(
-            self.webhooks.as_ref(),
-            self.webhook_url.as_deref(),
-            call,
-            assistant.spec.server_url.as_deref(),
-        )
+        events::Notifier::for_call(self.webhooks.as_ref(), self.webhook_url.as_deref(), call, assistant.spec.server_url.as_deref())
     }
 }
 
@@ -162,8 +157,7 @@ pub fn turn_config(a: &Assistant) -> TurnConfig {
     cfg.min_voiced_ms = s.interruption.min_voiced_ms;
     cfg.min_words = s.interruption.min_words;
     cfg.backoff_ms = s.interruption.backoff_ms;
-    cfg.silence_timeout =
-        (s.silence_timeout_secs > 0).then(|| Duration::from_secs(s.silence_timeout_secs as u64));
+    cfg.silence_timeout = (s.silence_timeout_secs > 0).then(|| Duration::from_secs(s.silence_timeout_secs as u64));
     cfg.max_duration = Some(Duration::from_secs(s.max_duration_secs as u64));
     cfg
 }
@@ -176,17 +170,9 @@ pub fn llm_config(a: &Assistant) -> LlmConfig {
         tools: s
             .tools
             .iter()
-            .map(|t| ToolSpec {
-                name: t.name.clone(),
-                description: t.description.clone(),
-                parameters: t.parameters.clone(),
-            })
+            .map(|t| ToolSpec { name: t.name.clone(), description: t.description.clone(), parameters: t.parameters.clone() })
             .collect(),
-        end_call_tool: s
-            .tools
-            .iter()
-            .find(|t| t.kind == ToolKind::EndCall)
-            .map(|t| t.name.clone()),
+        end_call_tool: s.tools.iter().find(|t| t.kind == ToolKind::EndCall).map(|t| t.name.clone()),
         transfer_tools: s
             .tools
             .iter()
@@ -194,20 +180,11 @@ pub fn llm_config(a: &Assistant) -> LlmConfig {
             .filter_map(|t| Some((t.name.clone(), t.destination.clone()?)))
             .collect(),
         retriever: None,
-        retrieval_budget: Duration::from_millis(
-            s.knowledge_base
-                .as_ref()
-                .map_or(300, |kb| kb.budget_ms as u64),
-        ),
+        retrieval_budget: Duration::from_millis(s.knowledge_base.as_ref().map_or(300, |kb| kb.budget_ms as u64)),
         temperature: s.model.temperature,
         max_tokens: s.model.max_tokens,
         end_call_phrases: s.end_call_phrases.clone(),
-        tool_timeout: s
-            .tools
-            .iter()
-            .map(|t| Duration::from_millis(t.timeout_ms as u64))
-            .max()
-            .unwrap_or(Duration::from_secs(5)),
+        tool_timeout: s.tools.iter().map(|t| Duration::from_millis(t.timeout_ms as u64)).max().unwrap_or(Duration::from_secs(5)),
     }
 }
 
@@ -215,17 +192,8 @@ pub fn llm_config(a: &Assistant) -> LlmConfig {
 /// already; its turns are written here as they finish; the caller ends the record.
 /// With a `registration`, the call takes control messages, and resumed sockets
 /// when `deps.reconnect_window` is not zero.
-pub async fn run(
-    socket: WebSocket,
-    call: &Call,
-    assistant: &Assistant,
-    deps: &SessionDeps,
-    mut registration: Option<Registration>,
-) -> CallEnd {
-    let deps = &SessionDeps {
-        notifier: deps.notifier_for(call, assistant),
-        ..deps.clone()
-    };
+pub async fn run(socket: WebSocket, call: &Call, assistant: &Assistant, deps: &SessionDeps, mut registration: Option<Registration>) -> CallEnd {
+    let deps = &SessionDeps { notifier: deps.notifier_for(call, assistant), ..deps.clone() };
     let resumable = !deps.reconnect_window.is_zero() && registration.is_some();
     let (sink, mut stream) = socket::split(socket, deps.max_message, deps.ws_ping);
     let (wtx, wrx) = writer_channel();
@@ -233,19 +201,9 @@ pub async fn run(
     let (links, links_rx) = mpsc::channel::<Link<axum::Error>>(4);
     let (lost_tx, mut lost) = mpsc::unbounded_channel();
     let sink: BoxSink<axum::Error> = Box::pin(sink);
-    let writer = tokio::spawn(relay(
-        wrx,
-        links_rx,
-        Some((0, sink)),
-        lost_tx,
-        resumable,
-        deps.ws_ping,
-    ));
+    let writer = tokio::spawn(relay(wrx, links_rx, Some((0, sink)), lost_tx, resumable, deps.ws_ping));
     let d = Limits::default();
-    let limits = Limits {
-        max_audio_bytes: deps.max_message.min(d.max_audio_bytes),
-        max_text_bytes: deps.max_message.min(d.max_text_bytes),
-    };
+    let limits = Limits { max_audio_bytes: deps.max_message.min(d.max_audio_bytes), max_text_bytes: deps.max_message.min(d.max_text_bytes) };
     let mut decoder = InputDecoder::new(limits);
 
     let started = tokio::select! {
@@ -255,16 +213,8 @@ pub async fn run(
     let negotiated = match started {
         Ok(n) => n,
         Err(end) => {
-            let reason = if deps.hard_stop.is_cancelled() {
-                EndReason::ServerShutdown
-            } else {
-                end.reason()
-            };
-            let close = if deps.hard_stop.is_cancelled() {
-                close_for(&reason)
-            } else {
-                end.close()
-            };
+            let reason = if deps.hard_stop.is_cancelled() { EndReason::ServerShutdown } else { end.reason() };
+            let close = if deps.hard_stop.is_cancelled() { close_for(&reason) } else { end.close() };
             finish(&wtx, reason.as_str(), close).await;
             drop(wtx);
             writer_done(writer).await;
@@ -275,35 +225,15 @@ pub async fn run(
     // A realtime assistant's session, or else the cascade's services.
     let services = match deps.providers.speech_to_speech(assistant) {
         Some(session) => session.await.map(|s| (None, Some(s))),
-        None => deps
-            .providers
-            .providers(assistant)
-            .await
-            .map(|p| (Some(p), None)),
+        None => deps.providers.providers(assistant).await.map(|p| (Some(p), None)),
     };
     let (mut providers, speech_to_speech) = match services {
         Ok(s) => s,
         Err(message) => {
             tracing::error!(%message, "no models for this assistant's call");
-            let _ = wtx
-                .send(
-                    ServerEvent::Error {
-                        code: "providers-unavailable".into(),
-                        message: message.clone(),
-                    }
-                    .to_wire(),
-                )
-                .await;
+            let _ = wtx.send(ServerEvent::Error { code: "providers-unavailable".into(), message: message.clone() }.to_wire()).await;
             let reason = EndReason::PipelineError(message);
-            finish(
-                &wtx,
-                reason.as_str(),
-                Some(Close::new(
-                    code::INTERNAL,
-                    "the assistant's models are not available",
-                )),
-            )
-            .await;
+            finish(&wtx, reason.as_str(), Some(Close::new(code::INTERNAL, "the assistant's models are not available"))).await;
             drop(wtx);
             writer_done(writer).await;
             return reason.into();
@@ -315,22 +245,14 @@ pub async fn run(
         // Words are counted from partial transcripts, which only a streaming
         // transcriber gives: without one the rule could never pass, and the caller
         // could never interrupt. The voiced-duration rule decides alone.
-        tracing::warn!(
-            min_words = turn_cfg.min_words,
-            "the transcriber does not stream; interruptions ignore minWords"
-        );
+        tracing::warn!(min_words = turn_cfg.min_words, "the transcriber does not stream; interruptions ignore minWords");
         turn_cfg.min_words = 0;
     }
     let turn = match TurnProcessor::new(turn_cfg) {
         Ok(t) => t,
         Err(e) => {
             let reason = EndReason::PipelineError(e.to_string());
-            finish(
-                &wtx,
-                reason.as_str(),
-                Some(Close::new(code::INTERNAL, "bad turn-taking settings")),
-            )
-            .await;
+            finish(&wtx, reason.as_str(), Some(Close::new(code::INTERNAL, "bad turn-taking settings"))).await;
             drop(wtx);
             writer_done(writer).await;
             return reason.into();
@@ -347,14 +269,8 @@ pub async fn run(
     } else {
         None
     };
-    let output = OutputStage::new(
-        OutputConfig {
-            format: negotiated.output,
-            ..OutputConfig::default()
-        },
-        wtx.clone(),
-    )
-    .with_recording(recording.clone());
+    let output = OutputStage::new(OutputConfig { format: negotiated.output, ..OutputConfig::default() }, wtx.clone())
+        .with_recording(recording.clone());
     let cancel = CancellationToken::new();
     let mut pipeline = Pipeline::new(Capacity::default());
     if let Some(r) = &recording {
@@ -369,13 +285,7 @@ pub async fn run(
         && p.tools.is_none()
         && !assistant.spec.tools.is_empty()
     {
-        p.tools = Some(Arc::new(tools::CallTools::new(
-            deps.http.clone(),
-            deps.signing_secret.clone(),
-            &call.id,
-            assistant,
-            deps.knowledge.clone(),
-        )));
+        p.tools = Some(Arc::new(tools::CallTools::new(deps.http.clone(), deps.signing_secret.clone(), &call.id, assistant, deps.knowledge.clone())));
     }
     // The conversation, for system messages added through the API.
     let mut conversation = None;
@@ -384,22 +294,13 @@ pub async fn run(
             let llm = LlmStage::new(providers.llm, providers.tools, llm_cfg);
             conversation = Some(llm.conversation());
             pipeline
-                .stage(SttStage::new(
-                    providers.stt,
-                    voxgate_transport::input::PIPELINE_RATE.hz(),
-                ))
+                .stage(SttStage::new(providers.stt, voxgate_transport::input::PIPELINE_RATE.hz()))
                 .stage(llm)
                 .stage(ClauseStage::default())
                 .stage(TtsStage::new(providers.tts))
         }
-        (None, Some((tx, events))) => pipeline.stage(realtime::RealtimeStage::new(
-            tx,
-            events,
-            voxgate_transport::input::PIPELINE_RATE,
-        )),
-        (None, None) => {
-            unreachable!("a call has the cascade's services or a speech-to-speech session")
-        }
+        (None, Some((tx, events))) => pipeline.stage(realtime::RealtimeStage::new(tx, events, voxgate_transport::input::PIPELINE_RATE)),
+        (None, None) => unreachable!("a call has the cascade's services or a speech-to-speech session"),
     };
     let mut io = pipeline.stage(output).spawn(cancel.clone());
 
@@ -410,33 +311,18 @@ pub async fn run(
         input: negotiated.input,
         output: negotiated.output,
     };
-    let token = if resumable {
-        registration.as_ref().map(|r| r.entry.issue_token())
-    } else {
-        None
-    };
-    let _ = wtx
-        .send(hello.to_wire_with_resume_token(token.as_deref()))
-        .await;
+    let token = if resumable { registration.as_ref().map(|r| r.entry.issue_token()) } else { None };
+    let _ = wtx.send(hello.to_wire_with_resume_token(token.as_deref())).await;
     if let Some(n) = &deps.notifier {
         n.in_progress();
     }
     let _ = io.head.send(Frame::Start).await;
     if assistant.spec.first_message_mode == FirstMessageMode::AssistantSpeaksFirst
-        && let Some(greeting) = assistant
-            .spec
-            .first_message
-            .clone()
-            .filter(|m| !m.trim().is_empty())
+        && let Some(greeting) = assistant.spec.first_message.clone().filter(|m| !m.trim().is_empty())
     {
         let _ = io.head.send(Frame::Say(greeting)).await;
     }
-    let mut input = Some(tokio::spawn(pump_input(
-        stream,
-        decoder,
-        io.head.clone(),
-        wtx.clone(),
-    )));
+    let mut input = Some(tokio::spawn(pump_input(stream, decoder, io.head.clone(), wtx.clone())));
     // The socket carrying the call (its writer reports losses by this id), and the
     // deadline of a resume while none does.
     let mut link = 0u64;
@@ -444,9 +330,7 @@ pub async fn run(
 
     // The call's hard limit. The turn stage ends the call at its maximum too, but
     // behind the audio already queued; this cuts a reply that is still playing.
-    let max_duration = tokio::time::sleep(Duration::from_secs(
-        assistant.spec.max_duration_secs.max(1) as u64,
-    ));
+    let max_duration = tokio::time::sleep(Duration::from_secs(assistant.spec.max_duration_secs.max(1) as u64));
     tokio::pin!(max_duration);
     let key_check = key_revoked(deps, call.key_id.as_deref());
     tokio::pin!(key_check);
@@ -616,56 +500,33 @@ async fn expired(window: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
 
 /// The call's socket is gone: let the writer drop it, and open the window in which
 /// the client may resume.
-fn detach(
-    links: &mpsc::Sender<Link<axum::Error>>,
-    registration: Option<&Registration>,
-    window: Duration,
-) -> std::pin::Pin<Box<tokio::time::Sleep>> {
+fn detach(links: &mpsc::Sender<Link<axum::Error>>, registration: Option<&Registration>, window: Duration) -> std::pin::Pin<Box<tokio::time::Sleep>> {
     // Not awaited: the writer may be stuck on the dead socket, and the link queue
     // only ever holds a message or two.
     let _ = links.try_send(Link::Detach);
     if let Some(r) = registration {
         r.entry.set_attached(false);
     }
-    tracing::info!(
-        window_secs = window.as_secs_f64(),
-        "connection lost; the call waits for a resume"
-    );
+    tracing::info!(window_secs = window.as_secs_f64(), "connection lost; the call waits for a resume");
     Box::pin(tokio::time::sleep(window))
 }
 
 /// Acts on a control message (other than `end`).
-async fn control(
-    msg: ControlMessage,
-    head: &voxgate_pipeline::runner::Feeder,
-    conversation: Option<&Arc<std::sync::Mutex<voxgate_services::context::Conversation>>>,
-) {
+async fn control(msg: ControlMessage, head: &voxgate_pipeline::runner::Feeder, conversation: Option<&Arc<std::sync::Mutex<voxgate_services::context::Conversation>>>) {
     let frame = match msg {
         ControlMessage::End {} => return,
         ControlMessage::Say { text } => Frame::Say(text),
-        ControlMessage::AddMessage {
-            role: MessageRole::User,
-            content,
-        } => Frame::UserText(content),
-        ControlMessage::AddMessage {
-            role: MessageRole::System,
-            content,
-        } => {
+        ControlMessage::AddMessage { role: MessageRole::User, content } => Frame::UserText(content),
+        ControlMessage::AddMessage { role: MessageRole::System, content } => {
             match conversation {
-                Some(c) => c
-                    .lock()
-                    .expect("conversation lock")
-                    .push(ChatMessage::new(ChatRole::System, content)),
+                Some(c) => c.lock().expect("conversation lock").push(ChatMessage::new(ChatRole::System, content)),
                 None => tracing::warn!("a system message for a speech-to-speech call is ignored"),
             }
             return;
         }
     };
     tracing::info!(frame = frame.name(), "control message");
-    if tokio::time::timeout(Duration::from_secs(1), head.send(frame))
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(1), head.send(frame)).await.is_err() {
         tracing::warn!("the pipeline did not take a control message within a second; dropped");
     }
 }
@@ -674,9 +535,7 @@ async fn control(
 /// [`keys::KeyChecks`]: within `key_check`); never for a call opened without a
 /// key. A database that does not answer is not a revocation: the call goes on.
 async fn key_revoked(deps: &SessionDeps, key_id: Option<&str>) {
-    let Some(id) = key_id else {
-        return std::future::pending().await;
-    };
+    let Some(id) = key_id else { return std::future::pending().await };
     loop {
         tokio::time::sleep(deps.key_checks.fresh()).await;
         if deps.key_checks.revoked(&deps.store, id).await {
@@ -693,11 +552,7 @@ async fn save_recording(r: CallRecording, deps: &SessionDeps, call: &Call) {
     match tokio::task::spawn_blocking(move || r.finish(&target)).await {
         Ok(Ok(samples)) => {
             tracing::info!(path = %path.display(), seconds = samples / u64::from(voxgate_transport::recording::RATE), "call recorded");
-            if let Err(e) = deps
-                .store
-                .set_recording(&call.id, &path.to_string_lossy())
-                .await
-            {
+            if let Err(e) = deps.store.set_recording(&call.id, &path.to_string_lossy()).await {
                 tracing::error!(error = %e, "could not note the call's recording");
             }
         }
@@ -716,17 +571,11 @@ async fn wind_down(
     latency_turn: &mut u32,
 ) {
     let deadline = tokio::time::Instant::now() + WIND_DOWN;
-    if tokio::time::timeout_at(deadline, io.tail.send(Frame::Interruption))
-        .await
-        .is_ok()
-    {
+    if tokio::time::timeout_at(deadline, io.tail.send(Frame::Interruption)).await.is_ok() {
         loop {
             match tokio::time::timeout_at(deadline, io.upstream.recv()).await {
                 Ok(Some((Frame::Interruption, _))) | Ok(None) | Err(_) => break,
-                Ok(Some((
-                    f @ (Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking | Frame::Spoken(_)),
-                    _,
-                ))) => {
+                Ok(Some((f @ (Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking | Frame::Spoken(_)), _))) => {
                     record(recorder, &f, deps, call, acks, latency_turn).await;
                 }
                 Ok(Some(_)) => {}
@@ -736,11 +585,7 @@ async fn wind_down(
     while let Ok((f, _)) = io.downstream.try_recv() {
         if matches!(
             f,
-            Frame::Metric { .. }
-                | Frame::Transcript(_)
-                | Frame::TranscriptionFailed { .. }
-                | Frame::UserText(_)
-                | Frame::UserStoppedSpeaking
+            Frame::Metric { .. } | Frame::Transcript(_) | Frame::TranscriptionFailed { .. } | Frame::UserText(_) | Frame::UserStoppedSpeaking
         ) {
             record(recorder, &f, deps, call, acks, latency_turn).await;
         }
@@ -748,17 +593,8 @@ async fn wind_down(
 }
 
 /// Feeds the recorder; writes a finished turn and tells the client its latency.
-async fn record(
-    recorder: &mut TurnRecorder,
-    frame: &Frame,
-    deps: &SessionDeps,
-    call: &Call,
-    acks: &Acks,
-    latency_turn: &mut u32,
-) {
-    let Some(turn) = recorder.on_frame(frame, Instant::now()) else {
-        return;
-    };
+async fn record(recorder: &mut TurnRecorder, frame: &Frame, deps: &SessionDeps, call: &Call, acks: &Acks, latency_turn: &mut u32) {
+    let Some(turn) = recorder.on_frame(frame, Instant::now()) else { return };
     let written = persist(deps, call, &turn).await;
     if turn.role == TurnRole::Assistant {
         let l = &turn.latency;
@@ -795,8 +631,7 @@ struct Acks {
 
 impl Acks {
     fn start(wtx: mpsc::Sender<WireOut>) -> Acks {
-        let (tx, mut rx) =
-            mpsc::unbounded_channel::<(tokio::sync::oneshot::Receiver<bool>, WireOut)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::sync::oneshot::Receiver<bool>, WireOut)>();
         let task = tokio::spawn(async move {
             while let Some((written, event)) = rx.recv().await {
                 let _ = tokio::time::timeout(WRITE_ACK_WAIT, written).await;
@@ -815,10 +650,7 @@ impl Acks {
     async fn finish(self) {
         drop(self.tx);
         let mut task = self.task;
-        if tokio::time::timeout(WRITE_ACK_WAIT * 2, &mut task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(WRITE_ACK_WAIT * 2, &mut task).await.is_err() {
             task.abort();
         }
     }
@@ -836,17 +668,12 @@ fn observe(l: &voxgate_domain::call::TurnLatency) {
         ("response", l.response_ms),
     ] {
         if let Some(ms) = v {
-            metrics::histogram!("voxgate_turn_latency_seconds", "stage" => stage)
-                .record(ms / 1000.0);
+            metrics::histogram!("voxgate_turn_latency_seconds", "stage" => stage).record(ms / 1000.0);
         }
     }
 }
 
-async fn persist(
-    deps: &SessionDeps,
-    call: &Call,
-    turn: &CallTurn,
-) -> tokio::sync::oneshot::Receiver<bool> {
+async fn persist(deps: &SessionDeps, call: &Call, turn: &CallTurn) -> tokio::sync::oneshot::Receiver<bool> {
     let written = deps.journal.turn(&call.id, turn.clone()).await;
     if let Some(n) = &deps.notifier {
         n.transcript(turn);
@@ -856,10 +683,7 @@ async fn persist(
 
 /// Tells the client the call is over and closes the socket.
 async fn finish(wtx: &tokio::sync::mpsc::Sender<WireOut>, reason: &str, close: Option<Close>) {
-    let ended = ServerEvent::CallEnded {
-        reason: reason.into(),
-    }
-    .to_wire();
+    let ended = ServerEvent::CallEnded { reason: reason.into() }.to_wire();
     let _ = tokio::time::timeout(Duration::from_millis(500), wtx.send(ended)).await;
     let close = close.unwrap_or_else(|| Close::new(code::NORMAL, reason));
     let _ = tokio::time::timeout(Duration::from_millis(500), wtx.send(WireOut::Close(close))).await;

@@ -32,10 +32,7 @@ pub struct Providers {
 }
 
 /// A live OpenAI Realtime session: what the call sends, what it hears.
-pub type SpeechToSpeech = (
-    voxgate_openai::RealtimeSender,
-    voxgate_openai::RealtimeEvents,
-);
+pub type SpeechToSpeech = (voxgate_openai::RealtimeSender, voxgate_openai::RealtimeEvents);
 
 /// Chooses a call's services from its assistant.
 pub trait ProviderFactory: Send + Sync + 'static {
@@ -45,25 +42,13 @@ pub trait ProviderFactory: Send + Sync + 'static {
 
     /// For an assistant with `realtime` set: its speech-to-speech session, being
     /// set up, or why it cannot be. `None`: the assistant runs the cascade.
-    fn speech_to_speech(
-        &self,
-        assistant: &Assistant,
-    ) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
-        assistant.spec.realtime.as_ref().map(|_| {
-            ready(Err(
-                "speech to speech needs the OpenAI-compatible provider (--providers auto or cloud)"
-                    .to_string(),
-            ))
-            .boxed()
-        })
+    fn speech_to_speech(&self, assistant: &Assistant) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
+        assistant.spec.realtime.as_ref().map(|_| ready(Err("speech to speech needs the OpenAI-compatible provider (--providers auto or cloud)".to_string())).boxed())
     }
 
     /// What `GET /api/providers` shows of these providers.
     fn describe(&self) -> ProviderInfo {
-        ProviderInfo {
-            mode: "fixed".into(),
-            ..ProviderInfo::default()
-        }
+        ProviderInfo { mode: "fixed".into(), ..ProviderInfo::default() }
     }
 }
 
@@ -97,9 +82,7 @@ impl Local {
 
     /// Models that will never load: every call ends saying `reason`.
     pub fn unavailable(reason: &str) -> Local {
-        Local {
-            models: ready(Err(reason.to_string())).boxed().shared(),
-        }
+        Local { models: ready(Err(reason.to_string())).boxed().shared() }
     }
 
     /// Waits until the models are loaded (or failed to).
@@ -113,31 +96,19 @@ impl ProviderFactory for Local {
         let models = self.models.clone();
         async move {
             let (stt, llm, tts) = models.await?.services();
-            Ok(Providers {
-                stt,
-                llm,
-                tts,
-                tools: None,
-            })
+            Ok(Providers { stt, llm, tts, tools: None })
         }
         .boxed()
     }
 
     /// `--providers local` keeps every call on this machine: a realtime
     /// assistant's calls run the local cascade.
-    fn speech_to_speech(
-        &self,
-        _: &Assistant,
-    ) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
+    fn speech_to_speech(&self, _: &Assistant) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
         None
     }
 
     fn describe(&self) -> ProviderInfo {
-        ProviderInfo {
-            mode: "local".into(),
-            local: true,
-            ..ProviderInfo::default()
-        }
+        ProviderInfo { mode: "local".into(), local: true, ..ProviderInfo::default() }
     }
 }
 
@@ -162,12 +133,7 @@ impl PerAssistant {
     /// `openai` is the process-wide set from the environment, or why it could not
     /// be built (then assistants that use it cannot start calls, and say why).
     pub fn new(local: Arc<dyn ProviderFactory>, openai: Result<OpenAi, String>) -> PerAssistant {
-        PerAssistant {
-            local,
-            openai,
-            local_on: true,
-            warm: true,
-        }
+        PerAssistant { local, openai, local_on: true, warm: true }
     }
 
     /// No warm-up at call start: only to measure what the warm-up saves.
@@ -179,25 +145,16 @@ impl PerAssistant {
     /// With no local models: cloud stages only, and no fallback.
     pub fn cloud_only(openai: Result<OpenAi, String>) -> PerAssistant {
         let reason = "the local models are off on this server (--providers cloud): give every stage of the assistant an OpenAI-compatible provider";
-        PerAssistant {
-            local: Arc::new(Local::unavailable(reason)),
-            openai,
-            local_on: false,
-            warm: true,
-        }
+        PerAssistant { local: Arc::new(Local::unavailable(reason)), openai, local_on: false, warm: true }
     }
 
     /// The OpenAI set for one stage of an assistant.
     fn openai(&self, overrides: Overrides) -> Result<OpenAi, String> {
-        let base = self
-            .openai
-            .as_ref()
-            .map_err(|e| format!("the OpenAI-compatible provider is not usable: {e}"))?;
+        let base = self.openai.as_ref().map_err(|e| format!("the OpenAI-compatible provider is not usable: {e}"))?;
         if overrides == Overrides::default() {
             return Ok(base.clone());
         }
-        base.with_overrides(&overrides)
-            .map_err(|e| format!("the assistant's OpenAI-compatible settings are not usable: {e}"))
+        base.with_overrides(&overrides).map_err(|e| format!("the assistant's OpenAI-compatible settings are not usable: {e}"))
     }
 }
 
@@ -220,14 +177,7 @@ impl ProviderFactory for PerAssistant {
                     ..Overrides::default()
                 },
             )?;
-            let llm = cloud(
-                s.model.provider,
-                Overrides {
-                    base_url: s.model.base_url.clone(),
-                    llm_model: s.model.model.clone(),
-                    ..Overrides::default()
-                },
-            )?;
+            let llm = cloud(s.model.provider, Overrides { base_url: s.model.base_url.clone(), llm_model: s.model.model.clone(), ..Overrides::default() })?;
             let tts = cloud(
                 s.voice.provider,
                 Overrides {
@@ -245,11 +195,7 @@ impl ProviderFactory for PerAssistant {
         };
         // One warm-up per server the call uses.
         let mut warmed: Vec<&str> = Vec::new();
-        for set in [&stt, &llm, &tts]
-            .into_iter()
-            .flatten()
-            .filter(|_| self.warm)
-        {
+        for set in [&stt, &llm, &tts].into_iter().flatten().filter(|_| self.warm) {
             if !warmed.contains(&set.config().base_url.as_str()) {
                 warmed.push(&set.config().base_url);
                 set.spawn_warm();
@@ -259,52 +205,28 @@ impl ProviderFactory for PerAssistant {
         // local stage, else only if a cloud stage fails.
         let local: Later<Providers> = self.local.providers(assistant).shared();
         async move {
-            let now = if stt.is_none() || llm.is_none() || tts.is_none() {
-                Some(local.clone().await?)
-            } else {
-                None
-            };
+            let now = if stt.is_none() || llm.is_none() || tts.is_none() { Some(local.clone().await?) } else { None };
             let stt: Arc<dyn Stt> = match stt {
-                Some(o) => Arc::new(FallbackStt {
-                    primary: o.stt(),
-                    fallback: local.clone().map(|r| r.map(|p| p.stt)).boxed().shared(),
-                }),
+                Some(o) => Arc::new(FallbackStt { primary: o.stt(), fallback: local.clone().map(|r| r.map(|p| p.stt)).boxed().shared() }),
                 None => now.as_ref().expect("local services").stt.clone(),
             };
             let llm: Arc<dyn Llm> = match llm {
-                Some(o) => Arc::new(FallbackLlm {
-                    primary: o.llm(),
-                    fallback: local.clone().map(|r| r.map(|p| p.llm)).boxed().shared(),
-                }),
+                Some(o) => Arc::new(FallbackLlm { primary: o.llm(), fallback: local.clone().map(|r| r.map(|p| p.llm)).boxed().shared() }),
                 None => now.as_ref().expect("local services").llm.clone(),
             };
             let tts: Arc<dyn Tts> = match tts {
-                Some(o) => Arc::new(FallbackTts::new(
-                    o.tts(),
-                    local.clone().map(|r| r.map(|p| p.tts)).boxed().shared(),
-                )),
+                Some(o) => Arc::new(FallbackTts::new(o.tts(), local.clone().map(|r| r.map(|p| p.tts)).boxed().shared())),
                 None => now.as_ref().expect("local services").tts.clone(),
             };
-            Ok(Providers {
-                stt,
-                llm,
-                tts,
-                tools: now.and_then(|p| p.tools),
-            })
+            Ok(Providers { stt, llm, tts, tools: now.and_then(|p| p.tools) })
         }
         .boxed()
     }
 
-    fn speech_to_speech(
-        &self,
-        assistant: &Assistant,
-    ) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
+    fn speech_to_speech(&self, assistant: &Assistant) -> Option<BoxFuture<'static, Result<SpeechToSpeech, String>>> {
         let settings = assistant.spec.realtime.as_ref()?;
         let s = &assistant.spec;
-        let openai = self.openai(Overrides {
-            base_url: s.model.base_url.clone(),
-            ..Overrides::default()
-        });
+        let openai = self.openai(Overrides { base_url: s.model.base_url.clone(), ..Overrides::default() });
         let mut config = voxgate_openai::RealtimeConfig {
             instructions: s.system_prompt.clone(),
             // Turns are ours: the turn stage commits each one.
@@ -321,10 +243,7 @@ impl ProviderFactory for PerAssistant {
         Some(
             async move {
                 let openai = openai?;
-                openai
-                    .realtime(&config)
-                    .await
-                    .map_err(|e| format!("the speech-to-speech session could not start: {e}"))
+                openai.realtime(&config).await.map_err(|e| format!("the speech-to-speech session could not start: {e}"))
             }
             .boxed(),
         )
@@ -339,18 +258,10 @@ impl ProviderFactory for PerAssistant {
             },
             Err(e) => {
                 let env = voxgate_openai::OpenAiConfig::from_env();
-                OpenAiInfo {
-                    base_url: voxgate_openai::display_url(&env.base_url),
-                    key_set: env.api_key.is_some(),
-                    error: Some(e.clone()),
-                }
+                OpenAiInfo { base_url: voxgate_openai::display_url(&env.base_url), key_set: env.api_key.is_some(), error: Some(e.clone()) }
             }
         };
-        ProviderInfo {
-            mode: if self.local_on { "auto" } else { "cloud" }.into(),
-            local: self.local_on,
-            openai,
-        }
+        ProviderInfo { mode: if self.local_on { "auto" } else { "cloud" }.into(), local: self.local_on, openai }
     }
 }
 
@@ -364,10 +275,7 @@ impl ProviderFactory for NoCalls {
     }
 
     fn describe(&self) -> ProviderInfo {
-        ProviderInfo {
-            mode: "none".into(),
-            ..ProviderInfo::default()
-        }
+        ProviderInfo { mode: "none".into(), ..ProviderInfo::default() }
     }
 }
 
@@ -400,10 +308,7 @@ impl Scripted {
     pub fn providers() -> Providers {
         Providers {
             stt: Arc::new(ScriptedStt::repeating(Self::HEARD, Duration::ZERO)),
-            llm: Arc::new(ScriptedLlm::repeating(ScriptedLlm::words(
-                Self::REPLY,
-                Duration::ZERO,
-            ))),
+            llm: Arc::new(ScriptedLlm::repeating(ScriptedLlm::words(Self::REPLY, Duration::ZERO))),
             tts: Arc::new(ToneTts::default()),
             tools: None,
         }
@@ -416,9 +321,6 @@ impl ProviderFactory for Scripted {
     }
 
     fn describe(&self) -> ProviderInfo {
-        ProviderInfo {
-            mode: "scripted".into(),
-            ..ProviderInfo::default()
-        }
+        ProviderInfo { mode: "scripted".into(), ..ProviderInfo::default() }
     }
 }

@@ -54,11 +54,7 @@ pub struct RealtimeStage {
 }
 
 impl RealtimeStage {
-    pub fn new(
-        tx: RealtimeSender,
-        events: RealtimeEvents,
-        input_rate: SampleRate,
-    ) -> RealtimeStage {
+    pub fn new(tx: RealtimeSender, events: RealtimeEvents, input_rate: SampleRate) -> RealtimeStage {
         RealtimeStage {
             tx,
             events: Some(events),
@@ -97,13 +93,7 @@ impl RealtimeStage {
         };
         if let Err(e) = sent {
             e.log("the speech-to-speech request");
-            return out
-                .up(Frame::Error {
-                    code: e.code(),
-                    message: e.to_string(),
-                    fatal: true,
-                })
-                .await;
+            return out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: true }).await;
         }
         Ok(())
     }
@@ -120,12 +110,7 @@ impl Processor for RealtimeStage {
         "realtime"
     }
 
-    async fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> Result<(), PipelineError> {
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
         self.start_reader(out);
         match (frame, dir) {
             (Frame::InputAudio(audio), Direction::Downstream) => {
@@ -135,13 +120,7 @@ impl Processor for RealtimeStage {
                     && let Err(e) = self.tx.append(&self.buf).await
                 {
                     e.log("sending the caller's audio");
-                    return out
-                        .up(Frame::Error {
-                            code: e.code(),
-                            message: e.to_string(),
-                            fatal: true,
-                        })
-                        .await;
+                    return out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: true }).await;
                 }
                 Ok(())
             }
@@ -179,11 +158,7 @@ impl Processor for RealtimeStage {
     fn interrupted(&mut self) {
         let (response, item, played) = {
             let mut s = self.shared();
-            let played = s
-                .playing_since
-                .take()
-                .map(|t| (t.elapsed().as_millis() as u64).min(s.sent_ms))
-                .unwrap_or(0);
+            let played = s.playing_since.take().map(|t| (t.elapsed().as_millis() as u64).min(s.sent_ms)).unwrap_or(0);
             s.cancelled = s.response.take();
             s.asked = None;
             (s.cancelled.clone(), s.item.take(), played)
@@ -195,9 +170,7 @@ impl Processor for RealtimeStage {
         tokio::spawn(async move {
             let _ = tx.cancel_response().await;
             if let Some(item) = item {
-                let _ = tx
-                    .truncate(&item, played.min(u64::from(u32::MAX)) as u32)
-                    .await;
+                let _ = tx.truncate(&item, played.min(u64::from(u32::MAX)) as u32).await;
             }
         });
     }
@@ -218,11 +191,7 @@ async fn read(mut events: RealtimeEvents, shared: Arc<Mutex<Shared>>, out: Outle
     while let Some(event) = events.next_event().await {
         let res = match event {
             Ok(RealtimeEvent::UserTranscript { text, .. }) if !text.trim().is_empty() => {
-                out.down(Frame::Transcript(Transcript {
-                    text: text.trim().to_string(),
-                    is_final: true,
-                }))
-                .await
+                out.down(Frame::Transcript(Transcript { text: text.trim().to_string(), is_final: true })).await
             }
             Ok(RealtimeEvent::ResponseStarted { response_id }) => {
                 {
@@ -238,11 +207,7 @@ async fn read(mut events: RealtimeEvents, shared: Arc<Mutex<Shared>>, out: Outle
                 words.push_str(&text);
                 Ok(())
             }
-            Ok(RealtimeEvent::Audio {
-                response_id,
-                item_id,
-                pcm,
-            }) => {
+            Ok(RealtimeEvent::Audio { response_id, item_id, pcm }) => {
                 let asked = {
                     let mut s = lock();
                     if s.cancelled.as_deref() == Some(response_id.as_str()) {
@@ -253,34 +218,20 @@ async fn read(mut events: RealtimeEvents, shared: Arc<Mutex<Shared>>, out: Outle
                     s.asked.take()
                 };
                 let mut res = match asked {
-                    Some(t) => {
-                        out.down(Frame::Metric {
-                            stage: Stage::LlmFirstToken,
-                            value: t.elapsed(),
-                        })
-                        .await
-                    }
+                    Some(t) => out.down(Frame::Metric { stage: Stage::LlmFirstToken, value: t.elapsed() }).await,
                     None => Ok(()),
                 };
                 // The words go to the output as clauses, each ahead of the audio that
                 // follows it: the first words at once, then whole clauses.
-                if res.is_ok() && !words.trim().is_empty() && (!clause_sent || ends_clause(&words))
-                {
+                if res.is_ok() && !words.trim().is_empty() && (!clause_sent || ends_clause(&words)) {
                     clause_sent = true;
-                    res = out
-                        .down(Frame::SpeechClause(std::mem::take(&mut words)))
-                        .await;
+                    res = out.down(Frame::SpeechClause(std::mem::take(&mut words))).await;
                 }
                 for chunk in pcm.chunks(frame_len) {
                     if res.is_err() {
                         break;
                     }
-                    res = out
-                        .down(Frame::OutputAudio(AudioFrame::new(
-                            chunk.to_vec(),
-                            SAMPLE_RATE,
-                        )))
-                        .await;
+                    res = out.down(Frame::OutputAudio(AudioFrame::new(chunk.to_vec(), SAMPLE_RATE))).await;
                 }
                 res
             }
@@ -295,10 +246,7 @@ async fn read(mut events: RealtimeEvents, shared: Arc<Mutex<Shared>>, out: Outle
                     out.down(Frame::SpeechClause(rest)).await
                 }
             }
-            Ok(RealtimeEvent::ResponseDone {
-                response_id,
-                status,
-            }) => {
+            Ok(RealtimeEvent::ResponseDone { response_id, status }) => {
                 let ours = {
                     let mut s = lock();
                     let ours = s.response.as_deref() == Some(response_id.as_str());
@@ -310,42 +258,21 @@ async fn read(mut events: RealtimeEvents, shared: Arc<Mutex<Shared>>, out: Outle
                 if status == "failed" {
                     tracing::warn!(%response_id, "the realtime response failed");
                 }
-                if ours {
-                    out.down(Frame::LlmResponseEnd).await
-                } else {
-                    Ok(())
-                }
+                if ours { out.down(Frame::LlmResponseEnd).await } else { Ok(()) }
             }
             Ok(RealtimeEvent::ServerError { code, message }) => {
                 tracing::warn!(%code, %message, "the realtime session reported an error");
-                out.up(Frame::Error {
-                    code: "provider-failed",
-                    message: format!("realtime: {code}: {message}"),
-                    fatal: false,
-                })
-                .await
+                out.up(Frame::Error { code: "provider-failed", message: format!("realtime: {code}: {message}"), fatal: false }).await
             }
             Ok(RealtimeEvent::Closed { code, reason }) => {
                 let message = format!("the realtime session closed ({code} {reason})");
-                let _ = out
-                    .up(Frame::Error {
-                        code: "provider-failed",
-                        message,
-                        fatal: true,
-                    })
-                    .await;
+                let _ = out.up(Frame::Error { code: "provider-failed", message, fatal: true }).await;
                 return;
             }
             Ok(_) => Ok(()),
             Err(e) => {
                 e.log("the realtime session");
-                let _ = out
-                    .up(Frame::Error {
-                        code: e.code(),
-                        message: e.to_string(),
-                        fatal: true,
-                    })
-                    .await;
+                let _ = out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: true }).await;
                 return;
             }
         };

@@ -43,39 +43,22 @@ fn ms(d: Duration) -> f64 {
 
 impl TurnRecorder {
     pub fn new(start: Instant) -> TurnRecorder {
-        TurnRecorder {
-            start,
-            next_idx: 0,
-            latency: TurnLatency::default(),
-            user_stopped: None,
-            turn_decided: None,
-            reply: None,
-        }
+        TurnRecorder { start, next_idx: 0, latency: TurnLatency::default(), user_stopped: None, turn_decided: None, reply: None }
     }
 
     fn offset(&self, now: Instant) -> i64 {
         now.saturating_duration_since(self.start).as_millis() as i64
     }
 
-    fn turn(
-        &mut self,
-        role: TurnRole,
-        text: String,
-        started_ms: i64,
-        interrupted: bool,
-        latency: TurnLatency,
-    ) -> CallTurn {
+    fn turn(&mut self, role: TurnRole, text: String, started_ms: i64, interrupted: bool, latency: TurnLatency) -> CallTurn {
         let idx = self.next_idx;
         self.next_idx += 1;
-        CallTurn {
-            idx,
-            role,
-            text,
-            started_ms,
-            interrupted,
-            latency,
-            error: None,
-        }
+        CallTurn { idx, role, text, started_ms, interrupted, latency, error: None }
+    }
+
+    /// Where a spoken user turn starts: when the caller stopped speaking, else `now`.
+    fn user_started(&self, now: Instant) -> i64 {
+        self.user_stopped.map(|t| self.offset(t)).unwrap_or_else(|| self.offset(now))
     }
 
     /// Feeds one frame seen at `now`; returns the turns it completed.
@@ -95,10 +78,7 @@ impl TurnRecorder {
                     Stage::Stt => self.latency.stt_ms = v,
                     Stage::LlmFirstToken => self.latency.llm_first_token_ms = v,
                     Stage::TtsFirstAudio => self.latency.tts_first_audio_ms = v,
-                    Stage::QueueWait => {
-                        self.latency.queue_wait_ms =
-                            Some(self.latency.queue_wait_ms.unwrap_or(0.0) + ms(*value))
-                    }
+                    Stage::QueueWait => self.latency.queue_wait_ms = Some(self.latency.queue_wait_ms.unwrap_or(0.0) + ms(*value)),
                     Stage::Retrieval => self.latency.retrieval_ms = v,
                     Stage::VoiceToVoice => self.latency.voice_to_voice_ms = v,
                     Stage::Response => {
@@ -113,46 +93,19 @@ impl TurnRecorder {
                 None
             }
             Frame::Transcript(t) if t.is_final && !t.text.trim().is_empty() => {
-                let started = self
-                    .user_stopped
-                    .map(|t| self.offset(t))
-                    .unwrap_or_else(|| self.offset(now));
-                Some(self.turn(
-                    TurnRole::User,
-                    t.text.trim().to_string(),
-                    started,
-                    false,
-                    TurnLatency::default(),
-                ))
+                let started = self.user_started(now);
+                Some(self.turn(TurnRole::User, t.text.trim().to_string(), started, false, TurnLatency::default()))
             }
             Frame::TranscriptionFailed { code, message } => {
-                let started = self
-                    .user_stopped
-                    .map(|t| self.offset(t))
-                    .unwrap_or_else(|| self.offset(now));
-                let mut turn = self.turn(
-                    TurnRole::User,
-                    String::new(),
-                    started,
-                    false,
-                    TurnLatency::default(),
-                );
-                turn.error = Some(TurnError {
-                    code: (*code).to_string(),
-                    message: message.clone(),
-                });
+                let started = self.user_started(now);
+                let mut turn = self.turn(TurnRole::User, String::new(), started, false, TurnLatency::default());
+                turn.error = Some(TurnError { code: (*code).to_string(), message: message.clone() });
                 Some(turn)
             }
             Frame::UserText(text) if !text.trim().is_empty() => {
                 self.user_stopped = Some(now);
                 let started = self.offset(now);
-                Some(self.turn(
-                    TurnRole::User,
-                    text.trim().to_string(),
-                    started,
-                    false,
-                    TurnLatency::default(),
-                ))
+                Some(self.turn(TurnRole::User, text.trim().to_string(), started, false, TurnLatency::default()))
             }
             Frame::BotStartedSpeaking => {
                 if self.reply.is_none() {
@@ -162,22 +115,16 @@ impl TurnRecorder {
                         // frame up through every stage): it is the better one.
                         Some(_) if self.latency.response_ms.is_some() => {}
                         Some((at, endpointing)) => {
-                            self.latency.voice_to_voice_ms =
-                                Some(ms(endpointing + now.saturating_duration_since(at)));
+                            self.latency.voice_to_voice_ms = Some(ms(endpointing + now.saturating_duration_since(at)));
                         }
                         // Typed text: no speech to end, so from the moment it arrived.
                         None => {
                             if let Some(stopped) = stopped {
-                                self.latency.voice_to_voice_ms =
-                                    Some(ms(now.saturating_duration_since(stopped)));
+                                self.latency.voice_to_voice_ms = Some(ms(now.saturating_duration_since(stopped)));
                             }
                         }
                     }
-                    self.reply = Some(Reply {
-                        started_ms: self.offset(now),
-                        text: String::new(),
-                        interrupted: false,
-                    });
+                    self.reply = Some(Reply { started_ms: self.offset(now), text: String::new(), interrupted: false });
                 }
                 None
             }
@@ -205,13 +152,7 @@ impl TurnRecorder {
     pub fn finish_reply(&mut self) -> Option<CallTurn> {
         let r = self.reply.take()?;
         let latency = std::mem::take(&mut self.latency);
-        Some(self.turn(
-            TurnRole::Assistant,
-            r.text,
-            r.started_ms,
-            r.interrupted,
-            latency,
-        ))
+        Some(self.turn(TurnRole::Assistant, r.text, r.started_ms, r.interrupted, latency))
     }
 }
 
@@ -227,67 +168,17 @@ mod tests {
         let mut r = TurnRecorder::new(t0);
         assert!(r.on_frame(&Frame::UserStoppedSpeaking, at(1000)).is_none());
         // The VAD stop (300 ms) plus 500 ms of endpointing, since the last voiced audio.
-        r.on_frame(
-            &Frame::Metric {
-                stage: Stage::Endpointing,
-                value: Duration::from_millis(800),
-            },
-            at(1500),
-        );
-        r.on_frame(
-            &Frame::Metric {
-                stage: Stage::Stt,
-                value: Duration::from_millis(80),
-            },
-            at(1580),
-        );
-        let user = r
-            .on_frame(
-                &Frame::Transcript(Transcript {
-                    text: " hi there ".into(),
-                    is_final: true,
-                }),
-                at(1580),
-            )
-            .unwrap();
-        assert_eq!(
-            (user.idx, user.role, user.text.as_str(), user.started_ms),
-            (0, TurnRole::User, "hi there", 1000)
-        );
-        r.on_frame(
-            &Frame::Metric {
-                stage: Stage::LlmFirstToken,
-                value: Duration::from_millis(120),
-            },
-            at(1700),
-        );
-        r.on_frame(
-            &Frame::Metric {
-                stage: Stage::TtsFirstAudio,
-                value: Duration::from_millis(60),
-            },
-            at(1760),
-        );
+        r.on_frame(&Frame::Metric { stage: Stage::Endpointing, value: Duration::from_millis(800) }, at(1500));
+        r.on_frame(&Frame::Metric { stage: Stage::Stt, value: Duration::from_millis(80) }, at(1580));
+        let user = r.on_frame(&Frame::Transcript(Transcript { text: " hi there ".into(), is_final: true }), at(1580)).unwrap();
+        assert_eq!((user.idx, user.role, user.text.as_str(), user.started_ms), (0, TurnRole::User, "hi there", 1000));
+        r.on_frame(&Frame::Metric { stage: Stage::LlmFirstToken, value: Duration::from_millis(120) }, at(1700));
+        r.on_frame(&Frame::Metric { stage: Stage::TtsFirstAudio, value: Duration::from_millis(60) }, at(1760));
         r.on_frame(&Frame::BotStartedSpeaking, at(1770));
         r.on_frame(&Frame::Spoken("Hello!".into()), at(2200));
         r.on_frame(&Frame::Spoken("How can I help?".into()), at(2900));
         let bot = r.on_frame(&Frame::BotStoppedSpeaking, at(2900)).unwrap();
-        assert_eq!(
-            (
-                bot.idx,
-                bot.role,
-                bot.text.as_str(),
-                bot.started_ms,
-                bot.interrupted
-            ),
-            (
-                1,
-                TurnRole::Assistant,
-                "Hello! How can I help?",
-                1770,
-                false
-            )
-        );
+        assert_eq!((bot.idx, bot.role, bot.text.as_str(), bot.started_ms, bot.interrupted), (1, TurnRole::Assistant, "Hello! How can I help?", 1770, false));
         // 800 ms from the end of speech to the decision, then 270 ms to the first audio.
         assert_eq!(bot.latency.voice_to_voice_ms, Some(1070.0));
         assert_eq!(bot.latency.endpointing_ms, Some(800.0));
@@ -304,22 +195,10 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut r = TurnRecorder::new(t0);
         r.on_frame(&Frame::UserStoppedSpeaking, at(1000));
-        r.on_frame(
-            &Frame::Metric {
-                stage: Stage::Endpointing,
-                value: Duration::from_millis(800),
-            },
-            at(1500),
-        );
+        r.on_frame(&Frame::Metric { stage: Stage::Endpointing, value: Duration::from_millis(800) }, at(1500));
         // The recorder sees the first audio late (at 1900 ms), but the output timed
         // it at 42.5 ms after the decision.
-        r.on_frame(
-            &Frame::Metric {
-                stage: Stage::Response,
-                value: Duration::from_micros(42_500),
-            },
-            at(1900),
-        );
+        r.on_frame(&Frame::Metric { stage: Stage::Response, value: Duration::from_micros(42_500) }, at(1900));
         r.on_frame(&Frame::BotStartedSpeaking, at(1950));
         let bot = r.on_frame(&Frame::BotStoppedSpeaking, at(2500)).unwrap();
         assert_eq!(bot.latency.response_ms, Some(42.5));
@@ -334,23 +213,12 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut r = TurnRecorder::new(t0);
         r.on_frame(&Frame::UserStoppedSpeaking, at(1200));
-        let failed = Frame::TranscriptionFailed {
-            code: "provider-failed",
-            message: "speech to text: HTTP 503".into(),
-        };
+        let failed = Frame::TranscriptionFailed { code: "provider-failed", message: "speech to text: HTTP 503".into() };
         let t = r.on_frame(&failed, at(1800)).expect("a turn");
-        assert_eq!(
-            (t.idx, t.role, t.text.as_str(), t.started_ms),
-            (0, TurnRole::User, "", 1200)
-        );
+        assert_eq!((t.idx, t.role, t.text.as_str(), t.started_ms), (0, TurnRole::User, "", 1200));
         let e = t.error.expect("the failure is on the turn");
-        assert_eq!(
-            (e.code.as_str(), e.message.as_str()),
-            ("provider-failed", "speech to text: HTTP 503")
-        );
-        let next = r
-            .on_frame(&Frame::UserText("hello".into()), at(3000))
-            .expect("a turn");
+        assert_eq!((e.code.as_str(), e.message.as_str()), ("provider-failed", "speech to text: HTTP 503"));
+        let next = r.on_frame(&Frame::UserText("hello".into()), at(3000)).expect("a turn");
         assert_eq!((next.idx, next.error), (1, None));
     }
 
@@ -364,19 +232,7 @@ mod tests {
         let t = r.on_frame(&Frame::BotStoppedSpeaking, t0).unwrap();
         assert!(t.interrupted);
         assert_eq!(t.text, "Once upon a");
-        assert!(
-            r.on_frame(&Frame::BotStoppedSpeaking, t0).is_none(),
-            "one stop, one turn"
-        );
-        assert!(
-            r.on_frame(
-                &Frame::Transcript(Transcript {
-                    text: "  ".into(),
-                    is_final: true
-                }),
-                t0
-            )
-            .is_none()
-        );
+        assert!(r.on_frame(&Frame::BotStoppedSpeaking, t0).is_none(), "one stop, one turn");
+        assert!(r.on_frame(&Frame::Transcript(Transcript { text: "  ".into(), is_final: true }), t0).is_none());
     }
 }

@@ -105,20 +105,11 @@ impl ResumeClaim {
         negotiated: Negotiated,
     ) -> Result<(), Box<Resumed>> {
         let commands = self.entry.commands.clone();
-        let resumed = Resumed {
-            stream,
-            sink,
-            decoder,
-            negotiated,
-            claim: self,
-        };
-        commands
-            .send(Command::Resume(resumed))
-            .await
-            .map_err(|e| match e.0 {
-                Command::Resume(r) => Box::new(r),
-                Command::Control(_) => unreachable!("sent a resume"),
-            })
+        let resumed = Resumed { stream, sink, decoder, negotiated, claim: self };
+        commands.send(Command::Resume(resumed)).await.map_err(|e| match e.0 {
+            Command::Resume(r) => Box::new(r),
+            Command::Control(_) => unreachable!("sent a resume"),
+        })
     }
 }
 
@@ -139,21 +130,14 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
-            .calls
-            .lock()
-            .expect("registry lock")
-            .remove(&self.id);
+        self.registry.calls.lock().expect("registry lock").remove(&self.id);
     }
 }
 
 impl Registry {
     /// A registry for at most `max` calls (0: no limit).
     pub fn new(max: usize) -> Registry {
-        Registry {
-            calls: Arc::default(),
-            max,
-        }
+        Registry { calls: Arc::default(), max }
     }
 
     /// Registers a call whose socket was just upgraded; `None` when full.
@@ -163,18 +147,9 @@ impl Registry {
             return None;
         }
         let (tx, rx) = mpsc::channel(COMMANDS);
-        let entry = Arc::new(Entry {
-            commands: tx,
-            token: Mutex::new(None),
-            attached: AtomicBool::new(true),
-        });
+        let entry = Arc::new(Entry { commands: tx, token: Mutex::new(None), attached: AtomicBool::new(true) });
         calls.insert(call_id.to_owned(), entry.clone());
-        Some(Registration {
-            registry: self.clone(),
-            id: call_id.to_owned(),
-            entry,
-            commands: rx,
-        })
+        Some(Registration { registry: self.clone(), id: call_id.to_owned(), entry, commands: rx })
     }
 
     /// How many calls are live here.
@@ -187,11 +162,7 @@ impl Registry {
     }
 
     fn get(&self, call_id: &str) -> Option<Arc<Entry>> {
-        self.calls
-            .lock()
-            .expect("registry lock")
-            .get(call_id)
-            .cloned()
+        self.calls.lock().expect("registry lock").get(call_id).cloned()
     }
 
     /// Checks a resume token for a call and consumes it.
@@ -212,9 +183,7 @@ impl Registry {
 
     /// Hands a control message to a call of this process.
     pub fn control(&self, call_id: &str, msg: ControlMessage) -> Delivery {
-        let Some(entry) = self.get(call_id) else {
-            return Delivery::NotLive;
-        };
+        let Some(entry) = self.get(call_id) else { return Delivery::NotLive };
         match entry.commands.try_send(Command::Control(msg)) {
             Ok(()) => Delivery::Local,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Busy,
@@ -235,31 +204,14 @@ mod tests {
         assert!(r.register("c").is_none(), "bounded");
         let token = a.entry.issue_token();
         assert!(token.len() >= 6 + 32, "at least 128 bits of randomness");
-        assert_eq!(
-            r.claim_resume("a", &token).err(),
-            Some(Refusal::Attached),
-            "the socket is open"
-        );
+        assert_eq!(r.claim_resume("a", &token).err(), Some(Refusal::Attached), "the socket is open");
         a.entry.set_attached(false);
-        assert_eq!(
-            r.claim_resume("a", "vg_rt_wrong").err(),
-            Some(Refusal::BadToken)
-        );
-        assert_eq!(
-            r.claim_resume("nope", &token).err(),
-            Some(Refusal::NotFound)
-        );
+        assert_eq!(r.claim_resume("a", "vg_rt_wrong").err(), Some(Refusal::BadToken));
+        assert_eq!(r.claim_resume("nope", &token).err(), Some(Refusal::NotFound));
         let claim = r.claim_resume("a", &token).ok().unwrap();
-        assert_eq!(
-            r.claim_resume("a", &token).err(),
-            Some(Refusal::BadToken),
-            "used"
-        );
+        assert_eq!(r.claim_resume("a", &token).err(), Some(Refusal::BadToken), "used");
         claim.restore();
-        assert!(
-            r.claim_resume("a", &token).is_ok(),
-            "given back when the resume failed"
-        );
+        assert!(r.claim_resume("a", &token).is_ok(), "given back when the resume failed");
         drop(a);
         assert_eq!(r.len(), 1);
         assert_eq!(r.control("a", ControlMessage::End {}), Delivery::NotLive);

@@ -39,8 +39,7 @@ pub fn split(
         ended: false,
     };
     // `ready` is `Unpin`: no box here (the session boxes the sink once, as its relay's).
-    let sink =
-        sink.with(|w: WireOut| futures_util::future::ready(Ok::<_, axum::Error>(to_message(w))));
+    let sink = sink.with(|w: WireOut| futures_util::future::ready(Ok::<_, axum::Error>(to_message(w))));
     (sink, stream)
 }
 

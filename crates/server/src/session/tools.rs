@@ -38,25 +38,14 @@ pub struct CallTools {
 }
 
 impl CallTools {
-    pub fn new(
-        http: reqwest::Client,
-        secret: Option<Arc<str>>,
-        call_id: &str,
-        assistant: &Assistant,
-        knowledge: Option<Knowledge>,
-    ) -> CallTools {
+    pub fn new(http: reqwest::Client, secret: Option<Arc<str>>, call_id: &str, assistant: &Assistant, knowledge: Option<Knowledge>) -> CallTools {
         let kb = assistant.spec.knowledge_base.as_ref();
         CallTools {
             http,
             secret,
             call_id: call_id.to_string(),
             assistant_id: assistant.id.clone(),
-            tools: assistant
-                .spec
-                .tools
-                .iter()
-                .map(|t| (t.name.clone(), t.clone()))
-                .collect(),
+            tools: assistant.spec.tools.iter().map(|t| (t.name.clone(), t.clone())).collect(),
             knowledge: knowledge.zip(kb.map(|kb| kb.file_ids.clone())),
         }
     }
@@ -65,15 +54,11 @@ impl CallTools {
 impl ToolRunner for CallTools {
     fn call(&self, name: &str, arguments: &str) -> BoxFuture<'static, Result<Value, String>> {
         let Some(tool) = self.tools.get(name).cloned() else {
-            return futures_util::future::ready(Err(format!("there is no tool named `{name}`")))
-                .boxed();
+            return futures_util::future::ready(Err(format!("there is no tool named `{name}`"))).boxed();
         };
         let args: Value = match serde_json::from_str(arguments) {
             Ok(v) => v,
-            Err(_) => {
-                return futures_util::future::ready(Err("the arguments are not valid JSON".into()))
-                    .boxed();
-            }
+            Err(_) => return futures_util::future::ready(Err("the arguments are not valid JSON".into())).boxed(),
         };
         match tool.kind {
             ToolKind::Function => {
@@ -87,16 +72,9 @@ impl ToolRunner for CallTools {
             }
             ToolKind::KnowledgeQuery => {
                 let Some((knowledge, ids)) = self.knowledge.clone() else {
-                    return futures_util::future::ready(Err(
-                        "this assistant has no knowledge base".into(),
-                    ))
-                    .boxed();
+                    return futures_util::future::ready(Err("this assistant has no knowledge base".into())).boxed();
                 };
-                let query = args
-                    .get("query")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let query = args.get("query").and_then(Value::as_str).unwrap_or_default().to_string();
                 async move {
                     if query.trim().is_empty() {
                         return Err("give a `query` to search for".into());
@@ -107,19 +85,13 @@ impl ToolRunner for CallTools {
                 .boxed()
             }
             ToolKind::EndCall | ToolKind::TransferCall => {
-                futures_util::future::ready(Err("this tool is handled by the call itself".into()))
-                    .boxed()
+                futures_util::future::ready(Err("this tool is handled by the call itself".into())).boxed()
             }
         }
     }
 }
 
-async fn post(
-    http: &reqwest::Client,
-    secret: Option<&str>,
-    tool: &Tool,
-    body: Value,
-) -> Result<Value, String> {
+async fn post(http: &reqwest::Client, secret: Option<&str>, tool: &Tool, body: Value) -> Result<Value, String> {
     let url = tool.url.as_deref().ok_or("the tool has no url")?;
     let parsed = reqwest::Url::parse(url).map_err(|_| "the tool's url is not an absolute URL")?;
     if let Err(why) = voxgate_webhooks::outbound::check_host(&parsed) {
@@ -136,17 +108,12 @@ async fn post(
     }
     let started = std::time::Instant::now();
     let res = req.body(bytes).send().await;
-    let outcome = |o: &'static str| {
-        metrics::counter!("voxgate_tool_calls_total", "outcome" => o).increment(1)
-    };
+    let outcome = |o: &'static str| metrics::counter!("voxgate_tool_calls_total", "outcome" => o).increment(1);
     let mut res = match res {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
             outcome("timeout");
-            return Err(format!(
-                "the tool did not answer within {} ms",
-                tool.timeout_ms
-            ));
+            return Err(format!("the tool did not answer within {} ms", tool.timeout_ms));
         }
         Err(_) => {
             outcome("unreachable");
@@ -160,17 +127,12 @@ async fn post(
             Ok(Some(c)) if answer.len() + c.len() <= MAX_ANSWER => answer.extend_from_slice(&c),
             Ok(Some(_)) => {
                 outcome("too-large");
-                return Err(format!(
-                    "the tool's answer is larger than {MAX_ANSWER} bytes"
-                ));
+                return Err(format!("the tool's answer is larger than {MAX_ANSWER} bytes"));
             }
             Ok(None) => break,
             Err(e) if e.is_timeout() => {
                 outcome("timeout");
-                return Err(format!(
-                    "the tool did not answer within {} ms",
-                    tool.timeout_ms
-                ));
+                return Err(format!("the tool did not answer within {} ms", tool.timeout_ms));
             }
             Err(_) => {
                 outcome("failed");
@@ -185,9 +147,7 @@ async fn post(
     }
     outcome("ok");
     match serde_json::from_slice::<Value>(&answer) {
-        Ok(Value::Object(mut o)) if o.contains_key("result") => {
-            Ok(o.remove("result").unwrap_or(Value::Null))
-        }
+        Ok(Value::Object(mut o)) if o.contains_key("result") => Ok(o.remove("result").unwrap_or(Value::Null)),
         Ok(v) => Ok(v),
         // A plain-text answer is still an answer.
         Err(_) => Ok(Value::String(String::from_utf8_lossy(&answer).into_owned())),

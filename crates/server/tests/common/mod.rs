@@ -8,11 +8,11 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use voxgate_server::session::providers::{Fixed, ProviderFactory, Providers};
+use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_domain::key::{KeyKind, mint};
 use voxgate_server::config::ServeArgs;
 use voxgate_server::serve::{self, Running};
-use voxgate_server::session::providers::{Fixed, ProviderFactory, Providers};
-use voxgate_services::scripted::{ScriptedLlm, ScriptedStt, ToneTts};
 use voxgate_store::Store;
 use voxgate_testkit::TestDb;
 
@@ -40,40 +40,22 @@ impl TestServer {
     }
 
     /// A server with the given providers.
-    pub async fn start_with_providers(
-        db: TestDb,
-        providers: Providers,
-        tweak: impl FnOnce(&mut ServeArgs),
-    ) -> TestServer {
+    pub async fn start_with_providers(db: TestDb, providers: Providers, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
         TestServer::start_with_factory(db, Arc::new(Fixed(providers)), tweak).await
     }
 
     /// A server whose calls get their providers from `factory`.
-    pub async fn start_with_factory(
-        db: TestDb,
-        factory: Arc<dyn ProviderFactory>,
-        tweak: impl FnOnce(&mut ServeArgs),
-    ) -> TestServer {
+    pub async fn start_with_factory(db: TestDb, factory: Arc<dyn ProviderFactory>, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
         voxgate_server::init_crypto();
         let mut args = ServeArgs::for_tests(&db.url);
         args.drain_timeout = 5;
         tweak(&mut args);
-        let running = serve::start_with(args, factory)
-            .await
-            .expect("the server starts");
+        let running = serve::start_with(args, factory).await.expect("the server starts");
         let store = running.store.clone().expect("a role with a database");
         let login_code = running.login_code.clone();
         let m = mint("test admin", KeyKind::Private, vec![]);
         store.insert_key(&m.key).await.unwrap();
-        TestServer {
-            url: running.url(),
-            addr: running.addr,
-            admin: m.secret,
-            store,
-            running: Some(running),
-            login_code,
-            db,
-        }
+        TestServer { url: running.url(), addr: running.addr, admin: m.secret, store, running: Some(running), login_code, db }
     }
 
     pub fn http() -> reqwest::Client {
@@ -90,38 +72,23 @@ impl TestServer {
     }
 
     /// An `/agent` upgrade request with `key` in the `Authorization` header.
-    pub fn ws_with_key(
-        &self,
-        query: &str,
-        key: &str,
-    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    pub fn ws_with_key(&self, query: &str, key: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = self.ws_url(query).into_client_request().unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
         req
     }
 
     /// Mints a key straight into the store and returns its secret.
     pub async fn key(&self, kind: KeyKind, assistants: &[&str]) -> String {
-        let m = mint(
-            "test",
-            kind,
-            assistants.iter().map(|s| s.to_string()).collect(),
-        );
+        let m = mint("test", kind, assistants.iter().map(|s| s.to_string()).collect());
         self.store.insert_key(&m.key).await.unwrap();
         m.secret
     }
 
     /// Creates an assistant from a JSON body through the API and returns its id.
     pub async fn create_assistant(&self, body: Value) -> String {
-        let res = Self::http()
-            .post(self.at("/api/assistants"))
-            .bearer_auth(&self.admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let res = Self::http().post(self.at("/api/assistants")).bearer_auth(&self.admin).json(&body).send().await.unwrap();
         let status = res.status();
         let body: Value = res.json().await.unwrap();
         assert_eq!(status, 201, "{body}");
@@ -138,10 +105,7 @@ impl TestServer {
             .await
             .unwrap();
         assert_eq!(res.status(), 201);
-        res.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
     }
 
     /// Drains and stops the server.
@@ -155,24 +119,10 @@ impl TestServer {
 /// Asserts the error shape and returns the code.
 pub async fn error_code(res: reqwest::Response) -> (u16, String, Value) {
     let status = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body: Value = res
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({ct}): {e}"));
-    let code = body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error.code in {body}"))
-        .to_string();
-    assert!(
-        body["error"]["message"].is_string(),
-        "no error.message in {body}"
-    );
+    let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body: Value = res.json().await.unwrap_or_else(|e| panic!("status {status}: body is not JSON ({ct}): {e}"));
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string();
+    assert!(body["error"]["message"].is_string(), "no error.message in {body}");
     (status, code, body)
 }
 
@@ -195,13 +145,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an event within 10 s")
-        {
-            Some(Ok(Message::Text(t))) => {
-                return Some(serde_json::from_str(&t).expect("events are JSON"));
-            }
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an event within 10 s") {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("events are JSON")),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
             Some(Ok(_)) => {}
         }
@@ -213,9 +158,7 @@ pub async fn start_call<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Va
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    ws.send(Message::Text(START.into()))
-        .await
-        .expect("send start");
+    ws.send(Message::Text(START.into())).await.expect("send start");
     loop {
         let ev = next_event(ws).await.expect("the call starts");
         if ev["type"] == "call-started" {
@@ -226,12 +169,7 @@ where
 
 /// `text` spoken by espeak-ng into the WAV file `path` (22.05 kHz).
 pub fn espeak(path: &std::path::Path, text: &str) {
-    let status = std::process::Command::new("espeak-ng")
-        .arg("-w")
-        .arg(path)
-        .arg(text)
-        .status()
-        .expect("espeak-ng is installed (scripts/setup.sh)");
+    let status = std::process::Command::new("espeak-ng").arg("-w").arg(path).arg(text).status().expect("espeak-ng is installed (scripts/setup.sh)");
     assert!(status.success());
 }
 
@@ -251,19 +189,11 @@ pub fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
 
 /// `voxgate_websocket_connections` as `/api/metrics` reports it now (0 if absent).
 pub async fn live_gauge(s: &TestServer) -> f64 {
-    let res = TestServer::http()
-        .get(s.at("/api/metrics"))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap();
+    let res = TestServer::http().get(s.at("/api/metrics")).bearer_auth(&s.admin).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     text.lines()
-        .find(|l| {
-            l.starts_with("voxgate_websocket_connections ")
-                || l.starts_with("voxgate_websocket_connections{")
-        })
+        .find(|l| l.starts_with("voxgate_websocket_connections ") || l.starts_with("voxgate_websocket_connections{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .unwrap_or(0.0)
 }
@@ -278,12 +208,7 @@ pub async fn run_voxgate(args: &[&str], limit: Duration) -> std::process::Output
     }
     tokio::time::timeout(limit, cmd.output())
         .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "voxgate {} did not finish within {limit:?}",
-                args.first().unwrap_or(&"")
-            )
-        })
+        .unwrap_or_else(|_| panic!("voxgate {} did not finish within {limit:?}", args.first().unwrap_or(&"")))
         .expect("the voxgate binary runs")
 }
 
@@ -291,14 +216,8 @@ pub async fn run_voxgate(args: &[&str], limit: Duration) -> std::process::Output
 /// the server sent before it closed the socket.
 pub async fn error_before_close(s: &TestServer, assistant: &str) -> Value {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = s
-        .ws_url(&format!("assistantId={assistant}"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", s.admin).parse().unwrap(),
-    );
+    let mut req = s.ws_url(&format!("assistantId={assistant}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws.send(Message::Text(START.into())).await.unwrap();
     let mut error = None;
@@ -314,22 +233,11 @@ pub async fn error_before_close(s: &TestServer, assistant: &str) -> Value {
 pub async fn ended_call(s: &TestServer, call_id: &str, within: Duration) -> Value {
     let deadline = std::time::Instant::now() + within;
     loop {
-        let call: Value = TestServer::http()
-            .get(s.at(&format!("/api/calls/{call_id}")))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let call: Value = TestServer::http().get(s.at(&format!("/api/calls/{call_id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
         if call["status"] == "ended" {
             return call;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "call {call_id} has not ended after {within:?}: {call}"
-        );
+        assert!(std::time::Instant::now() < deadline, "call {call_id} has not ended after {within:?}: {call}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -339,21 +247,11 @@ pub async fn ended_call(s: &TestServer, call_id: &str, within: Duration) -> Valu
 /// replies have played (0: it waits for the server to end the call).
 pub async fn typed_call(s: &TestServer, assistant: &str, text: &str, replies: usize) -> Vec<Value> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = s
-        .ws_url(&format!("assistantId={assistant}"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", s.admin).parse().unwrap(),
-    );
+    let mut req = s.ws_url(&format!("assistantId={assistant}")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", s.admin).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let mut events = vec![start_call(&mut ws).await];
-    ws.send(Message::Text(
-        json!({ "type": "text", "text": text }).to_string().into(),
-    ))
-    .await
-    .unwrap();
+    ws.send(Message::Text(json!({ "type": "text", "text": text }).to_string().into())).await.unwrap();
     let mut stopped = 0;
     while let Some(e) = next_event(&mut ws).await {
         if e["type"] == "bot-speech-stopped" {

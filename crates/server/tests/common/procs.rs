@@ -18,9 +18,7 @@ use voxgate_store::{PoolOptions, Store};
 
 /// A migrated store on `url` with a new private key in it; returns the key's secret.
 pub async fn store_with_key(url: &str) -> (Store, String) {
-    let store = Store::connect(url, &PoolOptions::default())
-        .await
-        .expect("connect to the test database");
+    let store = Store::connect(url, &PoolOptions::default()).await.expect("connect to the test database");
     store.migrate().await.expect("migrate");
     let m = mint("fault test", KeyKind::Private, vec![]);
     store.insert_key(&m.key).await.unwrap();
@@ -40,47 +38,24 @@ impl Served {
     /// top; `dir` holds its log (appended to, so a restart keeps the first run's).
     pub async fn start(database_url: &str, dir: &Path, env: &[(&str, String)]) -> Served {
         let log = dir.join("voxgate.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_voxgate"));
         cmd.args(["serve", "--bind", "127.0.0.1:0", "--providers", "scripted"]);
-        for var in [
-            "RUST_LOG",
-            "ROLE",
-            "BIND",
-            "LOG_FORMAT",
-            "ALLOWED_ORIGINS",
-            "VOXGATE_KEY",
-            "INSTANCE_ID",
-            "CALL_WRITE_QUEUE",
-        ] {
+        for var in ["RUST_LOG", "ROLE", "BIND", "LOG_FORMAT", "ALLOWED_ORIGINS", "VOXGATE_KEY", "INSTANCE_ID", "CALL_WRITE_QUEUE"] {
             cmd.env_remove(var);
         }
-        cmd.env("DATABASE_URL", database_url)
-            .env("RECORDINGS_DIR", dir.join("rec"))
-            .env("FILES_DIR", dir.join("files"))
-            .env("LOG_LEVEL", "info");
+        cmd.env("DATABASE_URL", database_url).env("RECORDINGS_DIR", dir.join("rec")).env("FILES_DIR", dir.join("files")).env("LOG_LEVEL", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(file)).kill_on_drop(true);
         let mut child = cmd.spawn().expect("the voxgate binary starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
             .expect("voxgate prints where it listens within 60 s")
             .unwrap()
-            .unwrap_or_else(|| {
-                panic!(
-                    "voxgate exited at start; its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
+            .unwrap_or_else(|| panic!("voxgate exited at start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
         let url = first
             .strip_prefix("voxgate is listening on ")
             .and_then(|r| r.split_whitespace().next())
@@ -94,10 +69,7 @@ impl Served {
     /// SIGKILL: no drain, no flush, nothing written on the way out.
     pub async fn kill9(mut self) {
         self.child.start_kill().expect("SIGKILL");
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("the process dies")
-            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("the process dies").unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9), "{status}");
     }
@@ -105,16 +77,9 @@ impl Served {
     /// SIGTERM, and waits for the drain to finish.
     pub async fn stop(mut self) {
         let pid = self.child.id().expect("running") as i32;
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
+        let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
         assert!(ok);
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("the drain ends within 60 s")
-            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await.expect("the drain ends within 60 s").unwrap();
         assert!(status.success(), "exit {status}");
     }
 
@@ -129,12 +94,7 @@ impl Served {
 
     /// `/api/metrics` as text.
     pub async fn metrics(&self, key: &str) -> String {
-        let res = crate::common::TestServer::http()
-            .get(format!("{}/api/metrics", self.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        let res = crate::common::TestServer::http().get(format!("{}/api/metrics", self.url)).bearer_auth(key).send().await.unwrap();
         assert_eq!(res.status(), 200);
         res.text().await.unwrap()
     }
@@ -149,10 +109,7 @@ impl Served {
             .await
             .unwrap();
         assert_eq!(res.status(), 201);
-        res.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
     }
 }
 
@@ -165,8 +122,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A live call driven by typed text over the real `/agent` WebSocket.
 pub struct Caller {
@@ -182,48 +138,25 @@ pub struct Caller {
 impl Caller {
     /// Opens a call to `assistant` on the server at `base` (`http://...`).
     pub async fn open(base: &str, key: &str, assistant: &str) -> Caller {
-        let url = format!(
-            "{}/agent?assistantId={assistant}",
-            base.replacen("http", "ws", 1)
-        );
+        let url = format!("{}/agent?assistantId={assistant}", base.replacen("http", "ws", 1));
         let mut req = url.into_client_request().unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {key}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("the call opens");
+        req.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("the call opens");
         let (mut tx, rx) = ws.split();
-        tx.send(Message::Text(crate::common::START.into()))
-            .await
-            .unwrap();
-        let mut c = Caller {
-            tx,
-            rx,
-            id: String::new(),
-            completed: Vec::new(),
-            events: Vec::new(),
-        };
-        let started = c
-            .until(|e| e["type"] == "call-started", Duration::from_secs(20))
-            .await
-            .expect("call-started");
+        tx.send(Message::Text(crate::common::START.into())).await.unwrap();
+        let mut c = Caller { tx, rx, id: String::new(), completed: Vec::new(), events: Vec::new() };
+        let started = c.until(|e| e["type"] == "call-started", Duration::from_secs(20)).await.expect("call-started");
         c.id = started["callId"].as_str().unwrap().to_string();
         c
     }
 
     /// Events until one matches (audio skipped); `None` if the socket closes first.
-    pub async fn until(
-        &mut self,
-        done: impl Fn(&Value) -> bool,
-        within: Duration,
-    ) -> Option<Value> {
+    pub async fn until(&mut self, done: impl Fn(&Value) -> bool, within: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let m = tokio::time::timeout_at(deadline, self.rx.next())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!("no matching event within {within:?}; saw {:?}", self.events)
-                });
+                .unwrap_or_else(|_| panic!("no matching event within {within:?}; saw {:?}", self.events));
             match m {
                 Some(Ok(Message::Text(t))) => {
                     let e: Value = serde_json::from_str(&t).unwrap();
@@ -240,12 +173,7 @@ impl Caller {
 
     /// Types `text` without waiting for the reply.
     pub async fn send_text(&mut self, text: &str) {
-        self.tx
-            .send(Message::Text(
-                json!({"type": "text", "text": text}).to_string().into(),
-            ))
-            .await
-            .unwrap();
+        self.tx.send(Message::Text(json!({"type": "text", "text": text}).to_string().into())).await.unwrap();
     }
 
     /// One typed turn, up to its `latency` event (the turn is over and handed to the
@@ -253,10 +181,7 @@ impl Caller {
     pub async fn say(&mut self, text: &str) -> Value {
         self.send_text(text).await;
         let e = self
-            .until(
-                |e| e["type"] == "latency" || e["type"] == "error",
-                Duration::from_secs(30),
-            )
+            .until(|e| e["type"] == "latency" || e["type"] == "error", Duration::from_secs(30))
             .await
             .unwrap_or_else(|| panic!("the call ended during a turn: {:?}", self.events));
         if e["type"] == "latency" {
@@ -267,12 +192,8 @@ impl Caller {
 
     /// Hangs up and waits for `call-ended`.
     pub async fn end(mut self) -> Vec<Value> {
-        self.tx
-            .send(Message::Text(r#"{"type":"end"}"#.into()))
-            .await
-            .unwrap();
-        self.until(|e| e["type"] == "call-ended", Duration::from_secs(30))
-            .await;
+        self.tx.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+        self.until(|e| e["type"] == "call-ended", Duration::from_secs(30)).await;
         self.events
     }
 }
@@ -297,17 +218,8 @@ impl PrivatePg {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let base = dir.path().join("pg");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut pg = PrivatePg {
-            _dir: dir,
-            base,
-            port,
-            url: String::new(),
-        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut pg = PrivatePg { _dir: dir, base, port, url: String::new() };
         pg.url = pg.run("start");
         pg
     }
@@ -321,16 +233,8 @@ impl PrivatePg {
             .stdin(Stdio::null())
             .output()
             .expect("bash runs scripts/pg.sh");
-        assert!(
-            out.status.success(),
-            "pg.sh {what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string()
+        assert!(out.status.success(), "pg.sh {what}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string()
     }
 
     /// Stops the server (fast shutdown: its sessions are cut).
@@ -385,8 +289,6 @@ impl Caller {
                 },
             }
         }
-        self.until(is_end, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("the call ended during a turn: {:?}", self.events))
+        self.until(is_end, Duration::from_secs(30)).await.unwrap_or_else(|| panic!("the call ended during a turn: {:?}", self.events))
     }
 }

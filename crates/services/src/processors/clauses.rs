@@ -16,12 +16,7 @@ impl Processor for ClauseStage {
         "clauses"
     }
 
-    async fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> Result<(), PipelineError> {
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
         match (frame, dir) {
             (Frame::LlmText(t), Direction::Downstream) => {
                 for clause in self.agg.push(&t) {

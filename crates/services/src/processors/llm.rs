@@ -81,20 +81,9 @@ pub struct LlmStage {
 }
 
 impl LlmStage {
-    pub fn new(
-        llm: Arc<dyn Llm>,
-        tools: Option<Arc<dyn ToolRunner>>,
-        config: LlmConfig,
-    ) -> LlmStage {
+    pub fn new(llm: Arc<dyn Llm>, tools: Option<Arc<dyn ToolRunner>>, config: LlmConfig) -> LlmStage {
         let conversation = Arc::new(Mutex::new(Conversation::new(config.system_prompt.clone())));
-        LlmStage {
-            llm,
-            tools,
-            config: Arc::new(config),
-            conversation,
-            reply: TaskSlot::default(),
-            pending_user: false,
-        }
+        LlmStage { llm, tools, config: Arc::new(config), conversation, reply: TaskSlot::default(), pending_user: false }
     }
 
     /// The conversation, shared (for the call record and tests).
@@ -104,22 +93,12 @@ impl LlmStage {
 
     fn start_reply(&mut self, out: &Outlet) {
         self.pending_user = false;
-        let task = reply(
-            self.llm.clone(),
-            self.tools.clone(),
-            self.config.clone(),
-            self.conversation.clone(),
-            out.clone(),
-        );
-        self.reply.set(super::spawn_worker(
-            "language model",
-            out.clone(),
-            async move {
-                if let Err(e) = task.await {
-                    tracing::debug!(error = %e, "reply ended early");
-                }
-            },
-        ));
+        let task = reply(self.llm.clone(), self.tools.clone(), self.config.clone(), self.conversation.clone(), out.clone());
+        self.reply.set(super::spawn_worker("language model", out.clone(), async move {
+            if let Err(e) = task.await {
+                tracing::debug!(error = %e, "reply ended early");
+            }
+        }));
     }
 }
 
@@ -128,28 +107,17 @@ impl Processor for LlmStage {
         "llm"
     }
 
-    async fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> Result<(), PipelineError> {
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
         match (frame, dir) {
             (Frame::Transcript(t), Direction::Downstream) if t.is_final => {
                 if !t.text.trim().is_empty() {
-                    self.conversation
-                        .lock()
-                        .expect("conversation lock")
-                        .add_user(&t.text);
+                    self.conversation.lock().expect("conversation lock").add_user(&t.text);
                     self.pending_user = true;
                 }
                 out.down(Frame::Transcript(t)).await
             }
             (Frame::UserText(text), Direction::Downstream) => {
-                self.conversation
-                    .lock()
-                    .expect("conversation lock")
-                    .add_user(&text);
+                self.conversation.lock().expect("conversation lock").add_user(&text);
                 out.down(Frame::UserText(text)).await?;
                 self.start_reply(out);
                 Ok(())
@@ -162,16 +130,9 @@ impl Processor for LlmStage {
                 Ok(())
             }
             (Frame::Spoken(text), Direction::Upstream) => {
-                self.conversation
-                    .lock()
-                    .expect("conversation lock")
-                    .add_assistant(&text);
+                self.conversation.lock().expect("conversation lock").add_assistant(&text);
                 let lower = text.to_lowercase();
-                let said_end = self
-                    .config
-                    .end_call_phrases
-                    .iter()
-                    .any(|p| !p.is_empty() && lower.contains(&p.to_lowercase()));
+                let said_end = self.config.end_call_phrases.iter().any(|p| !p.is_empty() && lower.contains(&p.to_lowercase()));
                 out.up(Frame::Spoken(text)).await?;
                 if said_end {
                     out.down(Frame::End(EndReason::EndCallPhrase)).await?;
@@ -202,22 +163,12 @@ async fn reply(
     out.down(Frame::LlmResponseStart).await?;
     let knowledge = retrieve(&cfg, &convo, &out).await?;
     for _round in 0..MAX_TOOL_ROUNDS {
-        let mut request = convo.lock().expect("conversation lock").request(
-            &cfg.tools,
-            cfg.temperature,
-            cfg.max_tokens,
-        );
+        let mut request = convo.lock().expect("conversation lock").request(&cfg.tools, cfg.temperature, cfg.max_tokens);
         if let Some(k) = &knowledge {
             // Just before the caller's last words, for this reply only: the history
             // (and the local model's cached prefix) stays as it was.
-            let at = request
-                .messages
-                .iter()
-                .rposition(|m| m.role == Role::User)
-                .unwrap_or(request.messages.len());
-            request
-                .messages
-                .insert(at, ChatMessage::new(Role::System, k.clone()));
+            let at = request.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(request.messages.len());
+            request.messages.insert(at, ChatMessage::new(Role::System, k.clone()));
         }
         let started = Instant::now();
         let mut first = true;
@@ -228,17 +179,9 @@ async fn reply(
                 Ok(LlmEvent::Token(t)) => {
                     if first {
                         first = false;
-                        out.down(Frame::Metric {
-                            stage: Stage::LlmFirstToken,
-                            value: started.elapsed(),
-                        })
-                        .await?;
+                        out.down(Frame::Metric { stage: Stage::LlmFirstToken, value: started.elapsed() }).await?;
                         if let Some(wait) = llm.take_queue_wait().filter(|w| !w.is_zero()) {
-                            out.down(Frame::Metric {
-                                stage: Stage::QueueWait,
-                                value: wait,
-                            })
-                            .await?;
+                            out.down(Frame::Metric { stage: Stage::QueueWait, value: wait }).await?;
                         }
                     }
                     out.down(Frame::LlmText(t)).await?;
@@ -247,12 +190,7 @@ async fn reply(
                 Ok(LlmEvent::Done) => break,
                 Err(e) => {
                     e.log("the reply");
-                    out.up(Frame::Error {
-                        code: e.code(),
-                        message: e.to_string(),
-                        fatal: false,
-                    })
-                    .await?;
+                    out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: false }).await?;
                     break;
                 }
             }
@@ -267,46 +205,29 @@ async fn reply(
             tool_call_id: None,
         });
         for c in calls {
-            let arguments =
-                serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments.clone()));
-            out.down(Frame::ToolCall(ToolCall {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                arguments,
-            }))
-            .await?;
+            let arguments = serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments.clone()));
+            out.down(Frame::ToolCall(ToolCall { id: c.id.clone(), name: c.name.clone(), arguments })).await?;
             if cfg.end_call_tool.as_deref() == Some(c.name.as_str()) {
                 out.down(Frame::LlmResponseEnd).await?;
                 return out.down(Frame::End(EndReason::EndCallTool)).await;
             }
-            if let Some((_, destination)) =
-                cfg.transfer_tools.iter().find(|(name, _)| *name == c.name)
-            {
+            if let Some((_, destination)) = cfg.transfer_tools.iter().find(|(name, _)| *name == c.name) {
                 out.down(Frame::LlmResponseEnd).await?;
                 out.down(Frame::Transfer(destination.clone())).await?;
                 return out.down(Frame::End(EndReason::Transferred)).await;
             }
             let result = match &tools {
-                Some(runner) => {
-                    match tokio::time::timeout(cfg.tool_timeout, runner.call(&c.name, &c.arguments))
-                        .await
-                    {
-                        Ok(Ok(v)) => v,
-                        Ok(Err(e)) => serde_json::json!({ "error": e }),
-                        Err(_) => serde_json::json!({ "error": "the tool did not answer in time" }),
-                    }
-                }
+                Some(runner) => match tokio::time::timeout(cfg.tool_timeout, runner.call(&c.name, &c.arguments)).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => serde_json::json!({ "error": e }),
+                    Err(_) => serde_json::json!({ "error": "the tool did not answer in time" }),
+                },
                 None => serde_json::json!({ "error": "no tools are available" }),
             };
             let mut msg = ChatMessage::new(Role::Tool, result.to_string());
             msg.tool_call_id = Some(c.id.clone());
             convo.lock().expect("conversation lock").push(msg);
-            out.down(Frame::ToolResult(ToolResult {
-                id: c.id,
-                name: c.name,
-                content: result,
-            }))
-            .await?;
+            out.down(Frame::ToolResult(ToolResult { id: c.id, name: c.name, content: result })).await?;
         }
     }
     out.down(Frame::LlmResponseEnd).await
@@ -315,26 +236,14 @@ async fn reply(
 /// Searches the knowledge base for the caller's last words, within the budget, and
 /// returns the context message to add (none without a knowledge base, a match, or
 /// time). The time taken is the turn's `Retrieval` metric.
-async fn retrieve(
-    cfg: &LlmConfig,
-    convo: &Mutex<Conversation>,
-    out: &Outlet,
-) -> Result<Option<String>, PipelineError> {
-    let Some(retriever) = &cfg.retriever else {
-        return Ok(None);
-    };
+async fn retrieve(cfg: &LlmConfig, convo: &Mutex<Conversation>, out: &Outlet) -> Result<Option<String>, PipelineError> {
+    let Some(retriever) = &cfg.retriever else { return Ok(None) };
     let query = convo.lock().expect("conversation lock").last_user_text();
-    let Some(query) = query.filter(|q| !q.trim().is_empty()) else {
-        return Ok(None);
-    };
+    let Some(query) = query.filter(|q| !q.trim().is_empty()) else { return Ok(None) };
     // Tokio's clock, so tests on paused time see the budget exactly.
     let started = tokio::time::Instant::now();
     let found = tokio::time::timeout(cfg.retrieval_budget, retriever.retrieve(&query)).await;
-    out.down(Frame::Metric {
-        stage: Stage::Retrieval,
-        value: started.elapsed(),
-    })
-    .await?;
+    out.down(Frame::Metric { stage: Stage::Retrieval, value: started.elapsed() }).await?;
     let passages = match found {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -343,19 +252,14 @@ async fn retrieve(
         }
         Err(_) => {
             metrics::counter!("voxgate_retrieval_timeouts_total").increment(1);
-            tracing::warn!(
-                budget_ms = cfg.retrieval_budget.as_millis() as u64,
-                "knowledge search passed its budget; the reply goes on without it"
-            );
+            tracing::warn!(budget_ms = cfg.retrieval_budget.as_millis() as u64, "knowledge search passed its budget; the reply goes on without it");
             return Ok(None);
         }
     };
     if passages.is_empty() {
         return Ok(None);
     }
-    let mut text = String::from(
-        "Facts from the knowledge base that may help answer the caller (use them if relevant):\n",
-    );
+    let mut text = String::from("Facts from the knowledge base that may help answer the caller (use them if relevant):\n");
     for p in passages {
         text.push_str("- ");
         text.push_str(p.trim());

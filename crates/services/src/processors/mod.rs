@@ -14,30 +14,16 @@ pub mod tts;
 /// Spawns a stage's worker. A panic in it (a provider's bug) must not leave the
 /// call waiting for a reply that will never come: it becomes a fatal error, sent
 /// upstream, and the call ends (the panic itself is reported by the panic hook).
-pub(crate) fn spawn_worker<F>(
-    what: &'static str,
-    out: voxgate_pipeline::Outlet,
-    fut: F,
-) -> tokio::task::JoinHandle<()>
+pub(crate) fn spawn_worker<F>(what: &'static str, out: voxgate_pipeline::Outlet, fut: F) -> tokio::task::JoinHandle<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     use futures_util::FutureExt;
     tokio::spawn(async move {
-        if std::panic::AssertUnwindSafe(fut)
-            .catch_unwind()
-            .await
-            .is_err()
-        {
+        if std::panic::AssertUnwindSafe(fut).catch_unwind().await.is_err() {
             tracing::error!(worker = what, "a worker panicked; ending the call");
             let message = format!("the {what} failed unexpectedly");
-            let _ = out
-                .up(voxgate_frames::Frame::Error {
-                    code: "stage-failed",
-                    message,
-                    fatal: true,
-                })
-                .await;
+            let _ = out.up(voxgate_frames::Frame::Error { code: "stage-failed", message, fatal: true }).await;
         }
     })
 }

@@ -68,15 +68,7 @@ pub struct SttStage {
 impl SttStage {
     /// `rate` is the pipeline's input rate (16 kHz).
     pub fn new(stt: Arc<dyn Stt>, rate: u32) -> SttStage {
-        SttStage {
-            stt,
-            rate,
-            preroll: VecDeque::new(),
-            utterance: Vec::new(),
-            capturing: false,
-            streaming: None,
-            early: None,
-        }
+        SttStage { stt, rate, preroll: VecDeque::new(), utterance: Vec::new(), capturing: false, streaming: None, early: None }
     }
 
     /// The transcript of an early transcription, or `None` if it failed to run (a
@@ -108,10 +100,7 @@ impl SttStage {
             while let Some(ev) = events.next().await {
                 let res = match ev {
                     Ok(SttEvent::Partial(text)) if !text.trim().is_empty() => {
-                        let t = Transcript {
-                            text: text.trim().to_string(),
-                            is_final: false,
-                        };
+                        let t = Transcript { text: text.trim().to_string(), is_final: false };
                         match out.up(Frame::Transcript(t.clone())).await {
                             Ok(()) => out.down(Frame::Transcript(t)).await,
                             Err(e) => Err(e),
@@ -132,11 +121,7 @@ impl SttStage {
                 }
             }
         }));
-        self.streaming = Some(Streaming {
-            session,
-            finals,
-            reader,
-        });
+        self.streaming = Some(Streaming { session, finals, reader });
     }
 
     /// The turn's transcript: the streaming session's final one, or else the
@@ -146,9 +131,7 @@ impl SttStage {
             let res: Result<String, String> = match s.session.finish() {
                 Ok(()) => match tokio::time::timeout(FINAL_WAIT, s.finals.recv()).await {
                     Ok(Some(r)) => r,
-                    Ok(None) => {
-                        Err("the recognition session ended without a final transcript".into())
-                    }
+                    Ok(None) => Err("the recognition session ended without a final transcript".into()),
                     Err(_) => Err("no final transcript in time".into()),
                 },
                 Err(e) => Err(e.to_string()),
@@ -156,9 +139,7 @@ impl SttStage {
             s.reader.cancel();
             match res {
                 Ok(text) => return Ok(text),
-                Err(e) => {
-                    tracing::warn!(error = %e, "streaming recognition failed; transcribing the utterance")
-                }
+                Err(e) => tracing::warn!(error = %e, "streaming recognition failed; transcribing the utterance"),
             }
         }
         if audio.is_empty() {
@@ -177,18 +158,11 @@ impl Processor for SttStage {
         "stt"
     }
 
-    async fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> Result<(), PipelineError> {
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
         match (frame, dir) {
             (Frame::InputAudio(a), Direction::Downstream) => {
                 if self.capturing {
-                    let room = self
-                        .samples(MAX_UTTERANCE)
-                        .saturating_sub(self.utterance.len());
+                    let room = self.samples(MAX_UTTERANCE).saturating_sub(self.utterance.len());
                     let take = &a.samples[..a.samples.len().min(room)];
                     self.utterance.extend_from_slice(take);
                     if let Some(s) = &mut self.streaming
@@ -219,14 +193,8 @@ impl Processor for SttStage {
                 out.down(Frame::UserStartedSpeaking).await
             }
             (Frame::UserStoppedSpeaking, Direction::Downstream) => {
-                if self.capturing
-                    && self.streaming.is_none()
-                    && self.stt.speculative()
-                    && !self.utterance.is_empty()
-                {
-                    self.early = Some(Early(tokio::spawn(
-                        self.stt.transcribe(self.utterance.clone(), self.rate),
-                    )));
+                if self.capturing && self.streaming.is_none() && self.stt.speculative() && !self.utterance.is_empty() {
+                    self.early = Some(Early(tokio::spawn(self.stt.transcribe(self.utterance.clone(), self.rate))));
                 }
                 out.down(Frame::UserStoppedSpeaking).await
             }
@@ -247,42 +215,21 @@ impl Processor for SttStage {
                     };
                     match result {
                         Ok(text) => {
-                            out.down(Frame::Metric {
-                                stage: Stage::Stt,
-                                value: started.elapsed(),
-                            })
-                            .await?;
-                            if let Some(wait) = self.stt.take_queue_wait().filter(|w| !w.is_zero())
-                            {
-                                out.down(Frame::Metric {
-                                    stage: Stage::QueueWait,
-                                    value: wait,
-                                })
-                                .await?;
+                            out.down(Frame::Metric { stage: Stage::Stt, value: started.elapsed() }).await?;
+                            if let Some(wait) = self.stt.take_queue_wait().filter(|w| !w.is_zero()) {
+                                out.down(Frame::Metric { stage: Stage::QueueWait, value: wait }).await?;
                             }
                             let text = text.trim().to_string();
                             if !text.is_empty() {
-                                out.down(Frame::Transcript(Transcript {
-                                    text,
-                                    is_final: true,
-                                }))
-                                .await?;
+                                out.down(Frame::Transcript(Transcript { text, is_final: true })).await?;
                             }
                         }
                         Err(e) => {
                             e.log("transcription");
-                            out.up(Frame::Error {
-                                code: e.code(),
-                                message: e.to_string(),
-                                fatal: false,
-                            })
-                            .await?;
+                            let message = e.to_string();
+                            out.up(Frame::Error { code: e.code(), message: message.clone(), fatal: false }).await?;
                             // The turn happened: its record keeps it, without words.
-                            out.down(Frame::TranscriptionFailed {
-                                code: e.code(),
-                                message: e.to_string(),
-                            })
-                            .await?;
+                            out.down(Frame::TranscriptionFailed { code: e.code(), message }).await?;
                         }
                     }
                 }

@@ -31,11 +31,7 @@ pub struct TtsStage {
 
 impl TtsStage {
     pub fn new(tts: Arc<dyn Tts>) -> TtsStage {
-        TtsStage {
-            tts,
-            queue: None,
-            worker: TaskSlot::default(),
-        }
+        TtsStage { tts, queue: None, worker: TaskSlot::default() }
     }
 
     fn queue(&mut self, out: &Outlet) -> mpsc::Sender<Job> {
@@ -45,20 +41,13 @@ impl TtsStage {
             return q.clone();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        self.worker.set(super::spawn_worker(
-            "speech synthesis",
-            out.clone(),
-            work(self.tts.clone(), rx, out.clone()),
-        ));
+        self.worker.set(super::spawn_worker("speech synthesis", out.clone(), work(self.tts.clone(), rx, out.clone())));
         self.queue = Some(tx.clone());
         tx
     }
 
     async fn enqueue(&mut self, job: Job, out: &Outlet) -> Result<(), PipelineError> {
-        self.queue(out)
-            .send(job)
-            .await
-            .map_err(|_| PipelineError::Closed)
+        self.queue(out).send(job).await.map_err(|_| PipelineError::Closed)
     }
 }
 
@@ -67,20 +56,12 @@ impl Processor for TtsStage {
         "tts"
     }
 
-    async fn process(
-        &mut self,
-        frame: Frame,
-        dir: Direction,
-        out: &Outlet,
-    ) -> Result<(), PipelineError> {
+    async fn process(&mut self, frame: Frame, dir: Direction, out: &Outlet) -> Result<(), PipelineError> {
         match (frame, dir) {
-            (Frame::TtsText(text), Direction::Downstream) => {
-                self.enqueue(Job::Clause(text), out).await
+            (Frame::TtsText(text), Direction::Downstream) => self.enqueue(Job::Clause(text), out).await,
+            (frame @ (Frame::LlmResponseStart | Frame::LlmResponseEnd | Frame::End(_)), Direction::Downstream) => {
+                self.enqueue(Job::Forward(frame), out).await
             }
-            (
-                frame @ (Frame::LlmResponseStart | Frame::LlmResponseEnd | Frame::End(_)),
-                Direction::Downstream,
-            ) => self.enqueue(Job::Forward(frame), out).await,
             (frame, dir) => out.push(frame, dir).await,
         }
     }
@@ -115,22 +96,12 @@ async fn work(tts: Arc<dyn Tts>, mut rx: mpsc::Receiver<Job>, out: Outlet) {
                         Some(Ok(samples)) => {
                             if first_of_reply {
                                 first_of_reply = false;
-                                res = out
-                                    .down(Frame::Metric {
-                                        stage: Stage::TtsFirstAudio,
-                                        value: started.elapsed(),
-                                    })
-                                    .await;
+                                res = out.down(Frame::Metric { stage: Stage::TtsFirstAudio, value: started.elapsed() }).await;
                             }
                             if let Some(wait) = tts.take_queue_wait().filter(|w| !w.is_zero())
                                 && res.is_ok()
                             {
-                                res = out
-                                    .down(Frame::Metric {
-                                        stage: Stage::QueueWait,
-                                        value: wait,
-                                    })
-                                    .await;
+                                res = out.down(Frame::Metric { stage: Stage::QueueWait, value: wait }).await;
                             }
                             // 20 ms frames: the output stage paces one frame per step, so an
                             // interruption waits behind at most one frame, whatever the
@@ -139,20 +110,12 @@ async fn work(tts: Arc<dyn Tts>, mut rx: mpsc::Receiver<Job>, out: Outlet) {
                                 if res.is_err() {
                                     break;
                                 }
-                                res = out
-                                    .down(Frame::OutputAudio(AudioFrame::new(frame, rate)))
-                                    .await;
+                                res = out.down(Frame::OutputAudio(AudioFrame::new(frame, rate))).await;
                             }
                         }
                         Some(Err(e)) => {
                             e.log("speech synthesis");
-                            res = out
-                                .up(Frame::Error {
-                                    code: e.code(),
-                                    message: e.to_string(),
-                                    fatal: false,
-                                })
-                                .await;
+                            res = out.up(Frame::Error { code: e.code(), message: e.to_string(), fatal: false }).await;
                             break;
                         }
                         None => break,

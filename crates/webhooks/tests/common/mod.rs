@@ -54,12 +54,7 @@ pub struct Receiver {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, h: HeaderMap, body: Bytes) -> Response {
-    let get = |name: &str| {
-        h.get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let now = voxgate_domain::clock::now_ms() / 1000;
     let signature = h.get(headers::SIGNATURE).and_then(|v| v.to_str().ok());
     let signature_ok = verify(SECRET.as_bytes(), signature, &body, now, 300).is_ok()
@@ -73,10 +68,7 @@ async fn handle(State(shared): State<Arc<Shared>>, h: HeaderMap, body: Bytes) ->
             tokio::time::sleep(d).await;
             (200, StatusCode::OK.into_response())
         }
-        Mode::Redirect(to) => (
-            307,
-            (StatusCode::TEMPORARY_REDIRECT, [("location", to)]).into_response(),
-        ),
+        Mode::Redirect(to) => (307, (StatusCode::TEMPORARY_REDIRECT, [("location", to)]).into_response()),
     };
     shared.seen.lock().unwrap().push(Seen {
         id: get(headers::EVENT_ID),
@@ -93,11 +85,7 @@ impl Receiver {
     pub async fn start(mode: Mode) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut r = Receiver {
-            addr,
-            shared: Arc::default(),
-            running: None,
-        };
+        let mut r = Receiver { addr, shared: Arc::default(), running: None };
         r.set_mode(mode);
         r.serve(listener);
         r
@@ -116,16 +104,11 @@ impl Receiver {
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(handle))
-            .with_state(self.shared.clone());
+        let app = axum::Router::new().route("/hook", axum::routing::post(handle)).with_state(self.shared.clone());
         let token = CancellationToken::new();
         let stop = token.clone();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .unwrap();
+            axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap();
         });
         self.running = Some((token, task));
     }
@@ -133,10 +116,7 @@ impl Receiver {
     async fn stop(&mut self) {
         if let Some((token, mut task)) = self.running.take() {
             token.cancel();
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
                 task.abort();
             }
         }
@@ -192,10 +172,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
