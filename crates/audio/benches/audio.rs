@@ -127,16 +127,28 @@ fn main() {
     });
     row("mu-law decode 8k (160 samples)", ns, copy160);
 
-    let mut detector = EarshotDetector::new();
+    // The earshot model: the crate's own code (the baseline), then ours, one detector
+    // each, and ours again over 1,000 detectors in turn, as a server's calls use them.
     let frames256: Vec<&[i16]> = s16.chunks_exact(256).collect();
+    let mut theirs = earshot::Detector::default_boxed();
+    let crate_ns = ns_per_call(5_000, || {
+        black_box(theirs.predict_i16(black_box(frames256[k % frames256.len()])));
+        k += 1;
+    });
+    println!("{:<42} {crate_ns:>10.0} ns/call   (one 16 ms frame; the baseline of the next two)", "earshot crate predict_i16 (256 samples)");
+    let mut detector = EarshotDetector::new();
     let ns = ns_per_call(5_000, || {
         black_box(detector.confidence(black_box(frames256[k % frames256.len()])));
         k += 1;
     });
-    println!(
-        "{:<42} {ns:>10.0} ns/call   (one 16 ms earshot frame)",
-        "earshot predict_i16 (256 samples)"
-    );
+    println!("{:<42} {ns:>10.0} ns/call   x{:.2} of the crate's", "EarshotDetector (256 samples)", ns / crate_ns);
+    let mut many: Vec<EarshotDetector> = (0..1000).map(|_| EarshotDetector::new()).collect();
+    let ns = ns_per_call(20_000, || {
+        let d = &mut many[k % 1000];
+        black_box(d.confidence(black_box(frames256[(k / 1000) % frames256.len()])));
+        k += 1;
+    });
+    println!("{:<42} {ns:>10.0} ns/call   x{:.2} of the crate's", "EarshotDetector, 1,000 in turn", ns / crate_ns);
 
     let mut vad = VadMachine::earshot(VadParams::default()).expect("default params are valid");
     let mut events = Vec::with_capacity(4);

@@ -9,7 +9,7 @@ use common::noise;
 use voxgate_audio::resample::resample_all;
 use voxgate_audio::wav::read_wav_file;
 use voxgate_audio::{
-    AudioError, SampleRate, VadEvent, VadMachine, VadParams, VadState, VoiceDetector,
+    AudioError, EarshotDetector, SampleRate, VadEvent, VadMachine, VadParams, VadState, VoiceDetector,
 };
 
 /// Frames of 160 samples (10 ms at 16 kHz) scored from a script; runs out to 0.
@@ -335,4 +335,72 @@ fn silence_under_the_volume_floor_is_not_scored_past_a_short_dip() {
     assert_eq!(vad.detector().resets, 1);
     // Voiced from frame 50 (500 ms); start_ms 50 → speech at the end of frame 54.
     assert_eq!(events, vec![VadEvent::SpeechStarted { at_ms: 550 }]);
+}
+
+/// Frame by frame, our earshot scores and the earshot crate's own code's, over `audio`,
+/// with a reset of both halfway: (largest difference, frames, frames judged differently
+/// at 0.5 where the crate's score is not within 0.02 of it).
+fn against_the_crate(audio: &[i16]) -> (f32, usize, usize) {
+    let mut ours = EarshotDetector::new();
+    let mut theirs = earshot::Detector::default_boxed();
+    let frames: Vec<&[i16]> = audio.chunks_exact(256).collect();
+    let (mut worst, mut flips) = (0.0f32, 0);
+    for (i, frame) in frames.iter().enumerate() {
+        if i == frames.len() / 2 {
+            ours.reset();
+            theirs.reset();
+        }
+        let (a, b) = (ours.confidence(frame), theirs.predict_i16(frame));
+        assert!((0.0..=1.0).contains(&a), "score {a} out of range");
+        worst = worst.max((a - b).abs());
+        if (a >= 0.5) != (b >= 0.5) && (b - 0.5).abs() > 0.02 {
+            flips += 1;
+        }
+    }
+    (worst, frames.len(), flips)
+}
+
+#[test]
+fn our_earshot_scores_as_the_crate_does_on_speech_and_noise() {
+    let (speech, _) = spoken_phrase();
+    let mut loud = speech.clone();
+    loud.iter_mut().for_each(|s| *s = s.saturating_mul(4)); // clipped in places
+    let signals = [
+        ("speech", speech),
+        ("speech, 4x and clipped", loud),
+        ("white noise 0.02", noise(16000 * 2, 0.02, 7)),
+        ("white noise 0.3", noise(16000 * 2, 0.3, 8)),
+        ("a 440 Hz tone", common::sine(440.0, 16000, 2.0, 0.5)),
+        ("full-scale square", (0..32000).map(|i| if i / 40 % 2 == 0 { i16::MAX } else { i16::MIN }).collect()),
+        ("silence", vec![0; 16000]),
+    ];
+    for (name, audio) in signals {
+        let (worst, frames, flips) = against_the_crate(&audio);
+        println!("{name}: {frames} frames, largest difference {worst:.2e}, {flips} decisions differ");
+        // The FFTs round differently, in the last digits of a score; a decision never
+        // differs unless the score sits on the threshold.
+        assert!(worst < 1e-3, "{name}: scores differ by {worst}");
+        assert_eq!(flips, 0, "{name}");
+    }
+    // The voiced part of the phrase scores high in both.
+    let mut ours = EarshotDetector::new();
+    let (speech, _) = spoken_phrase();
+    let voiced = speech.chunks_exact(256).filter(|f| ours.confidence(f) >= 0.5).count();
+    assert!(voiced > 30, "only {voiced} voiced frames in the phrase");
+}
+
+#[test]
+fn a_frame_of_the_wrong_length_scores_zero_and_changes_nothing() {
+    let (speech, _) = spoken_phrase();
+    let frames: Vec<&[i16]> = speech.chunks_exact(256).collect();
+    let mut a = EarshotDetector::new();
+    let mut b = EarshotDetector::new();
+    for (i, f) in frames.iter().enumerate() {
+        if i % 7 == 0 {
+            assert_eq!(a.confidence(&f[..255]), 0.0);
+            assert_eq!(a.confidence(&[]), 0.0);
+            assert_eq!(a.confidence(&speech[..512]), 0.0);
+        }
+        assert_eq!(a.confidence(f).to_bits(), b.confidence(f).to_bits(), "frame {i}");
+    }
 }
