@@ -248,7 +248,7 @@ async fn admit(
 }
 
 /// The socket's read buffer: a few audio messages.
-const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 /// How long opening a call waits for its record to be written.
 const CALL_CREATE_WRITE: Duration = Duration::from_secs(5);
 /// How long a call's task waits for its record's end to be written.

@@ -229,7 +229,7 @@ const NO_NAGLE: bool = true;
 /// The socket's read buffer: a few reply messages (640 bytes of 16 kHz audio each).
 /// The buffer is zero-filled before every read: at tungstenite's 128 KiB default,
 /// that memset was 38 % of `voxgate bench`'s CPU at 600 calls.
-const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 
 pub(crate) async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Ws> {
     let mut req = url.into_client_request().with_context(|| format!("--url: {url} is not a valid WebSocket URL"))?;

@@ -251,17 +251,19 @@ fn score(s: &mut State, w: &mut Work) -> f32 {
         // SAFETY: the CPU has AVX2, checked just above.
         return unsafe { score_avx2(s, w) };
     }
-    score_inline(s, w)
+    score_inline::<false>(s, w)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn score_avx2(s: &mut State, w: &mut Work) -> f32 {
-    score_inline(s, w)
+    score_inline::<true>(s, w)
 }
 
+/// The score; `AVX2` (only from [`score_avx2`]) takes the minGRU's products with AVX2
+/// instructions.
 #[inline(always)]
-fn score_inline(s: &mut State, w: &mut Work) -> f32 {
+fn score_inline<const AVX2: bool>(s: &mut State, w: &mut Work) -> f32 {
     let m = &*MODEL;
     // The window, oldest slot first, then zeros to the FFT's size.
     let start = s.slot * EARSHOT_FRAME;
@@ -298,8 +300,8 @@ fn score_inline(s: &mut State, w: &mut Work) -> f32 {
     let l2 = layer2(m, &l1);
     let l3 = layer3(m, &l2);
     let (h1, h2) = s.hidden.split_at_mut(HIDDEN);
-    mingru::<80>(&l3, h1, &m.rnn1);
-    mingru::<HIDDEN>(h1, h2, &m.rnn2);
+    mingru::<80, AVX2>(&l3, h1, &m.rnn1);
+    mingru::<HIDDEN, AVX2>(h1, h2, &m.rnn2);
     let mut out = 0i32;
     for (h, w) in s.hidden.iter().zip(&m.output) {
         out = out.wrapping_add(i32::from(*h) * i32::from(*w)); // Q15 * Q9 = Q24
@@ -400,21 +402,72 @@ fn pointwise(dw: &[f32], ox: usize, cols: usize, weight_t: &[f32; CHANNELS * CHA
 /// One minGRU step in fixed point: candidate and gate from `x` (Q15) and the Q9 weights
 /// (`[2 * HIDDEN][N]`), then `h = (1 - g) h + g c`, back to Q15.
 #[inline(always)]
-fn mingru<const N: usize>(x: &[i16], h: &mut [i16], weight: &[i16]) {
+fn mingru<const N: usize, const AVX2: bool>(x: &[i16], h: &mut [i16], weight: &[i16]) {
     let x = &x[..N];
     let mut pre = [0i32; 2 * HIDDEN];
-    for (p, row) in pre.iter_mut().zip(weight.chunks_exact(N)) {
-        let mut o = 0i32;
-        for (a, b) in x.iter().zip(row) {
-            o = o.wrapping_add(i32::from(*a) * i32::from(*b)); // Q15 * Q9 = Q24
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is true only in `score_avx2`, which runs once AVX2 is detected.
+        unsafe { dots_avx2(x, weight, &mut pre) };
+    }
+    if !AVX2 || cfg!(not(target_arch = "x86_64")) {
+        for (p, row) in pre.iter_mut().zip(weight.chunks_exact(N)) {
+            let mut o = 0i32;
+            for (a, b) in x.iter().zip(row) {
+                o = o.wrapping_add(i32::from(*a) * i32::from(*b)); // Q15 * Q9 = Q24
+            }
+            *p = o;
         }
-        *p = o;
     }
     for (i, h) in h.iter_mut().enumerate().take(HIDDEN) {
         // The gate is scaled by 4 and clamped to [0, 1] in Q24.
         let g = i64::from(pre[HIDDEN + i].wrapping_shl(2).clamp(0, 16_777_215));
         let y = (16_777_215 - g) * (i64::from(*h) << 9) + g * i64::from(pre[i]); // Q48
         *h = (y >> 33).clamp(-32768, 32767) as i16;
+    }
+}
+
+/// `pre[d]` = row `d` of `weight` (`[2 * HIDDEN][x.len()]`) dot `x`, for a length that
+/// is a multiple of 16: 16 products at a time (`vpmaddwd` adds them in pairs, `vpaddd`
+/// the pairs; both wrap, as the scalar sums do, and wrapping sums are exact in any
+/// order), and eight rows' sums gathered into one vector at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dots_avx2(x: &[i16], weight: &[i16], pre: &mut [i32; 2 * HIDDEN]) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    assert!(n.is_multiple_of(16) && n <= 80 && weight.len() == 2 * HIDDEN * n);
+    let load = |v: &[i16]| {
+        let v: &[i16; 16] = v.try_into().expect("16 lanes");
+        // SAFETY: `v` is 16 readable i16 (32 bytes); the load is unaligned.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    };
+    let mut xs = [_mm256_setzero_si256(); 5];
+    for (v, c) in xs.iter_mut().zip(x.chunks_exact(16)) {
+        *v = load(c);
+    }
+    let xs = &xs[..n / 16];
+    for (rows, out) in weight.chunks_exact(8 * n).zip(pre.chunks_exact_mut(8)) {
+        let mut acc = [_mm256_setzero_si256(); 8];
+        for (a, row) in acc.iter_mut().zip(rows.chunks_exact(n)) {
+            for (xv, w) in xs.iter().zip(row.chunks_exact(16)) {
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*xv, load(w)));
+            }
+        }
+        // Lanes of acc[r]: r's partial sums. hadd pairs them within each 128-bit half.
+        let s01 = _mm256_hadd_epi32(acc[0], acc[1]);
+        let s23 = _mm256_hadd_epi32(acc[2], acc[3]);
+        let s45 = _mm256_hadd_epi32(acc[4], acc[5]);
+        let s67 = _mm256_hadd_epi32(acc[6], acc[7]);
+        let s0123 = _mm256_hadd_epi32(s01, s23);
+        let s4567 = _mm256_hadd_epi32(s45, s67);
+        // Rows 0-3 then 4-7, each half of the sum in one 128-bit lane: add the lanes.
+        let low = _mm256_permute2x128_si256::<0x20>(s0123, s4567);
+        let high = _mm256_permute2x128_si256::<0x31>(s0123, s4567);
+        let sums = _mm256_add_epi32(low, high);
+        let out: &mut [i32; 8] = out.try_into().expect("8 rows");
+        // SAFETY: `out` is 8 writable i32 (32 bytes); the store is unaligned.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), sums) };
     }
 }
 
@@ -442,7 +495,7 @@ mod tests {
         let (mut a, mut b) = (EarshotDetector::new(), EarshotDetector::new());
         let mut voiced = 0;
         for (i, frame) in audio.chunks_exact(EARSHOT_FRAME).enumerate() {
-            let (x, y) = (a.confidence_by(frame, score), b.confidence_by(frame, score_inline));
+            let (x, y) = (a.confidence_by(frame, score), b.confidence_by(frame, score_inline::<false>));
             assert_eq!(x.to_bits(), y.to_bits(), "frame {i}: {x} against {y}");
             voiced += usize::from(x >= 0.5);
         }
