@@ -14,7 +14,12 @@
 //!   3.8 KiB, and the buffers stay in cache from one call's frame to the next's;
 //! - every layer loops over its outputs innermost, so it vectorises, while each output
 //!   adds its terms in the crate's order (so rounds the same); and the network is
-//!   compiled a second time for AVX2, chosen at run time.
+//!   compiled a second time for AVX2, chosen at run time, where the minGRU's integer
+//!   products are AVX2 instructions written out (`dots_avx2`: integer sums, so
+//!   exactly the baseline build's).
+//!
+//! The weights file is the crate's, under its MIT license (`earshot-weights.LICENSE`):
+//! its copyright and permission notice go with it.
 //!
 //! The FFT's rounding differs from the crate's, so scores differ in the last digits; the
 //! crate stays a dev-dependency, and `tests/vad.rs` holds these scores to its on real
