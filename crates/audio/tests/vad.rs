@@ -377,9 +377,10 @@ fn our_earshot_scores_as_the_crate_does_on_speech_and_noise() {
     for (name, audio) in signals {
         let (worst, frames, flips) = against_the_crate(&audio);
         println!("{name}: {frames} frames, largest difference {worst:.2e}, {flips} decisions differ");
-        // The FFTs round differently, in the last digits of a score; a decision never
-        // differs unless the score sits on the threshold.
-        assert!(worst < 1e-3, "{name}: scores differ by {worst}");
+        // The FFTs round differently (realfft's rounding also depends on the SIMD it
+        // picks), in the last digits of a score: at most 1.1e-4 on these signals here. A
+        // decision never differs unless the score sits on the threshold.
+        assert!(worst < 5e-4, "{name}: scores differ by {worst}");
         assert_eq!(flips, 0, "{name}");
     }
     // The voiced part of the phrase scores high in both.

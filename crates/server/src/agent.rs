@@ -247,7 +247,8 @@ async fn admit(
         }))
 }
 
-/// The socket's read buffer: a few audio messages.
+/// The socket's read buffer: one 20 ms audio message at 48 kHz (1,934 bytes with its
+/// header), three at 16 kHz. Larger messages take several reads.
 const READ_BUFFER: usize = 2 * 1024;
 /// How long opening a call waits for its record to be written.
 const CALL_CREATE_WRITE: Duration = Duration::from_secs(5);

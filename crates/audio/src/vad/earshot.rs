@@ -124,8 +124,13 @@ impl Model {
             rnn1: (0..2 * HIDDEN * 80).map(|i| i16_at(q + i)).collect(),
             rnn2: (0..2 * HIDDEN * HIDDEN).map(|i| i16_at(q + 10_240 + i)).collect(),
             output: std::array::from_fn(|i| i16_at(q + 10_240 + 8_192 + i)),
-            // The periodic Hann window of 768.
-            hann: std::array::from_fn(|n| (0.5 - 0.5 * (std::f64::consts::TAU * n as f64 / WINDOW as f64).cos()) as f32),
+            // The periodic Hann window of 768, sin²(πn / 768), rounded as the crate's
+            // table was (each step to f32): exactly its values.
+            hann: std::array::from_fn(|n| {
+                let angle = (f64::from(std::f32::consts::PI) * n as f64 / WINDOW as f64) as f32;
+                let sin = f64::from(angle).sin() as f32;
+                sin * sin
+            }),
             mel,
             fft: RealFftPlanner::<f32>::new().plan_fft_forward(FFT_SIZE),
         }
@@ -248,27 +253,41 @@ impl EarshotDetector {
     }
 }
 
+/// Proof that the CPU runs AVX2 instructions: only [`Avx2::detect`] makes one.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Avx2(());
+
+impl Avx2 {
+    fn detect() -> Option<Avx2> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Avx2(()));
+        }
+        None
+    }
+}
+
 /// The score of the frame just added to `s`: the AVX2 build of [`score_inline`] on a CPU
 /// that has it, the baseline build otherwise.
 fn score(s: &mut State, w: &mut Work) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { score_avx2(s, w) };
+    match Avx2::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves the CPU has AVX2.
+        Some(avx2) => unsafe { score_avx2(s, w, avx2) },
+        _ => score_inline(s, w, None),
     }
-    score_inline::<false>(s, w)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn score_avx2(s: &mut State, w: &mut Work) -> f32 {
-    score_inline::<true>(s, w)
+fn score_avx2(s: &mut State, w: &mut Work, avx2: Avx2) -> f32 {
+    score_inline(s, w, Some(avx2))
 }
 
-/// The score; `AVX2` (only from [`score_avx2`]) takes the minGRU's products with AVX2
-/// instructions.
+/// The score; with `avx2`, the minGRU's products are AVX2 instructions.
 #[inline(always)]
-fn score_inline<const AVX2: bool>(s: &mut State, w: &mut Work) -> f32 {
+fn score_inline(s: &mut State, w: &mut Work, avx2: Option<Avx2>) -> f32 {
     let m = &*MODEL;
     // The window, oldest slot first, then zeros to the FFT's size.
     let start = s.slot * EARSHOT_FRAME;
@@ -305,8 +324,8 @@ fn score_inline<const AVX2: bool>(s: &mut State, w: &mut Work) -> f32 {
     let l2 = layer2(m, &l1);
     let l3 = layer3(m, &l2);
     let (h1, h2) = s.hidden.split_at_mut(HIDDEN);
-    mingru::<80, AVX2>(&l3, h1, &m.rnn1);
-    mingru::<HIDDEN, AVX2>(h1, h2, &m.rnn2);
+    mingru::<80>(&l3, h1, &m.rnn1, avx2);
+    mingru::<HIDDEN>(h1, h2, &m.rnn2, avx2);
     let mut out = 0i32;
     for (h, w) in s.hidden.iter().zip(&m.output) {
         out = out.wrapping_add(i32::from(*h) * i32::from(*w)); // Q15 * Q9 = Q24
@@ -407,21 +426,21 @@ fn pointwise(dw: &[f32], ox: usize, cols: usize, weight_t: &[f32; CHANNELS * CHA
 /// One minGRU step in fixed point: candidate and gate from `x` (Q15) and the Q9 weights
 /// (`[2 * HIDDEN][N]`), then `h = (1 - g) h + g c`, back to Q15.
 #[inline(always)]
-fn mingru<const N: usize, const AVX2: bool>(x: &[i16], h: &mut [i16], weight: &[i16]) {
+fn mingru<const N: usize>(x: &[i16], h: &mut [i16], weight: &[i16], avx2: Option<Avx2>) {
     let x = &x[..N];
     let mut pre = [0i32; 2 * HIDDEN];
-    #[cfg(target_arch = "x86_64")]
-    if AVX2 {
-        // SAFETY: `AVX2` is true only in `score_avx2`, which runs once AVX2 is detected.
-        unsafe { dots_avx2(x, weight, &mut pre) };
-    }
-    if !AVX2 || cfg!(not(target_arch = "x86_64")) {
-        for (p, row) in pre.iter_mut().zip(weight.chunks_exact(N)) {
-            let mut o = 0i32;
-            for (a, b) in x.iter().zip(row) {
-                o = o.wrapping_add(i32::from(*a) * i32::from(*b)); // Q15 * Q9 = Q24
+    match avx2 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token proves the CPU has AVX2.
+        Some(avx2) => unsafe { dots_avx2(avx2, x, weight, &mut pre) },
+        _ => {
+            for (p, row) in pre.iter_mut().zip(weight.chunks_exact(N)) {
+                let mut o = 0i32;
+                for (a, b) in x.iter().zip(row) {
+                    o = o.wrapping_add(i32::from(*a) * i32::from(*b)); // Q15 * Q9 = Q24
+                }
+                *p = o;
             }
-            *p = o;
         }
     }
     for (i, h) in h.iter_mut().enumerate().take(HIDDEN) {
@@ -438,10 +457,10 @@ fn mingru<const N: usize, const AVX2: bool>(x: &[i16], h: &mut [i16], weight: &[
 /// order), and eight rows' sums gathered into one vector at the end.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn dots_avx2(x: &[i16], weight: &[i16], pre: &mut [i32; 2 * HIDDEN]) {
+fn dots_avx2(_: Avx2, x: &[i16], weight: &[i16], pre: &mut [i32; 2 * HIDDEN]) {
     use std::arch::x86_64::*;
     let n = x.len();
-    assert!(n.is_multiple_of(16) && n <= 80 && weight.len() == 2 * HIDDEN * n);
+    debug_assert!(n.is_multiple_of(16) && n <= 80 && weight.len() == 2 * HIDDEN * n);
     let load = |v: &[i16]| {
         let v: &[i16; 16] = v.try_into().expect("16 lanes");
         // SAFETY: `v` is 16 readable i16 (32 bytes); the load is unaligned.
@@ -500,7 +519,7 @@ mod tests {
         let (mut a, mut b) = (EarshotDetector::new(), EarshotDetector::new());
         let mut voiced = 0;
         for (i, frame) in audio.chunks_exact(EARSHOT_FRAME).enumerate() {
-            let (x, y) = (a.confidence_by(frame, score), b.confidence_by(frame, score_inline::<false>));
+            let (x, y) = (a.confidence_by(frame, score), b.confidence_by(frame, |s, w| score_inline(s, w, None)));
             assert_eq!(x.to_bits(), y.to_bits(), "frame {i}: {x} against {y}");
             voiced += usize::from(x >= 0.5);
         }
