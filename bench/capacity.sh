@@ -9,7 +9,8 @@
 # MODE: pinned  the server on CPU 0, the load client on CPU 1 (what one core holds)
 #       shared  no pinning: server and client share the machine
 #       nginx   shared, through nginx (bench/capacity-nginx.conf.tmpl: the /agent
-#               directives of deploy/nginx, one upstream; nginx from Debian)
+#               directives of deploy/nginx, one upstream; nginx from Debian); also
+#               prints the nginx workers' CPU over the run
 # Environment: VOXGATE_BIN [target/release/voxgate], VOXGATE_CLIENT_BIN [the same; set
 # it to compare two servers under one load client], TURNS [3], RAMP [10].
 # The run's folder (server log, full bench output) is printed and kept under
@@ -57,7 +58,22 @@ KEY=$("$BIN" keys create --name capacity </dev/null | tail -n1 | tr -d '\r\t ')
 A=$(curl -fsS -X POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
     -d '{"name":"capacity","firstMessageMode":"user-speaks-first","endpointing":{"silenceMs":500}}' \
     "$URL/api/assistants" | grep -oE '"id":"[^"]*"' | head -n1 | cut -d'"' -f4)
+# CPU ticks (user + system) of the nginx workers, from /proc (fields 14 and 15 of stat).
+nginx_ticks() {
+    local total=0 pid
+    for pid in $(pgrep -P "$(cat "$T/nginx.pid")"); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+[ "$MODE" = nginx ] && { NT0=$(nginx_ticks); NW0=$(date +%s%N); }
 "${CP[@]}" "$CBIN" bench --url "$URL" --key "$KEY" --assistant "$A" --calls "$N" --turns "${TURNS:-3}" \
     --ramp "${RAMP:-10}" --server-pid "$SPID" >"$T/bench.txt" 2>"$T/bench.err" || true
 echo "== $MODE $N ($T)"
 grep -E "^calls|^turns|overhead|responseMs|jitter|client send lag|server   CPU|server   RSS|server   runtime|client   CPU|errors" "$T/bench.txt"
+if [ "$MODE" = nginx ]; then
+    NT1=$(nginx_ticks)
+    NW1=$(date +%s%N)
+    awk -v t=$((NT1 - NT0)) -v hz="$(getconf CLK_TCK)" -v ns=$((NW1 - NW0)) \
+        'BEGIN { printf "nginx    CPU %.1f %% of a core over the run (its workers)\n", 100 * t / hz / (ns / 1e9) }'
+fi
