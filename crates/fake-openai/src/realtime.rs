@@ -8,7 +8,8 @@
 //!   energy VAD on 10 ms frames: a loud frame starts speech
 //!   (`input_audio_buffer.speech_started`); `silence_duration_ms` of quiet ends it
 //!   (`speech_stopped`, `committed`, the scripted user transcript as
-//!   `conversation.item.input_audio_transcription.completed`, then a response unless
+//!   `conversation.item.input_audio_transcription.completed` (or `.failed`, see
+//!   [`Script::transcription_error`]), then a response unless
 //!   `create_response` is false). Speech during a response cancels it when
 //!   `interrupt_response` is not false;
 //! - `input_audio_buffer.commit` (manual turns): `committed` plus the transcript
@@ -118,6 +119,9 @@ pub struct Script {
     pub speech_rms: f64,
     /// End the socket after this many audio deltas of a response.
     pub cut: Option<(usize, Cut)>,
+    /// When set (`code`, `message`), every committed turn's transcription fails:
+    /// `conversation.item.input_audio_transcription.failed` instead of `completed`.
+    pub transcription_error: Option<(String, String)>,
 }
 
 impl Default for Script {
@@ -134,6 +138,7 @@ impl Default for Script {
             chunk_pause: Duration::from_millis(5),
             speech_rms: 0.01,
             cut: None,
+            transcription_error: None,
         }
     }
 }
@@ -522,8 +527,17 @@ impl Conn {
     fn committed(&mut self, item_id: String) {
         self.buffered = 0;
         self.send("input_audio_buffer.committed", json!({"previous_item_id": self.last_item, "item_id": item_id}));
-        let transcript = self.script().transcript;
-        self.send("conversation.item.input_audio_transcription.completed", json!({"item_id": item_id, "content_index": 0, "transcript": transcript}));
+        let script = self.script();
+        match script.transcription_error {
+            Some((code, message)) => self.send(
+                "conversation.item.input_audio_transcription.failed",
+                json!({"item_id": item_id, "content_index": 0, "error": {"type": "transcription_error", "code": code, "message": message, "param": null}}),
+            ),
+            None => self.send(
+                "conversation.item.input_audio_transcription.completed",
+                json!({"item_id": item_id, "content_index": 0, "transcript": script.transcript}),
+            ),
+        }
         self.last_item = Some(item_id);
     }
 

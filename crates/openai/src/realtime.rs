@@ -154,6 +154,10 @@ pub enum RealtimeEvent {
     /// What the caller said (`conversation.item.input_audio_transcription.completed`).
     /// May come after the answer started.
     UserTranscript { item_id: String, text: String },
+    /// The caller's audio of a turn could not be transcribed
+    /// (`conversation.item.input_audio_transcription.failed`); `message` says why.
+    /// The session stays open.
+    UserTranscriptFailed { item_id: String, code: String, message: String },
     /// An answer started (`response.created`).
     ResponseStarted { response_id: String },
     /// Answer audio, PCM16 at 24 kHz (`response.output_audio.delta`, beta
@@ -170,8 +174,8 @@ pub enum RealtimeEvent {
     ResponseDone { response_id: String, status: String },
     /// The server confirmed a [`RealtimeSender::truncate`] (`conversation.item.truncated`).
     Truncated { item_id: String, audio_end_ms: u64 },
-    /// An `error` event (or a failed user transcription). Not fatal: the session stays
-    /// open; the server sends it for a bad client event too.
+    /// An `error` event. Not fatal: the session stays open; the server sends it for a
+    /// bad client event too.
     ServerError { code: String, message: String },
     /// The session ended with a close frame (the server's, or the answer to
     /// [`RealtimeSender::close`]). The last item.
@@ -865,7 +869,8 @@ impl Parser {
                 let Some(text) = s(&value["transcript"]) else { return self.malformed(session, format!("{kind} without a transcript")) };
                 RealtimeEvent::UserTranscript { item_id: item_id(), text }
             }
-            "conversation.item.input_audio_transcription.failed" => RealtimeEvent::ServerError {
+            "conversation.item.input_audio_transcription.failed" => RealtimeEvent::UserTranscriptFailed {
+                item_id: item_id(),
                 code: s(&value["error"]["code"]).unwrap_or_else(|| "input_audio_transcription_failed".into()),
                 message: session.ep.redact(&format!("the caller's audio was not transcribed: {}", text_of(&value["error"]["message"]))),
             },

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fake::Fake;
 use fake::realtime::{Cut, Names, Push, audio_delta_event, error_event, pcm_b64, tone};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{Value, json};
 use voxgate_openai::{OpenAi, OpenAiConfig, RealtimeConfig, RealtimeEvent, RealtimeEvents, RealtimeSender, TurnDetection};
 use voxgate_services::ServiceError;
 
@@ -463,6 +463,25 @@ async fn garbage_is_skipped_or_named_never_a_panic() {
     let seen = next_marker(&mut events).await;
     let RealtimeEvent::ServerError { message, .. } = &seen[0] else { unreachable!() };
     assert!(!message.contains("SECRET") && message.contains("[redacted]"), "{message}");
+
+    // A failed transcription is its own event, with OpenAI's code (a default when the
+    // error object is missing) and the message, redacted.
+    let failed = |error: Value| Push::Text(json!({"type": "conversation.item.input_audio_transcription.failed", "item_id": "item_u1", "content_index": 0, "error": error}).to_string());
+    rt.push(failed(json!({"type": "transcription_error", "code": "audio_unintelligible", "message": format!("Audio not understood ({KEY})")})));
+    rt.push(failed(Value::Null));
+    rt.push(marker(4));
+    let seen = next_marker(&mut events).await;
+    let failures: Vec<(String, String, String)> = seen
+        .iter()
+        .filter_map(|e| match e {
+            RealtimeEvent::UserTranscriptFailed { item_id, code, message } => Some((item_id.clone(), code.clone(), message.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures.len(), 2, "{:?}", brief(&seen));
+    assert_eq!((failures[0].0.as_str(), failures[0].1.as_str()), ("item_u1", "audio_unintelligible"));
+    assert!(failures[0].2.contains("Audio not understood") && failures[0].2.contains("[redacted]") && !failures[0].2.contains("SECRET"), "{failures:?}");
+    assert_eq!(failures[1].1, "input_audio_transcription_failed");
 
     // Still a working session after all that.
     sender.user_text("Hello?").await.unwrap();

@@ -228,6 +228,52 @@ async fn a_barge_in_cancels_the_response_and_truncates_it_at_the_audio_played() 
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_the_session_could_not_transcribe_is_told_and_kept_in_the_record() {
+    let fake = Fake::start().await;
+    let rt = fake.realtime();
+    rt.set(|s| {
+        s.transcription_error = Some(("audio_unintelligible".into(), "The audio could not be transcribed.".into()));
+        s.reply_text = ANSWER.into();
+        s.reply_audio = tone(440.0, 0.4, 8000.0);
+    });
+    let (mut s, id) = server(&fake).await;
+    let mut ws = open(&s, &id).await;
+    let mut audio_in = speech("What is the capital of France?");
+    audio_in.extend(vec![0i16; 16_000]);
+    stream(&mut ws, &audio_in).await;
+    // The caller is told, and the model (which heard the audio itself) still answers.
+    let (events, _) = until(&mut ws, |e| e["type"] == "bot-speech-stopped").await;
+    let error = events.iter().find(|e| e["type"] == "error").unwrap_or_else(|| panic!("no error event: {events:?}"));
+    assert_eq!(error["code"], "provider-failed", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("The audio could not be transcribed."), "{error}");
+    assert_eq!(said(&events, "user"), "", "{events:?}");
+    assert_eq!(said(&events, "assistant"), ANSWER, "{events:?}");
+    ws.send(Message::Text(r#"{"type":"end"}"#.into())).await.unwrap();
+    until(&mut ws, |e| e["type"] == "call-ended").await;
+
+    // The record keeps the turn, without words and with why.
+    let http = TestServer::http();
+    let mut call = Value::Null;
+    for _ in 0..50 {
+        let list: Value = http.get(s.at("/api/calls")).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
+        let id = list["items"][0]["id"].as_str().unwrap().to_string();
+        call = http.get(s.at(&format!("/api/calls/{id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
+        if call["status"] == "ended" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let turns = call["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2, "{call}");
+    assert_eq!((turns[0]["role"].as_str(), turns[0]["text"].as_str()), (Some("user"), Some("")), "{call}");
+    assert_eq!(turns[0]["error"]["code"], "provider-failed", "{call}");
+    assert!(turns[0]["error"]["message"].as_str().unwrap().contains("audio_unintelligible"), "{call}");
+    assert_eq!((turns[1]["role"].as_str(), turns[1]["text"].as_str()), (Some("assistant"), Some(ANSWER)), "{call}");
+    assert!(turns[1].get("error").is_none(), "{call}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_realtime_session_that_cannot_start_ends_the_call_saying_why() {
     let fake = Fake::start().await;

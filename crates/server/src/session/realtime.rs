@@ -260,6 +260,16 @@ async fn read(mut events: RealtimeEvents, shared: Arc<Mutex<Shared>>, out: Outle
                 }
                 if ours { out.down(Frame::LlmResponseEnd).await } else { Ok(()) }
             }
+            Ok(RealtimeEvent::UserTranscriptFailed { code, message, .. }) => {
+                // The caller hears why (as from the cascade's transcriber), and the turn
+                // stays in the call's record, without words.
+                tracing::warn!(%code, %message, "the realtime session could not transcribe the caller");
+                let message = format!("realtime: {code}: {message}");
+                match out.up(Frame::Error { code: "provider-failed", message: message.clone(), fatal: false }).await {
+                    Ok(()) => out.down(Frame::TranscriptionFailed { code: "provider-failed", message }).await,
+                    Err(e) => Err(e),
+                }
+            }
             Ok(RealtimeEvent::ServerError { code, message }) => {
                 tracing::warn!(%code, %message, "the realtime session reported an error");
                 out.up(Frame::Error { code: "provider-failed", message: format!("realtime: {code}: {message}"), fatal: false }).await
