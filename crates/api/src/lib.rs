@@ -126,7 +126,11 @@ const REFUSED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5
 /// sending it (a browser uploading a file that is too big) reads its 413. Without
 /// this the connection closed with the body unread, the client's next write met a
 /// reset, and it saw a broken pipe instead of the answer.
-async fn body_limits(body_limit: usize, upload_limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+///
+/// A chunked body (no declared length) is refused only once the limit is read; its
+/// reading goes through [`relay_body`], so what the handler leaves unread is drained
+/// the same way.
+async fn body_limits(body_limit: usize, upload_limit: usize, mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use tower::{Layer, ServiceExt};
     let limit = if ratelimit::is_upload(req.method(), req.uri().path()) { upload_limit } else { body_limit };
     let declared = req
@@ -140,6 +144,10 @@ async fn body_limits(body_limit: usize, upload_limit: usize, req: axum::extract:
         }
         return ApiError::new(voxgate_domain::ErrorCode::PayloadTooLarge, "the body is larger than this endpoint accepts").into_response();
     }
+    if declared.is_none() && req.headers().contains_key(axum::http::header::TRANSFER_ENCODING) {
+        let body = std::mem::take(req.body_mut());
+        *req.body_mut() = relay_body(body);
+    }
     match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {
         Ok(res) => res.into_response(),
         Err(never) => match never {},
@@ -148,18 +156,46 @@ async fn body_limits(body_limit: usize, upload_limit: usize, req: axum::extract:
 
 /// Reads and drops a refused body of `declared` bytes, for [`REFUSED_DRAIN_TIME`] at most.
 async fn drain(body: axum::body::Body, declared: u64) {
+    drain_stream(body.into_data_stream(), declared).await;
+}
+
+/// Reads and drops what is left of `chunks`, up to `max` bytes and for
+/// [`REFUSED_DRAIN_TIME`] at most.
+async fn drain_stream(mut chunks: axum::body::BodyDataStream, max: u64) {
     use futures_util::StreamExt;
-    let mut chunks = body.into_data_stream();
     let _ = tokio::time::timeout(REFUSED_DRAIN_TIME, async {
         let mut read = 0u64;
         while let Some(Ok(chunk)) = chunks.next().await {
             read += chunk.len() as u64;
-            if read >= declared {
+            if read >= max {
                 break;
             }
         }
     })
     .await;
+}
+
+/// A body of unknown length, read by a task of its own and handed on through a small
+/// channel: when the handler lets go of it before its end (a 413 once the limit is
+/// read, or an early error), the task reads the rest and drops it (see [`drain`]), so
+/// a client still sending reads its answer instead of a reset.
+fn relay_body(body: axum::body::Body) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, axum::Error>>(2);
+    tokio::spawn(async move {
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() {
+                drain_stream(chunks, REFUSED_DRAIN_MAX).await;
+                return;
+            }
+            if failed {
+                return;
+            }
+        }
+    });
+    axum::body::Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }))
 }
 
 /// The `/api` router, with its state and every layer applied.

@@ -325,6 +325,37 @@ async fn a_client_still_sending_a_refused_body_reads_its_413() {
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&answer));
     assert_eq!(error_of(status, &headers, &answer), "payload_too_large");
 
+    // Chunked, with no declared length: refused once the limit is read, and the rest
+    // still read and dropped behind the answer.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        s.admin
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let chunk = |data: &[u8]| [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
+    c.write_all(&chunk(&body[..4096])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for part in body.chunks(64 * 1024) {
+        c.write_all(&chunk(part)).await.expect("the server reads the refused chunked body instead of resetting the connection");
+    }
+    c.write_all(b"0\r\n\r\n").await.expect("the last chunk too");
+    let (status, headers, answer) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut c)).await.expect("an answer");
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(error_of(status, &headers, &answer), "payload_too_large");
+
+    // A chunked body under the limit still gets through whole.
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let small = br#"{"name":"chunked and small"}"#;
+    c.write_all(head.as_bytes()).await.unwrap();
+    for part in small.chunks(5) {
+        c.write_all(&chunk(part)).await.unwrap();
+    }
+    c.write_all(b"0\r\n\r\n").await.unwrap();
+    let (status, _, answer) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut c)).await.expect("an answer");
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    assert!(String::from_utf8_lossy(&answer).contains("chunked and small"));
+
     // The same through reqwest, a few times: never a broken pipe.
     let http = TestServer::http();
     for _ in 0..5 {
