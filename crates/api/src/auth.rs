@@ -73,9 +73,15 @@ impl Principal {
 struct SupabaseClaims {
     sub: String,
     email: Option<String>,
-    /// An anonymous sign-in: never an administrator by its email.
-    #[serde(default)]
+    /// An anonymous sign-in: never an administrator by its email. Missing is false;
+    /// `null` (an issuer that does not say) counts as anonymous, so the email alone
+    /// makes no administrator; anything but a boolean or null is a bad token.
+    #[serde(default, deserialize_with = "null_is_anonymous")]
     is_anonymous: bool,
+}
+
+fn null_is_anonymous<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(true))
 }
 
 /// Checks tokens, with a short cache so a hot key costs no database round trip.

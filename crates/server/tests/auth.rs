@@ -625,6 +625,14 @@ async fn supabase_administrators_are_named_by_id_or_by_email() {
     assert_eq!(status(with(&|c| c["email"] = json!(""))).await, 403);
     // A malformed is_anonymous is a bad token, not an administrator.
     assert_eq!(status(with(&|c| c["is_anonymous"] = json!("no"))).await, 401);
+    // null (the issuer does not say): signed in, but not an administrator by email;
+    // by id still.
+    assert_eq!(status(with(&|c| c["is_anonymous"] = json!(null))).await, 403);
+    assert_eq!(status(with(&|c| {
+        c["is_anonymous"] = json!(null);
+        c["sub"] = json!("7d1e-admin-id");
+    }))
+    .await, 200);
 }
 
 #[tokio::test]
