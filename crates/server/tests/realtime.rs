@@ -78,6 +78,22 @@ fn said(events: &[Value], role: &str) -> String {
     all.join(" ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The newest call's record, once it is ended (or after 5 s, as it is then).
+async fn last_call_ended(s: &TestServer) -> Value {
+    let http = TestServer::http();
+    let mut call = Value::Null;
+    for _ in 0..50 {
+        let list: Value = http.get(s.at("/api/calls")).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
+        let id = list["items"][0]["id"].as_str().unwrap().to_string();
+        call = http.get(s.at(&format!("/api/calls/{id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
+        if call["status"] == "ended" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    call
+}
+
 /// Streams `samples` (16 kHz) in real time, 20 ms a message.
 async fn stream(ws: &mut Ws, samples: &[i16]) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -140,17 +156,7 @@ async fn typed_and_spoken_turns_are_answered_by_the_realtime_model() {
     until(&mut ws, |e| e["type"] == "call-ended").await;
 
     // The record: both turns of each side, the model's time on the assistant's turns.
-    let http = TestServer::http();
-    let mut call = Value::Null;
-    for _ in 0..50 {
-        let list: Value = http.get(s.at("/api/calls")).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
-        let id = list["items"][0]["id"].as_str().unwrap().to_string();
-        call = http.get(s.at(&format!("/api/calls/{id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
-        if call["status"] == "ended" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let call = last_call_ended(&s).await;
     let turns: Vec<(String, String)> = call["turns"]
         .as_array()
         .unwrap()
@@ -253,17 +259,7 @@ async fn a_turn_the_session_could_not_transcribe_is_told_and_kept_in_the_record(
     until(&mut ws, |e| e["type"] == "call-ended").await;
 
     // The record keeps the turn, without words and with why.
-    let http = TestServer::http();
-    let mut call = Value::Null;
-    for _ in 0..50 {
-        let list: Value = http.get(s.at("/api/calls")).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
-        let id = list["items"][0]["id"].as_str().unwrap().to_string();
-        call = http.get(s.at(&format!("/api/calls/{id}"))).bearer_auth(&s.admin).send().await.unwrap().json().await.unwrap();
-        if call["status"] == "ended" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let call = last_call_ended(&s).await;
     let turns = call["turns"].as_array().unwrap();
     assert_eq!(turns.len(), 2, "{call}");
     assert_eq!((turns[0]["role"].as_str(), turns[0]["text"].as_str()), (Some("user"), Some("")), "{call}");
