@@ -177,23 +177,30 @@ async fn drain_stream(mut chunks: axum::body::BodyDataStream, max: u64) {
 
 /// A body of unknown length, read by a task of its own and handed on through a small
 /// channel: when the handler lets go of it before its end (a 413 once the limit is
-/// read, or an early error), the task reads the rest and drops it (see [`drain`]), so
-/// a client still sending reads its answer instead of a reset.
+/// read, a 408, an early error), the task reads the rest and drops it, for
+/// [`REFUSED_DRAIN_TIME`] at most (see [`drain`]), so a client still sending reads its
+/// answer instead of a reset, and a client that stalls is let go of then.
 fn relay_body(body: axum::body::Body) -> axum::body::Body {
     use futures_util::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, axum::Error>>(2);
     tokio::spawn(async move {
         let mut chunks = body.into_data_stream();
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = tokio::select! {
+                chunk = chunks.next() => chunk,
+                // The handler let go while the client sends nothing.
+                () = tx.closed() => break,
+            };
+            let Some(chunk) = chunk else { return };
             let failed = chunk.is_err();
             if tx.send(chunk).await.is_err() {
-                drain_stream(chunks, REFUSED_DRAIN_MAX).await;
-                return;
+                break;
             }
             if failed {
                 return;
             }
         }
+        drain_stream(chunks, REFUSED_DRAIN_MAX).await;
     });
     axum::body::Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }))
 }

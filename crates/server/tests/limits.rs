@@ -242,6 +242,34 @@ async fn a_body_trickled_slower_than_the_request_timeout_gets_408() {
     assert_eq!(names, ["quick"]);
 }
 
+/// A chunked body that stops coming gets its 408 too, and its connection is closed
+/// soon after (what is left is waited for a few seconds at most), never held open by
+/// the task that reads a chunked body.
+#[tokio::test]
+async fn a_chunked_body_that_stalls_gets_408_and_its_connection_closes() {
+    let s = TestServer::start_with(TestDb::chosen().await, |a| a.request_timeout = 1).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n",
+        s.admin
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let (status, headers, body) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut c)).await.expect("an answer");
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(error_of(status, &headers, &body), "request_timeout");
+    let mut rest = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match c.read(&mut rest).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection is still open 15 s after its 408");
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413() {
     let s = TestServer::start_with(TestDb::chosen().await, |a| a.body_limit = 1024).await;
