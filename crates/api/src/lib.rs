@@ -145,8 +145,7 @@ async fn body_limits(body_limit: usize, upload_limit: usize, mut req: axum::extr
         return ApiError::new(voxgate_domain::ErrorCode::PayloadTooLarge, "the body is larger than this endpoint accepts").into_response();
     }
     if declared.is_none() && req.headers().contains_key(axum::http::header::TRANSFER_ENCODING) {
-        let body = std::mem::take(req.body_mut());
-        *req.body_mut() = relay_body(body);
+        *req.body_mut() = relay_body(std::mem::take(req.body_mut()));
     }
     match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {
         Ok(res) => res.into_response(),

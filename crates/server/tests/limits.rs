@@ -195,6 +195,19 @@ async fn read_response(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u16, Vec
     (status, headers, body)
 }
 
+/// The head of a chunked `POST /api/assistants` by `admin`; the chunks follow.
+fn chunked_post_head(admin: &str) -> String {
+    format!(
+        "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        admin
+    )
+}
+
+/// One chunk of a chunked body.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat()
+}
+
 fn error_of(status: u16, headers: &[(String, String)], body: &[u8]) -> String {
     let ct = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).unwrap_or("");
     assert!(ct.starts_with("application/json"), "status {status}: content-type {ct:?}");
@@ -249,11 +262,8 @@ async fn a_body_trickled_slower_than_the_request_timeout_gets_408() {
 async fn a_chunked_body_that_stalls_gets_408_and_its_connection_closes() {
     let s = TestServer::start_with(TestDb::chosen().await, |a| a.request_timeout = 1).await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
-    let head = format!(
-        "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n",
-        s.admin
-    );
-    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(chunked_post_head(&s.admin).as_bytes()).await.unwrap();
+    c.write_all(&chunk(br#"{"nam"#)).await.unwrap();
     let (status, headers, body) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut c)).await.expect("an answer");
     assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
     assert_eq!(error_of(status, &headers, &body), "request_timeout");
@@ -288,15 +298,9 @@ async fn a_body_over_the_limit_gets_413() {
     // Chunked, with no declared length: the limit applies as the body is read.
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let payload = serde_json::to_vec(&big).unwrap();
-    let mut req = format!(
-        "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-        s.admin
-    )
-    .into_bytes();
+    let mut req = chunked_post_head(&s.admin).into_bytes();
     for part in payload.chunks(512) {
-        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-        req.extend_from_slice(part);
-        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(&chunk(part));
     }
     req.extend_from_slice(b"0\r\n\r\n");
     c.write_all(&req).await.unwrap();
@@ -356,12 +360,8 @@ async fn a_client_still_sending_a_refused_body_reads_its_413() {
     // Chunked, with no declared length: refused once the limit is read, and the rest
     // still read and dropped behind the answer.
     let mut c = TcpStream::connect(s.addr).await.unwrap();
-    let head = format!(
-        "POST /api/assistants HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-        s.admin
-    );
+    let head = chunked_post_head(&s.admin);
     c.write_all(head.as_bytes()).await.unwrap();
-    let chunk = |data: &[u8]| [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
     c.write_all(&chunk(&body[..4096])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for part in body.chunks(64 * 1024) {
