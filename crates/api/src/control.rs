@@ -3,9 +3,9 @@
 //!
 //! The API checks the request and the call's record (it must be `in-progress`),
 //! then hands the message to [`CallControl`], which the binary implements: straight
-//! to the call when this process holds it, else to every agent instance through
-//! PostgreSQL `NOTIFY` (the instance that holds the call acts on it). The API never
-//! sees the call's session itself.
+//! to the call when this process holds it, else queued in PostgreSQL and announced
+//! to every agent instance with `NOTIFY` (the instance that holds the call takes
+//! it). The API never sees the call's session itself.
 
 use std::sync::Arc;
 
@@ -95,8 +95,8 @@ impl ControlMessage {
 pub enum Delivery {
     /// Handed to the call's session in this process.
     Local,
-    /// Announced to every agent instance (PostgreSQL `NOTIFY`); the one holding
-    /// the call acts on it.
+    /// Queued in PostgreSQL and announced to every agent instance (`NOTIFY`); the
+    /// one holding the call takes it.
     Notified,
     /// No instance this process can reach holds the call.
     NotLive,
@@ -118,7 +118,7 @@ impl Delivery {
 /// Hands control messages to live calls; implemented by the binary.
 pub trait CallControl: Send + Sync + 'static {
     /// Delivers `msg` to the call `call_id` (checked to be an id). An `Err` is an
-    /// outage (the database did not take the notification), logged by the caller.
+    /// outage (the database did not take the message), logged by the caller.
     fn deliver(&self, call_id: &str, msg: ControlMessage) -> BoxFuture<'_, Result<Delivery, String>>;
 }
 
@@ -131,8 +131,8 @@ pub struct ControlAccepted {
     pub call_id: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// `local` (this process holds the call) or `notified` (sent to the agent
-    /// instances through PostgreSQL).
+    /// `local` (this process holds the call) or `notified` (queued for the agent
+    /// instances in PostgreSQL, and announced).
     pub delivery: String,
 }
 

@@ -282,9 +282,9 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
     // The live calls of this process, and the way to them from the API.
     let registry = role.serves_agent().then(|| crate::session::registry::Registry::new(args.max_calls));
     let postgres = store.as_ref().is_some_and(|s| s.backend() == voxgate_store::Backend::Postgres);
-    if let (Some(registry), true) = (&registry, postgres) {
+    if let (Some(registry), Some(store), true) = (&registry, &store, postgres) {
         let ready = CancellationToken::new();
-        tokio::spawn(crate::session::control::listen(args.db.url(), registry.clone(), background.clone(), ready.clone()));
+        tokio::spawn(crate::session::control::listen(args.db.url(), store.clone(), registry.clone(), background.clone(), ready.clone()));
         // Calls opened before the listener is up would miss messages from other
         // instances: wait for it a little (not forever: the database may be slow).
         let _ = tokio::time::timeout(Duration::from_secs(5), ready.cancelled()).await;
@@ -302,7 +302,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
             api = api.with_webhooks(w.clone());
         }
         if role.serves_api() {
-            let control = crate::session::control::Control::new(registry.clone(), &args.db.url(), postgres).context("setting up call control")?;
+            let control = crate::session::control::Control::new(registry.clone(), Some(store.clone()), &args.db.url()).context("setting up call control")?;
             api = api.with_call_control(Arc::new(control));
         }
         let mount = if role.serves_api() { Mount::Full } else { Mount::OpsOnly };

@@ -175,3 +175,54 @@ async fn postgres_only_control_reaches_a_call_on_another_instance() {
     agent.drain().await.unwrap();
     api.stop().await;
 }
+
+/// A message queued for a call on another instance whose announcement never came
+/// (the agent's listening connection was down, or the `NOTIFY` failed) still
+/// reaches the call, from the agent's rescan of the queue, and only once. Needs
+/// PostgreSQL (`VOXGATE_TEST_POSTGRES_URL`, required in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_only_a_control_message_whose_announcement_was_lost_arrives_once() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("not run: cross-instance control needs PostgreSQL (set VOXGATE_TEST_POSTGRES_URL); SQLite is one process");
+        return;
+    };
+    let url = db.url.clone();
+    let (p, _) = providers(&[]);
+    let mut api = TestServer::start_with_providers(db, p.clone(), |a| a.role = Role::Api).await;
+    let mut args = ServeArgs::for_tests(&url);
+    args.role = Role::Agent;
+    args.drain_timeout = 5;
+    let agent = serve::start_with(args, Arc::new(Fixed(p))).await.expect("the agent starts");
+    let assistant = api.create_assistant(json!({"name": "Far away", "firstMessageMode": "user-speaks-first"})).await;
+    let (mut ws, call) = open(&agent.url(), &api.admin, &assistant).await;
+
+    // Queued as the API queues it, with no announcement.
+    api.store.queue_control(&call, r#"{"type":"say","text":"Queued while nobody listened."}"#).await.unwrap();
+    let heard = tokio::time::timeout(
+        voxgate_server::session::control::RESCAN * 3,
+        event(&mut ws, "transcript", |v| v["role"] == "assistant" && v["text"] == "Queued while nobody listened."),
+    )
+    .await;
+    assert!(heard.is_ok(), "the agent's rescan found the message");
+    assert!(api.store.calls_with_controls(60_000).await.unwrap().is_empty(), "taken from the queue");
+
+    // Two more rescans: nothing is said again.
+    tokio::time::sleep(voxgate_server::session::control::RESCAN * 2).await;
+    accepted(&api, &call, json!({"type": "end"})).await;
+    let mut again = 0;
+    loop {
+        let ev = next_event(&mut ws).await.expect("the call ends with call-ended");
+        if ev["type"] == "transcript" && ev["text"] == "Queued while nobody listened." {
+            again += 1;
+        }
+        if ev["type"] == "call-ended" {
+            break;
+        }
+    }
+    assert_eq!(again, 0, "said once");
+    let record = ended_call(&api, &call, ENDS_WITHIN).await;
+    let said = record["turns"].as_array().unwrap().iter().filter(|t| t["text"] == "Queued while nobody listened.").count();
+    assert_eq!(said, 1, "{record}");
+    agent.drain().await.unwrap();
+    api.stop().await;
+}

@@ -44,7 +44,7 @@ impl Sweep {
 }
 
 /// The database's current time in Unix milliseconds, as an SQL expression.
-fn db_now(backend: Backend) -> &'static str {
+pub(crate) fn db_now(backend: Backend) -> &'static str {
     match backend {
         // 'now' has millisecond precision; Julian day 2440587.5 is the Unix epoch.
         Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",

@@ -17,9 +17,11 @@
 //! - [`assistants`], [`keys`], [`calls`], [`files`]: one repository each.
 //! - [`instances`]: the agent instances' heartbeats, and the sweep that ends the
 //!   calls of one that died.
+//! - [`controls`]: control messages queued for the instance that holds a call.
 
 pub mod assistants;
 pub mod calls;
+pub mod controls;
 pub mod files;
 pub mod instances;
 pub mod keys;

@@ -46,6 +46,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0007_turn_errors.sql"),
         include_str!("../migrations/postgres/0007_turn_errors.sql"),
     ),
+    (
+        8,
+        "call controls",
+        include_str!("../migrations/sqlite/0008_call_controls.sql"),
+        include_str!("../migrations/postgres/0008_call_controls.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -161,6 +161,11 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Whether the call `call_id` is live here.
+    pub fn holds(&self, call_id: &str) -> bool {
+        self.calls.lock().expect("registry lock").contains_key(call_id)
+    }
+
     fn get(&self, call_id: &str) -> Option<Arc<Entry>> {
         self.calls.lock().expect("registry lock").get(call_id).cloned()
     }
