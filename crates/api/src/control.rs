@@ -139,7 +139,7 @@ pub struct ControlAccepted {
 /// Sends a control message to a live call.
 #[utoipa::path(post, path = "/api/calls/{id}/control", tag = "calls", params(("id" = String, Path)), request_body = ControlMessage,
     responses((status = 202, body = ControlAccepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn control(
     State(s): State<ApiState>,

@@ -137,6 +137,56 @@ impl Default for StageDeadlines {
     }
 }
 
+impl StageDeadlines {
+    /// The longest deadline a setting may give (an hour).
+    pub const MAX: Duration = Duration::from_secs(3600);
+
+    /// The defaults, with the stages named in `OPENAI_STT_DEADLINES`,
+    /// `OPENAI_LLM_DEADLINES` and `OPENAI_TTS_DEADLINES` replaced (see
+    /// [`StageDeadlines::from_vars`]).
+    pub fn from_env() -> Result<StageDeadlines, String> {
+        StageDeadlines::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// The defaults, with each stage whose variable `var` gives replaced. A value is
+    /// `FIRST_BYTE,IDLE,TOTAL` in seconds (decimals allowed), e.g. `30,15,120` for a
+    /// model server that is slow to start its answers; an empty value keeps the
+    /// stage's defaults. Each must be above 0 and at most [`StageDeadlines::MAX`],
+    /// and neither of the first two above the total.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<StageDeadlines, String> {
+        let mut d = StageDeadlines::default();
+        for (name, stage) in [("OPENAI_STT_DEADLINES", &mut d.stt), ("OPENAI_LLM_DEADLINES", &mut d.llm), ("OPENAI_TTS_DEADLINES", &mut d.tts)] {
+            if let Some(v) = var(name).filter(|v| !v.trim().is_empty()) {
+                *stage = Deadlines::parse(&v).map_err(|why| format!("{name}: {why}"))?;
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl Deadlines {
+    /// `FIRST_BYTE,IDLE,TOTAL` in seconds.
+    fn parse(v: &str) -> Result<Deadlines, String> {
+        const SHAPE: &str = "expected FIRST_BYTE,IDLE,TOTAL in seconds, e.g. 10,15,90";
+        let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+        let [first_byte, idle, total] = parts[..] else {
+            return Err(format!("{} values given; {SHAPE}", parts.len()));
+        };
+        let secs = |what: &str, s: &str| -> Result<Duration, String> {
+            let n: f64 = s.parse().map_err(|_| format!("{what} {s:?} is not a number; {SHAPE}"))?;
+            if !n.is_finite() || n <= 0.0 || n > StageDeadlines::MAX.as_secs_f64() {
+                return Err(format!("{what} {s:?} must be above 0 and at most {} seconds", StageDeadlines::MAX.as_secs()));
+            }
+            Ok(Duration::from_secs_f64(n))
+        };
+        let d = Deadlines { first_byte: secs("first byte", first_byte)?, idle: secs("idle", idle)?, total: secs("total", total)? };
+        if d.first_byte > d.total || d.idle > d.total {
+            return Err(format!("the first byte ({first_byte} s) and idle ({idle} s) deadlines cannot be longer than the total ({total} s)"));
+        }
+        Ok(d)
+    }
+}
+
 /// Retries made inside a provider, before it gives up and lets the caller decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -225,5 +275,52 @@ impl fmt::Debug for Overrides {
             .field("voice", &self.voice)
             .field("language", &self.language)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn stage_deadlines_come_from_the_environment() {
+        assert_eq!(StageDeadlines::from_vars(vars(&[])), Ok(StageDeadlines::default()));
+        assert_eq!(StageDeadlines::from_vars(vars(&[("OPENAI_LLM_DEADLINES", " ")])), Ok(StageDeadlines::default()));
+        let d = StageDeadlines::from_vars(vars(&[("OPENAI_LLM_DEADLINES", "30, 15,120"), ("OPENAI_TTS_DEADLINES", "0.5,0.25,1")])).unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(d.llm, Deadlines { first_byte: s(30), idle: s(15), total: s(120) });
+        assert_eq!(d.tts, Deadlines { first_byte: Duration::from_millis(500), idle: Duration::from_millis(250), total: s(1) });
+        assert_eq!(d.stt, StageDeadlines::default().stt, "a stage not named keeps its defaults");
+        assert_eq!(d.warm, StageDeadlines::default().warm);
+    }
+
+    #[test]
+    fn malformed_and_hostile_deadlines_are_refused_by_name() {
+        for (value, says) in [
+            ("30", "1 values given"),
+            ("30,15", "2 values given"),
+            ("1,2,3,4", "4 values given"),
+            (",,", "first byte \"\" is not a number"),
+            ("ten,15,90", "first byte \"ten\" is not a number"),
+            ("10,15s,90", "idle \"15s\" is not a number"),
+            ("0,15,90", "must be above 0"),
+            ("-1,15,90", "must be above 0"),
+            ("10,15,NaN", "must be above 0"),
+            ("10,15,inf", "must be above 0"),
+            ("10,15,1e300", "at most 3600 seconds"),
+            ("10,15,3600.5", "at most 3600 seconds"),
+            ("100,15,90", "cannot be longer than the total"),
+            ("10,150,90", "cannot be longer than the total"),
+            ("1\u{0},2,3", "is not a number"),
+        ] {
+            let err = StageDeadlines::from_vars(vars(&[("OPENAI_STT_DEADLINES", value)])).unwrap_err();
+            assert!(err.starts_with("OPENAI_STT_DEADLINES: "), "{value:?}: {err}");
+            assert!(err.contains(says), "{value:?}: {err}");
+        }
     }
 }

@@ -139,15 +139,17 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     start_with_pool(args, providers, pool).await
 }
 
-/// The OpenAI providers from `OPENAI_API_KEY` and `OPENAI_BASE_URL`, or why they
-/// cannot be set up (then only assistants that use them fail, each call saying why).
+/// The OpenAI providers from `OPENAI_API_KEY`, `OPENAI_BASE_URL` and the stages'
+/// `OPENAI_*_DEADLINES`, or why they cannot be set up (then only assistants that
+/// use them fail, each call saying why).
 fn openai_from_env() -> Result<voxgate_openai::OpenAi, String> {
-    let config = voxgate_openai::OpenAiConfig::from_env();
+    let mut config = voxgate_openai::OpenAiConfig::from_env();
     tracing::info!(base_url = %voxgate_openai::display_url(&config.base_url), key_set = config.api_key.is_some(), "OpenAI-compatible providers");
-    voxgate_openai::OpenAi::new(config).map_err(|e| {
-        tracing::error!(error = %e, "the OpenAI-compatible providers cannot be used");
-        e.to_string()
-    })
+    let built = voxgate_openai::StageDeadlines::from_env().and_then(|d| {
+        config.deadlines = d;
+        voxgate_openai::OpenAi::new(config).map_err(|e| e.to_string())
+    });
+    built.inspect_err(|e| tracing::error!(error = %e, "the OpenAI-compatible providers cannot be used"))
 }
 
 /// The local models: checks that every file is there (fetching what is missing,

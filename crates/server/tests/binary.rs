@@ -160,3 +160,32 @@ async fn serve_raises_its_open_files_limit_to_the_hard_one() {
     assert!(hard > 256, "the hard limit here is {hard}: nothing to raise");
     assert_eq!(soft, hard, "the soft limit was raised from 256");
 }
+
+/// `OPENAI_*_DEADLINES` reach the OpenAI providers: a malformed value leaves them
+/// unusable, and `GET /api/providers` says which variable and why (the rest of the
+/// server runs).
+#[tokio::test]
+async fn a_malformed_openai_deadline_is_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("v.db").display());
+    let created = Command::new(env!("CARGO_BIN_EXE_voxgate")).args(["keys", "create", "--name", "t"]).env("DATABASE_URL", &db).output().unwrap();
+    assert!(created.status.success());
+    let key = String::from_utf8(created.stdout).unwrap().trim_end().lines().last().unwrap().to_owned();
+    let http = TestServer::http();
+    for (value, error) in [
+        ("100,15,90", Some("OPENAI_LLM_DEADLINES: the first byte (100 s) and idle (15 s) deadlines cannot be longer than the total (90 s)")),
+        ("30,15,120", None),
+    ] {
+        let mut child = serve(
+            dir.path(),
+            &["--providers", "cloud"],
+            &[("OPENAI_LLM_DEADLINES", value.into()), ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1".into())],
+        );
+        let first = BufReader::new(child.stdout.take().unwrap()).lines().next().expect("a first line").unwrap();
+        let url = listening(&first).unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let info: serde_json::Value = http.get(format!("{url}/api/providers")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        assert_eq!(info["openai"]["error"].as_str(), error, "{value}: {info}");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(child.wait().unwrap().success());
+    }
+}

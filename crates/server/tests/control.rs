@@ -197,7 +197,7 @@ async fn postgres_only_a_control_message_whose_announcement_was_lost_arrives_onc
     let (mut ws, call) = open(&agent.url(), &api.admin, &assistant).await;
 
     // Queued as the API queues it, with no announcement.
-    api.store.queue_control(&call, r#"{"type":"say","text":"Queued while nobody listened."}"#).await.unwrap();
+    api.store.queue_control(&call, r#"{"type":"say","text":"Queued while nobody listened."}"#, 16).await.unwrap().expect("room");
     let heard = tokio::time::timeout(
         voxgate_server::session::control::RESCAN * 3,
         event(&mut ws, "transcript", |v| v["role"] == "assistant" && v["text"] == "Queued while nobody listened."),

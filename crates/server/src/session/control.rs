@@ -5,11 +5,12 @@
 //! PostgreSQL, the message is queued in the database
 //! ([`voxgate_store::Store::queue_control`]) and announced with
 //! `NOTIFY voxgate_call_control` (the call's id and the message's). Every agent
-//! instance [`listen`]s on that channel; the one holding the call takes the call's
-//! queued messages, which deletes them, and hands them to the call in the order
-//! they were queued.
+//! instance [`listen`]s on that channel; the one holding the call hands the call's
+//! queued messages to it in the order they were queued.
 //!
-//! Delivery is once: a message is taken by one instance, once. It is not lost
+//! Delivery is once: a message leaves the queue (one remover wins) only once room
+//! for it in the call's own queue is held, so it is neither handed over twice nor
+//! dropped on the way; one that cannot go yet waits in the database. It is not lost
 //! when the announcement is: PostgreSQL keeps no notification for a listener that
 //! is not connected, so an agent looks for queued messages of its calls when its
 //! listening connection opens (again) and every [`RESCAN`] besides. A message no
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use voxgate_api::control::{CallControl, ControlMessage, Delivery};
 use voxgate_store::Store;
 
-use super::registry::Registry;
+use super::registry::{Command, Registry};
 
 /// The PostgreSQL channel control messages are announced on.
 pub const CHANNEL: &str = "voxgate_call_control";
@@ -37,6 +38,9 @@ pub const RESCAN: Duration = Duration::from_secs(2);
 
 /// How long a queued message waits for the instance holding its call.
 pub const MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The most messages that may wait in the database for one call (more: 429).
+pub const MAX_QUEUED: i64 = 16;
 
 /// One notification: which call has a message queued (`id`), or (from an API of an
 /// earlier version, which queued nothing) the message itself.
@@ -86,7 +90,9 @@ impl CallControl for Control {
             };
             let Some((store, pool)) = &self.remote else { return Ok(Delivery::NotLive) };
             let message = serde_json::to_string(&msg).map_err(|e| e.to_string())?;
-            let id = store.queue_control(&call_id, &message).await.map_err(|e| e.to_string())?;
+            let Some(id) = store.queue_control(&call_id, &message, MAX_QUEUED).await.map_err(|e| e.to_string())? else {
+                return Ok(Delivery::Busy);
+            };
             let payload = serde_json::to_string(&Envelope { call_id, id: Some(id), message: None }).map_err(|e| e.to_string())?;
             // Queued: a lost announcement only delays the message to the next rescan.
             if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(&payload).execute(pool).await {
@@ -108,21 +114,51 @@ struct Taker {
 }
 
 impl Taker {
-    /// Takes the messages queued for `call_id` and hands them over, oldest first.
+    /// Hands the messages queued for `call_id` over, in order, each removed from
+    /// the queue as it goes (once room for it in the call's queue is held, so a
+    /// removed message is never dropped). What cannot go now stays queued for the
+    /// next rescan: the call's queue is full, or the database failed.
     async fn take(&self, call_id: &str) {
         let _turn = self.turn.lock().await;
-        let taken = match self.store.take_controls(call_id).await {
-            Ok(t) => t,
+        let queued = match self.store.queued_controls(call_id).await {
+            Ok(q) => q,
             Err(e) => {
-                // Still queued: the next rescan tries again.
-                tracing::warn!(error = %e, %call_id, "cannot take a call's control messages");
+                tracing::warn!(error = %e, %call_id, "cannot read a call's control messages; trying again later");
                 return;
             }
         };
-        for queued in taken {
-            match serde_json::from_str::<ControlMessage>(&queued.message) {
-                Ok(msg) if msg.validate().is_ok() => hand_over(&self.registry, call_id, msg),
-                _ => tracing::warn!(%call_id, id = %queued.id, "a queued control message is malformed; dropped"),
+        for q in queued {
+            let msg = match serde_json::from_str::<ControlMessage>(&q.message) {
+                Ok(msg) if msg.validate().is_ok() => Some(msg),
+                _ => None,
+            };
+            let room = match msg {
+                Some(_) => match self.registry.reserve(call_id) {
+                    Ok(room) => Some(room),
+                    Err(Delivery::Busy) => {
+                        tracing::warn!(%call_id, "a call's control queue is full; its messages wait");
+                        return;
+                    }
+                    // The call ended meanwhile: its messages expire.
+                    Err(_) => return,
+                },
+                None => None,
+            };
+            match self.store.remove_control(&q.id).await {
+                Ok(true) => {}
+                // Handed over already (by another taker).
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, %call_id, "cannot take a call's control message; trying again later");
+                    return;
+                }
+            }
+            match (msg, room) {
+                (Some(msg), Some(room)) => {
+                    room.send(Command::Control(msg));
+                    tracing::info!(%call_id, "control message delivered from another instance");
+                }
+                _ => tracing::warn!(%call_id, id = %q.id, "a queued control message is malformed; dropped"),
             }
         }
     }
@@ -158,18 +194,13 @@ impl Taker {
         }
         match (env.id, env.message) {
             (Some(_), _) => self.take(&env.call_id).await,
-            (None, Some(msg)) if msg.validate().is_ok() => hand_over(&self.registry, &env.call_id, msg),
+            (None, Some(msg)) if msg.validate().is_ok() => match self.registry.control(&env.call_id, msg) {
+                Delivery::Local => tracing::info!(call_id = %env.call_id, "control message delivered from another instance"),
+                Delivery::Busy => tracing::warn!(call_id = %env.call_id, "a call's control queue is full; message dropped"),
+                _ => {}
+            },
             _ => tracing::warn!("a call control notification is invalid; ignored"),
         }
-    }
-}
-
-fn hand_over(registry: &Registry, call_id: &str, msg: ControlMessage) {
-    match registry.control(call_id, msg) {
-        Delivery::Local => tracing::info!(%call_id, "control message delivered from another instance"),
-        Delivery::Busy => tracing::warn!(%call_id, "a call's control queue is full; message dropped"),
-        // The call ended meanwhile.
-        _ => {}
     }
 }
 
@@ -213,7 +244,7 @@ pub async fn listen(database_url: String, store: Store, registry: Registry, stop
                 continue;
             }
         };
-        pause = Duration::from_millis(100);
+        let opened = tokio::time::Instant::now();
         ready.cancel();
         tracing::info!(channel = CHANNEL, "listening for call control messages");
         // What was announced while this instance was not listening.
@@ -236,8 +267,22 @@ pub async fn listen(database_url: String, store: Store, registry: Registry, stop
                 }
             }
         }
+        // A connection that drops soon after opening (a proxy that cuts it, an idle
+        // timeout) is opened again after the growing pause, not at once.
+        if opened.elapsed() >= STEADY {
+            pause = Duration::from_millis(100);
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 }
+
+/// How long a listening connection must last for the next one to open at once.
+const STEADY: Duration = Duration::from_secs(10);
 
 /// Ends a task when its owner goes.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -282,6 +327,14 @@ mod tests {
         assert!(reg.commands.try_recv().is_ok());
     }
 
+    fn said(reg: &mut super::super::registry::Registration) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(Command::Control(m)) = reg.commands.try_recv() {
+            got.push(serde_json::to_string(&m).unwrap());
+        }
+        got
+    }
+
     #[tokio::test]
     async fn queued_messages_are_handed_over_once_and_malformed_ones_dropped() {
         let db = voxgate_testkit::TestDb::sqlite();
@@ -290,22 +343,53 @@ mod tests {
         let taker = Taker { store: store.clone(), registry: r.clone(), turn: Arc::default() };
         let call = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
         let mut reg = r.register(call).unwrap();
-        store.queue_control(call, r#"{"type":"say","text":"one"}"#).await.unwrap();
-        store.queue_control(call, r#"{"type":"say","text":""}"#).await.unwrap();
-        store.queue_control(call, "not json").await.unwrap();
-        store.queue_control(call, r#"{"type":"end"}"#).await.unwrap();
-        store.queue_control("another-instances-call", r#"{"type":"end"}"#).await.unwrap();
-        taker.rescan().await;
-        let mut got = Vec::new();
-        while let Ok(super::super::registry::Command::Control(m)) = reg.commands.try_recv() {
-            got.push(serde_json::to_string(&m).unwrap());
+        for m in [r#"{"type":"say","text":"one"}"#, r#"{"type":"say","text":""}"#, "not json", r#"{"type":"end"}"#] {
+            store.queue_control(call, m, MAX_QUEUED).await.unwrap().unwrap();
         }
-        assert_eq!(got, [r#"{"type":"say","text":"one"}"#, r#"{"type":"end"}"#]);
-        // Taken: a notification or another rescan hands nothing over again.
+        store.queue_control("another-instances-call", r#"{"type":"end"}"#, MAX_QUEUED).await.unwrap().unwrap();
+        taker.rescan().await;
+        assert_eq!(said(&mut reg), [r#"{"type":"say","text":"one"}"#, r#"{"type":"end"}"#]);
+        // Handed over: a notification or another rescan hands nothing over again.
         taker.notified(&format!(r#"{{"callId":"{call}","id":"x"}}"#)).await;
         taker.rescan().await;
-        assert!(reg.commands.try_recv().is_err());
+        assert!(said(&mut reg).is_empty());
         // Another instance's call keeps its message.
         assert_eq!(store.calls_with_controls(60_000).await.unwrap(), ["another-instances-call"]);
+    }
+
+    #[tokio::test]
+    async fn messages_for_a_call_whose_queue_is_full_wait_their_turn() {
+        let db = voxgate_testkit::TestDb::sqlite();
+        let store = db.store().await;
+        let r = Registry::new(4);
+        let taker = Taker { store: store.clone(), registry: r.clone(), turn: Arc::default() };
+        let call = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        let mut reg = r.register(call).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..MAX_QUEUED + 4 {
+            let m = format!(r#"{{"type":"say","text":"{i}"}}"#);
+            // The queue in the database holds MAX_QUEUED; the rest come back full.
+            let queued = store.queue_control(call, &m, MAX_QUEUED).await.unwrap();
+            assert_eq!(queued.is_some(), i < MAX_QUEUED, "{i}");
+            if queued.is_some() {
+                sent.push(m);
+            }
+        }
+        // The call's own queue is full before: nothing is taken from the database.
+        while r.control(call, ControlMessage::End {}) == Delivery::Local {}
+        taker.rescan().await;
+        assert_eq!(store.queued_controls(call).await.unwrap().len(), MAX_QUEUED as usize, "all still queued");
+        // Room for some: those go, in order, the rest wait.
+        let ends = said(&mut reg);
+        assert!(ends.iter().all(|e| e == r#"{"type":"end"}"#) && !ends.is_empty());
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            taker.rescan().await;
+            let more = said(&mut reg);
+            assert!(!more.is_empty(), "progress");
+            got.extend(more);
+        }
+        assert_eq!(got, sent, "every message once, in order");
+        assert!(store.queued_controls(call).await.unwrap().is_empty());
     }
 }

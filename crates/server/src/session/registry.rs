@@ -186,6 +186,16 @@ impl Registry {
         Ok(ResumeClaim { entry, hash })
     }
 
+    /// Room for one control message in a call's queue, held until used or dropped
+    /// (so what is taken from elsewhere for it can always be handed over).
+    pub fn reserve(&self, call_id: &str) -> Result<mpsc::OwnedPermit<Command>, Delivery> {
+        let Some(entry) = self.get(call_id) else { return Err(Delivery::NotLive) };
+        entry.commands.clone().try_reserve_owned().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Delivery::Busy,
+            mpsc::error::TrySendError::Closed(_) => Delivery::NotLive,
+        })
+    }
+
     /// Hands a control message to a call of this process.
     pub fn control(&self, call_id: &str, msg: ControlMessage) -> Delivery {
         let Some(entry) = self.get(call_id) else { return Delivery::NotLive };
