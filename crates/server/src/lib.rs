@@ -8,6 +8,7 @@
 //! - [`session`]: a call's pipeline and record.
 //! - [`ui`]: the embedded web app and `/config.json`.
 //! - [`headers`]: security headers.
+//! - [`idle`]: closes idle HTTP/2 connections.
 //! - [`instances`]: this agent instance's heartbeat, and the sweep that ends the
 //!   calls of an instance that died.
 //! - [`telemetry`]: logs and Sentry.
@@ -21,6 +22,7 @@ pub mod call;
 pub mod commands;
 pub mod config;
 pub mod headers;
+pub mod idle;
 pub mod instances;
 pub mod knowledge;
 pub mod models;

@@ -30,6 +30,7 @@ use voxgate_store::Store;
 
 use crate::agent::{self, AgentState};
 use crate::config::{ProvidersChoice, Role, ServeArgs};
+use crate::idle::IdleH2;
 use crate::ui::{self, UiConfig};
 
 /// How long a first-start login code works.
@@ -358,7 +359,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
     let handle: Handle<SocketAddr> = Handle::new();
     // Slow-header clients (slowloris), connections that send nothing, and idle
     // keep-alive connections (hyper times the next request's headers from the end
-    // of the last answer) are closed after this long.
+    // of the last answer; `IdleH2` does it for HTTP/2) are closed after this long.
     let header_timeout = Duration::from_secs(args.http_header_timeout_secs.max(1));
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = match (&args.tls_cert, &args.tls_key) {
@@ -367,7 +368,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
                 .await
                 .with_context(|| format!("loading TLS_CERT {} and TLS_KEY {}", cert.display(), key.display()))?;
             let mut server = axum_server::from_tcp(listener)?
-                .acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new()))
+                .acceptor(IdleH2::new(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new()), header_timeout))
                 .first_request_timeout(header_timeout)
                 .handle(handle.clone());
             server.http_builder().http1().header_read_timeout(Some(header_timeout));
@@ -375,7 +376,7 @@ async fn start_with_pool(args: ServeArgs, providers: Arc<dyn crate::session::Pro
         }
         _ => {
             let mut server = axum_server::from_tcp(listener)?
-                .acceptor(NoDelayAcceptor::new())
+                .acceptor(IdleH2::new(NoDelayAcceptor::new(), header_timeout))
                 .first_request_timeout(header_timeout)
                 .handle(handle.clone());
             server.http_builder().http1().header_read_timeout(Some(header_timeout));

@@ -506,3 +506,59 @@ async fn a_client_gone_without_closing_is_found_by_pings_and_a_quiet_one_is_not(
     .expect("the server closed the gone client's connection");
     assert!(!matches!(end, Some(Ok(_))), "{end:?}");
 }
+
+/// Opens an HTTP/2 connection with prior knowledge (h2c) to `addr`; the handle to
+/// send on it, and its connection task (it ends when the connection does).
+async fn h2c(addr: std::net::SocketAddr) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.expect("an h2c handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// `GET /api/health` on an HTTP/2 connection; its status.
+async fn h2_health(send: &h2::client::SendRequest<bytes::Bytes>, addr: std::net::SocketAddr) -> u16 {
+    let req = axum::http::Request::get(format!("http://{addr}/api/health")).body(()).unwrap();
+    let mut ready = send.clone().ready().await.expect("the connection is open");
+    let (answer, _) = ready.send_request(req, true).unwrap();
+    let answer = answer.await.expect("an answer");
+    let status = answer.status().as_u16();
+    let mut body = answer.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    status
+}
+
+/// HTTP/2 without TLS (h2c, prior knowledge): a connection with no request in
+/// flight and no traffic is closed once HTTP_HEADER_TIMEOUT_SECS passes, as an idle
+/// HTTP/1.1 keep-alive connection is; one in use stays open however long it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
+    let header_timeout = 1u64;
+    let s = TestServer::start_with(TestDb::chosen().await, |a| {
+        a.http_header_timeout_secs = header_timeout;
+        a.rate_limit_api = Rate0(None);
+        a.rate_limit_api_ip = Rate0(None);
+    })
+    .await;
+
+    // In use: a request every 400 ms for three idle limits, all on one connection.
+    let (busy, busy_conn) = h2c(s.addr).await;
+    let until = Instant::now() + Duration::from_secs(3 * header_timeout);
+    while Instant::now() < until {
+        assert_eq!(h2_health(&busy, s.addr).await, 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(!busy_conn.is_finished(), "a connection in use stays open");
+
+    // Idle: one request, then nothing.
+    let (idle, idle_conn) = h2c(s.addr).await;
+    assert_eq!(h2_health(&idle, s.addr).await, 200);
+    let quiet = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(header_timeout + 5), idle_conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection is closed");
+    let after = quiet.elapsed();
+    assert!(after >= Duration::from_millis(header_timeout * 1000 - 200), "closed after {after:?}, before the limit");
+    drop(busy);
+}
