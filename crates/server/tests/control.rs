@@ -141,24 +141,32 @@ async fn say_add_message_and_end_reach_a_call_in_this_process() {
     s.stop().await;
 }
 
+/// An `api` instance and an `agent` instance on one PostgreSQL database (the
+/// model answers `replies`), and an assistant; `None` without PostgreSQL (SQLite is
+/// one process: nothing to test).
+async fn api_and_agent(replies: &[&str]) -> Option<(TestServer, serve::Running, String)> {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("not run: cross-instance control needs PostgreSQL (set VOXGATE_TEST_POSTGRES_URL); SQLite is one process");
+        return None;
+    };
+    let url = db.url.clone();
+    let (p, _) = providers(replies);
+    let api = TestServer::start_with_providers(db, p.clone(), |a| a.role = Role::Api).await;
+    let mut args = ServeArgs::for_tests(&url);
+    args.role = Role::Agent;
+    args.drain_timeout = 5;
+    let agent = serve::start_with(args, Arc::new(Fixed(p))).await.expect("the agent starts");
+    let assistant = api.create_assistant(json!({"name": "Far away", "firstMessageMode": "user-speaks-first"})).await;
+    Some((api, agent, assistant))
+}
+
 /// An `api` instance and an `agent` instance on one PostgreSQL database: the call
 /// is on the agent, the control request goes to the API, and reaches the call
 /// through LISTEN/NOTIFY. Needs `VOXGATE_TEST_POSTGRES_URL` (required in CI); on
 /// SQLite there is one process, so there is nothing to test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_only_control_reaches_a_call_on_another_instance() {
-    let Some(db) = TestDb::postgres().await else {
-        eprintln!("not run: cross-instance control needs PostgreSQL (set VOXGATE_TEST_POSTGRES_URL); SQLite is one process");
-        return;
-    };
-    let url = db.url.clone();
-    let (p, _) = providers(&["Relayed answer."]);
-    let mut api = TestServer::start_with_providers(db, p.clone(), |a| a.role = Role::Api).await;
-    let mut args = ServeArgs::for_tests(&url);
-    args.role = Role::Agent;
-    args.drain_timeout = 5;
-    let agent = serve::start_with(args, Arc::new(Fixed(p))).await.expect("the agent starts");
-    let assistant = api.create_assistant(json!({"name": "Far away", "firstMessageMode": "user-speaks-first"})).await;
+    let Some((mut api, agent, assistant)) = api_and_agent(&["Relayed answer."]).await else { return };
     let (mut ws, call) = open(&agent.url(), &api.admin, &assistant).await;
 
     let answer = accepted(&api, &call, json!({"type": "say", "text": "Hello from the other side."})).await;
@@ -182,18 +190,7 @@ async fn postgres_only_control_reaches_a_call_on_another_instance() {
 /// PostgreSQL (`VOXGATE_TEST_POSTGRES_URL`, required in CI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_only_a_control_message_whose_announcement_was_lost_arrives_once() {
-    let Some(db) = TestDb::postgres().await else {
-        eprintln!("not run: cross-instance control needs PostgreSQL (set VOXGATE_TEST_POSTGRES_URL); SQLite is one process");
-        return;
-    };
-    let url = db.url.clone();
-    let (p, _) = providers(&[]);
-    let mut api = TestServer::start_with_providers(db, p.clone(), |a| a.role = Role::Api).await;
-    let mut args = ServeArgs::for_tests(&url);
-    args.role = Role::Agent;
-    args.drain_timeout = 5;
-    let agent = serve::start_with(args, Arc::new(Fixed(p))).await.expect("the agent starts");
-    let assistant = api.create_assistant(json!({"name": "Far away", "firstMessageMode": "user-speaks-first"})).await;
+    let Some((mut api, agent, assistant)) = api_and_agent(&[]).await else { return };
     let (mut ws, call) = open(&agent.url(), &api.admin, &assistant).await;
 
     // Queued as the API queues it, with no announcement.

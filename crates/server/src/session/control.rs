@@ -327,6 +327,19 @@ mod tests {
         assert!(reg.commands.try_recv().is_ok());
     }
 
+    const CALL: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    /// A queue on a new SQLite database, a registry holding the call `CALL`, its
+    /// taker, and the call's registration.
+    async fn setup() -> (voxgate_testkit::TestDb, Store, Registry, Taker, super::super::registry::Registration) {
+        let db = voxgate_testkit::TestDb::sqlite();
+        let store = db.store().await;
+        let r = Registry::new(4);
+        let taker = Taker { store: store.clone(), registry: r.clone(), turn: Arc::default() };
+        let reg = r.register(CALL).unwrap();
+        (db, store, r, taker, reg)
+    }
+
     fn said(reg: &mut super::super::registry::Registration) -> Vec<String> {
         let mut got = Vec::new();
         while let Ok(Command::Control(m)) = reg.commands.try_recv() {
@@ -337,12 +350,8 @@ mod tests {
 
     #[tokio::test]
     async fn queued_messages_are_handed_over_once_and_malformed_ones_dropped() {
-        let db = voxgate_testkit::TestDb::sqlite();
-        let store = db.store().await;
-        let r = Registry::new(4);
-        let taker = Taker { store: store.clone(), registry: r.clone(), turn: Arc::default() };
-        let call = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
-        let mut reg = r.register(call).unwrap();
+        let (_db, store, _, taker, mut reg) = setup().await;
+        let call = CALL;
         for m in [r#"{"type":"say","text":"one"}"#, r#"{"type":"say","text":""}"#, "not json", r#"{"type":"end"}"#] {
             store.queue_control(call, m, MAX_QUEUED).await.unwrap().unwrap();
         }
@@ -359,12 +368,8 @@ mod tests {
 
     #[tokio::test]
     async fn messages_for_a_call_whose_queue_is_full_wait_their_turn() {
-        let db = voxgate_testkit::TestDb::sqlite();
-        let store = db.store().await;
-        let r = Registry::new(4);
-        let taker = Taker { store: store.clone(), registry: r.clone(), turn: Arc::default() };
-        let call = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
-        let mut reg = r.register(call).unwrap();
+        let (_db, store, r, taker, mut reg) = setup().await;
+        let call = CALL;
         let mut sent = Vec::new();
         for i in 0..MAX_QUEUED + 4 {
             let m = format!(r#"{{"type":"say","text":"{i}"}}"#);
