@@ -70,7 +70,7 @@ nginx_ticks() {
 "${CP[@]}" "$CBIN" bench --url "$URL" --key "$KEY" --assistant "$A" --calls "$N" --turns "${TURNS:-3}" \
     --ramp "${RAMP:-10}" --server-pid "$SPID" >"$T/bench.txt" 2>"$T/bench.err" || true
 echo "== $MODE $N ($T)"
-grep -E "^calls|^turns|overhead|responseMs|jitter|client send lag|server   CPU|server   RSS|server   runtime|client   CPU|errors" "$T/bench.txt"
+grep -E "^calls|^turns|overhead|responseMs|jitter|client send lag|server   CPU|server   RSS|server   runtime|server   dropped|client   CPU|errors" "$T/bench.txt"
 if [ "$MODE" = nginx ]; then
     NT1=$(nginx_ticks)
     NW1=$(date +%s%N)

@@ -231,7 +231,7 @@ impl Call {
 
     fn describe(&self, fail: &Fail) -> String {
         let at = format!("{} {}", self.method, self.ep.shown(self.path));
-        let stage = self.stage.label();
+        let stage = self.stage.label().to_uppercase();
         match fail {
             Fail::Status { status, message, quota, .. } => {
                 let hint = match status {
@@ -243,9 +243,9 @@ impl Call {
                 format!("{at} answered {status}: {message}{hint}")
             }
             Fail::Connect(e) => format!("{at} failed: {e}"),
-            Fail::FirstByte(d) => format!("{at}: no reply within the first-byte deadline of {d:?} (deadlines.{stage}.first_byte)"),
-            Fail::Idle(d) => format!("{at}: the reply stalled for longer than {d:?} (deadlines.{stage}.idle)"),
-            Fail::Total(d) => format!("{at}: not finished within the total deadline of {d:?} (deadlines.{stage}.total)"),
+            Fail::FirstByte(d) => format!("{at}: no reply within the first-byte deadline of {d:?} (the first of OPENAI_{stage}_DEADLINES)"),
+            Fail::Idle(d) => format!("{at}: the reply stalled for longer than {d:?} (the second of OPENAI_{stage}_DEADLINES)"),
+            Fail::Total(d) => format!("{at}: not finished within the total deadline of {d:?} (the third of OPENAI_{stage}_DEADLINES)"),
             Fail::Cut(e) => format!("{at}: the reply broke off: {e}"),
             Fail::Malformed(e) => format!("{at}: malformed reply: {e}"),
             Fail::TooLarge { what, limit } => format!("{at}: the {what} exceeds the limit of {limit} bytes (limits)"),

@@ -138,6 +138,8 @@ impl Default for StageDeadlines {
 }
 
 impl StageDeadlines {
+    /// The shortest deadline a setting may give.
+    pub const MIN: Duration = Duration::from_millis(10);
     /// The longest deadline a setting may give (an hour).
     pub const MAX: Duration = Duration::from_secs(3600);
 
@@ -151,8 +153,8 @@ impl StageDeadlines {
     /// The defaults, with each stage whose variable `var` gives replaced. A value is
     /// `FIRST_BYTE,IDLE,TOTAL` in seconds (decimals allowed), e.g. `30,15,120` for a
     /// model server that is slow to start its answers; an empty value keeps the
-    /// stage's defaults. Each must be above 0 and at most [`StageDeadlines::MAX`],
-    /// and neither of the first two above the total.
+    /// stage's defaults. Each must be from [`StageDeadlines::MIN`] to
+    /// [`StageDeadlines::MAX`], and neither of the first two above the total.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<StageDeadlines, String> {
         let mut d = StageDeadlines::default();
         for (name, stage) in [("OPENAI_STT_DEADLINES", &mut d.stt), ("OPENAI_LLM_DEADLINES", &mut d.llm), ("OPENAI_TTS_DEADLINES", &mut d.tts)] {
@@ -174,8 +176,9 @@ impl Deadlines {
         };
         let secs = |what: &str, s: &str| -> Result<Duration, String> {
             let n: f64 = s.parse().map_err(|_| format!("{what} {s:?} is not a number; {SHAPE}"))?;
-            if !n.is_finite() || n <= 0.0 || n > StageDeadlines::MAX.as_secs_f64() {
-                return Err(format!("{what} {s:?} must be above 0 and at most {} seconds", StageDeadlines::MAX.as_secs()));
+            // Written so that NaN fails too.
+            if !(StageDeadlines::MIN.as_secs_f64()..=StageDeadlines::MAX.as_secs_f64()).contains(&n) {
+                return Err(format!("{what} {s:?} must be from 0.01 to {} seconds", StageDeadlines::MAX.as_secs()));
             }
             Ok(Duration::from_secs_f64(n))
         };
@@ -308,12 +311,14 @@ mod tests {
             (",,", "first byte \"\" is not a number"),
             ("ten,15,90", "first byte \"ten\" is not a number"),
             ("10,15s,90", "idle \"15s\" is not a number"),
-            ("0,15,90", "must be above 0"),
-            ("-1,15,90", "must be above 0"),
-            ("10,15,NaN", "must be above 0"),
-            ("10,15,inf", "must be above 0"),
-            ("10,15,1e300", "at most 3600 seconds"),
-            ("10,15,3600.5", "at most 3600 seconds"),
+            ("0,15,90", "must be from 0.01 to 3600 seconds"),
+            ("0.001,15,90", "must be from 0.01"),
+            ("1e-10,15,90", "must be from 0.01"),
+            ("-1,15,90", "must be from 0.01"),
+            ("10,15,NaN", "must be from 0.01"),
+            ("10,15,inf", "must be from 0.01"),
+            ("10,15,1e300", "to 3600 seconds"),
+            ("10,15,3600.5", "to 3600 seconds"),
             ("100,15,90", "cannot be longer than the total"),
             ("10,150,90", "cannot be longer than the total"),
             ("1\u{0},2,3", "is not a number"),

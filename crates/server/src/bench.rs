@@ -16,7 +16,10 @@
 //!   shows here first, and then its other numbers are not the server's);
 //! - errors: failed connects, `error` events, calls that did not end as asked,
 //!   turns without a reply;
-//! - with `--server-pid`, the server's CPU time and resident memory from `/proc`.
+//! - with `--server-pid`, the server's CPU time and resident memory from `/proc`;
+//! - with a `--key` that may read `/api/metrics`, the server's runtime lag and the
+//!   audio frames it dropped over the run (`voxgate_dropped_frames_total`); a
+//!   dropped frame makes the run fail, as a failed turn does.
 //!
 //! [`run`] prints a table (or JSON) and returns the [`BenchReport`].
 
@@ -150,15 +153,25 @@ struct LagScrape {
     buckets: Vec<(f64, f64)>,
     sum: f64,
     count: f64,
+    /// `voxgate_dropped_frames_total`, over every reason.
+    dropped: f64,
 }
 
 const LAG_METRIC: &str = "voxgate_runtime_lag_seconds";
+const DROPPED_METRIC: &str = "voxgate_dropped_frames_total";
 
 impl LagScrape {
     /// From the Prometheus text; `None` when the histogram is not there.
     fn parse(text: &str) -> Option<LagScrape> {
         let mut s = LagScrape::default();
         let mut seen = false;
+        // A counter never incremented is not exported: none is zero.
+        for line in text.lines().filter(|l| l.starts_with(DROPPED_METRIC)) {
+            let (series, value) = line.rsplit_once(' ')?;
+            if series == DROPPED_METRIC || series[DROPPED_METRIC.len()..].starts_with('{') {
+                s.dropped += value.trim().parse::<f64>().ok()?;
+            }
+        }
         for line in text.lines().filter(|l| l.starts_with(LAG_METRIC)) {
             let (series, value) = line.rsplit_once(' ')?;
             let value: f64 = value.trim().parse().ok()?;
@@ -178,6 +191,11 @@ impl LagScrape {
     }
 
     /// What happened between `before` and `self`.
+    /// Frames the server dropped between `before` and `self`.
+    fn dropped_since(&self, before: &LagScrape) -> u64 {
+        (self.dropped - before.dropped).max(0.0) as u64
+    }
+
     fn since(&self, before: &LagScrape) -> RuntimeLag {
         let wakes = (self.count - before.count).max(0.0);
         let earlier = |le: f64| before.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
@@ -250,6 +268,10 @@ pub struct BenchReport {
     pub server: Option<ServerUsage>,
     /// The server's runtime lag over the run, when `--key` may read `/api/metrics`.
     pub server_runtime_lag: Option<RuntimeLag>,
+    /// Frames the server dropped over the run (`voxgate_dropped_frames_total`:
+    /// caller audio its pipeline had no room for, reply audio for a lost socket),
+    /// when `--key` may read `/api/metrics`.
+    pub server_dropped_frames: Option<u64>,
     /// This process's CPU over the run, in % of one core.
     pub client_cpu_percent: f64,
     pub wall_secs: f64,
@@ -259,8 +281,12 @@ impl BenchReport {
     /// `None` when every call connected, every turn succeeded and every call ended
     /// as asked; otherwise what went wrong, in a sentence.
     pub fn problem(&self) -> Option<String> {
-        if self.connect_failed == 0 && self.turns_failed == 0 && self.ended_normally == self.calls && self.error_events == 0 {
+        let dropped = self.server_dropped_frames.unwrap_or(0);
+        if self.connect_failed == 0 && self.turns_failed == 0 && self.ended_normally == self.calls && self.error_events == 0 && dropped == 0 {
             return None;
+        }
+        if self.connect_failed == 0 && self.turns_failed == 0 && self.ended_normally == self.calls && self.error_events == 0 {
+            return Some(format!("the server dropped {dropped} audio frames"));
         }
         let first = self.errors.first().map(|(m, n)| format!("; most frequent: {m} (x{n})")).unwrap_or_default();
         Some(format!(
@@ -377,13 +403,14 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
     }
     let wall = started.elapsed();
     let usage = sampler.finish(args.calls).await;
-    let lag = match lag_before {
-        Some(before) => scrape_lag(&args.target.url, key).await.map(|after| after.since(&before)),
+    let scrapes = match lag_before {
+        Some(before) => scrape_lag(&args.target.url, key).await.map(|after| (before, after)),
         None => None,
     };
 
     let mut report = summarize(&args, &phrase, silence_ms, results, usage, wall);
-    report.server_runtime_lag = lag;
+    report.server_runtime_lag = scrapes.as_ref().map(|(before, after)| after.since(before));
+    report.server_dropped_frames = scrapes.as_ref().map(|(before, after)| after.dropped_since(before));
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
@@ -1094,6 +1121,9 @@ fn table(r: &BenchReport) -> String {
             l.over_20ms_percent.map(|p| format!(", {p:.2} % over 20 ms")).unwrap_or_default()
         );
     }
+    if let Some(n) = r.server_dropped_frames {
+        let _ = writeln!(s, "server   dropped frames {n}");
+    }
     let _ = writeln!(s, "client   CPU {:.1} % of a core", r.client_cpu_percent);
     if r.errors.is_empty() {
         let _ = writeln!(s, "errors   none");
@@ -1144,6 +1174,22 @@ mod tests {
         assert_eq!(LagScrape::parse("voxgate_other_seconds_count 3\n"), None);
         assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count three\n"), None);
         assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count\n"), None);
+        assert_eq!(after.dropped_since(&before), 0, "no counter exported: nothing dropped");
+    }
+
+    #[test]
+    fn dropped_frames_are_counted_over_every_reason_between_two_scrapes() {
+        let lag = "voxgate_runtime_lag_seconds_count 5\n";
+        let before = LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"detached\"}} 1\n")).unwrap();
+        let after = LagScrape::parse(&format!(
+            "{lag}# TYPE voxgate_dropped_frames_total counter\n\
+             voxgate_dropped_frames_total{{reason=\"detached\"}} 4\n\
+             voxgate_dropped_frames_total{{reason=\"pipeline-full\"}} 2\n\
+             voxgate_dropped_frames_totalx 99\n"
+        ))
+        .unwrap();
+        assert_eq!(after.dropped_since(&before), 5);
+        assert_eq!(LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"x\"}} many\n")), None, "garbled");
     }
 
     #[test]
