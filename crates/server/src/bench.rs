@@ -18,8 +18,9 @@
 //!   turns without a reply;
 //! - with `--server-pid`, the server's CPU time and resident memory from `/proc`;
 //! - with a `--key` that may read `/api/metrics`, the server's runtime lag and the
-//!   audio frames it dropped over the run (`voxgate_dropped_frames_total`); a
-//!   dropped frame makes the run fail, as a failed turn does.
+//!   frames it dropped over the run because it fell behind (a full pipeline or
+//!   writer); such a dropped frame makes the run fail, as a failed turn does. The
+//!   counters are the whole server's: run against a server no one else uses.
 //!
 //! [`run`] prints a table (or JSON) and returns the [`BenchReport`].
 
@@ -153,12 +154,14 @@ struct LagScrape {
     buckets: Vec<(f64, f64)>,
     sum: f64,
     count: f64,
-    /// `voxgate_dropped_frames_total`, over every reason.
+    /// Frames dropped because the server fell behind: `voxgate_dropped_frames_total`
+    /// for `pipeline-full` and `writer-full`, and `voxgate_pipeline_dropped_frames_total`.
     dropped: f64,
 }
 
 const LAG_METRIC: &str = "voxgate_runtime_lag_seconds";
 const DROPPED_METRIC: &str = "voxgate_dropped_frames_total";
+const STAGE_DROPPED_METRIC: &str = "voxgate_pipeline_dropped_frames_total";
 
 impl LagScrape {
     /// From the Prometheus text; `None` when the histogram is not there.
@@ -166,9 +169,20 @@ impl LagScrape {
         let mut s = LagScrape::default();
         let mut seen = false;
         // A counter never incremented is not exported: none is zero.
-        for line in text.lines().filter(|l| l.starts_with(DROPPED_METRIC)) {
-            let (series, value) = line.rsplit_once(' ')?;
-            if series == DROPPED_METRIC || series[DROPPED_METRIC.len()..].starts_with('{') {
+        for line in text.lines() {
+            let (series, value) = match line.rsplit_once(' ') {
+                Some((series, value)) if series.starts_with(DROPPED_METRIC) || series.starts_with(STAGE_DROPPED_METRIC) => (series, value),
+                _ => continue,
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let behind = match name {
+                // Only the server falling behind, not a client's doing (audio before
+                // `start`, a socket lost while the call waits for a resume).
+                DROPPED_METRIC => ["reason=\"pipeline-full\"", "reason=\"writer-full\""].iter().any(|r| labels.contains(r)),
+                STAGE_DROPPED_METRIC => true,
+                _ => false,
+            };
+            if behind {
                 s.dropped += value.trim().parse::<f64>().ok()?;
             }
         }
@@ -190,12 +204,12 @@ impl LagScrape {
         seen.then_some(s)
     }
 
-    /// What happened between `before` and `self`.
     /// Frames the server dropped between `before` and `self`.
     fn dropped_since(&self, before: &LagScrape) -> u64 {
         (self.dropped - before.dropped).max(0.0) as u64
     }
 
+    /// What happened between `before` and `self`.
     fn since(&self, before: &LagScrape) -> RuntimeLag {
         let wakes = (self.count - before.count).max(0.0);
         let earlier = |le: f64| before.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
@@ -268,9 +282,9 @@ pub struct BenchReport {
     pub server: Option<ServerUsage>,
     /// The server's runtime lag over the run, when `--key` may read `/api/metrics`.
     pub server_runtime_lag: Option<RuntimeLag>,
-    /// Frames the server dropped over the run (`voxgate_dropped_frames_total`:
-    /// caller audio its pipeline had no room for, reply audio for a lost socket),
-    /// when `--key` may read `/api/metrics`.
+    /// Frames the server dropped over the run because it fell behind
+    /// (`voxgate_dropped_frames_total` for `pipeline-full` and `writer-full`, and
+    /// `voxgate_pipeline_dropped_frames_total`), when `--key` may read `/api/metrics`.
     pub server_dropped_frames: Option<u64>,
     /// This process's CPU over the run, in % of one core.
     pub client_cpu_percent: f64,
@@ -1180,16 +1194,19 @@ mod tests {
     #[test]
     fn dropped_frames_are_counted_over_every_reason_between_two_scrapes() {
         let lag = "voxgate_runtime_lag_seconds_count 5\n";
-        let before = LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"detached\"}} 1\n")).unwrap();
+        let before = LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"pipeline-full\"}} 1\n")).unwrap();
         let after = LagScrape::parse(&format!(
             "{lag}# TYPE voxgate_dropped_frames_total counter\n\
-             voxgate_dropped_frames_total{{reason=\"detached\"}} 4\n\
-             voxgate_dropped_frames_total{{reason=\"pipeline-full\"}} 2\n\
+             voxgate_dropped_frames_total{{reason=\"detached\"}} 40\n\
+             voxgate_dropped_frames_total{{reason=\"audio-before-start\"}} 7\n\
+             voxgate_dropped_frames_total{{reason=\"pipeline-full\"}} 4\n\
+             voxgate_dropped_frames_total{{reason=\"writer-full\"}} 2\n\
+             voxgate_pipeline_dropped_frames_total{{stage=\"tts\",frame=\"metric\"}} 1\n\
              voxgate_dropped_frames_totalx 99\n"
         ))
         .unwrap();
-        assert_eq!(after.dropped_since(&before), 5);
-        assert_eq!(LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"x\"}} many\n")), None, "garbled");
+        assert_eq!(after.dropped_since(&before), 6, "the server falling behind; not the clients' doing");
+        assert_eq!(LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"writer-full\"}} many\n")), None, "garbled");
     }
 
     #[test]

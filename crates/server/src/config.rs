@@ -178,8 +178,9 @@ pub struct CallArgs {
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Overhead = arrival of a reply's first audio frame - (send time of the frame holding the \
 phrase's last voiced sample + the assistant's endpointing silence): the time the platform adds. Run the server with \
-`--providers scripted` so the models add nothing. Exit status: 0 when every turn of every call succeeded; 1 otherwise \
-(the report is printed either way).")]
+`--providers scripted` so the models add nothing. Exit status: 0 when every turn of every call succeeded and (with a \
+key that may read /api/metrics) the server dropped no frame for falling behind; 1 otherwise (the report is printed \
+either way).")]
 pub struct BenchArgs {
     #[command(flatten)]
     pub target: Target,

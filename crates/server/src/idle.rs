@@ -5,15 +5,17 @@
 //! or h2 over TLS) has no such timer in hyper: a client could open connections,
 //! make one request on each, and hold them open for ever. So every connection is
 //! wrapped here: one whose first bytes are the HTTP/2 client preface is closed once
-//! no request of it has been in flight for the idle limit (`HTTP_HEADER_TIMEOUT_SECS`,
-//! the limit an idle HTTP/1.1 connection gets), counted from the end of its last
-//! answer (or from its start). A request is in flight from the call of the service
-//! until its answer's body has been sent whole (or dropped): a slow answer, or a
-//! client slow to read a long one, keeps the connection open however quiet it is.
-//! Traffic while nothing is in flight (pings, window updates) does not: like
-//! hyper's header timeout, the limit is a deadline, not an inactivity timer.
-//! Every other connection (HTTP/1.1, and the WebSocket calls it upgrades to) is
-//! passed through untouched after its first bytes.
+//! it has had no request in flight and written nothing for the idle limit
+//! (`HTTP_HEADER_TIMEOUT_SECS`, the limit an idle HTTP/1.1 connection gets). A
+//! request is in flight from the call of the service until its answer's body has
+//! been handed over whole (or dropped); what is written after that (the end of a
+//! long answer, still in HTTP/2's buffers for a slow client) counts too, so a slow
+//! answer or a slow download is never cut. What the client sends while nothing is
+//! in flight does not count: a client that only sends window updates is idle. (One
+//! that pings keeps its connection, as an HTTP/1.1 client that sends a small
+//! request now and then keeps its own.) Every other connection (HTTP/1.1, and the
+//! WebSocket calls it upgrades to) is passed through untouched after its first
+//! bytes.
 //!
 //! The close is an I/O error on the connection (no GOAWAY): a client that sends a
 //! request at that very moment sees a reset, as with an HTTP/1.1 keep-alive close.
@@ -77,7 +79,8 @@ where
 struct Conn {
     /// Requests in flight.
     busy: AtomicUsize,
-    /// When the last request in flight ended (or the connection opened).
+    /// When the last request in flight ended, or the last byte was written (or
+    /// the connection opened).
     idle_since: Mutex<Instant>,
     /// The connection's reader, woken when the last request in flight ends.
     waker: AtomicWaker,
@@ -229,13 +232,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleStream<S> {
     }
 }
 
+impl<S> IdleStream<S> {
+    /// After a write: bytes written keep an HTTP/2 connection from being idle.
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if let (Poll::Ready(Ok(1..)), Kind::H2 { .. }) = (r, &self.kind) {
+            *self.conn.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.wrote(&r);
+        r
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -303,7 +321,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_limit_runs_from_the_end_of_the_last_request_in_flight() {
+    async fn the_limit_runs_from_the_end_of_the_last_request_or_write() {
         let mut s = stream();
         s.sniff(PREFACE);
         let waker = futures_util::task::noop_waker();
@@ -316,5 +334,12 @@ mod tests {
         assert!(!s.expired(&mut cx), "counted from the request's end");
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(s.expired(&mut cx));
+        // Written since (the end of a long answer): counted from the write.
+        s.wrote(&Poll::Ready(Ok(16_384)));
+        assert!(!s.expired(&mut cx));
+        s.wrote(&Poll::Ready(Ok(0)));
+        s.wrote(&Poll::Pending);
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(s.expired(&mut cx), "nothing written since");
     }
 }

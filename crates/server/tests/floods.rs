@@ -530,8 +530,8 @@ async fn h2_health(send: &h2::client::SendRequest<bytes::Bytes>, addr: std::net:
     status
 }
 
-/// HTTP/2 without TLS (h2c, prior knowledge): a connection with no request in
-/// flight and no traffic is closed once HTTP_HEADER_TIMEOUT_SECS passes, as an idle
+/// HTTP/2 without TLS (h2c, prior knowledge): a connection that has had no request
+/// in flight and written nothing for HTTP_HEADER_TIMEOUT_SECS is closed, as an idle
 /// HTTP/1.1 keep-alive connection is; one in use stays open however long it lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
