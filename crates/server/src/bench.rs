@@ -147,10 +147,11 @@ pub struct RuntimeLag {
     pub over_20ms_percent: Option<f64>,
 }
 
-/// One scrape of `voxgate_runtime_lag_seconds`: cumulative buckets (upper bound in
-/// seconds, count), the sum in seconds and the count.
+/// One scrape of `/api/metrics`, what the bench reads of it: the cumulative buckets
+/// of `voxgate_runtime_lag_seconds` (upper bound in seconds, count), its sum in
+/// seconds and its count, and the frames dropped for falling behind.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct LagScrape {
+struct MetricsScrape {
     buckets: Vec<(f64, f64)>,
     sum: f64,
     count: f64,
@@ -163,10 +164,10 @@ const LAG_METRIC: &str = "voxgate_runtime_lag_seconds";
 const DROPPED_METRIC: &str = "voxgate_dropped_frames_total";
 const STAGE_DROPPED_METRIC: &str = "voxgate_pipeline_dropped_frames_total";
 
-impl LagScrape {
+impl MetricsScrape {
     /// From the Prometheus text; `None` when the histogram is not there.
-    fn parse(text: &str) -> Option<LagScrape> {
-        let mut s = LagScrape::default();
+    fn parse(text: &str) -> Option<MetricsScrape> {
+        let mut s = MetricsScrape::default();
         let mut seen = false;
         // A counter never incremented is not exported: none is zero.
         for line in text.lines() {
@@ -205,12 +206,12 @@ impl LagScrape {
     }
 
     /// Frames the server dropped between `before` and `self`.
-    fn dropped_since(&self, before: &LagScrape) -> u64 {
+    fn dropped_since(&self, before: &MetricsScrape) -> u64 {
         (self.dropped - before.dropped).max(0.0) as u64
     }
 
     /// What happened between `before` and `self`.
-    fn since(&self, before: &LagScrape) -> RuntimeLag {
+    fn since(&self, before: &MetricsScrape) -> RuntimeLag {
         let wakes = (self.count - before.count).max(0.0);
         let earlier = |le: f64| before.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
         let buckets: Vec<(f64, f64)> = self.buckets.iter().map(|&(le, n)| (le, (n - earlier(le)).max(0.0))).collect();
@@ -229,9 +230,9 @@ impl LagScrape {
     }
 }
 
-/// `GET /api/metrics`, reduced to the runtime lag; `None` when the key may not read
-/// it (a public key, or none) or the server does not report it.
-async fn scrape_lag(base: &str, key: Option<&str>) -> Option<LagScrape> {
+/// `GET /api/metrics`, reduced to what the bench reads of it; `None` when the key may
+/// not read it (a public key, or none) or the server does not report the runtime lag.
+async fn scrape_metrics(base: &str, key: Option<&str>) -> Option<MetricsScrape> {
     let url = format!("{}/api/metrics", http_base(base).ok()?);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok()?;
     let mut req = client.get(&url);
@@ -242,7 +243,7 @@ async fn scrape_lag(base: &str, key: Option<&str>) -> Option<LagScrape> {
     if !res.status().is_success() {
         return None;
     }
-    LagScrape::parse(&res.text().await.ok()?)
+    MetricsScrape::parse(&res.text().await.ok()?)
 }
 
 /// What a run measured.
@@ -378,7 +379,7 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
         silence_frame: Bytes::from(vec![0u8; FRAME_SAMPLES * 2]),
     });
 
-    let lag_before = scrape_lag(&args.target.url, key).await;
+    let before = scrape_metrics(&args.target.url, key).await;
     let live = Arc::new(AtomicUsize::new(0));
     let sampler = Sampler::start(args.server_pid, live.clone())?;
     let started = Instant::now();
@@ -417,8 +418,8 @@ pub async fn run_with(args: BenchArgs, out: &mut (dyn Write + Send)) -> anyhow::
     }
     let wall = started.elapsed();
     let usage = sampler.finish(args.calls).await;
-    let scrapes = match lag_before {
-        Some(before) => scrape_lag(&args.target.url, key).await.map(|after| (before, after)),
+    let scrapes = match before {
+        Some(before) => scrape_metrics(&args.target.url, key).await.map(|after| (before, after)),
         None => None,
     };
 
@@ -1172,9 +1173,9 @@ mod tests {
                 b[0], b[1], b[2], b[3], b[3]
             )
         };
-        let before = LagScrape::parse(&text([10, 10, 10, 10], 0.005)).unwrap();
+        let before = MetricsScrape::parse(&text([10, 10, 10, 10], 0.005)).unwrap();
         // 100 more wakes: 60 within 1 ms, 30 more within 5 ms, 8 more within 20 ms, 2 later.
-        let after = LagScrape::parse(&text([70, 100, 108, 110], 1.005)).unwrap();
+        let after = MetricsScrape::parse(&text([70, 100, 108, 110], 1.005)).unwrap();
         let lag = after.since(&before);
         assert_eq!(lag.wakes, 100);
         assert!((lag.mean_ms - 10.0).abs() < 1e-9, "{}", lag.mean_ms);
@@ -1185,17 +1186,17 @@ mod tests {
         let idle = before.since(&before);
         assert_eq!((idle.wakes, idle.p50_ms_at_most, idle.mean_ms, idle.over_20ms_percent), (0, None, 0.0, Some(0.0)));
         // Not there, or garbled: None, never a panic.
-        assert_eq!(LagScrape::parse("voxgate_other_seconds_count 3\n"), None);
-        assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count three\n"), None);
-        assert_eq!(LagScrape::parse("voxgate_runtime_lag_seconds_count\n"), None);
+        assert_eq!(MetricsScrape::parse("voxgate_other_seconds_count 3\n"), None);
+        assert_eq!(MetricsScrape::parse("voxgate_runtime_lag_seconds_count three\n"), None);
+        assert_eq!(MetricsScrape::parse("voxgate_runtime_lag_seconds_count\n"), None);
         assert_eq!(after.dropped_since(&before), 0, "no counter exported: nothing dropped");
     }
 
     #[test]
     fn dropped_frames_are_counted_over_every_reason_between_two_scrapes() {
         let lag = "voxgate_runtime_lag_seconds_count 5\n";
-        let before = LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"pipeline-full\"}} 1\n")).unwrap();
-        let after = LagScrape::parse(&format!(
+        let before = MetricsScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"pipeline-full\"}} 1\n")).unwrap();
+        let after = MetricsScrape::parse(&format!(
             "{lag}# TYPE voxgate_dropped_frames_total counter\n\
              voxgate_dropped_frames_total{{reason=\"detached\"}} 40\n\
              voxgate_dropped_frames_total{{reason=\"audio-before-start\"}} 7\n\
@@ -1206,7 +1207,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(after.dropped_since(&before), 6, "the server falling behind; not the clients' doing");
-        assert_eq!(LagScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"writer-full\"}} many\n")), None, "garbled");
+        assert_eq!(MetricsScrape::parse(&format!("{lag}voxgate_dropped_frames_total{{reason=\"writer-full\"}} many\n")), None, "garbled");
     }
 
     #[test]

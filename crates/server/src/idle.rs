@@ -69,7 +69,7 @@ where
         let idle = self.idle;
         Box::pin(async move {
             let (stream, service) = accepted.await?;
-            let conn = Arc::new(Conn { busy: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()), waker: AtomicWaker::new() });
+            let conn = Conn::new();
             Ok((IdleStream { inner: stream, idle, conn: conn.clone(), kind: Kind::Sniffing(0) }, Counted { inner: service, conn }))
         })
     }
@@ -84,6 +84,16 @@ struct Conn {
     idle_since: Mutex<Instant>,
     /// The connection's reader, woken when the last request in flight ends.
     waker: AtomicWaker,
+}
+
+impl Conn {
+    fn new() -> Arc<Conn> {
+        Arc::new(Conn { busy: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()), waker: AtomicWaker::new() })
+    }
+
+    fn idle_since(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A connection's service, counting the requests in flight on it.
@@ -107,7 +117,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let conn = &self.0;
         // Set before the count falls, so a reader that sees it fall sees the time.
-        *conn.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *conn.idle_since() = Instant::now();
         if conn.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
             conn.waker.wake();
         }
@@ -202,7 +212,7 @@ impl<S> IdleStream<S> {
         if self.conn.busy.load(Ordering::SeqCst) > 0 {
             return false;
         }
-        let due = *self.conn.idle_since.lock().unwrap_or_else(|e| e.into_inner()) + self.idle;
+        let due = *self.conn.idle_since() + self.idle;
         let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         if t.deadline() != due {
             t.as_mut().reset(due);
@@ -236,7 +246,7 @@ impl<S> IdleStream<S> {
     /// After a write: bytes written keep an HTTP/2 connection from being idle.
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         if let (Poll::Ready(Ok(1..)), Kind::H2 { .. }) = (r, &self.kind) {
-            *self.conn.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            *self.conn.idle_since() = Instant::now();
         }
     }
 }
@@ -274,8 +284,7 @@ mod tests {
     use super::*;
 
     fn stream() -> IdleStream<tokio::io::Empty> {
-        let conn = Arc::new(Conn { busy: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()), waker: AtomicWaker::new() });
-        IdleStream { inner: tokio::io::empty(), idle: Duration::from_secs(1), conn, kind: Kind::Sniffing(0) }
+        IdleStream { inner: tokio::io::empty(), idle: Duration::from_secs(1), conn: Conn::new(), kind: Kind::Sniffing(0) }
     }
 
     #[tokio::test]

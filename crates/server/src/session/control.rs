@@ -128,13 +128,11 @@ impl Taker {
             }
         };
         for q in queued {
-            let msg = match serde_json::from_str::<ControlMessage>(&q.message) {
-                Ok(msg) if msg.validate().is_ok() => Some(msg),
-                _ => None,
-            };
-            let room = match msg {
-                Some(_) => match self.registry.reserve(call_id) {
-                    Ok(room) => Some(room),
+            let msg = serde_json::from_str::<ControlMessage>(&q.message).ok().filter(|m| m.validate().is_ok());
+            // Room first: a message removed from the queue is always handed over.
+            let handover = match msg {
+                Some(msg) => match self.registry.reserve(call_id) {
+                    Ok(room) => Some((msg, room)),
                     Err(Delivery::Busy) => {
                         tracing::warn!(%call_id, "a call's control queue is full; its messages wait");
                         return;
@@ -153,12 +151,12 @@ impl Taker {
                     return;
                 }
             }
-            match (msg, room) {
-                (Some(msg), Some(room)) => {
+            match handover {
+                Some((msg, room)) => {
                     room.send(Command::Control(msg));
                     tracing::info!(%call_id, "control message delivered from another instance");
                 }
-                _ => tracing::warn!(%call_id, id = %q.id, "a queued control message is malformed; dropped"),
+                None => tracing::warn!(%call_id, id = %q.id, "a queued control message is malformed; dropped"),
             }
         }
     }

@@ -198,11 +198,12 @@ impl Registry {
 
     /// Hands a control message to a call of this process.
     pub fn control(&self, call_id: &str, msg: ControlMessage) -> Delivery {
-        let Some(entry) = self.get(call_id) else { return Delivery::NotLive };
-        match entry.commands.try_send(Command::Control(msg)) {
-            Ok(()) => Delivery::Local,
-            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Busy,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NotLive,
+        match self.reserve(call_id) {
+            Ok(room) => {
+                room.send(Command::Control(msg));
+                Delivery::Local
+            }
+            Err(why) => why,
         }
     }
 }
